@@ -1,1 +1,17 @@
-//! event-manager library.
+//! event-manager: Kafka → message selector → change detection → EventDB (PostgreSQL).
+//!
+//! The module tree follows the data flow of DESIGN.md §1: [`formats`] decode messages into
+//! [`model::Observation`]s, the topic's selector filters them, [`detect`] finds real status
+//! changes, [`store`] writes them exactly once, and [`api`] serves them.
+#![deny(rust_2018_idioms, unreachable_pub, missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod detect;
+pub mod formats;
+pub mod health;
+pub mod metrics;
+pub mod model;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

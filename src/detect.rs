@@ -1,0 +1,467 @@
+//! Change detection (DESIGN.md §3): compares each watched attribute of an observation with the
+//! entity's last known value and decides whether a status change happened. Pure: no I/O.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value as Json};
+
+use crate::model::{Observation, ObservationKind};
+
+/// Identifies one watched attribute of one entity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StateKey {
+    /// Entity type.
+    pub entity_type: String,
+    /// Entity identifier.
+    pub entity_id: String,
+    /// Attribute name.
+    pub attribute: String,
+}
+
+/// The last known value of one attribute (a row of `entity_state`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributeState {
+    /// Last known value (`None` = NULL).
+    pub value: Option<String>,
+    /// Producer version of the last observation, when known.
+    pub version: Option<i64>,
+    /// Event time of the last observation.
+    pub event_time: DateTime<Utc>,
+    /// Whether the entity was deleted.
+    pub deleted: bool,
+}
+
+/// What happened to one attribute of an observation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// First sight of the attribute: state stored, no event.
+    Baseline,
+    /// Same value as known: nothing to do (repeats and re-deliveries).
+    Unchanged,
+    /// Older than what is known: ignored.
+    Stale,
+    /// A real change: an event is recorded.
+    Changed,
+    /// The entity was deleted: state tombstoned.
+    Tombstoned,
+}
+
+impl Outcome {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Baseline => "baseline",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Stale => "stale",
+            Outcome::Changed => "changed",
+            Outcome::Tombstoned => "tombstoned",
+        }
+    }
+}
+
+/// A detected change, not yet stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectedEvent {
+    /// Event type.
+    pub event_type: String,
+    /// Entity type.
+    pub entity_type: String,
+    /// Entity identifier.
+    pub entity_id: String,
+    /// `{attr: {new_value, old_value}, captured: {new_value}}`.
+    pub properties: Json,
+    /// When the change happened.
+    pub event_time: DateTime<Utc>,
+    /// Who made it.
+    pub changed_by: Option<String>,
+}
+
+/// The result of detecting one observation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Detection {
+    /// The event to store, when at least one watched attribute really changed.
+    pub event: Option<DetectedEvent>,
+    /// Per-attribute outcomes, for metrics.
+    pub outcomes: Vec<Outcome>,
+    /// State rows that changed and must be written back.
+    pub dirty: Vec<StateKey>,
+}
+
+/// Detection settings of a topic rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DetectOptions {
+    /// Record an event when an entity is deleted.
+    pub emit_deleted: bool,
+}
+
+/// Applies observations to known state, in message order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChangeDetector {
+    options: DetectOptions,
+}
+
+impl ChangeDetector {
+    /// A detector with the given options.
+    pub fn new(options: DetectOptions) -> Self {
+        Self { options }
+    }
+
+    /// Detects the changes an observation makes against `states`, updating `states` in place.
+    pub fn detect(
+        &self,
+        obs: &Observation,
+        states: &mut HashMap<StateKey, AttributeState>,
+    ) -> Detection {
+        let mut detection = Detection::default();
+        let mut changed = Map::new();
+        for (attribute, new_value) in &obs.attributes {
+            let key = StateKey {
+                entity_type: obs.entity_type.clone(),
+                entity_id: obs.entity_id.clone(),
+                attribute: attribute.clone(),
+            };
+            let prior = states.get(&key);
+            let (outcome, next) = self.judge(obs, prior, new_value);
+            if outcome == Outcome::Changed
+                || (outcome == Outcome::Tombstoned
+                    && self.options.emit_deleted
+                    && prior.is_some_and(|p| !p.deleted))
+            {
+                let old = prior.filter(|p| !p.deleted).and_then(|p| p.value.clone());
+                let new = if obs.kind == ObservationKind::Deleted {
+                    None
+                } else {
+                    new_value.clone()
+                };
+                changed.insert(attribute.clone(), change_json(new, old));
+            }
+            detection.outcomes.push(outcome);
+            if let Some(next) = next {
+                states.insert(key.clone(), next);
+                detection.dirty.push(key);
+            }
+        }
+        if !changed.is_empty() {
+            for (name, value) in &obs.captured {
+                changed
+                    .entry(name.clone())
+                    .or_insert_with(|| serde_json::json!({ "new_value": value }));
+            }
+            detection.event = Some(DetectedEvent {
+                event_type: obs.event_type.clone(),
+                entity_type: obs.entity_type.clone(),
+                entity_id: obs.entity_id.clone(),
+                properties: Json::Object(changed),
+                event_time: obs.event_time,
+                changed_by: obs.changed_by.clone(),
+            });
+        }
+        detection
+    }
+
+    fn judge(
+        &self,
+        obs: &Observation,
+        prior: Option<&AttributeState>,
+        new_value: &Option<String>,
+    ) -> (Outcome, Option<AttributeState>) {
+        let fresh = |value: Option<String>, deleted: bool| AttributeState {
+            value,
+            version: obs.version,
+            event_time: obs.event_time,
+            deleted,
+        };
+        let Some(prior) = prior else {
+            return match obs.kind {
+                ObservationKind::Created | ObservationKind::Snapshot => {
+                    (Outcome::Baseline, Some(fresh(new_value.clone(), false)))
+                }
+                ObservationKind::Updated => {
+                    (Outcome::Changed, Some(fresh(new_value.clone(), false)))
+                }
+                ObservationKind::Deleted => (Outcome::Tombstoned, Some(fresh(None, true))),
+            };
+        };
+        if is_older(obs, prior) {
+            return (Outcome::Stale, None);
+        }
+        if obs.kind == ObservationKind::Deleted {
+            return if prior.deleted {
+                (Outcome::Unchanged, None)
+            } else {
+                (Outcome::Tombstoned, Some(fresh(None, true)))
+            };
+        }
+        if prior.deleted {
+            // A deleted entity seen again starts over, like a first sight.
+            return match obs.kind {
+                ObservationKind::Updated => {
+                    (Outcome::Changed, Some(fresh(new_value.clone(), false)))
+                }
+                _ => (Outcome::Baseline, Some(fresh(new_value.clone(), false))),
+            };
+        }
+        if prior.value == *new_value {
+            // Nothing changed, but remember the newer version so that older messages
+            // arriving later are recognised as stale.
+            let newer = is_newer(obs, prior);
+            return (
+                Outcome::Unchanged,
+                newer.then(|| fresh(new_value.clone(), false)),
+            );
+        }
+        (Outcome::Changed, Some(fresh(new_value.clone(), false)))
+    }
+}
+
+/// An observation is older than the known state when its version is lower than or equal to the
+/// known version (a different value at the same version cannot be newer), or — without versions
+/// on both sides — when its event time is strictly earlier.
+fn is_older(obs: &Observation, prior: &AttributeState) -> bool {
+    match (obs.version, prior.version) {
+        (Some(v), Some(p)) => v < p,
+        _ => obs.event_time < prior.event_time,
+    }
+}
+
+fn is_newer(obs: &Observation, prior: &AttributeState) -> bool {
+    match (obs.version, prior.version) {
+        (Some(v), Some(p)) => v > p,
+        _ => obs.event_time > prior.event_time,
+    }
+}
+
+fn change_json(new: Option<String>, old: Option<String>) -> Json {
+    serde_json::json!({ "new_value": new, "old_value": old })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn t(sec: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + sec, 0).unwrap()
+    }
+
+    fn obs(
+        kind: ObservationKind,
+        status: Option<&str>,
+        time: i64,
+        version: Option<i64>,
+    ) -> Observation {
+        Observation {
+            event_type: "StatusChangeEvent".into(),
+            entity_type: "Declaration".into(),
+            entity_id: "d1".into(),
+            kind,
+            attributes: BTreeMap::from([("status".to_owned(), status.map(str::to_owned))]),
+            captured: BTreeMap::from([("employee_id".to_owned(), Some("e1".to_owned()))]),
+            event_time: t(time),
+            changed_by: Some("u1".into()),
+            version,
+        }
+    }
+
+    fn run(
+        detector: ChangeDetector,
+        steps: &[Observation],
+    ) -> (Vec<Detection>, HashMap<StateKey, AttributeState>) {
+        let mut states = HashMap::new();
+        let out = steps
+            .iter()
+            .map(|o| detector.detect(o, &mut states))
+            .collect();
+        (out, states)
+    }
+
+    fn key() -> StateKey {
+        StateKey {
+            entity_type: "Declaration".into(),
+            entity_id: "d1".into(),
+            attribute: "status".into(),
+        }
+    }
+
+    use ObservationKind::*;
+
+    #[test]
+    fn none_then_created_or_snapshot_is_baseline_without_event() {
+        for kind in [Created, Snapshot] {
+            let (d, states) = run(
+                ChangeDetector::default(),
+                &[obs(kind, Some("active"), 0, None)],
+            );
+            assert_eq!(d[0].event, None);
+            assert_eq!(d[0].outcomes, vec![Outcome::Baseline]);
+            assert_eq!(states[&key()].value.as_deref(), Some("active"));
+        }
+    }
+
+    #[test]
+    fn none_then_updated_is_event_with_null_old_value() {
+        let (d, _) = run(
+            ChangeDetector::default(),
+            &[obs(Updated, Some("active"), 0, None)],
+        );
+        let e = d[0].event.as_ref().unwrap();
+        assert_eq!(
+            e.properties["status"],
+            serde_json::json!({"new_value": "active", "old_value": null})
+        );
+        assert_eq!(
+            e.properties["employee_id"],
+            serde_json::json!({"new_value": "e1"})
+        );
+    }
+
+    #[test]
+    fn same_value_is_nothing() {
+        for kind in [Created, Updated, Snapshot] {
+            let (d, _) = run(
+                ChangeDetector::default(),
+                &[
+                    obs(Snapshot, Some("active"), 0, None),
+                    obs(kind, Some("active"), 5, None),
+                ],
+            );
+            assert_eq!(d[1].event, None, "{kind:?}");
+            assert_eq!(d[1].outcomes, vec![Outcome::Unchanged]);
+        }
+    }
+
+    #[test]
+    fn different_value_is_event_with_old_and_new() {
+        for kind in [Updated, Snapshot] {
+            let (d, states) = run(
+                ChangeDetector::default(),
+                &[
+                    obs(Snapshot, Some("active"), 0, None),
+                    obs(kind, Some("terminated"), 5, None),
+                ],
+            );
+            let e = d[1].event.as_ref().unwrap();
+            assert_eq!(
+                e.properties["status"],
+                serde_json::json!({"new_value": "terminated", "old_value": "active"})
+            );
+            assert_eq!(e.changed_by.as_deref(), Some("u1"));
+            assert_eq!(e.event_time, t(5));
+            assert_eq!(states[&key()].value.as_deref(), Some("terminated"));
+        }
+    }
+
+    #[test]
+    fn older_time_or_version_is_stale() {
+        let (d, states) = run(
+            ChangeDetector::default(),
+            &[
+                obs(Snapshot, Some("active"), 10, None),
+                obs(Updated, Some("draft"), 5, None),
+            ],
+        );
+        assert_eq!(d[1].event, None);
+        assert_eq!(d[1].outcomes, vec![Outcome::Stale]);
+        assert_eq!(states[&key()].value.as_deref(), Some("active"));
+
+        let (d, _) = run(
+            ChangeDetector::default(),
+            &[
+                obs(Snapshot, Some("active"), 0, Some(3)),
+                obs(Updated, Some("draft"), 50, Some(2)),
+            ],
+        );
+        assert_eq!(d[1].outcomes, vec![Outcome::Stale]);
+    }
+
+    #[test]
+    fn equal_event_time_is_not_stale() {
+        let (d, _) = run(
+            ChangeDetector::default(),
+            &[
+                obs(Snapshot, Some("active"), 10, None),
+                obs(Snapshot, Some("terminated"), 10, None),
+            ],
+        );
+        assert_eq!(d[1].outcomes, vec![Outcome::Changed]);
+    }
+
+    #[test]
+    fn unchanged_newer_version_is_remembered() {
+        let (d, _) = run(
+            ChangeDetector::default(),
+            &[
+                obs(Created, Some("active"), 0, Some(1)),
+                obs(Updated, Some("active"), 0, Some(3)),
+                obs(Updated, Some("draft"), 0, Some(2)),
+            ],
+        );
+        assert_eq!(d[1].dirty.len(), 1);
+        assert_eq!(d[2].outcomes, vec![Outcome::Stale]);
+    }
+
+    #[test]
+    fn deleted_tombstones_and_emits_only_when_asked() {
+        let steps = [
+            obs(Snapshot, Some("active"), 0, None),
+            obs(Deleted, None, 5, None),
+        ];
+        let (d, states) = run(ChangeDetector::default(), &steps);
+        assert_eq!(d[1].event, None);
+        assert_eq!(d[1].outcomes, vec![Outcome::Tombstoned]);
+        assert!(states[&key()].deleted);
+
+        let (d, _) = run(
+            ChangeDetector::new(DetectOptions { emit_deleted: true }),
+            &steps,
+        );
+        let e = d[1].event.as_ref().unwrap();
+        assert_eq!(
+            e.properties["status"],
+            serde_json::json!({"new_value": null, "old_value": "active"})
+        );
+
+        let (d, states) = run(
+            ChangeDetector::new(DetectOptions { emit_deleted: true }),
+            &[obs(Deleted, None, 5, None)],
+        );
+        assert_eq!(d[0].event, None);
+        assert!(states[&key()].deleted);
+    }
+
+    #[test]
+    fn deleted_then_older_message_is_stale_and_recreation_is_baseline() {
+        let (d, _) = run(
+            ChangeDetector::default(),
+            &[
+                obs(Snapshot, Some("active"), 0, None),
+                obs(Deleted, None, 10, None),
+                obs(Updated, Some("draft"), 5, None),
+                obs(Created, Some("draft"), 20, None),
+            ],
+        );
+        assert_eq!(d[2].outcomes, vec![Outcome::Stale]);
+        assert_eq!(d[3].outcomes, vec![Outcome::Baseline]);
+        assert_eq!(d[3].event, None);
+    }
+
+    #[test]
+    fn null_values_are_values() {
+        let (d, _) = run(
+            ChangeDetector::default(),
+            &[
+                obs(Snapshot, Some("Patient/1"), 0, None),
+                obs(Snapshot, None, 1, None),
+            ],
+        );
+        let e = d[1].event.as_ref().unwrap();
+        assert_eq!(
+            e.properties["status"],
+            serde_json::json!({"new_value": null, "old_value": "Patient/1"})
+        );
+    }
+}

@@ -1,0 +1,226 @@
+//! Source formats: one decoder per format, each turning a raw Kafka message into
+//! selector properties and observations. Pure code: no I/O.
+
+mod esoz;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Observation, Properties};
+
+pub use esoz::EsozDecoder;
+
+/// A Kafka message as the decoders see it.
+#[derive(Debug, Clone, Copy)]
+pub struct RawMessage<'a> {
+    /// Topic the message was read from.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Message key, if any.
+    pub key: Option<&'a [u8]>,
+    /// Message value, if any.
+    pub payload: Option<&'a [u8]>,
+    /// Broker or producer timestamp in milliseconds since the epoch, if any.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// The source formats event-manager understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Format {
+    /// ESOZ (Ukrainian eHealth) StatusChangeEvent.
+    Esoz,
+    /// Danish eHealth broker events.
+    EhealthDk,
+    /// RCP v2 emulated events.
+    RcpV2,
+    /// Smart Flow Sheet webhook events.
+    Sfs,
+    /// FHIRcast notifications.
+    Fhircast,
+}
+
+impl Format {
+    /// The name used in topic rules and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Esoz => "esoz",
+            Format::EhealthDk => "ehealth-dk",
+            Format::RcpV2 => "rcp-v2",
+            Format::Sfs => "sfs",
+            Format::Fhircast => "fhircast",
+        }
+    }
+}
+
+/// Something a decoder noticed that is worth counting but is not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeNote {
+    /// A known message whose type carries no status change (accepted, ignored).
+    Ignored,
+}
+
+impl DecodeNote {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeNote::Ignored => "ignored",
+        }
+    }
+}
+
+/// What a decoder made of one message.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decoded {
+    /// Observations about entities (possibly none).
+    pub observations: Vec<Observation>,
+    /// Things worth counting.
+    pub notes: Vec<DecodeNote>,
+}
+
+/// Why a message could not be decoded. Each kind has a stable code for the dead-letter header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeErrorKind {
+    /// The message has no value.
+    EmptyPayload,
+    /// The value is larger than the format allows.
+    TooLarge,
+    /// The value is not valid JSON (or not the expected encoding).
+    InvalidEncoding,
+    /// A required field is missing.
+    MissingField,
+    /// A field has the wrong type or an invalid value.
+    InvalidField,
+    /// The message is of a type this format does not accept.
+    UnsupportedType,
+}
+
+impl DecodeErrorKind {
+    /// Stable machine-readable code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeErrorKind::EmptyPayload => "empty_payload",
+            DecodeErrorKind::TooLarge => "too_large",
+            DecodeErrorKind::InvalidEncoding => "invalid_encoding",
+            DecodeErrorKind::MissingField => "missing_field",
+            DecodeErrorKind::InvalidField => "invalid_field",
+            DecodeErrorKind::UnsupportedType => "unsupported_type",
+        }
+    }
+}
+
+/// A message that violates its format. It goes to the dead-letter topic with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", kind.as_str())]
+pub struct DecodeError {
+    /// The class of problem.
+    pub kind: DecodeErrorKind,
+    /// Human-readable detail; never contains message bodies or patient references.
+    pub detail: String,
+}
+
+impl DecodeError {
+    /// Builds an error.
+    pub fn new(kind: DecodeErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// A required field is missing.
+    pub fn missing(field: &str) -> Self {
+        Self::new(
+            DecodeErrorKind::MissingField,
+            format!("required field `{field}` is missing"),
+        )
+    }
+
+    /// A field has the wrong type or value.
+    pub fn invalid(field: &str, expected: &str) -> Self {
+        Self::new(
+            DecodeErrorKind::InvalidField,
+            format!("field `{field}` must be {expected}"),
+        )
+    }
+}
+
+/// Upper bound on a message value any decoder accepts (bytes).
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// A source-format decoder. Implementations are pure and cheap to call.
+pub trait Decoder: Send + Sync + std::fmt::Debug {
+    /// The format this decoder reads.
+    fn format(&self) -> Format;
+
+    /// Decodes one message. Body fields useful to selectors are added to `props`
+    /// (headers already there win).
+    fn decode(&self, msg: &RawMessage<'_>, props: &mut Properties) -> Result<Decoded, DecodeError>;
+}
+
+/// Returns the payload, or the error every decoder gives for a missing or oversized one.
+pub fn payload<'a>(msg: &RawMessage<'a>) -> Result<&'a [u8], DecodeError> {
+    match msg.payload {
+        None | Some([]) => Err(DecodeError::new(
+            DecodeErrorKind::EmptyPayload,
+            "message has no value",
+        )),
+        Some(p) if p.len() > MAX_PAYLOAD_BYTES => Err(DecodeError::new(
+            DecodeErrorKind::TooLarge,
+            format!(
+                "message value is {} bytes, more than the {} allowed",
+                p.len(),
+                MAX_PAYLOAD_BYTES
+            ),
+        )),
+        Some(p) => Ok(p),
+    }
+}
+
+/// Parses a JSON payload, mapping syntax errors to a dead-letter reason without echoing content.
+pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        DecodeError::new(
+            DecodeErrorKind::InvalidEncoding,
+            format!(
+                "value is not valid JSON of the expected shape (line {}, column {}: {})",
+                e.line(),
+                e.column(),
+                json_error_class(&e)
+            ),
+        )
+    })
+}
+
+fn json_error_class(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected data type",
+        serde_json::error::Category::Eof => "unexpected end of input",
+    }
+}
+
+/// Builds the decoder for a format. `options` is the topic rule's `[options]` table.
+pub fn decoder_for(
+    format: Format,
+    options: &toml::Table,
+) -> Result<Box<dyn Decoder>, FormatConfigError> {
+    match format {
+        Format::Esoz => Ok(Box::new(EsozDecoder::from_options(options)?)),
+        other => Err(FormatConfigError(format!(
+            "format `{}` is not available in this build",
+            other.as_str()
+        ))),
+    }
+}
+
+/// A topic rule's format options are invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FormatConfigError(pub String);

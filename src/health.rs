@@ -1,0 +1,59 @@
+//! Liveness and readiness facts shared by the pipeline (which updates them) and the API.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+/// What `/readyz` reports on.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    database_up: AtomicBool,
+    consumer_assigned: AtomicBool,
+    consumer_required: AtomicBool,
+    broker_metadata_at_ms: AtomicI64,
+}
+
+impl Readiness {
+    /// Readiness for a process that runs a consumer (it must hold an assignment to be ready).
+    pub fn for_consumer() -> Self {
+        let r = Self::default();
+        r.consumer_required.store(true, Ordering::Relaxed);
+        r
+    }
+
+    /// Records whether the database accepted the last batch or ping.
+    pub fn set_database_up(&self, up: bool) {
+        self.database_up.store(up, Ordering::Relaxed);
+    }
+
+    /// Records whether the consumer has partitions assigned.
+    pub fn set_consumer_assigned(&self, assigned: bool) {
+        self.consumer_assigned.store(assigned, Ordering::Relaxed);
+    }
+
+    /// Records that broker metadata was fetched now.
+    pub fn touch_broker_metadata(&self) {
+        self.broker_metadata_at_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// Whether the database was up at last check.
+    pub fn database_up(&self) -> bool {
+        self.database_up.load(Ordering::Relaxed)
+    }
+
+    /// Whether the consumer holds an assignment (true when no consumer runs here).
+    pub fn consumer_assigned(&self) -> bool {
+        !self.consumer_required.load(Ordering::Relaxed)
+            || self.consumer_assigned.load(Ordering::Relaxed)
+    }
+
+    /// Age of the newest broker metadata in milliseconds (`None` if never fetched).
+    pub fn broker_metadata_age_ms(&self) -> Option<i64> {
+        let at = self.broker_metadata_at_ms.load(Ordering::Relaxed);
+        (at > 0).then(|| chrono::Utc::now().timestamp_millis() - at)
+    }
+
+    /// Whether a consumer runs in this process.
+    pub fn consumer_required(&self) -> bool {
+        self.consumer_required.load(Ordering::Relaxed)
+    }
+}

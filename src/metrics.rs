@@ -1,0 +1,168 @@
+//! Prometheus metrics: one struct per subsystem, registered into a [`Registry`] that is passed in.
+//! All names carry the `event_manager_` prefix.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Metrics of the consume → decode → select → detect → store path.
+#[derive(Debug, Clone)]
+pub struct PipelineMetrics {
+    /// Messages read, by topic.
+    pub consumed: IntCounterVec,
+    /// Messages the topic's selector accepted, by topic.
+    pub selected: IntCounterVec,
+    /// Messages the topic's selector did not accept, by topic.
+    pub not_selected: IntCounterVec,
+    /// Messages that could not be decoded, by topic and reason code.
+    pub decode_errors: IntCounterVec,
+    /// Messages sent to a dead-letter topic, by source topic.
+    pub dead_letters: IntCounterVec,
+    /// Decoder notes (ignored types etc.), by topic and note.
+    pub decode_notes: IntCounterVec,
+    /// Attribute observations by outcome (baseline, unchanged, stale, changed, tombstoned).
+    pub observations: IntCounterVec,
+    /// Events stored, by entity type.
+    pub events_stored: IntCounterVec,
+    /// Batch processing time (decode to database commit), seconds.
+    pub batch_duration: Histogram,
+    /// Batches by result (committed, fenced, retried).
+    pub batches: IntCounterVec,
+    /// Consumer lag in messages, by topic and partition.
+    pub consumer_lag: IntGaugeVec,
+    /// Partitions currently assigned to this process.
+    pub assigned_partitions: IntGauge,
+    /// 1 while the database accepts batches, 0 during an outage.
+    pub database_up: IntGauge,
+    /// Messages skipped because they were already stored (re-deliveries).
+    pub redelivered: IntCounter,
+}
+
+impl PipelineMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c =
+                    IntCounterVec::new(Opts::new(format!("event_manager_{name}"), help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let consumed = counter(
+            "messages_consumed_total",
+            "Messages read from Kafka.",
+            &["topic"],
+        )?;
+        let selected = counter(
+            "messages_selected_total",
+            "Messages accepted by the topic's selector.",
+            &["topic"],
+        )?;
+        let not_selected = counter(
+            "messages_not_selected_total",
+            "Messages the topic's selector did not accept.",
+            &["topic"],
+        )?;
+        let decode_errors = counter(
+            "decode_errors_total",
+            "Messages that could not be decoded.",
+            &["topic", "reason"],
+        )?;
+        let dead_letters = counter(
+            "dead_letters_total",
+            "Messages sent to a dead-letter topic.",
+            &["topic"],
+        )?;
+        let decode_notes = counter(
+            "decode_notes_total",
+            "Accepted messages worth noting (e.g. ignored event types).",
+            &["topic", "note"],
+        )?;
+        let observations = counter(
+            "observations_total",
+            "Attribute observations by change-detection outcome.",
+            &["outcome"],
+        )?;
+        let events_stored = counter(
+            "events_stored_total",
+            "Status-change events stored in the EventDB.",
+            &["entity_type"],
+        )?;
+        let batches = counter("batches_total", "Batches by result.", &["result"])?;
+        let batch_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "event_manager_batch_duration_seconds",
+                "Time to process and commit one batch.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
+        registry.register(Box::new(batch_duration.clone()))?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "event_manager_consumer_lag",
+                "Messages between the high watermark and the consumer position.",
+            ),
+            &["topic", "partition"],
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
+        let assigned_partitions = IntGauge::new(
+            "event_manager_assigned_partitions",
+            "Partitions assigned to this process.",
+        )?;
+        registry.register(Box::new(assigned_partitions.clone()))?;
+        let database_up = IntGauge::new(
+            "event_manager_database_up",
+            "1 while the EventDB accepts batches.",
+        )?;
+        registry.register(Box::new(database_up.clone()))?;
+        let redelivered = IntCounter::new(
+            "event_manager_messages_redelivered_total",
+            "Messages skipped because they were already stored.",
+        )?;
+        registry.register(Box::new(redelivered.clone()))?;
+        Ok(Self {
+            consumed,
+            selected,
+            not_selected,
+            decode_errors,
+            dead_letters,
+            decode_notes,
+            observations,
+            events_stored,
+            batch_duration,
+            batches,
+            consumer_lag,
+            assigned_partitions,
+            database_up,
+            redelivered,
+        })
+    }
+}
+
+/// Metrics of the HTTP server.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    /// Request duration by route template, method and status.
+    pub request_duration: HistogramVec,
+}
+
+impl HttpMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "event_manager_http_request_duration_seconds",
+                "HTTP request duration.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["route", "method", "status"],
+        )?;
+        registry.register(Box::new(request_duration.clone()))?;
+        Ok(Self { request_duration })
+    }
+}

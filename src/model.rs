@@ -1,0 +1,146 @@
+//! The domain types that flow through the pipeline: properties, observations and events.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use message_selector::{OwnedValue, PropertySource, Value};
+use serde::{Deserialize, Serialize};
+
+/// Where a message came from: its Kafka coordinates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SourceRef {
+    /// Kafka topic.
+    pub topic: String,
+    /// Partition within the topic.
+    pub partition: i32,
+    /// Offset of the message within the partition.
+    pub offset: i64,
+}
+
+/// The typed message properties a selector sees: Kafka headers, metadata and decoded body fields.
+///
+/// Names are case-sensitive, as in JMS. Absent names are NULL.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Properties {
+    values: BTreeMap<String, OwnedValue>,
+}
+
+impl Properties {
+    /// Empty properties.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets (or replaces) a property.
+    pub fn insert(&mut self, name: impl Into<String>, value: OwnedValue) {
+        self.values.insert(name.into(), value);
+    }
+
+    /// Sets a string property.
+    pub fn insert_str(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.values
+            .insert(name.into(), OwnedValue::String(value.into()));
+    }
+
+    /// Sets a property only when it is not present yet (headers win over body fields).
+    pub fn insert_if_absent(&mut self, name: &str, value: OwnedValue) {
+        if !self.values.contains_key(name) {
+            self.values.insert(name.to_owned(), value);
+        }
+    }
+
+    /// Looks a property up.
+    pub fn get_owned(&self, name: &str) -> Option<&OwnedValue> {
+        self.values.get(name)
+    }
+
+    /// Looks up a string property.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        match self.values.get(name) {
+            Some(OwnedValue::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Removes a property, returning it.
+    pub fn remove(&mut self, name: &str) -> Option<OwnedValue> {
+        self.values.remove(name)
+    }
+
+    /// Iterates over all properties in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &OwnedValue)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Number of properties.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether there are no properties.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+impl PropertySource for Properties {
+    fn get(&self, name: &str) -> Option<Value<'_>> {
+        self.values.get(name).map(OwnedValue::as_value)
+    }
+}
+
+/// What an observation says happened to the entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservationKind {
+    /// The entity was created with these attribute values.
+    Created,
+    /// The message itself says the attributes changed.
+    Updated,
+    /// The entity was deleted.
+    Deleted,
+    /// A complete statement of the current values (no claim that anything changed).
+    Snapshot,
+}
+
+/// What one message says about one entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Event type to record (e.g. `StatusChangeEvent`).
+    pub event_type: String,
+    /// Entity type (e.g. `EmployeeRequest`).
+    pub entity_type: String,
+    /// Entity identifier.
+    pub entity_id: String,
+    /// Created, Updated, Deleted or Snapshot.
+    pub kind: ObservationKind,
+    /// Watched attributes and their values (`None` = NULL, e.g. a closed FHIRcast context).
+    pub attributes: BTreeMap<String, Option<String>>,
+    /// Captured attributes stored alongside an event but never compared (e.g. `employee_id`).
+    pub captured: BTreeMap<String, Option<String>>,
+    /// When the change happened according to the producer.
+    pub event_time: DateTime<Utc>,
+    /// Who made the change, when known.
+    pub changed_by: Option<String>,
+    /// Producer-side version for the out-of-order guard, when known.
+    pub version: Option<i64>,
+}
+
+/// A row of the EventDB: one detected status change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Time-ordered identifier (UUID v7).
+    pub id: uuid::Uuid,
+    /// Event type, e.g. `StatusChangeEvent`.
+    pub event_type: String,
+    /// Entity type.
+    pub entity_type: String,
+    /// Entity identifier.
+    pub entity_id: String,
+    /// `{attr: {new_value, old_value}, captured: {new_value}}`.
+    pub properties: serde_json::Value,
+    /// When the change happened.
+    pub event_time: DateTime<Utc>,
+    /// Who made the change.
+    pub changed_by: Option<String>,
+}

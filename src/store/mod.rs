@@ -1,0 +1,459 @@
+//! The EventDB in PostgreSQL: migrations, the batch transaction (events + entity state +
+//! consumer offsets, atomically), and a private server for demos and tests.
+
+mod local_server;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseConfig;
+use crate::detect::{AttributeState, DetectedEvent, StateKey};
+use crate::model::SourceRef;
+
+pub use local_server::{LocalPostgres, LocalPostgresError};
+
+mod embedded {
+    refinery::embed_migrations!("sql");
+}
+
+/// Advisory lock key serialising migrations across replicas.
+const MIGRATION_LOCK: i64 = 0x4556_4D49_4752_4154; // "EVMIGRAT"
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another consumer moved this partition on: the batch was rolled back.
+    #[error(
+        "offset fence failed for {topic}[{partition}]: another consumer owns the partition now"
+    )]
+    Fenced {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+    },
+    /// No connection could be had.
+    #[error("database unavailable: {0}")]
+    Pool(String),
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// Migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// The database settings are unusable.
+    #[error("database configuration: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// Whether the batch can simply be retried later (outage, deadlock, serialization).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Pool(_) => true,
+            StoreError::Db(e) => match e.code() {
+                None => true, // connection-level failure
+                Some(code) => {
+                    let c = code.code();
+                    c.starts_with("08") // connection exception
+                        || c.starts_with("40") // deadlock, serialization failure
+                        || c.starts_with("53") // insufficient resources
+                        || c.starts_with("57") // admin shutdown, cannot connect now
+                }
+            },
+            _ => false,
+        }
+    }
+}
+
+/// The expected and new position of one partition, written with the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetFence {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The stored next offset this consumer believes in (`None`: nothing stored yet).
+    pub expected: Option<i64>,
+    /// The next offset after this batch.
+    pub next: i64,
+}
+
+/// An event ready to be stored, with the coordinates that make it unique.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The detected change.
+    pub event: DetectedEvent,
+    /// The message it came from.
+    pub source: SourceRef,
+    /// Its position among the events of that message.
+    pub seq: i32,
+}
+
+/// What detection produced for a batch, to be written in its transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchChanges {
+    /// Events to insert.
+    pub events: Vec<NewEvent>,
+    /// State rows to upsert.
+    pub states: Vec<(StateKey, AttributeState)>,
+}
+
+/// What a committed batch wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Events inserted (re-deliveries already stored are not counted).
+    pub events_inserted: u64,
+    /// State rows written.
+    pub states_written: u64,
+}
+
+/// The EventDB.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+impl EventStore {
+    /// Builds a connection pool (connections are opened lazily).
+    pub fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let mut pg: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+        pg.connect_timeout(config.connect_timeout);
+        if pg.get_application_name().is_none() {
+            pg.application_name("event-manager");
+        }
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool, for the API and the terminator.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Takes a pooled connection.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()))
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Applies pending migrations from `sql/`, one replica at a time.
+    pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        let mut client = self.client().await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let client_ref: &mut tokio_postgres::Client = &mut client;
+        let result = embedded::migrations::runner()
+            .run_async(client_ref)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()));
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let report = result?;
+        Ok(report
+            .applied_migrations()
+            .iter()
+            .map(|m| m.to_string())
+            .collect())
+    }
+
+    /// Reads the stored next offsets of a consumer group for the given partitions.
+    pub async fn load_offsets(
+        &self,
+        group_id: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<HashMap<(String, i32), i64>, StoreError> {
+        let client = self.client().await?;
+        let topics: Vec<&str> = partitions.iter().map(|(t, _)| t.as_str()).collect();
+        let parts: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        let stmt = client
+            .prepare_cached(
+                "SELECT o.topic, o.partition, o.next_offset FROM consumer_offsets o \
+                 JOIN UNNEST($2::text[], $3::int[]) AS q(topic, partition) \
+                   ON o.topic = q.topic AND o.partition = q.partition \
+                 WHERE o.group_id = $1",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&group_id, &topics, &parts]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    (r.get::<_, String>(0), r.get::<_, i32>(1)),
+                    r.get::<_, i64>(2),
+                )
+            })
+            .collect())
+    }
+
+    /// Writes one batch in one transaction: first the offset fences (a consumer whose partition
+    /// moved on fails here and the whole batch rolls back), then per-entity locks so that the same
+    /// entity arriving through several consumers is serialised, then the known state of the batch's
+    /// entities is read, `detect` runs against it, and the events and new state are written.
+    pub async fn apply_batch<F>(
+        &self,
+        group_id: &str,
+        fences: &[OffsetFence],
+        entities: &[(String, String)],
+        detect: F,
+    ) -> Result<BatchReport, StoreError>
+    where
+        F: FnOnce(&mut HashMap<StateKey, AttributeState>) -> BatchChanges,
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+
+        let mut fences: Vec<&OffsetFence> = fences.iter().collect();
+        fences.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let update = tx
+            .prepare_cached(
+                "UPDATE consumer_offsets SET next_offset = $5, updated_at = now() \
+                 WHERE group_id = $1 AND topic = $2 AND partition = $3 AND next_offset = $4",
+            )
+            .await?;
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        for fence in fences {
+            let rows = match fence.expected {
+                Some(expected) => {
+                    tx.execute(
+                        &update,
+                        &[
+                            &group_id,
+                            &fence.topic,
+                            &fence.partition,
+                            &expected,
+                            &fence.next,
+                        ],
+                    )
+                    .await?
+                }
+                None => {
+                    tx.execute(
+                        &insert,
+                        &[&group_id, &fence.topic, &fence.partition, &fence.next],
+                    )
+                    .await?
+                }
+            };
+            if rows != 1 {
+                return Err(StoreError::Fenced {
+                    topic: fence.topic.clone(),
+                    partition: fence.partition,
+                });
+            }
+        }
+
+        let mut states = HashMap::new();
+        if !entities.is_empty() {
+            let mut keys: Vec<String> = entities
+                .iter()
+                .map(|(t, id)| format!("{t}\u{1f}{id}"))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let lock = tx
+                .prepare_cached(
+                    "SELECT pg_advisory_xact_lock(h) FROM \
+                     (SELECT DISTINCT hashtextextended(k, 0) AS h FROM UNNEST($1::text[]) AS k) s \
+                     ORDER BY h",
+                )
+                .await?;
+            tx.query(&lock, &[&keys]).await?;
+
+            let types: Vec<&str> = entities.iter().map(|(t, _)| t.as_str()).collect();
+            let ids: Vec<&str> = entities.iter().map(|(_, id)| id.as_str()).collect();
+            let select = tx
+                .prepare_cached(
+                    "SELECT s.entity_type, s.entity_id, s.attribute, s.value, s.version, \
+                            s.event_time, s.deleted \
+                     FROM entity_state s \
+                     JOIN (SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[])) AS q(entity_type, entity_id) \
+                       ON s.entity_type = q.entity_type AND s.entity_id = q.entity_id",
+                )
+                .await?;
+            for row in tx.query(&select, &[&types, &ids]).await? {
+                states.insert(
+                    StateKey {
+                        entity_type: row.get(0),
+                        entity_id: row.get(1),
+                        attribute: row.get(2),
+                    },
+                    AttributeState {
+                        value: row.get(3),
+                        version: row.get(4),
+                        event_time: row.get(5),
+                        deleted: row.get(6),
+                    },
+                );
+            }
+        }
+
+        let changes = detect(&mut states);
+        let mut report = BatchReport::default();
+        if !changes.events.is_empty() {
+            report.events_inserted = insert_events(&tx, &changes.events).await?;
+        }
+        if !changes.states.is_empty() {
+            report.states_written = upsert_states(&tx, &changes.states).await?;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+}
+
+async fn insert_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    events: &[NewEvent],
+) -> Result<u64, StoreError> {
+    let n = events.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut event_types = Vec::with_capacity(n);
+    let mut entity_types = Vec::with_capacity(n);
+    let mut entity_ids = Vec::with_capacity(n);
+    let mut properties = Vec::with_capacity(n);
+    let mut event_times: Vec<DateTime<Utc>> = Vec::with_capacity(n);
+    let mut changed_by = Vec::with_capacity(n);
+    let mut topics = Vec::with_capacity(n);
+    let mut partitions = Vec::with_capacity(n);
+    let mut offsets = Vec::with_capacity(n);
+    let mut seqs = Vec::with_capacity(n);
+    for e in events {
+        ids.push(uuid::Uuid::now_v7());
+        event_types.push(e.event.event_type.as_str());
+        entity_types.push(e.event.entity_type.as_str());
+        entity_ids.push(e.event.entity_id.as_str());
+        properties.push(&e.event.properties);
+        event_times.push(e.event.event_time);
+        changed_by.push(e.event.changed_by.as_deref());
+        topics.push(e.source.topic.as_str());
+        partitions.push(e.source.partition);
+        offsets.push(e.source.offset);
+        seqs.push(e.seq);
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
+                                 changed_by, source_topic, source_partition, source_offset, source_seq) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], \
+                                  $6::timestamptz[], $7::text[], $8::text[], $9::int[], $10::bigint[], $11::int[]) \
+             ON CONFLICT ON CONSTRAINT events_source_unique DO NOTHING",
+        )
+        .await?;
+    Ok(tx
+        .execute(
+            &stmt,
+            &[
+                &ids,
+                &event_types,
+                &entity_types,
+                &entity_ids,
+                &properties,
+                &event_times,
+                &changed_by,
+                &topics,
+                &partitions,
+                &offsets,
+                &seqs,
+            ],
+        )
+        .await?)
+}
+
+async fn upsert_states(
+    tx: &deadpool_postgres::Transaction<'_>,
+    states: &[(StateKey, AttributeState)],
+) -> Result<u64, StoreError> {
+    let n = states.len();
+    let mut entity_types = Vec::with_capacity(n);
+    let mut entity_ids = Vec::with_capacity(n);
+    let mut attributes = Vec::with_capacity(n);
+    let mut values = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    let mut deleted = Vec::with_capacity(n);
+    for (k, s) in states {
+        entity_types.push(k.entity_type.as_str());
+        entity_ids.push(k.entity_id.as_str());
+        attributes.push(k.attribute.as_str());
+        values.push(s.value.as_deref());
+        versions.push(s.version);
+        times.push(s.event_time);
+        deleted.push(s.deleted);
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO entity_state (entity_type, entity_id, attribute, value, version, event_time, deleted) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+                                  $6::timestamptz[], $7::bool[]) \
+             ON CONFLICT (entity_type, entity_id, attribute) DO UPDATE SET \
+               value = EXCLUDED.value, version = EXCLUDED.version, event_time = EXCLUDED.event_time, \
+               deleted = EXCLUDED.deleted, updated_at = now()",
+        )
+        .await?;
+    Ok(tx
+        .execute(
+            &stmt,
+            &[
+                &entity_types,
+                &entity_ids,
+                &attributes,
+                &values,
+                &versions,
+                &times,
+                &deleted,
+            ],
+        )
+        .await?)
+}
+
+/// How long to wait before the next retry: doubling from 100 ms up to `max`.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    let ms = 100u64.saturating_mul(1u64 << attempt.min(16));
+    Duration::from_millis(ms).min(max)
+}

@@ -1,0 +1,20 @@
+//! Logging set-up. Logs never carry message bodies, patient references or tokens: callers log
+//! coordinates (topic, partition, offset) and reason codes only.
+
+use tracing_subscriber::{fmt, EnvFilter};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global subscriber. `RUST_LOG` overrides the configured level.
+pub fn init(config: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match config.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.compact().try_init(),
+    };
+    // A second initialisation (tests, demo after run) keeps the first subscriber.
+    drop(result);
+}
