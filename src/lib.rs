@@ -6,12 +6,17 @@
 #![deny(rust_2018_idioms, unreachable_pub, missing_docs)]
 
 pub mod api;
+pub mod app;
+pub mod broker;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod detect;
 pub mod formats;
 pub mod health;
 pub mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

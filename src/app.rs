@@ -1,0 +1,169 @@
+//! Assembly of the `run` command: store, migrations, metrics, pipeline and HTTP server, with
+//! ordered shutdown. `demo` and the tests use the same pieces.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::{load_topic_rules, Config, ConfigError};
+use crate::health::Readiness;
+use crate::metrics::PipelineMetrics;
+use crate::pipeline::{self, PipelineError, RuleSet};
+use crate::store::{EventStore, StoreError};
+
+/// Why the application could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// Configuration or topic rules are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The EventDB is unusable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The pipeline could not start.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// Metrics registration failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The HTTP server failed.
+    #[error("http server on {addr}: {source}")]
+    Http {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// The assembled application, before it runs.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// Configuration.
+    pub config: Config,
+    /// Compiled topic rules.
+    pub rules: Arc<RuleSet>,
+    /// The EventDB.
+    pub store: EventStore,
+    /// The metrics registry.
+    pub registry: Registry,
+    /// Pipeline metrics.
+    pub pipeline_metrics: PipelineMetrics,
+    /// Readiness facts.
+    pub readiness: Arc<Readiness>,
+}
+
+impl App {
+    /// Loads topic rules, connects the store (lazily) and registers metrics.
+    pub fn build(config: Config) -> Result<Self, AppError> {
+        let rules = Arc::new(RuleSet::compile(load_topic_rules(
+            &config.pipeline.topics_dir,
+        )?)?);
+        let store = EventStore::connect(&config.database)?;
+        let registry = Registry::new();
+        let pipeline_metrics = PipelineMetrics::register(&registry)?;
+        Ok(Self {
+            config,
+            rules,
+            store,
+            registry,
+            pipeline_metrics,
+            readiness: Arc::new(Readiness::for_consumer()),
+        })
+    }
+
+    /// Applies migrations, retrying while the database is not reachable yet (e.g. during a
+    /// rolling start), until `shutdown`.
+    pub async fn migrate(&self, shutdown: &CancellationToken) -> Result<(), AppError> {
+        let mut attempt = 0;
+        loop {
+            match self.store.migrate().await {
+                Ok(applied) => {
+                    for m in applied {
+                        tracing::info!(migration = %m, "migration applied");
+                    }
+                    self.readiness.set_database_up(true);
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() && !shutdown.is_cancelled() && attempt < 30 => {
+                    tracing::warn!(error = %e, attempt, "database not reachable yet; retrying");
+                    let wait = crate::store::backoff(attempt, Duration::from_secs(5));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The HTTP router for this application.
+    pub fn router(&self) -> axum::Router {
+        api::router(ApiState {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            readiness: self.readiness.clone(),
+        })
+    }
+
+    /// Runs the pipeline and the HTTP server on `listener` until `shutdown`, then stops them in
+    /// order: the consumer finishes and commits its batch, then the server drains.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), AppError> {
+        self.migrate(&shutdown).await?;
+        let addr = listener.local_addr().map_err(|source| AppError::Http {
+            addr: self.config.http.bind,
+            source,
+        })?;
+        let http_stop = CancellationToken::new();
+        let server = tokio::spawn(api::serve(listener, self.router(), http_stop.clone()));
+        tracing::info!(%addr, "http server listening");
+
+        let pipeline = pipeline::start(
+            &self.config,
+            self.rules.clone(),
+            self.store.clone(),
+            self.pipeline_metrics.clone(),
+            self.readiness.clone(),
+            shutdown.clone(),
+        )?;
+
+        shutdown.cancelled().await;
+        let grace = self.config.pipeline.shutdown_grace;
+        if tokio::time::timeout(grace, pipeline.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?grace, "consumer did not stop within the grace period");
+        }
+        http_stop.cancel();
+        if let Ok(Ok(Err(source))) = tokio::time::timeout(Duration::from_secs(5), server).await {
+            return Err(AppError::Http { addr, source });
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// `event-manager run`.
+pub async fn run(config: Config) -> Result<(), AppError> {
+    crate::telemetry::init(&config.log);
+    let app = App::build(config)?;
+    let bind = app.config.http.bind;
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|source| AppError::Http { addr: bind, source })?;
+    let shutdown = crate::shutdown::on_signal();
+    app.run(listener, shutdown).await
+}

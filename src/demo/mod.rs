@@ -1,0 +1,180 @@
+//! `event-manager demo`: the whole product on one machine with nothing installed but Rust and
+//! PostgreSQL's server binaries — an embedded Kafka-protocol broker, a private PostgreSQL
+//! (unless `DATABASE_URL` is set), a feed of sample messages, the pipeline and the API.
+
+pub mod feed;
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::broker::EmbeddedBroker;
+use crate::cli::DemoArgs;
+use crate::config::{load_topic_rules, Config, LogFormat};
+use crate::store::LocalPostgres;
+
+/// Runs the demo until Ctrl-C (or `--duration`).
+pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
+    config.log.format = LogFormat::Text;
+    if std::env::var_os("RUST_LOG").is_none() {
+        config.log.level = "warn".into();
+    }
+    crate::telemetry::init(&config.log);
+
+    let _local_pg = if std::env::var("DATABASE_URL").is_ok_and(|u| !u.is_empty()) {
+        println!("EventDB: DATABASE_URL");
+        None
+    } else {
+        println!("Starting a private PostgreSQL from the installed server binaries…");
+        let pg = tokio::task::spawn_blocking(LocalPostgres::start).await??;
+        let (admin, conn) =
+            tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        admin.batch_execute("CREATE DATABASE eventdb").await?;
+        config.database.url = pg.url("eventdb");
+        println!(
+            "EventDB: {} (removed when the demo stops)",
+            config.database.url
+        );
+        Some(pg)
+    };
+
+    let rules = load_topic_rules(&config.pipeline.topics_dir)?;
+    let broker = EmbeddedBroker::start(1)?;
+    let topics = broker.create_rule_topics(&rules, None)?;
+    config.kafka.bootstrap_servers = broker.bootstrap_servers();
+    config.kafka.group_id = "event-manager-demo".into();
+    config.http.bind = args.bind;
+    println!(
+        "Kafka (embedded): {} — topics: {}",
+        config.kafka.bootstrap_servers,
+        topics.join(", ")
+    );
+
+    let app = App::build(config.clone())?;
+    let metrics = app.pipeline_metrics.clone();
+    let listener = TcpListener::bind(args.bind).await?;
+    let shutdown = crate::shutdown::on_signal();
+    if let Some(d) = args.duration {
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            s.cancel();
+        });
+    }
+
+    println!("API: http://{}  (/healthz, /readyz, /metrics)", args.bind);
+    println!(
+        "Inspect the EventDB: psql '{}' -c 'SELECT entity_type, entity_id, properties FROM events ORDER BY inserted_at DESC LIMIT 10'",
+        config.database.url
+    );
+    println!("Stop with Ctrl-C.\n");
+
+    let formats: Vec<_> = rules.iter().map(|r| r.format).collect();
+    let feed = tokio::spawn(produce_feed(
+        config.kafka.bootstrap_servers.clone(),
+        feed::sources_for(&formats),
+        args.rate,
+        shutdown.clone(),
+    ));
+    let summary = tokio::spawn(print_summary(metrics, shutdown.clone()));
+
+    let result = app.run(listener, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = feed.await;
+    let _ = summary.await;
+    drop(broker);
+    println!();
+    result?;
+    Ok(())
+}
+
+async fn produce_feed(
+    bootstrap: String,
+    mut sources: Vec<Box<dyn feed::SampleSource>>,
+    rate: u32,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let mut rng = feed::Rng::new(0x5eed);
+    let per_tick = (rate / 10).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut turn = 0usize;
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        for _ in 0..per_tick {
+            let now = chrono::Utc::now();
+            let n = sources.len();
+            let sample = sources[turn % n].next(&mut rng, now);
+            turn += 1;
+            let mut headers = OwnedHeaders::new();
+            for (k, v) in &sample.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+            let mut record = FutureRecord::<str, [u8]>::to(&sample.topic)
+                .payload(&sample.payload)
+                .headers(headers);
+            if let Some(key) = &sample.key {
+                record = record.key(key);
+            }
+            if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
+                tracing::warn!(error = %e, "demo feed: produce failed");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn total(counter: &prometheus::IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    counter
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_counter().value() as u64)
+        .sum()
+}
+
+async fn print_summary(metrics: crate::metrics::PipelineMetrics, shutdown: CancellationToken) {
+    let tty = std::io::stdout().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_secs(if tty { 1 } else { 5 }));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let line = format!(
+            "consumed {:>8} | selected {:>8} | events stored {:>7} | dead letters {:>5}",
+            total(&metrics.consumed),
+            total(&metrics.selected),
+            total(&metrics.events_stored),
+            total(&metrics.dead_letters),
+        );
+        let mut out = std::io::stdout().lock();
+        if tty {
+            let _ = write!(out, "\r{line}");
+        } else {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    }
+}

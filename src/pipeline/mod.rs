@@ -1,0 +1,65 @@
+//! The pipeline of DESIGN.md §1: consume → decode → select → detect → store → commit.
+
+mod consumer;
+pub mod dead_letter;
+pub mod process;
+pub mod rules;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::health::Readiness;
+use crate::metrics::PipelineMetrics;
+use crate::store::EventStore;
+
+pub use rules::RuleSet;
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The Kafka client could not be created or subscribed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The consumer thread could not be started.
+    #[error("starting the consumer thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// A running consumer.
+#[derive(Debug)]
+pub struct PipelineHandle {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PipelineHandle {
+    /// Waits (without blocking the runtime) until the consumer has stopped.
+    pub async fn stopped(self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = self.thread.join();
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+    }
+}
+
+/// Starts the consumer on its own thread. It stops when `shutdown` is cancelled, after finishing
+/// and committing its in-flight batch.
+pub fn start(
+    config: &Config,
+    rules: Arc<RuleSet>,
+    store: EventStore,
+    metrics: PipelineMetrics,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+) -> Result<PipelineHandle, PipelineError> {
+    let runtime = tokio::runtime::Handle::current();
+    let consumer = consumer::build(config, runtime, store, rules, metrics, readiness, shutdown)?;
+    let thread = std::thread::Builder::new()
+        .name("consumer".into())
+        .spawn(move || consumer.run())?;
+    Ok(PipelineHandle { thread })
+}

@@ -1,0 +1,5 @@
+//! Integration tests: one binary, one PostgreSQL server, a database per test.
+
+mod support;
+
+mod store;
