@@ -86,3 +86,94 @@ pub async fn fresh_database() -> TestDatabase {
         store,
     }
 }
+
+/// Waits until `condition` holds, polling, or panics at the deadline.
+pub async fn wait_for<F, Fut>(deadline: std::time::Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + deadline;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "condition not met within {deadline:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL that can simulate an outage: while down it refuses new
+/// connections and cuts the open ones.
+pub struct TcpProxy {
+    addr: std::net::SocketAddr,
+    target_url: String,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl TcpProxy {
+    /// Starts a proxy to the server of `database_url`.
+    pub async fn start(database_url: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let url: url::Url = database_url.parse().unwrap();
+        let target = format!(
+            "{}:{}",
+            url.host_str().unwrap_or("127.0.0.1"),
+            url.port().unwrap_or(5432)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let flag = down.clone();
+        let cuts = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if flag.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut_rx = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            target_url: database_url.to_owned(),
+            down,
+            cut,
+        }
+    }
+
+    /// The database URL through the proxy.
+    pub fn url(&self) -> String {
+        let mut url: url::Url = self.target_url.parse().unwrap();
+        url.set_port(Some(self.addr.port())).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.to_string()
+    }
+
+    /// Starts or ends the outage.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            self.cut.send_modify(|g| *g += 1);
+        }
+    }
+}
