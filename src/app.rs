@@ -89,6 +89,7 @@ impl App {
                         tracing::info!(migration = %m, "migration applied");
                     }
                     self.readiness.set_database_up(true);
+                    self.pipeline_metrics.database_up.set(1);
                     return Ok(());
                 }
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() && attempt < 30 => {

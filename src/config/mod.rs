@@ -336,13 +336,18 @@ const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
     "isolation.level",
 ];
 
+/// `EM_` variables that are not configuration keys (`EM_CONFIG` names the file).
+const NOT_KEYS: &[&str] = &["EM_CONFIG"];
+
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
     let mut vars: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with("EM_") || k == "DATABASE_URL")
+        .filter(|(k, _)| {
+            (k.starts_with("EM_") && !NOT_KEYS.contains(&k.as_str())) || k == "DATABASE_URL"
+        })
         .collect();
     vars.sort();
     for (name, raw) in vars {
@@ -416,6 +421,7 @@ mod tests {
                 ("EM_KAFKA__GROUP_ID", "g1"),
                 ("DATABASE_URL", "postgres://u@h:1/db"),
                 ("HOME", "/root"),
+                ("EM_CONFIG", "/etc/event-manager/config.toml"),
             ],
         )
         .unwrap();

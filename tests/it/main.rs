@@ -3,4 +3,5 @@
 mod support;
 
 mod pipeline;
+mod processes;
 mod store;
