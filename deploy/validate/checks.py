@@ -208,7 +208,10 @@ def consistency(_args):
 
 def dashboard_rules(args):
     """Grafana variables replaced by plain values, so that promtool can parse every query."""
-    dashboard = json.loads(DASHBOARD.read_text())
+    try:
+        dashboard = json.loads(DASHBOARD.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"  FAIL {DASHBOARD.relative_to(REPO)}: {e}")
     substitutions = {"$__rate_interval": "5m", "$__range": "1h", "$namespace": ".*", "$pod": ".*"}
     rules = []
     for panel in dashboard["panels"]:
