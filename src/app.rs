@@ -9,10 +9,11 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::Authenticator;
 use crate::api::{self, ApiState};
 use crate::config::{load_topic_rules, Config, ConfigError};
 use crate::health::Readiness;
-use crate::metrics::PipelineMetrics;
+use crate::metrics::{DbPoolMetrics, HttpMetrics, PipelineMetrics};
 use crate::pipeline::{self, PipelineError, RuleSet};
 use crate::store::{EventStore, StoreError};
 
@@ -57,17 +58,27 @@ pub struct App {
     pub pipeline_metrics: PipelineMetrics,
     /// Readiness facts.
     pub readiness: Arc<Readiness>,
+    /// HTTP request metrics.
+    pub http_metrics: HttpMetrics,
+    /// EventDB pool gauges.
+    pub db_pool_metrics: DbPoolMetrics,
+    /// Bearer-token verification for the events API.
+    pub auth: Arc<Authenticator>,
 }
 
 impl App {
-    /// Loads topic rules, connects the store (lazily) and registers metrics.
+    /// Loads topic rules and token keys, connects the store (lazily) and registers metrics.
+    /// Fails when no token key is configured and `auth.disabled` is not set.
     pub fn build(config: Config) -> Result<Self, AppError> {
+        let auth = Arc::new(Authenticator::from_config(&config.auth)?);
         let rules = Arc::new(RuleSet::compile(load_topic_rules(
             &config.pipeline.topics_dir,
         )?)?);
         let store = EventStore::connect(&config.database)?;
         let registry = Registry::new();
         let pipeline_metrics = PipelineMetrics::register(&registry)?;
+        let http_metrics = HttpMetrics::register(&registry)?;
+        let db_pool_metrics = DbPoolMetrics::register(&registry)?;
         Ok(Self {
             config,
             rules,
@@ -75,6 +86,9 @@ impl App {
             registry,
             pipeline_metrics,
             readiness: Arc::new(Readiness::for_consumer()),
+            http_metrics,
+            db_pool_metrics,
+            auth,
         })
     }
 
@@ -112,6 +126,10 @@ impl App {
             store: self.store.clone(),
             registry: self.registry.clone(),
             readiness: self.readiness.clone(),
+            api: Arc::new(self.config.api.clone()),
+            auth: self.auth.clone(),
+            http_metrics: self.http_metrics.clone(),
+            db_pool_metrics: self.db_pool_metrics.clone(),
         })
     }
 

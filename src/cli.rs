@@ -32,6 +32,22 @@ pub enum Command {
     DevBroker(DevBrokerArgs),
     /// Apply pending EventDB migrations and exit.
     Migrate,
+    /// Mint a development bearer token signed with `auth.hs256_secret`; prints only the token.
+    Token(TokenArgs),
+}
+
+/// Options of `token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Scope to grant (repeatable, or space-separated).
+    #[arg(long = "scope", default_value = "event:read")]
+    pub scopes: Vec<String>,
+    /// Lifetime, e.g. `1h` or `15m`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+    /// The `sub` claim.
+    #[arg(long, default_value = "developer")]
+    pub subject: String,
 }
 
 /// Options of `demo`.
@@ -108,6 +124,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("applied {m}");
                 }
             }
+        }
+        Command::Token(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            let scopes: Vec<String> = args
+                .scopes
+                .iter()
+                .flat_map(|s| s.split_whitespace())
+                .map(str::to_owned)
+                .collect();
+            let token =
+                crate::api::auth::mint_token(&config.auth, &scopes, args.ttl, &args.subject)?;
+            println!("{token}");
         }
     }
     Ok(ExitCode::SUCCESS)

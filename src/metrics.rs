@@ -166,3 +166,38 @@ impl HttpMetrics {
         Ok(Self { request_duration })
     }
 }
+
+/// Gauges of the EventDB connection pool, refreshed when `/metrics` is scraped.
+#[derive(Debug, Clone)]
+pub struct DbPoolMetrics {
+    /// Connections by state: `size` (open), `available` (idle), `waiting` (callers queued).
+    pub connections: IntGaugeVec,
+}
+
+impl DbPoolMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "event_manager_db_pool_connections",
+                "EventDB pool connections by state (size, available, waiting).",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        Ok(Self { connections })
+    }
+
+    /// Records the pool's current state.
+    pub fn observe(&self, size: usize, available: usize, waiting: usize) {
+        for (state, n) in [
+            ("size", size),
+            ("available", available),
+            ("waiting", waiting),
+        ] {
+            self.connections
+                .with_label_values(&[state])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}

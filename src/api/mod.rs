@@ -1,20 +1,38 @@
-//! The HTTP server: operations endpoints (and, from other modules, the events API and the
-//! webhook bridges).
+//! The HTTP server: the events API (bearer-token protected), the operations endpoints
+//! (`/healthz`, `/readyz`, `/metrics`) and the OpenAPI document (`/openapi.json`).
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod openapi;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus::{Encoder, Registry, TextEncoder};
-use serde_json::json;
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
+use self::auth::Authenticator;
+use self::config::ApiConfig;
+use self::error::ApiError;
 use crate::health::Readiness;
+use crate::metrics::{DbPoolMetrics, HttpMetrics};
 use crate::store::EventStore;
+
+/// Broker metadata older than this makes a consumer process not ready.
+pub const BROKER_METADATA_MAX_AGE: Duration = Duration::from_secs(60);
+/// How long `/readyz` waits for the database to answer.
+pub const READINESS_DB_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything request handlers need.
 #[derive(Clone)]
@@ -25,14 +43,43 @@ pub struct ApiState {
     pub registry: Registry,
     /// Readiness facts.
     pub readiness: Arc<Readiness>,
+    /// Events API settings.
+    pub api: Arc<ApiConfig>,
+    /// Token verification and event-type scopes.
+    pub auth: Arc<Authenticator>,
+    /// Request metrics.
+    pub http_metrics: HttpMetrics,
+    /// Connection pool gauges, updated at scrape.
+    pub db_pool_metrics: DbPoolMetrics,
 }
 
 /// Builds the router.
 pub fn router(state: ApiState) -> Router {
+    let events = Router::new()
+        .route("/api/events", get(events::list_events))
+        .route("/api/events/{id}", get(events::get_event))
+        .route_layer(from_fn_with_state(
+            state.auth.clone(),
+            auth::require_read_scope,
+        ));
+    let document = Arc::new(openapi::document());
     Router::new()
+        .merge(events)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
+        )
+        .fallback(not_found)
+        .layer(from_fn_with_state(
+            state.http_metrics.clone(),
+            record_request,
+        ))
         .with_state(state)
 }
 
@@ -47,14 +94,88 @@ pub async fn serve(
         .await
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
+/// Observes every request's duration by route template (never the raw path, whose ids would
+/// explode the label set), method and status.
+async fn record_request(
+    State(metrics): State<HttpMetrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics
+        .request_duration
+        .with_label_values(&[route.as_str(), method, response.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
-async fn readyz(State(state): State<ApiState>) -> Response {
-    let db = state.store.ping().await.is_ok();
-    let consumer = state.readiness.consumer_assigned();
-    let ready = db && consumer;
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// `/healthz` response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// `/readyz` response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadinessReport {
+    /// Whether this process should receive traffic.
+    pub ready: bool,
+    /// The EventDB answered just now.
+    pub database: bool,
+    /// The consumer holds partitions (true when no consumer runs in this process).
+    pub consumer_assigned: bool,
+    /// Broker metadata is younger than 60 s (true when no consumer runs in this process).
+    pub broker_metadata_fresh: bool,
+    /// Age of the newest broker metadata, when any was fetched.
+    pub broker_metadata_age_ms: Option<i64>,
+}
+
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive.", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: database reachable, and, when a consumer runs here, partitions assigned and
+/// broker metadata fresh.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = ReadinessReport),
+        (status = 503, description = "Not ready.", body = ReadinessReport),
+    ))]
+pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<ReadinessReport>) {
+    let database = matches!(
+        tokio::time::timeout(READINESS_DB_TIMEOUT, state.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let readiness = &state.readiness;
+    let consumer_assigned = readiness.consumer_assigned();
+    let age = readiness.broker_metadata_age_ms();
+    let broker_metadata_fresh = !readiness.consumer_required()
+        || age.is_some_and(|ms| ms < BROKER_METADATA_MAX_AGE.as_millis() as i64);
+    let ready = database && consumer_assigned && broker_metadata_fresh;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -62,17 +183,24 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     };
     (
         status,
-        Json(json!({
-            "ready": ready,
-            "database": db,
-            "consumer_assigned": consumer,
-            "broker_metadata_age_ms": state.readiness.broker_metadata_age_ms(),
-        })),
+        Json(ReadinessReport {
+            ready,
+            database,
+            consumer_assigned,
+            broker_metadata_fresh,
+            broker_metadata_age_ms: age,
+        }),
     )
-        .into_response()
 }
 
-async fn metrics(State(state): State<ApiState>) -> Response {
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format.", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<ApiState>) -> Response {
+    let status = state.store.pool().status();
+    state
+        .db_pool_metrics
+        .observe(status.size, status.available, status.waiting);
     let mut buf = Vec::new();
     match TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
         Ok(()) => (
@@ -83,6 +211,9 @@ async fn metrics(State(state): State<ApiState>) -> Response {
             buf,
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode metrics");
+            ApiError::Internal.into_response()
+        }
     }
 }

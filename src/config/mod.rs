@@ -2,7 +2,9 @@
 //!
 //! Environment overrides name a key path with `__` between levels, e.g.
 //! `EM_KAFKA__BOOTSTRAP_SERVERS=broker:9092` or `EM_PIPELINE__BATCH_SIZE=500`. `DATABASE_URL`
-//! is accepted for `database.url`. Values are read as TOML scalars when they parse as one
+//! is accepted for `database.url` and `EVENTS_LIST_MAX_PERIOD_HOURS` (the name seed 003 uses) for
+//! `api.events_list_max_period_hours`; the `EM_…` form wins when both are set. Values are read
+//! as TOML scalars when they parse as one
 //! (numbers, booleans), else as strings.
 
 mod topics;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::api::config::{ApiConfig, AuthConfig};
 pub use topics::{load_topic_rules, HeaderType, TopicRule};
 
 /// A configuration problem: which key, and why.
@@ -77,6 +80,10 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The events API.
+    pub api: ApiConfig,
+    /// Bearer-token authentication of the events API.
+    pub auth: AuthConfig,
 }
 
 /// Kafka settings.
@@ -322,6 +329,8 @@ impl Config {
                 "must be at least 10ms",
             ));
         }
+        self.api.validate()?;
+        self.auth.validate()?;
         Ok(())
     }
 }
@@ -346,13 +355,14 @@ fn apply_env(
     let mut vars: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| {
-            (k.starts_with("EM_") && !NOT_KEYS.contains(&k.as_str())) || k == "DATABASE_URL"
+            (k.starts_with("EM_") && !NOT_KEYS.contains(&k.as_str())) || alias(k).is_some()
         })
         .collect();
-    vars.sort();
+    // Plain aliases first, so that the `EM_…` spelling of the same key wins.
+    vars.sort_by(|(a, _), (b, _)| (alias(a).is_none(), a).cmp(&(alias(b).is_none(), b)));
     for (name, raw) in vars {
-        let path: Vec<String> = if name == "DATABASE_URL" {
-            vec!["database".into(), "url".into()]
+        let path: Vec<String> = if let Some(path) = alias(&name) {
+            path.iter().map(|s| (*s).to_owned()).collect()
         } else {
             name["EM_".len()..]
                 .split("__")
@@ -378,6 +388,15 @@ fn apply_env(
         node.insert(path[path.len() - 1].clone(), value);
     }
     Ok(())
+}
+
+/// Environment variables accepted under their conventional names, and the key each sets.
+fn alias(name: &str) -> Option<&'static [&'static str]> {
+    match name {
+        "DATABASE_URL" => Some(&["database", "url"]),
+        "EVENTS_LIST_MAX_PERIOD_HOURS" => Some(&["api", "events_list_max_period_hours"]),
+        _ => None,
+    }
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -429,6 +448,25 @@ mod tests {
         assert_eq!(c.pipeline.batch_linger, Duration::from_millis(5));
         assert_eq!(c.kafka.group_id, "g1");
         assert_eq!(c.database.url, "postgres://u@h:1/db");
+    }
+
+    #[test]
+    fn seed_period_variable_is_accepted_and_em_form_wins() {
+        let c = load("", &[("EVENTS_LIST_MAX_PERIOD_HOURS", "6")]).unwrap();
+        assert_eq!(c.api.events_list_max_period_hours, 6);
+        let c = load(
+            "",
+            &[
+                ("EVENTS_LIST_MAX_PERIOD_HOURS", "6"),
+                ("EM_API__EVENTS_LIST_MAX_PERIOD_HOURS", "3"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.api.events_list_max_period_hours, 3);
+        let e = load("", &[("EVENTS_LIST_MAX_PERIOD_HOURS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("api.events_list_max_period_hours"), "{e}");
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     config.kafka.bootstrap_servers = broker.bootstrap_servers();
     config.kafka.group_id = "event-manager-demo".into();
     config.http.bind = args.bind;
+    let token = demo_token(&mut config.auth)?;
     println!(
         "Kafka (embedded): {} — topics: {}",
         config.kafka.bootstrap_servers,
@@ -69,7 +70,15 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         });
     }
 
-    println!("API: http://{}  (/healthz, /readyz, /metrics)", args.bind);
+    println!(
+        "API: http://{}  (/api/events, /healthz, /readyz, /metrics, /openapi.json)",
+        args.bind
+    );
+    println!("Demo token (scope event:read, valid 12h): {token}");
+    println!(
+        "Try: curl -H 'Authorization: Bearer {token}' 'http://{}/api/events?page_size=5'",
+        args.bind
+    );
     println!(
         "Inspect the EventDB: psql '{}' -c 'SELECT entity_type, entity_id, properties FROM events ORDER BY inserted_at DESC LIMIT 10'",
         config.database.url
@@ -93,6 +102,22 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     println!();
     result?;
     Ok(())
+}
+
+/// Gives the demo a random HS256 secret (unless one is configured) and mints a token with it.
+fn demo_token(auth: &mut crate::config::AuthConfig) -> anyhow::Result<String> {
+    if auth.hs256_secret.is_none() {
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| anyhow::anyhow!("no system randomness for the demo token secret"))?;
+        auth.hs256_secret = Some(secret.iter().map(|b| format!("{b:02x}")).collect());
+    }
+    Ok(crate::api::auth::mint_token(
+        auth,
+        &[crate::api::config::READ_SCOPE.to_owned()],
+        Duration::from_secs(12 * 3600),
+        "demo",
+    )?)
 }
 
 async fn produce_feed(

@@ -1,0 +1,220 @@
+//! Settings of the events API (`[api]`) and of its bearer-token authentication (`[auth]`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+
+/// The scope every caller of the events API needs (seed 003: `scope = 'event:read'`).
+pub const READ_SCOPE: &str = "event:read";
+
+/// Events API settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Longest period one list request may cover, in hours (seed 003:
+    /// `EVENTS_LIST_MAX_PERIOD_HOURS`, also accepted as that plain environment variable).
+    pub events_list_max_period_hours: u32,
+    /// Page size when the request gives none.
+    pub default_page_size: u32,
+    /// Largest `page_size` a request may ask for.
+    pub max_page_size: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            events_list_max_period_hours: 1,
+            default_page_size: 50,
+            max_page_size: 500,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// Checks values serde cannot check.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=24 * 366).contains(&self.events_list_max_period_hours) {
+            return Err(invalid(
+                "api.events_list_max_period_hours",
+                "must be between 1 and 8784 (one year)",
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_page_size) {
+            return Err(invalid("api.max_page_size", "must be between 1 and 10000"));
+        }
+        if !(1..=self.max_page_size).contains(&self.default_page_size) {
+            return Err(invalid(
+                "api.default_page_size",
+                "must be between 1 and api.max_page_size",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The longest list period.
+    pub fn max_period(&self) -> chrono::Duration {
+        chrono::Duration::hours(i64::from(self.events_list_max_period_hours))
+    }
+}
+
+/// Bearer-token (JWT) settings. At least one key must be configured for the API to start,
+/// unless `disabled = true` is set explicitly (local use only).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Serve the API without authentication. Never in production.
+    pub disabled: bool,
+    /// Shared secret for HS256 tokens (at least 32 bytes). Also signs `event-manager token`.
+    pub hs256_secret: Option<String>,
+    /// PEM files with RSA public keys for RS256 tokens.
+    pub rs256_public_key_files: Vec<PathBuf>,
+    /// PEM files with P-256 public keys for ES256 tokens.
+    pub es256_public_key_files: Vec<PathBuf>,
+    /// A JWKS file (`{"keys": [...]}`) with RSA (RS256) and P-256 (ES256) public keys.
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Extra scope needed to see events of a type, by event type (e.g.
+    /// `StatusChangeEvent = "event:status:read"`). Types not listed need only `event:read`.
+    pub event_type_scopes: BTreeMap<String, String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            disabled: false,
+            hs256_secret: None,
+            rs256_public_key_files: Vec::new(),
+            es256_public_key_files: Vec::new(),
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+            event_type_scopes: BTreeMap::new(),
+        }
+    }
+}
+
+// The secret must never reach a log line through `{:?}` of the configuration.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("disabled", &self.disabled)
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("rs256_public_key_files", &self.rs256_public_key_files)
+            .field("es256_public_key_files", &self.es256_public_key_files)
+            .field("jwks_file", &self.jwks_file)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("event_type_scopes", &self.event_type_scopes)
+            .finish()
+    }
+}
+
+/// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key as long as the hash output.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+impl AuthConfig {
+    /// Checks values serde cannot check (key files are read when the API starts).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(secret) = &self.hs256_secret {
+            if secret.len() < MIN_HS256_SECRET_BYTES {
+                return Err(invalid(
+                    "auth.hs256_secret",
+                    format!("must be at least {MIN_HS256_SECRET_BYTES} bytes long"),
+                ));
+            }
+        }
+        if self.leeway > Duration::from_secs(300) {
+            return Err(invalid("auth.leeway", "must be at most 5m"));
+        }
+        for (key, value) in [
+            ("auth.issuer", &self.issuer),
+            ("auth.audience", &self.audience),
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(invalid(key, "must not be empty when set"));
+            }
+        }
+        for (event_type, scope) in &self.event_type_scopes {
+            if scope.trim().is_empty() || scope.contains(char::is_whitespace) {
+                return Err(invalid(
+                    &format!("auth.event_type_scopes.{event_type}"),
+                    "must be one scope (non-empty, no spaces)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any verification key is configured.
+    pub fn has_keys(&self) -> bool {
+        self.hs256_secret.is_some()
+            || !self.rs256_public_key_files.is_empty()
+            || !self.es256_public_key_files.is_empty()
+            || self.jwks_file.is_some()
+    }
+}
+
+pub(crate) fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        ApiConfig::default().validate().unwrap();
+        AuthConfig::default().validate().unwrap();
+        assert!(!AuthConfig::default().has_keys());
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let api = ApiConfig {
+            default_page_size: 600,
+            ..ApiConfig::default()
+        };
+        assert!(api
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("api.default_page_size"));
+        let auth = AuthConfig {
+            hs256_secret: Some("short".into()),
+            ..AuthConfig::default()
+        };
+        assert!(auth
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("auth.hs256_secret"));
+    }
+
+    #[test]
+    fn debug_redacts_the_secret() {
+        let auth = AuthConfig {
+            hs256_secret: Some("s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t".into()),
+            ..AuthConfig::default()
+        };
+        assert!(!format!("{auth:?}").contains("s3cr3t"));
+    }
+}

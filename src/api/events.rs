@@ -1,0 +1,725 @@
+//! `GET /api/events` and `GET /api/events/{id}`: query parsing (pure), SQL, and handlers.
+//!
+//! Period (seed 003, `EVENTS_LIST_MAX_PERIOD_HOURS`): the list covers the half-open window
+//! `date <= event_time < date_to` — `date` inclusive, `date_to` exclusive, so consecutive windows
+//! tile without overlap. Without dates the window is the last period up to now; with one date it
+//! is one period from `date` or up to `date_to`; with both their distance may not exceed the
+//! period (else 422 with the seed's message).
+//!
+//! Dates are RFC 3339 (`2017-04-20T19:14:13Z`, `…+02:00`; a `+` that the query string decoded to
+//! a space is accepted), or without a zone and then UTC (`2017-04-20T19:14:13`,
+//! `2017-04-20 19:14:13`, fractions allowed), or a plain date (`2017-04-20`, midnight UTC).
+//!
+//! Unknown parameters, repeated parameters and empty values are rejected with 422 naming the
+//! parameter: a misspelt filter must not silently widen the result.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::{Extension, Json};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+use utoipa::ToSchema;
+
+use super::auth::Principal;
+use super::config::ApiConfig;
+use super::error::{ApiError, ErrorBody, InvalidParameter};
+use super::ApiState;
+
+/// Largest page number accepted.
+pub const MAX_PAGE: u32 = 1_000_000;
+/// Longest text filter value accepted, in characters.
+pub const MAX_TEXT_LEN: usize = 256;
+
+/// The seed's message for a period that is too long.
+pub fn period_message(hours: u32) -> String {
+    format!(
+        "Period must be less than or equal to {hours} hours. Please set allowed period to the query"
+    )
+}
+
+/// How the list filters on `properties`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttributeFilter {
+    /// Events whose properties have this attribute.
+    Exists(String),
+    /// Events whose `properties -> name ->> 'new_value'` equals `value`.
+    NewValue {
+        /// Attribute name.
+        name: String,
+        /// Its new value.
+        value: String,
+    },
+}
+
+/// A validated list request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsQuery {
+    /// Window start (inclusive).
+    pub from: DateTime<Utc>,
+    /// Window end (exclusive).
+    pub to: DateTime<Utc>,
+    /// `event_type` filter.
+    pub event_type: Option<String>,
+    /// `entity_type` filter.
+    pub entity_type: Option<String>,
+    /// `attribute_name` / `new_value` filter.
+    pub attribute: Option<AttributeFilter>,
+    /// 1-based page number.
+    pub page: u32,
+    /// Events per page.
+    pub page_size: u32,
+}
+
+const PARAMETERS: &[&str] = &[
+    "date",
+    "date_to",
+    "event_type",
+    "entity_type",
+    "attribute_name",
+    "new_value",
+    "page",
+    "page_size",
+];
+
+/// Parses and validates the query string of `GET /api/events`, collecting every problem.
+pub fn parse_query(
+    raw: Option<&str>,
+    now: DateTime<Utc>,
+    config: &ApiConfig,
+) -> Result<EventsQuery, ApiError> {
+    let mut invalid = Vec::new();
+    let mut values: BTreeMap<&'static str, String> = BTreeMap::new();
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        let Some(name) = PARAMETERS.iter().copied().find(|p| *p == key) else {
+            invalid.push(InvalidParameter::new(
+                truncate(&key),
+                "unknown parameter (known: date, date_to, event_type, entity_type, \
+                 attribute_name, new_value, page, page_size)",
+            ));
+            continue;
+        };
+        if values.contains_key(name) {
+            invalid.push(InvalidParameter::new(name, "given more than once"));
+            continue;
+        }
+        if value.is_empty() {
+            invalid.push(InvalidParameter::new(name, "must not be empty"));
+        } else if value.chars().any(char::is_control) {
+            invalid.push(InvalidParameter::new(
+                name,
+                "must not contain control characters",
+            ));
+        } else if value.chars().count() > MAX_TEXT_LEN {
+            invalid.push(InvalidParameter::new(
+                name,
+                format!("must be at most {MAX_TEXT_LEN} characters"),
+            ));
+        }
+        values.insert(name, value.into_owned());
+    }
+    let failed: std::collections::BTreeSet<String> =
+        invalid.iter().map(|p| p.parameter.clone()).collect();
+    let get = |name: &str| {
+        values
+            .get(name)
+            .filter(|_| !failed.contains(name))
+            .map(String::as_str)
+    };
+
+    let mut date = |name: &'static str| {
+        get(name).and_then(|v| {
+            let parsed = parse_instant(v);
+            if parsed.is_none() {
+                invalid.push(InvalidParameter::new(
+                    name,
+                    "must be an RFC 3339 date-time (2017-04-20T19:14:13Z), a UTC date-time \
+                     without zone (2017-04-20T19:14:13) or a date (2017-04-20)",
+                ));
+            }
+            parsed
+        })
+    };
+    let date_from = date("date");
+    let date_to = date("date_to");
+
+    let mut number = |name: &'static str, max: u32, default: u32| match get(name) {
+        None => Some(default),
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Some(n),
+            _ => {
+                invalid.push(InvalidParameter::new(
+                    name,
+                    format!("must be an integer between 1 and {max}"),
+                ));
+                None
+            }
+        },
+    };
+    let page = number("page", MAX_PAGE, 1);
+    let page_size = number("page_size", config.max_page_size, config.default_page_size);
+
+    let attribute = match (get("attribute_name"), get("new_value")) {
+        (Some(name), None) => Some(AttributeFilter::Exists(name.to_owned())),
+        (Some(name), Some(value)) => Some(AttributeFilter::NewValue {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        }),
+        (None, Some(_)) if !failed.contains("attribute_name") => {
+            invalid.push(InvalidParameter::new(
+                "new_value",
+                "requires attribute_name",
+            ));
+            None
+        }
+        (None, _) => None,
+    };
+
+    let period = config.max_period();
+    let window = match (
+        values.contains_key("date"),
+        date_from,
+        values.contains_key("date_to"),
+        date_to,
+    ) {
+        (_, Some(from), _, Some(to)) => {
+            if from > to {
+                invalid.push(InvalidParameter::new("date", "must not be after date_to"));
+                None
+            } else if to - from > period {
+                if invalid.is_empty() {
+                    return Err(ApiError::Validation {
+                        message: period_message(config.events_list_max_period_hours),
+                        invalid: vec![
+                            InvalidParameter::new("date", "period"),
+                            InvalidParameter::new("date_to", "period"),
+                        ],
+                    });
+                }
+                None
+            } else {
+                Some((from, to))
+            }
+        }
+        (_, Some(from), false, None) => {
+            shift(from, period, "date", &mut invalid).map(|to| (from, to))
+        }
+        (false, None, _, Some(to)) => {
+            shift(to, -period, "date_to", &mut invalid).map(|from| (from, to))
+        }
+        (false, None, false, None) => Some((now - period, now)),
+        _ => None, // a given date failed to parse and is already reported
+    };
+
+    match (window, page, page_size) {
+        (Some((from, to)), Some(page), Some(page_size)) if invalid.is_empty() => Ok(EventsQuery {
+            from,
+            to,
+            event_type: get("event_type").map(str::to_owned),
+            entity_type: get("entity_type").map(str::to_owned),
+            attribute,
+            page,
+            page_size,
+        }),
+        _ => {
+            let names: Vec<&str> = invalid.iter().map(|p| p.parameter.as_str()).collect();
+            Err(ApiError::Validation {
+                message: format!("invalid query parameters: {}", names.join(", ")),
+                invalid,
+            })
+        }
+    }
+}
+
+fn shift(
+    at: DateTime<Utc>,
+    by: chrono::Duration,
+    name: &str,
+    invalid: &mut Vec<InvalidParameter>,
+) -> Option<DateTime<Utc>> {
+    let shifted = at.checked_add_signed(by);
+    if shifted.is_none() {
+        invalid.push(InvalidParameter::new(name, "out of range"));
+    }
+    shifted
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Parses a date as documented in the module.
+pub fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    // `+02:00` in an unencoded query string arrives as ` 02:00`.
+    if let Some((head, zone)) = s.rsplit_once(' ') {
+        if head.len() > 10 && zone.starts_with(|c: char| c.is_ascii_digit()) {
+            if let Ok(t) = DateTime::parse_from_rfc3339(&format!("{head}+{zone}")) {
+                return Some(t.with_timezone(&Utc));
+            }
+        }
+    }
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, format) {
+            return Some(t.and_utc());
+        }
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+}
+
+/// One event, exactly as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct EventView {
+    /// Event identifier (UUID v7).
+    pub id: uuid::Uuid,
+    /// Event type, e.g. `StatusChangeEvent`.
+    pub event_type: String,
+    /// Type of the changed entity, e.g. `EmployeeRequest`.
+    pub entity_type: String,
+    /// Identifier of the changed entity.
+    pub entity_id: String,
+    /// What changed: `{attribute: {new_value, old_value}}`.
+    #[schema(value_type = Object)]
+    pub properties: serde_json::Value,
+    /// When the change happened (RFC 3339, UTC).
+    pub event_time: DateTime<Utc>,
+    /// Who made the change, when known.
+    pub changed_by: Option<String>,
+}
+
+impl EventView {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get(0),
+            event_type: row.get(1),
+            entity_type: row.get(2),
+            entity_id: row.get(3),
+            properties: row.get(4),
+            event_time: row.get(5),
+            changed_by: row.get(6),
+        }
+    }
+}
+
+/// Paging facts of a list response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Paging {
+    /// This page (1-based).
+    pub page_number: u32,
+    /// Events per page.
+    pub page_size: u32,
+    /// Events matching the filters in the whole window.
+    pub total_entries: i64,
+    /// Pages needed for all of them.
+    pub total_pages: i64,
+}
+
+/// `GET /api/events` response.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct EventList {
+    /// Events ordered by `event_time`, then `id`.
+    pub data: Vec<EventView>,
+    /// Paging.
+    pub paging: Paging,
+}
+
+/// `GET /api/events/{id}` response (the same envelope as the list).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct EventEnvelope {
+    /// The event.
+    pub data: EventView,
+}
+
+const COLUMNS: &str = "id, event_type, entity_type, entity_id, properties, event_time, changed_by";
+
+/// The `WHERE` clause and its parameters for a list request. Every filter uses an operator an
+/// index of `sql/` serves: the time range (B-tree), `properties @> {name: {new_value}}`
+/// (GIN `jsonb_path_ops`) and `event_property_keys(properties) @> ARRAY[name]` (GIN).
+fn where_clause(
+    q: &EventsQuery,
+    hidden_types: Vec<String>,
+) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+    let mut sql = String::from("event_time >= $1 AND event_time < $2");
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(q.from), Box::new(q.to)];
+    let mut push = |sql: &mut String, clause: &str, p: Box<dyn ToSql + Sync + Send>| {
+        params.push(p);
+        sql.push_str(&clause.replace("$?", &format!("${}", params.len())));
+    };
+    if let Some(t) = &q.event_type {
+        push(&mut sql, " AND event_type = $?", Box::new(t.clone()));
+    }
+    if let Some(t) = &q.entity_type {
+        push(&mut sql, " AND entity_type = $?", Box::new(t.clone()));
+    }
+    match &q.attribute {
+        Some(AttributeFilter::Exists(name)) => push(
+            &mut sql,
+            " AND event_property_keys(properties) @> ARRAY[$?::text]",
+            Box::new(name.clone()),
+        ),
+        Some(AttributeFilter::NewValue { name, value }) => {
+            let mut inner = serde_json::Map::new();
+            inner.insert("new_value".into(), value.clone().into());
+            let mut outer = serde_json::Map::new();
+            outer.insert(name.clone(), inner.into());
+            push(
+                &mut sql,
+                " AND properties @> $?::jsonb",
+                Box::new(serde_json::Value::Object(outer)),
+            );
+        }
+        None => {}
+    }
+    if !hidden_types.is_empty() {
+        push(
+            &mut sql,
+            " AND event_type <> ALL($?::text[])",
+            Box::new(hidden_types),
+        );
+    }
+    (sql, params)
+}
+
+/// The list and count statements for a request, for `EXPLAIN` in tests and for the handler.
+pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
+    let (filter, params) = where_clause(q, hidden_types);
+    let n = params.len();
+    ListSql {
+        list: format!(
+            "SELECT {COLUMNS} FROM events WHERE {filter} ORDER BY event_time, id LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        ),
+        count: format!("SELECT count(*) FROM events WHERE {filter}"),
+        params,
+        limit: i64::from(q.page_size),
+        offset: i64::from(q.page - 1) * i64::from(q.page_size),
+    }
+}
+
+/// SQL for one list request.
+pub struct ListSql {
+    /// The page query; takes `params`, then `limit` and `offset`.
+    pub list: String,
+    /// The count query; takes `params`.
+    pub count: String,
+    /// Filter parameters.
+    pub params: Vec<Box<dyn ToSql + Sync + Send>>,
+    /// Page size.
+    pub limit: i64,
+    /// Rows skipped.
+    pub offset: i64,
+}
+
+impl ListSql {
+    /// The filter parameters as the driver wants them.
+    pub fn filter_params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+/// Lists events.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    tag = "events",
+    params(
+        ("date" = Option<String>, Query, description = "Window start, inclusive (RFC 3339, UTC date-time or date)."),
+        ("date_to" = Option<String>, Query, description = "Window end, exclusive. At most EVENTS_LIST_MAX_PERIOD_HOURS after `date`."),
+        ("event_type" = Option<String>, Query, description = "Only this event type."),
+        ("entity_type" = Option<String>, Query, description = "Only this entity type."),
+        ("attribute_name" = Option<String>, Query, description = "Only events whose properties have this attribute."),
+        ("new_value" = Option<String>, Query, description = "With attribute_name: only events where that attribute's new_value equals this."),
+        ("page" = Option<u32>, Query, description = "Page number, from 1.", minimum = 1, maximum = 1000000),
+        ("page_size" = Option<u32>, Query, description = "Events per page (default api.default_page_size, at most api.max_page_size).", minimum = 1),
+    ),
+    responses(
+        (status = 200, description = "A page of events.", body = EventList),
+        (status = 401, description = "Missing or invalid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token lacks `event:read` or the event type's scope.", body = ErrorBody),
+        (status = 422, description = "Invalid query parameters.", body = ErrorBody),
+        (status = 503, description = "The event database is unavailable.", body = ErrorBody),
+    ),
+    security(("bearer" = ["event:read"]))
+)]
+pub async fn list_events(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<EventList>, ApiError> {
+    let q = parse_query(raw.as_deref(), Utc::now(), &state.api)?;
+    if let Some(scope) = q
+        .event_type
+        .as_deref()
+        .and_then(|t| state.auth.event_type_scope(t))
+    {
+        if !principal.has_scope(scope) {
+            return Err(ApiError::InsufficientScope {
+                scope: scope.to_owned(),
+            });
+        }
+    }
+    let sql = list_sql(&q, state.auth.hidden_event_types(&principal));
+    let client = state.store.client().await?;
+    let (list_stmt, count_stmt) = tokio::try_join!(
+        client.prepare_cached(&sql.list),
+        client.prepare_cached(&sql.count)
+    )?;
+    let filter = sql.filter_params();
+    let mut page_params = filter.clone();
+    page_params.push(&sql.limit);
+    page_params.push(&sql.offset);
+    // Both statements go out on one connection without waiting for each other (pipelining).
+    let (rows, count) = tokio::try_join!(
+        client.query(&list_stmt, &page_params),
+        client.query_one(&count_stmt, &filter)
+    )?;
+    let total_entries: i64 = count.get(0);
+    let page_size = i64::from(q.page_size);
+    Ok(Json(EventList {
+        data: rows.iter().map(EventView::from_row).collect(),
+        paging: Paging {
+            page_number: q.page,
+            page_size: q.page_size,
+            total_entries,
+            total_pages: (total_entries + page_size - 1) / page_size,
+        },
+    }))
+}
+
+/// Gets one event. Unknown and malformed ids, and events of a type the token may not see, are 404.
+#[utoipa::path(
+    get,
+    path = "/api/events/{id}",
+    tag = "events",
+    params(("id" = String, Path, description = "Event id (UUID).")),
+    responses(
+        (status = 200, description = "The event.", body = EventEnvelope),
+        (status = 401, description = "Missing or invalid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token lacks `event:read`.", body = ErrorBody),
+        (status = 404, description = "No such event (or not visible to this token).", body = ErrorBody),
+        (status = 503, description = "The event database is unavailable.", body = ErrorBody),
+    ),
+    security(("bearer" = ["event:read"]))
+)]
+pub async fn get_event(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<EventEnvelope>, ApiError> {
+    let id: uuid::Uuid = id.parse().map_err(|_| ApiError::NotFound)?;
+    let client = state.store.client().await?;
+    let stmt = client
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE id = $1"))
+        .await?;
+    let row = client.query_opt(&stmt, &[&id]).await?;
+    let event = row
+        .as_ref()
+        .map(EventView::from_row)
+        .ok_or(ApiError::NotFound)?;
+    if state
+        .auth
+        .event_type_scope(&event.event_type)
+        .is_some_and(|scope| !principal.has_scope(scope))
+    {
+        return Err(ApiError::NotFound);
+    }
+    Ok(Json(EventEnvelope { data: event }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap()
+    }
+
+    fn parse(q: &str) -> Result<EventsQuery, ApiError> {
+        parse_query(Some(q), now(), &ApiConfig::default())
+    }
+
+    fn invalid_params(q: &str) -> Vec<String> {
+        match parse(q) {
+            Err(ApiError::Validation { invalid, .. }) => {
+                invalid.into_iter().map(|p| p.parameter).collect()
+            }
+            other => panic!("{q}: expected a validation error, got {other:?}"),
+        }
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        parse_instant(s).unwrap()
+    }
+
+    #[test]
+    fn no_dates_is_the_last_period() {
+        let q = parse_query(None, now(), &ApiConfig::default()).unwrap();
+        assert_eq!((q.from, q.to), (now() - chrono::Duration::hours(1), now()));
+        assert_eq!((q.page, q.page_size), (1, 50));
+        assert_eq!(q.attribute, None);
+    }
+
+    #[test]
+    fn one_date_is_one_period_from_or_to_it() {
+        let q = parse("date=2024-01-01T10:00:00Z").unwrap();
+        assert_eq!(
+            (q.from, q.to),
+            (t("2024-01-01T10:00:00Z"), t("2024-01-01T11:00:00Z"))
+        );
+        let q = parse("date_to=2024-01-01T10:00:00Z").unwrap();
+        assert_eq!(
+            (q.from, q.to),
+            (t("2024-01-01T09:00:00Z"), t("2024-01-01T10:00:00Z"))
+        );
+        let config = ApiConfig {
+            events_list_max_period_hours: 24,
+            ..ApiConfig::default()
+        };
+        let q = parse_query(Some("date=2024-01-01"), now(), &config).unwrap();
+        assert_eq!(
+            (q.from, q.to),
+            (t("2024-01-01T00:00:00Z"), t("2024-01-02T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn both_dates_within_the_period() {
+        let q = parse("date=2024-01-01T10:00:00Z&date_to=2024-01-01T11:00:00Z").unwrap();
+        assert_eq!(q.to - q.from, chrono::Duration::hours(1));
+        match parse("date=2024-01-01T10:00:00Z&date_to=2024-01-01T11:00:01Z") {
+            Err(ApiError::Validation { message, invalid }) => {
+                assert_eq!(
+                    message,
+                    "Period must be less than or equal to 1 hours. Please set allowed period to the query"
+                );
+                assert_eq!(invalid.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            invalid_params("date=2024-01-01T11:00:00Z&date_to=2024-01-01T10:00:00Z"),
+            ["date"]
+        );
+    }
+
+    #[test]
+    fn date_formats() {
+        let expected = t("2017-04-20T19:14:13Z");
+        for s in [
+            "2017-04-20T19:14:13Z",
+            "2017-04-20T21:14:13+02:00",
+            "2017-04-20T21:14:13 02:00",
+            "2017-04-20t19:14:13z",
+            "2017-04-20T19:14:13",
+            "2017-04-20 19:14:13",
+            "2017-04-20T19:14:13.000",
+        ] {
+            assert_eq!(parse_instant(s), Some(expected), "{s}");
+        }
+        assert_eq!(parse_instant("2017-04-20"), Some(t("2017-04-20T00:00:00Z")));
+        for s in [
+            "2017-13-01",
+            "yesterday",
+            "2017-04-20T25:00:00Z",
+            "1492715653",
+            "'; DROP TABLE events; --",
+        ] {
+            assert_eq!(parse_instant(s), None, "{s}");
+        }
+        // An encoded `+` survives the query-string decoding.
+        let q = parse("date=2017-04-20T21%3A14%3A13%2B02%3A00").unwrap();
+        assert_eq!(q.from, expected);
+    }
+
+    #[test]
+    fn attribute_filters() {
+        assert_eq!(
+            parse("attribute_name=status").unwrap().attribute,
+            Some(AttributeFilter::Exists("status".into()))
+        );
+        assert_eq!(
+            parse("attribute_name=status&new_value=APPROVED")
+                .unwrap()
+                .attribute,
+            Some(AttributeFilter::NewValue {
+                name: "status".into(),
+                value: "APPROVED".into()
+            })
+        );
+        assert_eq!(invalid_params("new_value=APPROVED"), ["new_value"]);
+    }
+
+    #[test]
+    fn paging_bounds() {
+        let q = parse("page=3&page_size=500").unwrap();
+        assert_eq!((q.page, q.page_size), (3, 500));
+        for bad in [
+            "page=0",
+            "page=-1",
+            "page=x",
+            "page=1.5",
+            "page=99999999999",
+            "page=1000001",
+        ] {
+            assert_eq!(invalid_params(bad), ["page"], "{bad}");
+        }
+        for bad in ["page_size=0", "page_size=501", "page_size=ten"] {
+            assert_eq!(invalid_params(bad), ["page_size"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_repeated_empty_and_control_values_are_rejected() {
+        assert_eq!(invalid_params("event-type=x"), ["event-type"]);
+        assert_eq!(invalid_params("page=1&page=2"), ["page"]);
+        assert_eq!(invalid_params("event_type="), ["event_type"]);
+        assert_eq!(invalid_params("event_type=a%00b"), ["event_type"]);
+        let long = "x".repeat(MAX_TEXT_LEN + 1);
+        assert_eq!(
+            invalid_params(&format!("entity_type={long}")),
+            ["entity_type"]
+        );
+        // Every problem is reported at once.
+        assert_eq!(
+            invalid_params("page=0&page_size=0&date=nope&new_value=x"),
+            ["date", "page", "page_size", "new_value"]
+        );
+    }
+
+    #[test]
+    fn sql_uses_numbered_parameters_only() {
+        let q = parse("event_type=a&entity_type=b&attribute_name=status&new_value=x'--").unwrap();
+        let sql = list_sql(&q, vec!["Hidden".into()]);
+        assert!(sql.list.contains("properties @> $5::jsonb"), "{}", sql.list);
+        assert!(
+            sql.list.contains("event_type <> ALL($6::text[])"),
+            "{}",
+            sql.list
+        );
+        assert!(sql.list.ends_with("LIMIT $7 OFFSET $8"), "{}", sql.list);
+        assert!(!sql.list.contains("x'--"));
+        assert_eq!(sql.params.len(), 6);
+        let q = parse("attribute_name=status&page=3&page_size=20").unwrap();
+        let sql = list_sql(&q, Vec::new());
+        assert!(sql
+            .count
+            .contains("event_property_keys(properties) @> ARRAY[$3::text]"));
+        assert_eq!((sql.limit, sql.offset), (20, 40));
+    }
+}

@@ -1,0 +1,62 @@
+//! The OpenAPI 3.1 document, generated from the handlers and response types.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::error::{ErrorBody, ErrorDetail, InvalidParameter};
+use super::events::{EventEnvelope, EventList, EventView, Paging};
+use super::{Health, ReadinessReport};
+
+/// The document served at `/openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "event-manager",
+        description = "Status-change events of the EventDB (ESOZ Event Manager, seed 003)."
+    ),
+    paths(
+        super::events::list_events,
+        super::events::get_event,
+        super::healthz,
+        super::readyz,
+        super::metrics,
+    ),
+    components(schemas(
+        EventView,
+        EventList,
+        EventEnvelope,
+        Paging,
+        ErrorBody,
+        ErrorDetail,
+        InvalidParameter,
+        Health,
+        ReadinessReport
+    )),
+    modifiers(&BearerJwt),
+    tags(
+        (name = "events", description = "The EventDB (bearer token with scope `event:read`)."),
+        (name = "operations", description = "Probes and metrics (no authentication).")
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerJwt;
+
+impl Modify for BearerJwt {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.bearer_format = Some("JWT".into());
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The document as JSON.
+pub fn document() -> serde_json::Value {
+    serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot serialise the OpenAPI document");
+        serde_json::Value::Null
+    })
+}
