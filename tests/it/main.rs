@@ -2,6 +2,7 @@
 
 mod support;
 
+mod api;
 mod pipeline;
 mod processes;
 mod store;
