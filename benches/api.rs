@@ -1,1 +1,430 @@
-fn main() {}
+//! Load benchmark of the events API through the real HTTP server.
+//!
+//! Seeds `EM_BENCH_EVENTS` events (default 10 000 000) by binary COPY — secondary indexes are
+//! dropped for the load and rebuilt from their own definitions afterwards — at
+//! `EM_BENCH_EVENTS_PER_HOUR` (default 5 000) ending now, then serves the router on a port-0
+//! listener and runs `EM_BENCH_CONCURRENCY` (default 32) keep-alive clients for
+//! `EM_BENCH_SECONDS` (default 10) per scenario, printing p50/p99 latency and requests/s.
+//!
+//! Runs on `DATABASE_URL` when set (the seeded database `em_bench_<events>` is reused by later
+//! runs), else on a private throwaway PostgreSQL.
+//!
+//! `EM_BENCH_EVENTS=1000000 cargo bench --bench api`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use event_manager::api::auth::{mint_token, Authenticator};
+use event_manager::api::{self, ApiState};
+use event_manager::config::{ApiConfig, AuthConfig, DatabaseConfig};
+use event_manager::health::Readiness;
+use event_manager::metrics::{DbPoolMetrics, HttpMetrics};
+use event_manager::store::{EventStore, LocalPostgres};
+use futures::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::NoTls;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+const ENTITY_TYPES: [&str; 5] = [
+    "Declaration",
+    "EmployeeRequest",
+    "MedicationRequest",
+    "Episode",
+    "Encounter",
+];
+const STATUSES: [&str; 4] = ["active", "terminated", "APPROVED", "REJECTED"];
+
+/// A small deterministic generator (xorshift), so runs are comparable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client, BoxError> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn seed(url: &str, n: u64, per_hour: u64, end: DateTime<Utc>) -> Result<(), BoxError> {
+    let client = connect(url).await?;
+    let have: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await?
+        .get(0);
+    if have == n as i64 {
+        println!("reusing {n} seeded events");
+        return Ok(());
+    }
+    client.batch_execute("TRUNCATE events").await?;
+    let indexes: Vec<(String, String)> = client
+        .query(
+            "SELECT i.indexname, i.indexdef FROM pg_indexes i \
+             WHERE i.tablename = 'events' AND NOT EXISTS \
+               (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (name, _) in &indexes {
+        client.batch_execute(&format!("DROP INDEX {name}")).await?;
+    }
+    let started = Instant::now();
+    let sink = client
+        .copy_in(
+            "COPY events (id, event_type, entity_type, entity_id, properties, event_time, \
+             changed_by, source_topic, source_partition, source_offset, source_seq) \
+             FROM STDIN BINARY",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::UUID,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::JSONB,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT4,
+            Type::INT8,
+            Type::INT4,
+        ],
+    );
+    pin_mut!(writer);
+    let step_us = 3_600_000_000 / per_hour as i64;
+    let start = end - chrono::Duration::microseconds(step_us * n as i64);
+    let mut rng = Rng(0x5eed_cafe);
+    for i in 0..n {
+        let r = rng.next();
+        let time = start + chrono::Duration::microseconds(step_us * i as i64);
+        let entity_type = ENTITY_TYPES[(r % 5) as usize];
+        let event_type = if r % 10 == 0 {
+            "StateChangeEvent"
+        } else {
+            "StatusChangeEvent"
+        };
+        let mut properties = serde_json::json!({
+            "status": {"new_value": STATUSES[((r >> 8) % 4) as usize], "old_value": STATUSES[((r >> 16) % 4) as usize]}
+        });
+        if entity_type == "EmployeeRequest" {
+            properties["employee_id"] =
+                serde_json::json!({"new_value": format!("emp-{}", r % 10_000)});
+        }
+        if r % 1000 == 7 {
+            properties["rare_attr"] = serde_json::json!({"new_value": "x"});
+        }
+        let millis = time.timestamp_millis() as u64;
+        let mut random = [0u8; 10];
+        random.copy_from_slice(&(u128::from(r) ^ u128::from(i)).to_le_bytes()[..10]);
+        let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+        writer
+            .as_mut()
+            .write(&[
+                &id,
+                &event_type,
+                &entity_type,
+                &format!("{entity_type}-{}", r % 1_000_000),
+                &properties,
+                &time,
+                &Some("bench-user"),
+                &"bench",
+                &0i32,
+                &(i as i64),
+                &0i32,
+            ])
+            .await?;
+        if i > 0 && i % 1_000_000 == 0 {
+            println!("  copied {i} rows ({:.0?})", started.elapsed());
+        }
+    }
+    writer.finish().await?;
+    println!("copied {n} rows in {:.1?}", started.elapsed());
+    for (name, def) in &indexes {
+        let t = Instant::now();
+        client.batch_execute(def).await?;
+        println!("  index {name} rebuilt in {:.1?}", t.elapsed());
+    }
+    client.batch_execute("VACUUM ANALYZE events").await?;
+    println!("seeded in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+struct Outcome {
+    latencies: Vec<Duration>,
+    errors: u64,
+    elapsed: Duration,
+}
+
+async fn load(
+    base: &str,
+    token: &str,
+    paths: Arc<Vec<String>>,
+    concurrency: usize,
+    duration: Duration,
+) -> Outcome {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap_or_default();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let http = http.clone();
+        let paths = paths.clone();
+        let auth = format!("Bearer {token}");
+        let base = base.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut i = worker;
+            while Instant::now() < deadline {
+                let path = &paths[i % paths.len()];
+                i += concurrency;
+                let t = Instant::now();
+                match http
+                    .get(format!("{base}{path}"))
+                    .header("authorization", &auth)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => {
+                        if r.bytes().await.is_err() {
+                            errors += 1;
+                        }
+                    }
+                    _ => errors += 1,
+                }
+                latencies.push(t.elapsed());
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut outcome = Outcome {
+        latencies: Vec::new(),
+        errors: 0,
+        elapsed: Duration::ZERO,
+    };
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            outcome.latencies.extend(l);
+            outcome.errors += e;
+        }
+    }
+    outcome.elapsed = started.elapsed();
+    outcome.latencies.sort();
+    outcome
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn run() -> Result<(), BoxError> {
+    let n: u64 = env_or("EM_BENCH_EVENTS", 10_000_000);
+    let per_hour: u64 = env_or("EM_BENCH_EVENTS_PER_HOUR", 5_000);
+    let concurrency: usize = env_or("EM_BENCH_CONCURRENCY", 32);
+    let seconds: u64 = env_or("EM_BENCH_SECONDS", 10);
+    let pool_size: usize = env_or("EM_BENCH_POOL_SIZE", 8);
+
+    let mut local = None;
+    let (admin_url, url) = match std::env::var("DATABASE_URL") {
+        Ok(u) if !u.is_empty() => {
+            let mut base: url::Url = u.parse()?;
+            base.set_path("/postgres");
+            let admin = base.to_string();
+            base.set_path(&format!("/em_bench_{n}"));
+            (admin, base.to_string())
+        }
+        _ => {
+            let pg = tokio::task::spawn_blocking(LocalPostgres::start).await??;
+            let urls = (pg.url("postgres"), pg.url(&format!("em_bench_{n}")));
+            local = Some(pg);
+            urls
+        }
+    };
+    let admin = connect(&admin_url).await?;
+    let exists = admin
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&format!("em_bench_{n}")],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        admin
+            .batch_execute(&format!("CREATE DATABASE em_bench_{n}"))
+            .await?;
+    }
+    let store = EventStore::connect(&DatabaseConfig {
+        url: url.clone(),
+        pool_size,
+        ..DatabaseConfig::default()
+    })?;
+    store.migrate().await?;
+    let end = Utc::now();
+    seed(&url, n, per_hour, end).await?;
+    let end: DateTime<Utc> = connect(&url)
+        .await?
+        .query_one("SELECT max(event_time) FROM events", &[])
+        .await?
+        .get(0);
+
+    let auth = AuthConfig {
+        hs256_secret: Some("bench-secret-bench-secret-bench-secret".into()),
+        ..AuthConfig::default()
+    };
+    let registry = prometheus::Registry::new();
+    let state = ApiState {
+        store,
+        readiness: Arc::new(Readiness::default()),
+        api: Arc::new(ApiConfig::default()),
+        auth: Arc::new(Authenticator::from_config(&auth)?),
+        http_metrics: HttpMetrics::register(&registry)?,
+        db_pool_metrics: DbPoolMetrics::register(&registry)?,
+        registry,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(api::serve(listener, api::router(state), stop.clone()));
+    let token = mint_token(
+        &auth,
+        &["event:read".into()],
+        Duration::from_secs(3600),
+        "bench",
+    )?;
+
+    // Hour windows spread over the seeded span, so caches see more than one window.
+    let span_hours = (n / per_hour).max(1) as i64;
+    let windows: Vec<String> = (0..64)
+        .map(|k| {
+            let from = end - chrono::Duration::hours(1 + (k * 7919) % span_hours);
+            format!("date={}", from.format("%Y-%m-%dT%H:%M:%SZ"))
+        })
+        .collect();
+    let ids: Vec<uuid::Uuid> = connect(&url)
+        .await?
+        .query(
+            "SELECT id FROM events TABLESAMPLE SYSTEM (0.1) LIMIT 512",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let scenarios: Vec<(&str, Vec<String>)> = vec![
+        (
+            "last hour (no filter)",
+            vec![format!(
+                "/api/events?date_to={}",
+                end.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            )],
+        ),
+        (
+            "hour window",
+            windows.iter().map(|w| format!("/api/events?{w}")).collect(),
+        ),
+        (
+            "hour window + event_type",
+            windows
+                .iter()
+                .map(|w| format!("/api/events?{w}&event_type=StateChangeEvent"))
+                .collect(),
+        ),
+        (
+            "hour window + entity_type",
+            windows
+                .iter()
+                .map(|w| format!("/api/events?{w}&entity_type=EmployeeRequest"))
+                .collect(),
+        ),
+        (
+            "hour window + attribute_name",
+            windows
+                .iter()
+                .map(|w| format!("/api/events?{w}&attribute_name=employee_id"))
+                .collect(),
+        ),
+        (
+            "hour window + attribute_name&new_value",
+            windows
+                .iter()
+                .map(|w| format!("/api/events?{w}&attribute_name=status&new_value=APPROVED"))
+                .collect(),
+        ),
+        (
+            "get by id",
+            ids.iter().map(|id| format!("/api/events/{id}")).collect(),
+        ),
+    ];
+    println!(
+        "\n{n} events ({per_hour}/h), {concurrency} clients, {seconds}s per scenario, pool {pool_size}"
+    );
+    println!(
+        "{:<42} {:>9} {:>9} {:>9} {:>8}",
+        "scenario", "p50 ms", "p99 ms", "req/s", "errors"
+    );
+    for (name, paths) in scenarios {
+        // Warm-up, then the measured run.
+        load(
+            &base,
+            &token,
+            Arc::new(paths.clone()),
+            concurrency,
+            Duration::from_secs(1),
+        )
+        .await;
+        let o = load(
+            &base,
+            &token,
+            Arc::new(paths),
+            concurrency,
+            Duration::from_secs(seconds),
+        )
+        .await;
+        println!(
+            "{:<42} {:>9.2} {:>9.2} {:>9.0} {:>8}",
+            name,
+            percentile(&o.latencies, 0.50).as_secs_f64() * 1e3,
+            percentile(&o.latencies, 0.99).as_secs_f64() * 1e3,
+            o.latencies.len() as f64 / o.elapsed.as_secs_f64(),
+            o.errors
+        );
+    }
+    stop.cancel();
+    drop(local);
+    Ok(())
+}
+
+fn main() -> Result<(), BoxError> {
+    // `cargo bench` passes `--bench`; there is nothing to filter.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
