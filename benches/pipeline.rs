@@ -68,6 +68,8 @@ async fn run_once(base_url: &str, partitions: i32, messages: u64, batch_size: us
     config.pipeline.topics_dir = topics.path().to_owned();
     config.pipeline.batch_size = batch_size;
     config.pipeline.batch_linger = Duration::from_millis(50);
+    // The benchmark does not call the events API, which otherwise needs a token key.
+    config.auth.disabled = true;
 
     let app = App::build(config).unwrap();
     app.migrate(&CancellationToken::new()).await.unwrap();

@@ -84,6 +84,7 @@ fn run_process(topics: &Path, bootstrap: &str, database_url: &str) -> Proc {
         .env("EM_HTTP__BIND", "127.0.0.1:0")
         .env("DATABASE_URL", database_url)
         .env("EM_LOG__LEVEL", "warn")
+        .env("EM_AUTH__DISABLED", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
