@@ -250,3 +250,33 @@ async fn operations_endpoints_need_no_token() {
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
 }
+
+#[test]
+fn token_command_prints_only_a_token_the_api_accepts() {
+    let bin = env!("CARGO_BIN_EXE_event-manager");
+    let output = std::process::Command::new(bin)
+        .args(["token", "--scope", "event:read", "--ttl", "5m", "--subject", "ops"])
+        .env("EM_AUTH__HS256_SECRET", SECRET)
+        .env_remove("EM_CONFIG")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let token = stdout.trim_end_matches('\n');
+    assert_eq!(token.lines().count(), 1, "{stdout}");
+    let auth = event_manager::api::auth::Authenticator::from_config(&auth_config()).unwrap();
+    let header = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+    let principal = auth.authenticate(Some(&header)).unwrap();
+    assert_eq!(principal.subject.as_deref(), Some("ops"));
+    assert!(principal.has_scope("event:read"));
+
+    let output = std::process::Command::new(bin)
+        .arg("token")
+        .env_remove("EM_AUTH__HS256_SECRET")
+        .env_remove("EM_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("auth.hs256_secret"));
+}
