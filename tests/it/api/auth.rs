@@ -255,7 +255,15 @@ async fn operations_endpoints_need_no_token() {
 fn token_command_prints_only_a_token_the_api_accepts() {
     let bin = env!("CARGO_BIN_EXE_event-manager");
     let output = std::process::Command::new(bin)
-        .args(["token", "--scope", "event:read", "--ttl", "5m", "--subject", "ops"])
+        .args([
+            "token",
+            "--scope",
+            "event:read",
+            "--ttl",
+            "5m",
+            "--subject",
+            "ops",
+        ])
         .env("EM_AUTH__HS256_SECRET", SECRET)
         .env_remove("EM_CONFIG")
         .output()

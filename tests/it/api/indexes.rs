@@ -93,7 +93,7 @@ async fn every_filter_combination_uses_an_index() {
     };
     let year = "date=2024-01-01&date_to=2024-12-31";
     for (filter, index) in [
-        ("&attribute_name=rare_attr", "events_property_keys_idx"),
+        ("&attribute_name=rare_attr", "events_properties_keys_idx"),
         (
             "&attribute_name=rare_attr&new_value=x7",
             "events_properties_path_idx",
