@@ -19,7 +19,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::{Extension, Json};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use utoipa::ToSchema;
 
@@ -346,26 +346,39 @@ const COLUMNS: &str = "id, event_type, entity_type, entity_id, properties, event
 /// The `WHERE` clause and its parameters for a list request. Every filter uses an operator an
 /// index of `sql/` serves: the time range (B-tree), `properties @> {name: {new_value}}`
 /// (GIN `jsonb_path_ops`) and `properties ? name` (GIN `jsonb_ops`).
-fn where_clause(
-    q: &EventsQuery,
-    hidden_types: Vec<String>,
-) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+fn where_clause(q: &EventsQuery, hidden_types: Vec<String>) -> (String, Vec<Param>) {
     let mut sql = String::from("event_time >= $1 AND event_time < $2");
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(q.from), Box::new(q.to)];
-    let mut push = |sql: &mut String, clause: &str, p: Box<dyn ToSql + Sync + Send>| {
-        params.push(p);
+    let mut params: Vec<Param> = vec![
+        (Box::new(q.from), Type::TIMESTAMPTZ),
+        (Box::new(q.to), Type::TIMESTAMPTZ),
+    ];
+    let mut push = |sql: &mut String, clause: &str, p: Box<dyn ToSql + Sync + Send>, ty: Type| {
+        params.push((p, ty));
         sql.push_str(&clause.replace("$?", &format!("${}", params.len())));
     };
     if let Some(t) = &q.event_type {
-        push(&mut sql, " AND event_type = $?", Box::new(t.clone()));
+        push(
+            &mut sql,
+            " AND event_type = $?",
+            Box::new(t.clone()),
+            Type::TEXT,
+        );
     }
     if let Some(t) = &q.entity_type {
-        push(&mut sql, " AND entity_type = $?", Box::new(t.clone()));
+        push(
+            &mut sql,
+            " AND entity_type = $?",
+            Box::new(t.clone()),
+            Type::TEXT,
+        );
     }
     match &q.attribute {
-        Some(AttributeFilter::Exists(name)) => {
-            push(&mut sql, " AND properties ? $?", Box::new(name.clone()))
-        }
+        Some(AttributeFilter::Exists(name)) => push(
+            &mut sql,
+            " AND properties ? $?",
+            Box::new(name.clone()),
+            Type::TEXT,
+        ),
         Some(AttributeFilter::NewValue { name, value }) => {
             let mut inner = serde_json::Map::new();
             inner.insert("new_value".into(), value.clone().into());
@@ -375,6 +388,7 @@ fn where_clause(
                 &mut sql,
                 " AND properties @> $?::jsonb",
                 Box::new(serde_json::Value::Object(outer)),
+                Type::JSONB,
             );
         }
         None => {}
@@ -384,6 +398,7 @@ fn where_clause(
             &mut sql,
             " AND event_type <> ALL($?::text[])",
             Box::new(hidden_types),
+            Type::TEXT_ARRAY,
         );
     }
     (sql, params)
@@ -406,6 +421,9 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
     }
 }
 
+/// A query parameter with its type (statements are not prepared, see [`list_events`]).
+pub type Param = (Box<dyn ToSql + Sync + Send>, Type);
+
 /// SQL for one list request.
 pub struct ListSql {
     /// The page query; takes `params`, then `limit` and `offset`.
@@ -413,7 +431,7 @@ pub struct ListSql {
     /// The count query; takes `params`.
     pub count: String,
     /// Filter parameters.
-    pub params: Vec<Box<dyn ToSql + Sync + Send>>,
+    pub params: Vec<Param>,
     /// Page size.
     pub limit: i64,
     /// Rows skipped.
@@ -422,11 +440,19 @@ pub struct ListSql {
 
 impl ListSql {
     /// The filter parameters as the driver wants them.
-    pub fn filter_params(&self) -> Vec<&(dyn ToSql + Sync)> {
+    pub fn filter_params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
         self.params
             .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .map(|(p, ty)| (p.as_ref() as &(dyn ToSql + Sync), ty.clone()))
             .collect()
+    }
+
+    /// The page query's parameters.
+    pub fn page_params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        let mut params = self.filter_params();
+        params.push((&self.limit, Type::INT8));
+        params.push((&self.offset, Type::INT8));
+        params
     }
 }
 
@@ -473,19 +499,18 @@ pub async fn list_events(
     }
     let sql = list_sql(&q, state.auth.hidden_event_types(&principal));
     let client = state.store.client().await?;
-    let list_stmt = client.prepare_cached(&sql.list).await?;
-    let filter = sql.filter_params();
-    let mut page_params = filter.clone();
-    page_params.push(&sql.limit);
-    page_params.push(&sql.offset);
-    let rows = client.query(&list_stmt, &page_params).await?;
+    // Unnamed statements with typed parameters: planned for these values every time (one round
+    // trip). A cached generic plan cannot see how short the window is and, on a large table,
+    // prefers scanning a property index over millions of rows to the time range.
+    let rows = client.query_typed(&sql.list, &sql.page_params()).await?;
     // A page that is neither full nor past the end tells the total itself: no count needed.
     let total_entries = match known_total(sql.offset, sql.limit, rows.len()) {
         Some(total) => total,
-        None => {
-            let count_stmt = client.prepare_cached(&sql.count).await?;
-            client.query_one(&count_stmt, &filter).await?.get(0)
-        }
+        None => client
+            .query_typed(&sql.count, &sql.filter_params())
+            .await?
+            .first()
+            .map_or(0, |row| row.get(0)),
     };
     let page_size = i64::from(q.page_size);
     Ok(Json(EventList {

@@ -4,7 +4,6 @@
 use chrono::{TimeZone, Utc};
 use event_manager::api::events::{list_sql, parse_query};
 use event_manager::config::ApiConfig;
-use tokio_postgres::types::ToSql;
 
 use crate::support::fresh_database;
 
@@ -38,10 +37,6 @@ async fn plans(
     )
     .unwrap_or_else(|e| panic!("{query}: {e}"));
     let sql = list_sql(&q, Vec::new());
-    let filter = sql.filter_params();
-    let mut page: Vec<&(dyn ToSql + Sync)> = filter.clone();
-    page.push(&sql.limit);
-    page.push(&sql.offset);
     let text = |rows: Vec<tokio_postgres::Row>| {
         rows.iter()
             .map(|r| r.get::<_, String>(0))
@@ -49,11 +44,11 @@ async fn plans(
             .join("\n")
     };
     let list = client
-        .query(&format!("EXPLAIN {}", sql.list), &page)
+        .query_typed(&format!("EXPLAIN {}", sql.list), &sql.page_params())
         .await
         .unwrap();
     let count = client
-        .query(&format!("EXPLAIN {}", sql.count), &filter)
+        .query_typed(&format!("EXPLAIN {}", sql.count), &sql.filter_params())
         .await
         .unwrap();
     (text(list), text(count))
@@ -120,9 +115,9 @@ async fn every_filter_combination_uses_an_index() {
     .unwrap();
     let sql = list_sql(&q, Vec::new());
     let n: i64 = client
-        .query_one(&sql.count, &sql.filter_params())
+        .query_typed(&sql.count, &sql.filter_params())
         .await
-        .unwrap()
+        .unwrap()[0]
         .get(0);
     assert_eq!(n, 50);
 }
