@@ -32,6 +32,39 @@ pub enum Command {
     DevBroker(DevBrokerArgs),
     /// Apply pending EventDB migrations and exit.
     Migrate,
+    /// Replay a topic: move the consumer group's stored positions back to an offset, the
+    /// earliest retained message, or a point in time. Running consumers follow on their own.
+    Replay(ReplayArgs),
+}
+
+/// Options of `replay`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["to_offset", "to_earliest", "to_time"])))]
+pub struct ReplayArgs {
+    /// Topic to replay.
+    #[arg(long)]
+    pub topic: String,
+    /// Partition to replay (repeatable); all partitions when absent.
+    #[arg(long = "partition")]
+    pub partitions: Vec<i32>,
+    /// Start at this offset (clamped to the offsets the broker retains).
+    #[arg(long)]
+    pub to_offset: Option<i64>,
+    /// Start at the earliest retained offset.
+    #[arg(long)]
+    pub to_earliest: bool,
+    /// Start at the first message at or after this time (RFC 3339, or a date meaning 00:00 UTC).
+    #[arg(long)]
+    pub to_time: Option<String>,
+    /// Consumer group (default: `kafka.group_id`).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Show progress until the group has caught up with the messages present now.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// Options of `demo`.
@@ -94,6 +127,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(cli.config.as_deref())?;
             runtime.block_on(crate::broker::run_dev_broker(&config, &args))?;
         }
+        Command::Replay(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            runtime.block_on(replay(config, args))?;
+        }
         Command::Migrate => {
             let config = Config::load(cli.config.as_deref())?;
             crate::telemetry::init(&config.log);
@@ -111,4 +148,95 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_time(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        anyhow::anyhow!("--to-time {text:?} is not an RFC 3339 date-time or a YYYY-MM-DD date")
+    })?;
+    Ok(date.and_time(chrono::NaiveTime::MIN).and_utc())
+}
+
+async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
+    use crate::replay::{self, ReplayTarget};
+    let target = match (args.to_offset, args.to_earliest, &args.to_time) {
+        (Some(o), _, _) if o < 0 => anyhow::bail!("--to-offset must be 0 or more"),
+        (Some(o), _, _) => ReplayTarget::Offset(o),
+        (_, true, _) => ReplayTarget::Earliest,
+        (_, _, Some(t)) => ReplayTarget::Time(parse_time(t)?),
+        _ => anyhow::bail!("one of --to-offset, --to-earliest or --to-time is required"),
+    };
+    let group = args.group.unwrap_or_else(|| config.kafka.group_id.clone());
+    let store = crate::store::EventStore::connect(&config.database)?;
+    let plans = replay::plan(
+        &config,
+        &store,
+        &group,
+        &args.topic,
+        &args.partitions,
+        target,
+    )
+    .await?;
+    println!("group {group}, topic {}:", args.topic);
+    println!(
+        "{:>9} {:>12} {:>12} {:>12} {:>12}",
+        "partition", "earliest", "latest", "stored", "replay from"
+    );
+    for p in &plans {
+        let stored = p.stored.map_or_else(|| "-".to_owned(), |s| s.to_string());
+        println!(
+            "{:>9} {:>12} {:>12} {:>12} {:>12}",
+            p.partition, p.low, p.high, stored, p.target
+        );
+    }
+    if args.dry_run {
+        println!("dry run: nothing changed");
+        return Ok(());
+    }
+    replay::apply(&store, &group, &args.topic, &plans).await?;
+    println!("stored positions moved; running consumers follow within seconds");
+    if args.wait {
+        let total: u64 = plans
+            .iter()
+            .map(|p| (p.high - p.target).max(0) as u64)
+            .sum();
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} messages ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let keys: Vec<(String, i32)> = plans
+            .iter()
+            .map(|p| (args.topic.clone(), p.partition))
+            .collect();
+        let shutdown = crate::shutdown::on_signal();
+        loop {
+            let stored = store.load_offsets(&group, &keys).await?;
+            let done: u64 = plans
+                .iter()
+                .map(|p| {
+                    let at = stored
+                        .get(&(args.topic.clone(), p.partition))
+                        .copied()
+                        .unwrap_or(p.target);
+                    (at.min(p.high) - p.target).max(0) as u64
+                })
+                .sum();
+            bar.set_position(done);
+            if done >= total {
+                bar.finish();
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => { bar.abandon(); break; }
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+        }
+    }
+    Ok(())
 }

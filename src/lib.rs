@@ -17,6 +17,7 @@ pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod replay;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -227,6 +227,28 @@ impl EventStore {
             .collect())
     }
 
+    /// Sets stored positions (replay). Running consumers of the group notice through their fence.
+    pub async fn set_offsets(
+        &self,
+        group_id: &str,
+        positions: &[(String, i32, i64)],
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let topics: Vec<&str> = positions.iter().map(|(t, _, _)| t.as_str()).collect();
+        let parts: Vec<i32> = positions.iter().map(|(_, p, _)| *p).collect();
+        let offsets: Vec<i64> = positions.iter().map(|(_, _, o)| *o).collect();
+        client
+            .execute(
+                "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) \
+                 SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[]) \
+                 ON CONFLICT (group_id, topic, partition) DO UPDATE \
+                 SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+                &[&group_id, &topics, &parts, &offsets],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Writes one batch in one transaction: first the offset fences (a consumer whose partition
     /// moved on fails here and the whole batch rolls back), then per-entity locks so that the same
     /// entity arriving through several consumers is serialised, then the known state of the batch's

@@ -4,4 +4,5 @@ mod support;
 
 mod pipeline;
 mod processes;
+mod replay;
 mod store;
