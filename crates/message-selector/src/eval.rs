@@ -1,0 +1,321 @@
+//! The compiled form of a selector and its allocation-free, three-valued evaluation.
+
+use std::cmp::Ordering;
+
+use crate::ast::{ArithmeticOp, ComparisonOp, Expr, UnaryOp};
+use crate::like::LikePattern;
+use crate::value::{OwnedValue, PropertySource, Truth, Value};
+
+/// IN lists longer than this are sorted and binary-searched instead of scanned.
+const LINEAR_IN_LIMIT: usize = 8;
+
+/// An [`Expr`] prepared for evaluation: LIKE patterns compiled, IN lists split by type.
+#[derive(Debug, Clone)]
+pub(crate) enum Node {
+    Literal(OwnedValue),
+    Property(Box<str>),
+    Not(Box<Node>),
+    And(Box<Node>, Box<Node>),
+    Or(Box<Node>, Box<Node>),
+    Comparison(ComparisonOp, Box<Node>, Box<Node>),
+    Arithmetic(ArithmeticOp, Box<Node>, Box<Node>),
+    Unary(UnaryOp, Box<Node>),
+    Between {
+        operand: Box<Node>,
+        low: Box<Node>,
+        high: Box<Node>,
+        negated: bool,
+    },
+    In {
+        property: Box<str>,
+        list: InList,
+        negated: bool,
+    },
+    Like {
+        property: Box<str>,
+        pattern: LikePattern,
+        negated: bool,
+    },
+    IsNull {
+        property: Box<str>,
+        negated: bool,
+    },
+}
+
+/// The literals of an IN list, grouped by type.
+#[derive(Debug, Clone)]
+pub(crate) struct InList {
+    /// Sorted and de-duplicated when longer than [`LINEAR_IN_LIMIT`].
+    strings: Box<[Box<str>]>,
+    numbers: Box<[Value<'static>]>,
+}
+
+impl InList {
+    fn new(list: &[OwnedValue]) -> InList {
+        let mut strings: Vec<Box<str>> = Vec::new();
+        let mut numbers = Vec::new();
+        for item in list {
+            match item {
+                OwnedValue::String(s) => strings.push(s.as_str().into()),
+                OwnedValue::Long(n) => numbers.push(Value::Long(*n)),
+                OwnedValue::Double(d) => numbers.push(Value::Double(*d)),
+                // The parser only accepts string and numeric literals in IN lists; a boolean
+                // never equals a string or a number, so it only makes the result unknown.
+                OwnedValue::Boolean(_) => numbers.push(Value::Boolean(false)),
+            }
+        }
+        if strings.len() > LINEAR_IN_LIMIT {
+            strings.sort_unstable();
+            strings.dedup();
+        }
+        InList {
+            strings: strings.into_boxed_slice(),
+            numbers: numbers.into_boxed_slice(),
+        }
+    }
+
+    /// `value IN (…)` as the OR of `value = item` over the items.
+    fn contains(&self, value: Value<'_>) -> Truth {
+        let (found, others) = match value {
+            Value::String(s) => {
+                let found = if self.strings.len() > LINEAR_IN_LIMIT {
+                    self.strings.binary_search_by(|item| (**item).cmp(s)).is_ok()
+                } else {
+                    self.strings.iter().any(|item| **item == *s)
+                };
+                (found, !self.numbers.is_empty())
+            }
+            Value::Long(_) | Value::Double(_) => {
+                let found = self
+                    .numbers
+                    .iter()
+                    .any(|item| compare(ComparisonOp::Eq, Some(value), Some(*item)).is_true());
+                (found, !self.strings.is_empty())
+            }
+            Value::Boolean(_) => (false, true),
+        };
+        if found {
+            Truth::True
+        } else if others {
+            // Comparing with an item of another type is unknown, and false OR unknown is unknown.
+            Truth::Unknown
+        } else {
+            Truth::False
+        }
+    }
+}
+
+impl Node {
+    /// Compiles a syntax tree.
+    pub(crate) fn compile(expr: &Expr) -> Node {
+        let boxed = |e: &Expr| Box::new(Node::compile(e));
+        match expr {
+            Expr::Literal(value) => Node::Literal(value.clone()),
+            Expr::Identifier(name) => Node::Property(name.as_str().into()),
+            Expr::Not(operand) => Node::Not(boxed(operand)),
+            Expr::And(left, right) => Node::And(boxed(left), boxed(right)),
+            Expr::Or(left, right) => Node::Or(boxed(left), boxed(right)),
+            Expr::Comparison { op, left, right } => {
+                Node::Comparison(*op, boxed(left), boxed(right))
+            }
+            Expr::Arithmetic { op, left, right } => {
+                Node::Arithmetic(*op, boxed(left), boxed(right))
+            }
+            Expr::Unary { op, operand } => Node::Unary(*op, boxed(operand)),
+            Expr::Between {
+                operand,
+                low,
+                high,
+                negated,
+            } => Node::Between {
+                operand: boxed(operand),
+                low: boxed(low),
+                high: boxed(high),
+                negated: *negated,
+            },
+            Expr::In {
+                identifier,
+                list,
+                negated,
+            } => Node::In {
+                property: identifier.as_str().into(),
+                list: InList::new(list),
+                negated: *negated,
+            },
+            Expr::Like {
+                identifier,
+                pattern,
+                escape,
+                negated,
+            } => Node::Like {
+                property: identifier.as_str().into(),
+                pattern: LikePattern::new(pattern, *escape),
+                negated: *negated,
+            },
+            Expr::IsNull {
+                identifier,
+                negated,
+            } => Node::IsNull {
+                property: identifier.as_str().into(),
+                negated: *negated,
+            },
+        }
+    }
+
+    /// Evaluates the node as a condition.
+    pub(crate) fn truth<P: PropertySource + ?Sized>(&self, props: &P) -> Truth {
+        match self {
+            Node::Not(operand) => !operand.truth(props),
+            Node::And(left, right) => match left.truth(props) {
+                Truth::False => Truth::False,
+                l => l.and(right.truth(props)),
+            },
+            Node::Or(left, right) => match left.truth(props) {
+                Truth::True => Truth::True,
+                l => l.or(right.truth(props)),
+            },
+            Node::Comparison(op, left, right) => {
+                compare(*op, left.value(props), right.value(props))
+            }
+            Node::Between {
+                operand,
+                low,
+                high,
+                negated,
+            } => {
+                let value = operand.value(props);
+                let within = compare(ComparisonOp::Ge, value, low.value(props))
+                    .and(compare(ComparisonOp::Le, value, high.value(props)));
+                negate_if(within, *negated)
+            }
+            Node::In {
+                property,
+                list,
+                negated,
+            } => match props.get(property) {
+                None => Truth::Unknown,
+                Some(value) => negate_if(list.contains(value), *negated),
+            },
+            Node::Like {
+                property,
+                pattern,
+                negated,
+            } => match props.get(property) {
+                Some(Value::String(s)) => negate_if(Truth::from(pattern.matches(s)), *negated),
+                _ => Truth::Unknown,
+            },
+            Node::IsNull { property, negated } => {
+                Truth::from(props.get(property).is_none() != *negated)
+            }
+            Node::Literal(_) | Node::Property(_) | Node::Arithmetic(..) | Node::Unary(..) => {
+                match self.value(props) {
+                    Some(Value::Boolean(b)) => Truth::from(b),
+                    _ => Truth::Unknown,
+                }
+            }
+        }
+    }
+
+    /// Evaluates the node as a value; `None` is NULL (including unknown conditions).
+    fn value<'a, P: PropertySource + ?Sized>(&'a self, props: &'a P) -> Option<Value<'a>> {
+        match self {
+            Node::Literal(value) => Some(value.as_value()),
+            Node::Property(name) => props.get(name),
+            Node::Arithmetic(op, left, right) => {
+                arithmetic(*op, left.value(props)?, right.value(props)?)
+            }
+            Node::Unary(op, operand) => match (op, operand.value(props)?) {
+                (UnaryOp::Plus, v @ (Value::Long(_) | Value::Double(_))) => Some(v),
+                (UnaryOp::Minus, Value::Long(n)) => n.checked_neg().map(Value::Long),
+                (UnaryOp::Minus, Value::Double(d)) => Some(Value::Double(-d)),
+                _ => None,
+            },
+            _ => match self.truth(props) {
+                Truth::True => Some(Value::Boolean(true)),
+                Truth::False => Some(Value::Boolean(false)),
+                Truth::Unknown => None,
+            },
+        }
+    }
+}
+
+#[inline]
+fn negate_if(truth: Truth, negated: bool) -> Truth {
+    if negated {
+        !truth
+    } else {
+        truth
+    }
+}
+
+/// Compares two values: numbers with promotion to double, strings and booleans only for
+/// `=` and `<>`; NULL, unlike types and ordering of non-numbers are unknown.
+#[inline]
+fn compare(op: ComparisonOp, left: Option<Value<'_>>, right: Option<Value<'_>>) -> Truth {
+    let (Some(left), Some(right)) = (left, right) else {
+        return Truth::Unknown;
+    };
+    match (left, right) {
+        (Value::Long(l), Value::Long(r)) => ordering(op, Some(l.cmp(&r))),
+        (Value::Long(l), Value::Double(r)) => ordering(op, (l as f64).partial_cmp(&r)),
+        (Value::Double(l), Value::Long(r)) => ordering(op, l.partial_cmp(&(r as f64))),
+        (Value::Double(l), Value::Double(r)) => ordering(op, l.partial_cmp(&r)),
+        (Value::String(l), Value::String(r)) => equality(op, l == r),
+        (Value::Boolean(l), Value::Boolean(r)) => equality(op, l == r),
+        _ => Truth::Unknown,
+    }
+}
+
+/// Applies `op` to an ordering; `None` (a NaN operand) is unequal to everything, as in Java.
+#[inline]
+fn ordering(op: ComparisonOp, ord: Option<Ordering>) -> Truth {
+    let Some(ord) = ord else {
+        return Truth::from(op == ComparisonOp::Ne);
+    };
+    Truth::from(match op {
+        ComparisonOp::Eq => ord == Ordering::Equal,
+        ComparisonOp::Ne => ord != Ordering::Equal,
+        ComparisonOp::Lt => ord == Ordering::Less,
+        ComparisonOp::Le => ord != Ordering::Greater,
+        ComparisonOp::Gt => ord == Ordering::Greater,
+        ComparisonOp::Ge => ord != Ordering::Less,
+    })
+}
+
+#[inline]
+fn equality(op: ComparisonOp, equal: bool) -> Truth {
+    match op {
+        ComparisonOp::Eq => Truth::from(equal),
+        ComparisonOp::Ne => Truth::from(!equal),
+        _ => Truth::Unknown,
+    }
+}
+
+/// Arithmetic with Java numeric promotion. Long overflow, division by zero and non-finite
+/// double results are NULL (unknown) rather than wrapping, panicking or producing infinity.
+fn arithmetic(op: ArithmeticOp, left: Value<'_>, right: Value<'_>) -> Option<Value<'static>> {
+    let (l, r) = match (left, right) {
+        (Value::Long(l), Value::Long(r)) => {
+            let result = match op {
+                ArithmeticOp::Add => l.checked_add(r),
+                ArithmeticOp::Subtract => l.checked_sub(r),
+                ArithmeticOp::Multiply => l.checked_mul(r),
+                // None for a zero divisor and for i64::MIN / -1.
+                ArithmeticOp::Divide => l.checked_div(r),
+            };
+            return result.map(Value::Long);
+        }
+        (Value::Long(l), Value::Double(r)) => (l as f64, r),
+        (Value::Double(l), Value::Long(r)) => (l, r as f64),
+        (Value::Double(l), Value::Double(r)) => (l, r),
+        _ => return None,
+    };
+    let result = match op {
+        ArithmeticOp::Add => l + r,
+        ArithmeticOp::Subtract => l - r,
+        ArithmeticOp::Multiply => l * r,
+        ArithmeticOp::Divide if r == 0.0 => return None,
+        ArithmeticOp::Divide => l / r,
+    };
+    result.is_finite().then_some(Value::Double(result))
+}
