@@ -118,10 +118,10 @@ impl<'s> Parser<'s> {
     }
 
     /// Enters one level of recursion, failing cleanly instead of exhausting the stack.
-    fn descend(&mut self) -> Result<(), ParseError> {
+    fn descend(&mut self, column: usize) -> Result<(), ParseError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(self.too_deep(self.peek().column));
+            return Err(self.too_deep(column));
         }
         Ok(())
     }
@@ -173,7 +173,7 @@ impl<'s> Parser<'s> {
             return self.comparison();
         }
         let column = self.advance().column;
-        self.descend()?;
+        self.descend(column)?;
         let (operand, height) = self.not_expr()?;
         self.depth -= 1;
         if height + 1 > MAX_DEPTH {
@@ -404,7 +404,7 @@ impl<'s> Parser<'s> {
         if let Some(value) = self.numeric_literal(op == UnaryOp::Minus)? {
             return Ok((Expr::Literal(value), 1));
         }
-        self.descend()?;
+        self.descend(token.column)?;
         let (operand, height) = self.unary()?;
         self.depth -= 1;
         if height + 1 > MAX_DEPTH {
@@ -442,7 +442,7 @@ impl<'s> Parser<'s> {
             }
             TokenKind::LParen => {
                 self.advance();
-                self.descend()?;
+                self.descend(token.column)?;
                 let inner = self.or_expr()?;
                 self.depth -= 1;
                 self.expect(&TokenKind::RParen, "')'")?;
