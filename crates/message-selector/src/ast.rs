@@ -34,6 +34,18 @@ impl ComparisonOp {
             ComparisonOp::Ge => ">=",
         }
     }
+
+    /// The operator with its operands swapped: `a < b` is `b > a`.
+    pub fn flipped(self) -> ComparisonOp {
+        match self {
+            ComparisonOp::Eq => ComparisonOp::Eq,
+            ComparisonOp::Ne => ComparisonOp::Ne,
+            ComparisonOp::Lt => ComparisonOp::Gt,
+            ComparisonOp::Le => ComparisonOp::Ge,
+            ComparisonOp::Gt => ComparisonOp::Lt,
+            ComparisonOp::Ge => ComparisonOp::Le,
+        }
+    }
 }
 
 /// A binary arithmetic operator.

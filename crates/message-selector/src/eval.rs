@@ -13,11 +13,21 @@ const LINEAR_IN_LIMIT: usize = 8;
 #[derive(Debug, Clone)]
 pub(crate) enum Node {
     Literal(OwnedValue),
+    /// A constant subtree that evaluated to NULL or unknown at compile time.
+    Null,
     Property(Box<str>),
     Not(Box<Node>),
-    And(Box<Node>, Box<Node>),
-    Or(Box<Node>, Box<Node>),
+    /// A flattened chain of ANDs.
+    All(Box<[Node]>),
+    /// A flattened chain of ORs.
+    Any(Box<[Node]>),
     Comparison(ComparisonOp, Box<Node>, Box<Node>),
+    /// `property op literal`, the most common comparison, without the two recursive calls.
+    CompareProperty {
+        property: Box<str>,
+        op: ComparisonOp,
+        literal: OwnedValue,
+    },
     Arithmetic(ArithmeticOp, Box<Node>, Box<Node>),
     Unary(UnaryOp, Box<Node>),
     Between {
@@ -106,17 +116,55 @@ impl InList {
 }
 
 impl Node {
-    /// Compiles a syntax tree.
+    /// Compiles a syntax tree, folding constant subtrees.
     pub(crate) fn compile(expr: &Expr) -> Node {
+        let node = Node::compile_unfolded(expr);
+        if matches!(node, Node::Literal(_) | Node::Null) || !node.is_constant() {
+            return node;
+        }
+        // Evaluation is pure, so a subtree without properties has one value forever.
+        match node.value(&NoProperties) {
+            Some(value) => Node::Literal(value.to_owned_value()),
+            None => Node::Null,
+        }
+    }
+
+    fn compile_unfolded(expr: &Expr) -> Node {
         let boxed = |e: &Expr| Box::new(Node::compile(e));
         match expr {
             Expr::Literal(value) => Node::Literal(value.clone()),
             Expr::Identifier(name) => Node::Property(name.as_str().into()),
             Expr::Not(operand) => Node::Not(boxed(operand)),
-            Expr::And(left, right) => Node::And(boxed(left), boxed(right)),
-            Expr::Or(left, right) => Node::Or(boxed(left), boxed(right)),
+            Expr::And(..) => {
+                let mut children = Vec::new();
+                flatten(expr, &mut children, &|e| match e {
+                    Expr::And(l, r) => Some((&**l, &**r)),
+                    _ => None,
+                });
+                Node::All(children.into_boxed_slice())
+            }
+            Expr::Or(..) => {
+                let mut children = Vec::new();
+                flatten(expr, &mut children, &|e| match e {
+                    Expr::Or(l, r) => Some((&**l, &**r)),
+                    _ => None,
+                });
+                Node::Any(children.into_boxed_slice())
+            }
             Expr::Comparison { op, left, right } => {
-                Node::Comparison(*op, boxed(left), boxed(right))
+                match (Node::compile(left), Node::compile(right)) {
+                    (Node::Property(property), Node::Literal(literal)) => Node::CompareProperty {
+                        property,
+                        op: *op,
+                        literal,
+                    },
+                    (Node::Literal(literal), Node::Property(property)) => Node::CompareProperty {
+                        property,
+                        op: op.flipped(),
+                        literal,
+                    },
+                    (left, right) => Node::Comparison(*op, Box::new(left), Box::new(right)),
+                }
             }
             Expr::Arithmetic { op, left, right } => {
                 Node::Arithmetic(*op, boxed(left), boxed(right))
@@ -162,18 +210,57 @@ impl Node {
         }
     }
 
+    /// Whether the node refers to no property, so that it always has the same value.
+    fn is_constant(&self) -> bool {
+        match self {
+            Node::Literal(_) | Node::Null => true,
+            Node::Property(_)
+            | Node::CompareProperty { .. }
+            | Node::In { .. }
+            | Node::Like { .. }
+            | Node::IsNull { .. } => false,
+            Node::Not(operand) | Node::Unary(_, operand) => operand.is_constant(),
+            Node::All(children) | Node::Any(children) => children.iter().all(Node::is_constant),
+            Node::Comparison(_, left, right) | Node::Arithmetic(_, left, right) => {
+                left.is_constant() && right.is_constant()
+            }
+            Node::Between {
+                operand, low, high, ..
+            } => operand.is_constant() && low.is_constant() && high.is_constant(),
+        }
+    }
+
     /// Evaluates the node as a condition.
     pub(crate) fn truth<P: PropertySource + ?Sized>(&self, props: &P) -> Truth {
         match self {
             Node::Not(operand) => !operand.truth(props),
-            Node::And(left, right) => match left.truth(props) {
-                Truth::False => Truth::False,
-                l => l.and(right.truth(props)),
-            },
-            Node::Or(left, right) => match left.truth(props) {
-                Truth::True => Truth::True,
-                l => l.or(right.truth(props)),
-            },
+            Node::All(children) => {
+                let mut result = Truth::True;
+                for child in children.iter() {
+                    match child.truth(props) {
+                        Truth::False => return Truth::False,
+                        Truth::Unknown => result = Truth::Unknown,
+                        Truth::True => {}
+                    }
+                }
+                result
+            }
+            Node::Any(children) => {
+                let mut result = Truth::False;
+                for child in children.iter() {
+                    match child.truth(props) {
+                        Truth::True => return Truth::True,
+                        Truth::Unknown => result = Truth::Unknown,
+                        Truth::False => {}
+                    }
+                }
+                result
+            }
+            Node::CompareProperty {
+                property,
+                op,
+                literal,
+            } => compare(*op, props.get(property), Some(literal.as_value())),
             Node::Comparison(op, left, right) => {
                 compare(*op, left.value(props), right.value(props))
             }
@@ -207,7 +294,11 @@ impl Node {
             Node::IsNull { property, negated } => {
                 Truth::from(props.get(property).is_none() != *negated)
             }
-            Node::Literal(_) | Node::Property(_) | Node::Arithmetic(..) | Node::Unary(..) => {
+            Node::Literal(_)
+            | Node::Null
+            | Node::Property(_)
+            | Node::Arithmetic(..)
+            | Node::Unary(..) => {
                 match self.value(props) {
                     Some(Value::Boolean(b)) => Truth::from(b),
                     _ => Truth::Unknown,
@@ -220,6 +311,7 @@ impl Node {
     fn value<'a, P: PropertySource + ?Sized>(&'a self, props: &'a P) -> Option<Value<'a>> {
         match self {
             Node::Literal(value) => Some(value.as_value()),
+            Node::Null => None,
             Node::Property(name) => props.get(name),
             Node::Arithmetic(op, left, right) => {
                 arithmetic(*op, left.value(props)?, right.value(props)?)
@@ -236,6 +328,30 @@ impl Node {
                 Truth::Unknown => None,
             },
         }
+    }
+}
+
+/// Collects the operands of a chain of one associative operator, left to right.
+fn flatten<'e>(
+    expr: &'e Expr,
+    out: &mut Vec<Node>,
+    split: &dyn Fn(&'e Expr) -> Option<(&'e Expr, &'e Expr)>,
+) {
+    match split(expr) {
+        Some((left, right)) => {
+            flatten(left, out, split);
+            flatten(right, out, split);
+        }
+        None => out.push(Node::compile(expr)),
+    }
+}
+
+/// The property source of constant folding: every property is absent.
+struct NoProperties;
+
+impl PropertySource for NoProperties {
+    fn get(&self, _name: &str) -> Option<Value<'_>> {
+        None
     }
 }
 

@@ -81,12 +81,12 @@ impl Segment {
             Some(Piece::Literal(lit)) => {
                 let mut start = from;
                 loop {
-                    start += text.get(start..)?.find(&**lit)?;
+                    start += find(text.get(start..)?, lit)?;
                     if let Some(end) = self.match_at(text, start) {
                         return Some(end);
                     }
                     // Next candidate: one character further on.
-                    start += text[start..].chars().next()?.len_utf8();
+                    start += text.get(start..)?.chars().next()?.len_utf8();
                 }
             }
             _ => {
@@ -114,6 +114,65 @@ impl Segment {
     }
 }
 
+/// Byte offset of the first occurrence of `needle` in `haystack`.
+///
+/// Short needles (the usual case in selectors) use [`find_short`], which beats setting up
+/// `str::find`'s two-way searcher on every call; long needles use `str::find`, which is
+/// linear in the worst case.
+#[inline]
+fn find(haystack: &str, needle: &str) -> Option<usize> {
+    const SHORT: usize = 32;
+    if needle.is_empty() {
+        return Some(0);
+    }
+    if needle.len() > SHORT {
+        return haystack.find(needle);
+    }
+    // A match of a valid UTF-8 needle starts with a lead byte, so on a char boundary.
+    find_short(haystack.as_bytes(), needle.as_bytes())
+}
+
+const LO_BYTES: u64 = 0x0101_0101_0101_0101;
+const HI_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// High bit set in every zero byte of `x` (and possibly in some bytes above one).
+#[inline]
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(LO_BYTES) & !x & HI_BITS
+}
+
+#[inline]
+fn load(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// Substring search eight positions at a time: a position is a candidate when both the
+/// needle's first and last bytes match there (SWAR), and candidates are then verified.
+/// Worst case O(haystack × needle), with needle at most 32 bytes.
+fn find_short(hay: &[u8], pat: &[u8]) -> Option<usize> {
+    let (&first, &last) = (pat.first()?, pat.last()?);
+    let tail = pat.len() - 1;
+    let last_start = hay.len().checked_sub(pat.len())?;
+    let (first_bytes, last_bytes) = (u64::from(first) * LO_BYTES, u64::from(last) * LO_BYTES);
+    let mut start = 0;
+    // Whole words: starts start..start+8 are all valid and their last bytes are in range.
+    while start + 7 <= last_start {
+        let mut candidates = zero_bytes(load(hay, start) ^ first_bytes)
+            & zero_bytes(load(hay, start + tail) ^ last_bytes);
+        while candidates != 0 {
+            let at = start + (candidates.trailing_zeros() / 8) as usize;
+            if hay[at..=at + tail] == *pat {
+                return Some(at);
+            }
+            candidates &= candidates - 1;
+        }
+        start += 8;
+    }
+    (start..=last_start).find(|&at| hay[at..=at + tail] == *pat)
+}
+
 #[derive(Debug, Clone)]
 enum Matcher {
     /// No wildcards at all.
@@ -124,6 +183,12 @@ enum Matcher {
     Suffix(Box<str>),
     /// `%literal%`
     Contains(Box<str>),
+    /// `first%middle…%last` where no segment has `_`.
+    Literals {
+        first: Box<str>,
+        middle: Box<[Box<str>]>,
+        last: Box<str>,
+    },
     /// Anything else: `first % middle… % last`, or only `first` when there is no `%`.
     General {
         first: Segment,
@@ -167,17 +232,22 @@ impl LikePattern {
         let last = segments.pop();
         let first_lit: Option<Box<str>> = first.as_literal().map(Box::from);
         let last_lit: Option<Box<str>> = last.as_ref().and_then(|l| l.as_literal().map(Box::from));
-        let middle_lit: Option<Box<str>> = match segments.as_slice() {
-            [m] => m.as_literal().map(Box::from),
-            _ => None,
-        };
-        let matcher = match (first_lit, segments.len(), last.is_some(), last_lit, middle_lit) {
-            (Some(f), 0, false, _, _) => Matcher::Exact(f),
-            (Some(f), 0, true, Some(l), _) if l.is_empty() => Matcher::Prefix(f),
-            (Some(f), 0, true, Some(l), _) if f.is_empty() => Matcher::Suffix(l),
-            (Some(f), 1, true, Some(l), Some(m)) if f.is_empty() && l.is_empty() => {
-                Matcher::Contains(m)
-            }
+        let middle_lits: Option<Vec<Box<str>>> = segments
+            .iter()
+            .map(|m| m.as_literal().map(Box::from))
+            .collect();
+        let matcher = match (first_lit, middle_lits, last.is_some(), last_lit) {
+            (Some(f), _, false, _) => Matcher::Exact(f),
+            (Some(f), Some(mut m), true, Some(l)) => match m.len() {
+                0 if l.is_empty() => Matcher::Prefix(f),
+                0 if f.is_empty() => Matcher::Suffix(l),
+                1 if f.is_empty() && l.is_empty() => Matcher::Contains(m.remove(0)),
+                _ => Matcher::Literals {
+                    first: f,
+                    middle: m.into_boxed_slice(),
+                    last: l,
+                },
+            },
             _ => Matcher::General {
                 first,
                 middle: segments,
@@ -194,7 +264,24 @@ impl LikePattern {
             Matcher::Exact(lit) => text == &**lit,
             Matcher::Prefix(lit) => text.starts_with(&**lit),
             Matcher::Suffix(lit) => text.ends_with(&**lit),
-            Matcher::Contains(lit) => text.contains(&**lit),
+            Matcher::Contains(lit) => find(text, lit).is_some(),
+            Matcher::Literals {
+                first,
+                middle,
+                last,
+            } => {
+                let Some(rest) = text.strip_prefix(&**first) else {
+                    return false;
+                };
+                let mut pos = text.len() - rest.len();
+                for segment in middle.iter() {
+                    match find(&text[pos..], segment) {
+                        Some(at) => pos += at + segment.len(),
+                        None => return false,
+                    }
+                }
+                text.len() - pos >= last.len() && text.ends_with(&**last)
+            }
             Matcher::General {
                 first,
                 middle,
@@ -262,5 +349,20 @@ mod tests {
         assert!(like("%_", "é"));
         assert!(like("a%_", "aé"));
         assert!(!like("a%_", "a"));
+        assert!(like("a%b%c", "abbc"));
+        assert!(!like("ab%bc", "abc"));
+        assert!(like("ab%bc", "abbc"));
+    }
+
+    #[test]
+    fn find_short_agrees_with_str_find() {
+        let hay = "xxabxxxxxxxxabcabxxxxabcdabcdeéabcéxx/CarePlan/x/CarePlan";
+        for needle in ["a", "ab", "abc", "abcd", "abcde", "é", "éx", "/CarePlan/", "x/C", "zz", "Plan"] {
+            for start in 0..hay.len() {
+                if let Some(h) = hay.get(start..) {
+                    assert_eq!(super::find(h, needle), h.find(needle), "{h:?} {needle:?}");
+                }
+            }
+        }
     }
 }
