@@ -3,6 +3,7 @@
 use std::cmp::Ordering;
 
 use crate::ast::{ArithmeticOp, ComparisonOp, Expr, UnaryOp};
+use crate::bytes::str_eq;
 use crate::like::LikePattern;
 use crate::value::{OwnedValue, PropertySource, Truth, Value};
 
@@ -22,6 +23,12 @@ pub(crate) enum Node {
     /// A flattened chain of ORs.
     Any(Box<[Node]>),
     Comparison(ComparisonOp, Box<Node>, Box<Node>),
+    /// `property = 'literal'` or (negated) `property <> 'literal'`.
+    StringEquals {
+        property: Box<str>,
+        literal: Box<str>,
+        negated: bool,
+    },
     /// `property op literal`, the most common comparison, without the two recursive calls.
     CompareProperty {
         property: Box<str>,
@@ -85,13 +92,16 @@ impl InList {
     }
 
     /// `value IN (…)` as the OR of `value = item` over the items.
+    #[inline]
     fn contains(&self, value: Value<'_>) -> Truth {
         let (found, others) = match value {
             Value::String(s) => {
                 let found = if self.strings.len() > LINEAR_IN_LIMIT {
-                    self.strings.binary_search_by(|item| (**item).cmp(s)).is_ok()
+                    self.strings
+                        .binary_search_by(|item| (**item).cmp(s))
+                        .is_ok()
                 } else {
-                    self.strings.iter().any(|item| **item == *s)
+                    self.strings.iter().any(|item| str_eq(item, s))
                 };
                 (found, !self.numbers.is_empty())
             }
@@ -153,6 +163,15 @@ impl Node {
             }
             Expr::Comparison { op, left, right } => {
                 match (Node::compile(left), Node::compile(right)) {
+                    (Node::Property(property), Node::Literal(OwnedValue::String(literal)))
+                        if matches!(op, ComparisonOp::Eq | ComparisonOp::Ne) =>
+                    {
+                        Node::StringEquals {
+                            property,
+                            literal: literal.into_boxed_str(),
+                            negated: *op == ComparisonOp::Ne,
+                        }
+                    }
                     (Node::Property(property), Node::Literal(literal)) => Node::CompareProperty {
                         property,
                         op: *op,
@@ -215,6 +234,7 @@ impl Node {
         match self {
             Node::Literal(_) | Node::Null => true,
             Node::Property(_)
+            | Node::StringEquals { .. }
             | Node::CompareProperty { .. }
             | Node::In { .. }
             | Node::Like { .. }
@@ -231,9 +251,44 @@ impl Node {
     }
 
     /// Evaluates the node as a condition.
+    ///
+    /// The common leaves are handled here; the rest goes to [`Node::truth_cold`], which
+    /// keeps this function small enough to be cheap to call once per node.
+    #[inline]
     pub(crate) fn truth<P: PropertySource + ?Sized>(&self, props: &P) -> Truth {
         match self {
-            Node::Not(operand) => !operand.truth(props),
+            Node::StringEquals {
+                property,
+                literal,
+                negated,
+            } => match props.get(property) {
+                Some(Value::String(s)) => Truth::from(str_eq(s, literal) != *negated),
+                _ => Truth::Unknown,
+            },
+            Node::CompareProperty {
+                property,
+                op,
+                literal,
+            } => compare(*op, props.get(property), Some(literal.as_value())),
+            Node::In {
+                property,
+                list,
+                negated,
+            } => match props.get(property) {
+                None => Truth::Unknown,
+                Some(value) => negate_if(list.contains(value), *negated),
+            },
+            Node::Like {
+                property,
+                pattern,
+                negated,
+            } => match props.get(property) {
+                Some(Value::String(s)) => Truth::from(pattern.matches(s) != *negated),
+                _ => Truth::Unknown,
+            },
+            Node::IsNull { property, negated } => {
+                Truth::from(props.get(property).is_none() != *negated)
+            }
             Node::All(children) => {
                 let mut result = Truth::True;
                 for child in children.iter() {
@@ -256,11 +311,17 @@ impl Node {
                 }
                 result
             }
-            Node::CompareProperty {
-                property,
-                op,
-                literal,
-            } => compare(*op, props.get(property), Some(literal.as_value())),
+            Node::Not(operand) => !operand.truth(props),
+            Node::Literal(OwnedValue::Boolean(b)) => Truth::from(*b),
+            _ => self.truth_cold(props),
+        }
+    }
+
+    /// The less common conditions: general comparisons, BETWEEN and values used as
+    /// conditions.
+    #[inline(never)]
+    fn truth_cold<P: PropertySource + ?Sized>(&self, props: &P) -> Truth {
+        match self {
             Node::Comparison(op, left, right) => {
                 compare(*op, left.value(props), right.value(props))
             }
@@ -271,39 +332,22 @@ impl Node {
                 negated,
             } => {
                 let value = operand.value(props);
-                let within = compare(ComparisonOp::Ge, value, low.value(props))
-                    .and(compare(ComparisonOp::Le, value, high.value(props)));
+                let within = compare(ComparisonOp::Ge, value, low.value(props)).and(compare(
+                    ComparisonOp::Le,
+                    value,
+                    high.value(props),
+                ));
                 negate_if(within, *negated)
-            }
-            Node::In {
-                property,
-                list,
-                negated,
-            } => match props.get(property) {
-                None => Truth::Unknown,
-                Some(value) => negate_if(list.contains(value), *negated),
-            },
-            Node::Like {
-                property,
-                pattern,
-                negated,
-            } => match props.get(property) {
-                Some(Value::String(s)) => negate_if(Truth::from(pattern.matches(s)), *negated),
-                _ => Truth::Unknown,
-            },
-            Node::IsNull { property, negated } => {
-                Truth::from(props.get(property).is_none() != *negated)
             }
             Node::Literal(_)
             | Node::Null
             | Node::Property(_)
             | Node::Arithmetic(..)
-            | Node::Unary(..) => {
-                match self.value(props) {
-                    Some(Value::Boolean(b)) => Truth::from(b),
-                    _ => Truth::Unknown,
-                }
-            }
+            | Node::Unary(..) => match self.value(props) {
+                Some(Value::Boolean(b)) => Truth::from(b),
+                _ => Truth::Unknown,
+            },
+            _ => self.truth(props),
         }
     }
 

@@ -51,6 +51,7 @@
 #![deny(rust_2018_idioms, unreachable_pub, missing_docs)]
 
 mod ast;
+mod bytes;
 mod error;
 mod eval;
 mod lexer;

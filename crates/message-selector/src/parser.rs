@@ -198,8 +198,10 @@ impl<'s> Parser<'s> {
         if let Some(op) = op {
             self.advance();
             let right = self.additive()?;
-            return self.join(token.column, left, right, |left, right| {
-                Expr::Comparison { op, left, right }
+            return self.join(token.column, left, right, |left, right| Expr::Comparison {
+                op,
+                left,
+                right,
             });
         }
         let (negated, keyword) = match token.kind {
