@@ -25,46 +25,102 @@ fn check(src: &str, column: usize, message: &str) {
 #[test]
 fn expected_and_found() {
     check("(a = 1", 7, "expected ')' but found end of input");
-    check("a IN ('x', 'y'", 15, "expected ',' or ')' but found end of input");
+    check(
+        "a IN ('x', 'y'",
+        15,
+        "expected ',' or ')' but found end of input",
+    );
     check(
         "a IN ()",
         7,
         "expected string or numeric literal but found ')'",
     );
-    check("a IN 'x'", 6, "expected '(' after IN but found string literal 'x'");
-    check("a IN ('x',)", 11, "expected string or numeric literal but found ')'");
-    check("a IN (b)", 7, "expected string or numeric literal but found identifier 'b'");
-    check("a IN (TRUE)", 7, "expected string or numeric literal but found keyword TRUE");
+    check(
+        "a IN 'x'",
+        6,
+        "expected '(' after IN but found string literal 'x'",
+    );
+    check(
+        "a IN ('x',)",
+        11,
+        "expected string or numeric literal but found ')'",
+    );
+    check(
+        "a IN (b)",
+        7,
+        "expected string or numeric literal but found identifier 'b'",
+    );
+    check(
+        "a IN (TRUE)",
+        7,
+        "expected string or numeric literal but found keyword TRUE",
+    );
     check("a BETWEEN 1", 12, "expected AND but found end of input");
     check("a BETWEEN 1 OR 2", 13, "expected AND but found keyword OR");
     check("a = ", 5, "expected expression but found end of input");
     check("NOT", 4, "expected expression but found end of input");
     check("a AND", 6, "expected expression but found end of input");
-    check("a = 1 b", 7, "expected an operator or end of input but found identifier 'b'");
-    check("a = 1)", 6, "expected end of input (unbalanced ')') but found ')'");
+    check(
+        "a = 1 b",
+        7,
+        "expected an operator or end of input but found identifier 'b'",
+    );
+    check(
+        "a = 1)",
+        6,
+        "expected end of input (unbalanced ')') but found ')'",
+    );
     check("a == 1", 4, "expected expression but found '='");
-    check("a = b = c", 7, "expected an operator or end of input but found '='");
+    check(
+        "a = b = c",
+        7,
+        "expected an operator or end of input but found '='",
+    );
     check("()", 2, "expected expression but found ')'");
-    check("a NOT = 1", 7, "expected BETWEEN, IN or LIKE after NOT but found '='");
+    check(
+        "a NOT = 1",
+        7,
+        "expected BETWEEN, IN or LIKE after NOT but found '='",
+    );
     check("a IS 1", 6, "expected NULL or NOT NULL but found number 1");
     check("a IS NOT 1", 10, "expected NULL but found number 1");
-    check("a LIKE b", 8, "expected string literal pattern after LIKE but found identifier 'b'");
-    check("a LIKE 'x' ESCAPE b", 19, "expected string literal after ESCAPE but found identifier 'b'");
-    check("a = NULL", 5, "expected expression (NULL is only valid in IS [NOT] NULL) but found keyword NULL");
+    check(
+        "a LIKE b",
+        8,
+        "expected string literal pattern after LIKE but found identifier 'b'",
+    );
+    check(
+        "a LIKE 'x' ESCAPE b",
+        19,
+        "expected string literal after ESCAPE but found identifier 'b'",
+    );
+    check(
+        "a = NULL",
+        5,
+        "expected expression (NULL is only valid in IS [NOT] NULL) but found keyword NULL",
+    );
 }
 
 #[test]
 fn lexical_errors() {
     check("'unterminated", 1, "unterminated string literal");
     check("a = 'it''s", 5, "unterminated string literal");
-    check("a != 1", 3, "unexpected '!=': the not-equal operator is '<>'");
+    check(
+        "a != 1",
+        3,
+        "unexpected '!=': the not-equal operator is '<>'",
+    );
     check("a = #", 5, "unexpected character '#'");
     check("a = \"x\"", 5, "unexpected character '\"'");
     check("a = 1E", 5, "malformed exponent in numeric literal");
     check("a = 1E+", 5, "malformed exponent in numeric literal");
     check("a = 5abc", 5, "malformed numeric literal");
     check("a = 0x", 5, "malformed hexadecimal literal");
-    check("a = 09", 5, "malformed octal literal (leading 0 means octal)");
+    check(
+        "a = 09",
+        5,
+        "malformed octal literal (leading 0 means octal)",
+    );
     check("a = 1E999", 5, "approximate numeric literal out of range");
     check(
         "a = 9223372036854775808",
@@ -78,12 +134,19 @@ fn lexical_errors() {
     );
     let (column, message) = error("a = 99999999999999999999999");
     assert_eq!(column, 5);
-    assert!(message.starts_with("exact numeric literal out of range"), "{message}");
+    assert!(
+        message.starts_with("exact numeric literal out of range"),
+        "{message}"
+    );
 }
 
 #[test]
 fn columns_count_characters_not_bytes() {
-    check("é = 'ü' AND", 12, "expected expression but found end of input");
+    check(
+        "é = 'ü' AND",
+        12,
+        "expected expression but found end of input",
+    );
     check("'日本語' = #", 9, "unexpected character '#'");
     check("a =\n\n#", 6, "unexpected character '#'");
 }
@@ -96,7 +159,10 @@ fn keywords_are_not_identifiers() {
         for spelling in [kw.to_owned(), kw.to_lowercase()] {
             let src = format!("{spelling} = 1");
             let (column, _) = error(&src);
-            assert!(column == 1 || column == spelling.len() + 2, "{src:?}: column {column}");
+            assert!(
+                column == 1 || column == spelling.len() + 2,
+                "{src:?}: column {column}"
+            );
         }
     }
     // TRUE and FALSE are literals, never property names.
@@ -139,7 +205,11 @@ fn like_escape_must_be_one_character() {
         8,
         "LIKE pattern ends with the escape character",
     );
-    check("a LIKE 'x' ESCAPE", 18, "expected string literal after ESCAPE but found end of input");
+    check(
+        "a LIKE 'x' ESCAPE",
+        18,
+        "expected string literal after ESCAPE but found end of input",
+    );
     assert!(Selector::parse("a LIKE 'x!!' ESCAPE '!'").is_ok());
     assert!(Selector::parse("a LIKE 'é' ESCAPE 'é'").is_err());
     assert!(Selector::parse("a LIKE 'éé' ESCAPE 'é'").is_ok());
@@ -147,9 +217,21 @@ fn like_escape_must_be_one_character() {
 
 #[test]
 fn in_like_and_is_need_an_identifier_on_the_left() {
-    check("'a' IN ('a')", 1, "the left operand of IN must be an identifier");
-    check("1 + a LIKE 'x'", 1, "the left operand of LIKE must be an identifier");
-    check("x = 1 AND (a + 1) IS NULL", 11, "the left operand of IS must be an identifier");
+    check(
+        "'a' IN ('a')",
+        1,
+        "the left operand of IN must be an identifier",
+    );
+    check(
+        "1 + a LIKE 'x'",
+        1,
+        "the left operand of LIKE must be an identifier",
+    );
+    check(
+        "x = 1 AND (a + 1) IS NULL",
+        11,
+        "the left operand of IS must be an identifier",
+    );
     // A parenthesised identifier is still an identifier.
     assert!(Selector::parse("(a) IS NULL").is_ok());
     // BETWEEN takes any arithmetic expression.
@@ -158,12 +240,19 @@ fn in_like_and_is_need_an_identifier_on_the_left() {
 
 #[test]
 fn nesting_depth_is_limited() {
-    let ok = format!("{}a{}", "(".repeat(MAX_DEPTH - 1), ")".repeat(MAX_DEPTH - 1));
+    let ok = format!(
+        "{}a{}",
+        "(".repeat(MAX_DEPTH - 1),
+        ")".repeat(MAX_DEPTH - 1)
+    );
     assert!(Selector::parse(&ok).is_ok());
     let deep = format!("{}a{}", "(".repeat(10_000), ")".repeat(10_000));
     let (column, message) = error(&deep);
     assert_eq!(column, MAX_DEPTH + 1);
-    assert_eq!(message, format!("expression nested more than {MAX_DEPTH} levels deep"));
+    assert_eq!(
+        message,
+        format!("expression nested more than {MAX_DEPTH} levels deep")
+    );
 
     let nots = format!("{}a", "NOT ".repeat(10_000));
     assert!(error(&nots).1.contains("nested more than"));
@@ -183,13 +272,21 @@ fn length_is_limited() {
     let long = format!("a = '{}'", "x".repeat(MAX_LENGTH));
     let (column, message) = error(&long);
     assert_eq!(column, MAX_LENGTH + 1);
-    assert_eq!(message, format!("selector is longer than {MAX_LENGTH} bytes"));
+    assert_eq!(
+        message,
+        format!("selector is longer than {MAX_LENGTH} bytes")
+    );
     let fits = format!("a = '{}'", "x".repeat(MAX_LENGTH - 6));
     assert!(Selector::parse(&fits).is_ok());
 }
 
 #[test]
 fn from_str_reports_the_same_error() {
-    let err = "a BETWEEN 1".parse::<message_selector::Selector>().unwrap_err();
-    assert_eq!(err.to_string(), "column 12: expected AND but found end of input");
+    let err = "a BETWEEN 1"
+        .parse::<message_selector::Selector>()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "column 12: expected AND but found end of input"
+    );
 }

@@ -105,8 +105,14 @@ fn percent_runs_and_mixed_wildcards() {
     yes("aa", "LIKE 'a%a'");
     no("a", "LIKE 'a%a'");
     yes("abcabc", "LIKE '%bc%bc'");
-    yes("https://x.org/fhir/CarePlan/1", "LIKE 'https://%/CarePlan/%'");
-    no("https://x.org/fhir/Patient/1", "LIKE 'https://%/CarePlan/%'");
+    yes(
+        "https://x.org/fhir/CarePlan/1",
+        "LIKE 'https://%/CarePlan/%'",
+    );
+    no(
+        "https://x.org/fhir/Patient/1",
+        "LIKE 'https://%/CarePlan/%'",
+    );
     yes("aXbXXc", "LIKE 'a_b__c'");
     yes("mississippi", "LIKE '%s_s%i'");
     yes("mississippi", "LIKE 'm%iss%ppi'");

@@ -3,9 +3,7 @@
 
 use std::collections::HashMap;
 
-use message_selector::{
-    ArithmeticOp, ComparisonOp, Expr, OwnedValue, Selector, Truth, UnaryOp,
-};
+use message_selector::{ArithmeticOp, ComparisonOp, Expr, OwnedValue, Selector, Truth, UnaryOp};
 use proptest::prelude::*;
 
 const NAMES: [&str; 8] = ["a", "b", "c", "d", "é1", "$x", "_y", "ANDY"];
@@ -90,13 +88,16 @@ fn leaf() -> impl Strategy<Value = Expr> {
     prop_oneof![
         value().prop_map(Expr::Literal),
         name().prop_map(Expr::Identifier),
-        (name(), prop::collection::vec(in_item(), 1..4), any::<bool>()).prop_map(
-            |(identifier, list, negated)| Expr::In {
+        (
+            name(),
+            prop::collection::vec(in_item(), 1..4),
+            any::<bool>()
+        )
+            .prop_map(|(identifier, list, negated)| Expr::In {
                 identifier,
                 list,
                 negated
-            }
-        ),
+            }),
         like_expr(),
         (name(), any::<bool>()).prop_map(|(identifier, negated)| Expr::IsNull {
             identifier,
@@ -162,10 +163,46 @@ fn properties() -> impl Strategy<Value = HashMap<String, OwnedValue>> {
 }
 
 const TOKENS: [&str; 40] = [
-    "a", "b", "é", "NOT", "AND", "OR", "BETWEEN", "LIKE", "IN", "IS", "NULL", "TRUE", "FALSE",
-    "ESCAPE", "(", ")", ",", "=", "<>", "<", "<=", ">", ">=", "+", "-", "*", "/", "'x'", "''",
-    "'%_'", "'", "1", "-9223372036854775808", "9223372036854775808", "1.5", ".5", "7E3", "1E",
-    "0x1F", "!",
+    "a",
+    "b",
+    "é",
+    "NOT",
+    "AND",
+    "OR",
+    "BETWEEN",
+    "LIKE",
+    "IN",
+    "IS",
+    "NULL",
+    "TRUE",
+    "FALSE",
+    "ESCAPE",
+    "(",
+    ")",
+    ",",
+    "=",
+    "<>",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "+",
+    "-",
+    "*",
+    "/",
+    "'x'",
+    "''",
+    "'%_'",
+    "'",
+    "1",
+    "-9223372036854775808",
+    "9223372036854775808",
+    "1.5",
+    ".5",
+    "7E3",
+    "1E",
+    "0x1F",
+    "!",
 ];
 
 proptest! {
@@ -263,12 +300,18 @@ fn referenced<'e>(expr: &'e Expr, out: &mut Vec<&'e str>) {
         Expr::Not(e) | Expr::Unary { operand: e, .. } => referenced(e, out),
         Expr::And(l, r)
         | Expr::Or(l, r)
-        | Expr::Comparison { left: l, right: r, .. }
-        | Expr::Arithmetic { left: l, right: r, .. } => {
+        | Expr::Comparison {
+            left: l, right: r, ..
+        }
+        | Expr::Arithmetic {
+            left: l, right: r, ..
+        } => {
             referenced(l, out);
             referenced(r, out);
         }
-        Expr::Between { operand, low, high, .. } => {
+        Expr::Between {
+            operand, low, high, ..
+        } => {
             referenced(operand, out);
             referenced(low, out);
             referenced(high, out);

@@ -335,7 +335,10 @@ fn in_lists() {
         // Long lists are searched another way; same answers.
         ("s IN ('a','b','c','d','e','f','g','h','i','j','abc')", T),
         ("s IN ('a','b','c','d','e','f','g','h','i','j','k')", F),
-        ("s NOT IN ('a','b','c','d','e','f','g','h','i','j','abc')", F),
+        (
+            "s NOT IN ('a','b','c','d','e','f','g','h','i','j','abc')",
+            F,
+        ),
         ("empty IN ('a','b','c','d','e','f','g','h','i','j','')", T),
     ]);
 }
