@@ -69,6 +69,11 @@ pub use value::{OwnedValue, PropertySource, Truth, Value};
 
 use eval::Node;
 
+/// Compiles and runs the README's examples as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// A compiled message selector: parse once, evaluate against many messages.
 ///
 /// Evaluation does not allocate. A `Selector` is immutable, `Send` and `Sync`, so one
