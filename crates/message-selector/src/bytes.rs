@@ -68,7 +68,7 @@ fn load4(bytes: &[u8], at: usize) -> u32 {
 }
 
 /// `a == b` for byte strings, with word loads for short ones.
-#[inline]
+#[inline(always)]
 pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
@@ -94,19 +94,19 @@ pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `a == b` for strings.
-#[inline]
+#[inline(always)]
 pub(crate) fn str_eq(a: &str, b: &str) -> bool {
     bytes_eq(a.as_bytes(), b.as_bytes())
 }
 
 /// `text.starts_with(prefix)`.
-#[inline]
+#[inline(always)]
 pub(crate) fn starts_with(text: &str, prefix: &str) -> bool {
     text.len() >= prefix.len() && bytes_eq(&text.as_bytes()[..prefix.len()], prefix.as_bytes())
 }
 
 /// `text.ends_with(suffix)`.
-#[inline]
+#[inline(always)]
 pub(crate) fn ends_with(text: &str, suffix: &str) -> bool {
     text.len() >= suffix.len()
         && bytes_eq(

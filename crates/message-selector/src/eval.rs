@@ -289,31 +289,52 @@ impl Node {
             Node::IsNull { property, negated } => {
                 Truth::from(props.get(property).is_none() != *negated)
             }
-            Node::All(children) => {
-                let mut result = Truth::True;
-                for child in children.iter() {
-                    match child.truth(props) {
-                        Truth::False => return Truth::False,
-                        Truth::Unknown => result = Truth::Unknown,
-                        Truth::True => {}
-                    }
-                }
-                result
-            }
-            Node::Any(children) => {
-                let mut result = Truth::False;
-                for child in children.iter() {
-                    match child.truth(props) {
-                        Truth::True => return Truth::True,
-                        Truth::Unknown => result = Truth::Unknown,
-                        Truth::False => {}
-                    }
-                }
-                result
-            }
+            Node::All(children) => all(children, props),
+            Node::Any(children) => any(children, props),
             Node::Not(operand) => !operand.truth(props),
             Node::Literal(OwnedValue::Boolean(b)) => Truth::from(*b),
             _ => self.truth_cold(props),
+        }
+    }
+
+    /// [`Node::truth`] for a child of AND/OR: inlined at each call site so that every child
+    /// position gets its own, well-predicted branch on the node kind.
+    #[inline(always)]
+    fn child_truth<P: PropertySource + ?Sized>(&self, props: &P) -> Truth {
+        match self {
+            Node::StringEquals {
+                property,
+                literal,
+                negated,
+            } => match props.get(property) {
+                Some(Value::String(s)) => Truth::from(str_eq(s, literal) != *negated),
+                _ => Truth::Unknown,
+            },
+            Node::CompareProperty {
+                property,
+                op,
+                literal,
+            } => compare(*op, props.get(property), Some(literal.as_value())),
+            Node::In {
+                property,
+                list,
+                negated,
+            } => match props.get(property) {
+                None => Truth::Unknown,
+                Some(value) => negate_if(list.contains(value), *negated),
+            },
+            Node::Like {
+                property,
+                pattern,
+                negated,
+            } => match props.get(property) {
+                Some(Value::String(s)) => Truth::from(pattern.matches(s) != *negated),
+                _ => Truth::Unknown,
+            },
+            Node::IsNull { property, negated } => {
+                Truth::from(props.get(property).is_none() != *negated)
+            }
+            _ => self.truth(props),
         }
     }
 
@@ -373,6 +394,82 @@ impl Node {
             },
         }
     }
+}
+
+/// Three-valued AND over `children`, short-circuiting on false; short chains unrolled.
+#[inline]
+fn all<P: PropertySource + ?Sized>(children: &[Node], props: &P) -> Truth {
+    let mut result = Truth::True;
+    macro_rules! step {
+        ($child:expr) => {
+            match $child.child_truth(props) {
+                Truth::False => return Truth::False,
+                Truth::Unknown => result = Truth::Unknown,
+                Truth::True => {}
+            }
+        };
+    }
+    match children {
+        [a, b] => {
+            step!(a);
+            step!(b);
+        }
+        [a, b, c] => {
+            step!(a);
+            step!(b);
+            step!(c);
+        }
+        [a, b, c, d] => {
+            step!(a);
+            step!(b);
+            step!(c);
+            step!(d);
+        }
+        _ => {
+            for child in children {
+                step!(child);
+            }
+        }
+    }
+    result
+}
+
+/// Three-valued OR over `children`, short-circuiting on true; short chains unrolled.
+#[inline]
+fn any<P: PropertySource + ?Sized>(children: &[Node], props: &P) -> Truth {
+    let mut result = Truth::False;
+    macro_rules! step {
+        ($child:expr) => {
+            match $child.child_truth(props) {
+                Truth::True => return Truth::True,
+                Truth::Unknown => result = Truth::Unknown,
+                Truth::False => {}
+            }
+        };
+    }
+    match children {
+        [a, b] => {
+            step!(a);
+            step!(b);
+        }
+        [a, b, c] => {
+            step!(a);
+            step!(b);
+            step!(c);
+        }
+        [a, b, c, d] => {
+            step!(a);
+            step!(b);
+            step!(c);
+            step!(d);
+        }
+        _ => {
+            for child in children {
+                step!(child);
+            }
+        }
+    }
+    result
 }
 
 /// Collects the operands of a chain of one associative operator, left to right.

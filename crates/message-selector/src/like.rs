@@ -127,6 +127,8 @@ enum Matcher {
     Suffix(Box<str>),
     /// `%literal%`
     Contains(Box<str>),
+    /// `prefix%middle%`, as in `'https://%/CarePlan/%'`.
+    PrefixContains { prefix: Box<str>, middle: Box<str> },
     /// `first%middle…%last` where no segment has `_`.
     Literals {
         first: Box<str>,
@@ -186,6 +188,10 @@ impl LikePattern {
                 0 if l.is_empty() => Matcher::Prefix(f),
                 0 if f.is_empty() => Matcher::Suffix(l),
                 1 if f.is_empty() && l.is_empty() => Matcher::Contains(m.remove(0)),
+                1 if l.is_empty() => Matcher::PrefixContains {
+                    prefix: f,
+                    middle: m.remove(0),
+                },
                 _ => Matcher::Literals {
                     first: f,
                     middle: m.into_boxed_slice(),
@@ -210,6 +216,9 @@ impl LikePattern {
             Matcher::Suffix(lit) => ends_with(text, lit),
             // std's `contains` has a SIMD path for short needles; `find` does not.
             Matcher::Contains(lit) => text.contains(&**lit),
+            Matcher::PrefixContains { prefix, middle } => {
+                starts_with(text, prefix) && text[prefix.len()..].contains(&**middle)
+            }
             Matcher::Literals {
                 first,
                 middle,
