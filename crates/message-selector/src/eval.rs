@@ -251,56 +251,23 @@ impl Node {
     }
 
     /// Evaluates the node as a condition.
-    ///
-    /// The common leaves are handled here; the rest goes to [`Node::truth_cold`], which
-    /// keeps this function small enough to be cheap to call once per node.
     #[inline]
     pub(crate) fn truth<P: PropertySource + ?Sized>(&self, props: &P) -> Truth {
         match self {
-            Node::StringEquals {
-                property,
-                literal,
-                negated,
-            } => match props.get(property) {
-                Some(Value::String(s)) => Truth::from(str_eq(s, literal) != *negated),
-                _ => Truth::Unknown,
-            },
-            Node::CompareProperty {
-                property,
-                op,
-                literal,
-            } => compare(*op, props.get(property), Some(literal.as_value())),
-            Node::In {
-                property,
-                list,
-                negated,
-            } => match props.get(property) {
-                None => Truth::Unknown,
-                Some(value) => negate_if(list.contains(value), *negated),
-            },
-            Node::Like {
-                property,
-                pattern,
-                negated,
-            } => match props.get(property) {
-                Some(Value::String(s)) => Truth::from(pattern.matches(s) != *negated),
-                _ => Truth::Unknown,
-            },
-            Node::IsNull { property, negated } => {
-                Truth::from(props.get(property).is_none() != *negated)
-            }
             Node::All(children) => all(children, props),
             Node::Any(children) => any(children, props),
             Node::Not(operand) => !operand.truth(props),
-            Node::Literal(OwnedValue::Boolean(b)) => Truth::from(*b),
-            _ => self.truth_cold(props),
+            _ => self.leaf_truth(props),
         }
     }
 
-    /// [`Node::truth`] for a child of AND/OR: inlined at each call site so that every child
-    /// position gets its own, well-predicted branch on the node kind.
+    /// The common leaf conditions, evaluated in place; anything else is passed on.
+    ///
+    /// Always inlined, so that each AND/OR operand position gets its own branch on the node
+    /// kind, which the CPU then predicts well; the rare kinds go to [`Node::truth_cold`] to
+    /// keep the inlined code small.
     #[inline(always)]
-    fn child_truth<P: PropertySource + ?Sized>(&self, props: &P) -> Truth {
+    fn leaf_truth<P: PropertySource + ?Sized>(&self, props: &P) -> Truth {
         match self {
             Node::StringEquals {
                 property,
@@ -334,7 +301,9 @@ impl Node {
             Node::IsNull { property, negated } => {
                 Truth::from(props.get(property).is_none() != *negated)
             }
-            _ => self.truth(props),
+            Node::Literal(OwnedValue::Boolean(b)) => Truth::from(*b),
+            Node::All(..) | Node::Any(..) | Node::Not(..) => self.truth(props),
+            _ => self.truth_cold(props),
         }
     }
 
@@ -402,7 +371,7 @@ fn all<P: PropertySource + ?Sized>(children: &[Node], props: &P) -> Truth {
     let mut result = Truth::True;
     macro_rules! step {
         ($child:expr) => {
-            match $child.child_truth(props) {
+            match $child.leaf_truth(props) {
                 Truth::False => return Truth::False,
                 Truth::Unknown => result = Truth::Unknown,
                 Truth::True => {}
@@ -440,7 +409,7 @@ fn any<P: PropertySource + ?Sized>(children: &[Node], props: &P) -> Truth {
     let mut result = Truth::False;
     macro_rules! step {
         ($child:expr) => {
-            match $child.child_truth(props) {
+            match $child.leaf_truth(props) {
                 Truth::True => return Truth::True,
                 Truth::Unknown => result = Truth::Unknown,
                 Truth::False => {}

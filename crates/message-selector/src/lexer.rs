@@ -19,32 +19,40 @@ pub(crate) enum Keyword {
 }
 
 impl Keyword {
-    const ALL: [(Keyword, &'static str); 11] = [
-        (Keyword::Not, "NOT"),
-        (Keyword::And, "AND"),
-        (Keyword::Or, "OR"),
-        (Keyword::Between, "BETWEEN"),
-        (Keyword::Like, "LIKE"),
-        (Keyword::In, "IN"),
-        (Keyword::Is, "IS"),
-        (Keyword::Null, "NULL"),
-        (Keyword::True, "TRUE"),
-        (Keyword::False, "FALSE"),
-        (Keyword::Escape, "ESCAPE"),
+    const ALL: [Keyword; 11] = [
+        Keyword::Not,
+        Keyword::And,
+        Keyword::Or,
+        Keyword::Between,
+        Keyword::Like,
+        Keyword::In,
+        Keyword::Is,
+        Keyword::Null,
+        Keyword::True,
+        Keyword::False,
+        Keyword::Escape,
     ];
 
     fn lookup(word: &str) -> Option<Keyword> {
         Self::ALL
-            .iter()
-            .find(|(_, text)| text.eq_ignore_ascii_case(word))
-            .map(|(kw, _)| *kw)
+            .into_iter()
+            .find(|kw| kw.as_str().eq_ignore_ascii_case(word))
     }
 
     pub(crate) fn as_str(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(kw, _)| *kw == self)
-            .map_or("", |(_, text)| text)
+        match self {
+            Keyword::Not => "NOT",
+            Keyword::And => "AND",
+            Keyword::Or => "OR",
+            Keyword::Between => "BETWEEN",
+            Keyword::Like => "LIKE",
+            Keyword::In => "IN",
+            Keyword::Is => "IS",
+            Keyword::Null => "NULL",
+            Keyword::True => "TRUE",
+            Keyword::False => "FALSE",
+            Keyword::Escape => "ESCAPE",
+        }
     }
 }
 
