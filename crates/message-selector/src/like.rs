@@ -12,7 +12,7 @@ use crate::bytes::{ends_with, find, starts_with, str_eq};
 /// One run of a segment: literal text, or a number of `_` wildcards.
 #[derive(Debug, Clone)]
 enum Piece {
-    Literal(Box<str>),
+    Literal(String),
     AnyChars(usize),
 }
 
@@ -28,12 +28,9 @@ impl Segment {
     fn push_char(&mut self, c: char) {
         self.chars += 1;
         if let Some(Piece::Literal(lit)) = self.pieces.last_mut() {
-            let mut s = String::from(std::mem::take(lit));
-            s.push(c);
-            *lit = s.into_boxed_str();
+            lit.push(c);
         } else {
-            self.pieces
-                .push(Piece::Literal(c.to_string().into_boxed_str()));
+            self.pieces.push(Piece::Literal(c.to_string()));
         }
     }
 

@@ -146,3 +146,18 @@ fn non_strings_and_null() {
     props.insert("v".to_owned(), OwnedValue::Boolean(true));
     assert_eq!(selector.evaluate(&props), Truth::Unknown);
 }
+
+#[test]
+fn long_patterns_compile_and_match() {
+    let literal = "x".repeat(60_000);
+    assert_eq!(like(&literal, &format!("LIKE '{literal}'")), Truth::True);
+    assert_eq!(
+        like(&literal, &format!("LIKE '%{}_'", &literal[1..])),
+        Truth::True
+    );
+    let underscores = "_".repeat(30_000);
+    assert_eq!(
+        like(&literal, &format!("LIKE '%{underscores}%'")),
+        Truth::True
+    );
+}
