@@ -281,11 +281,13 @@ impl<'s> Parser<'s> {
                 self.advance();
                 Ok(OwnedValue::String(s))
             }
-            TokenKind::Plus | TokenKind::Minus | TokenKind::Long(_) | TokenKind::Double(_) => {
-                let sign = matches!(token.kind, TokenKind::Minus | TokenKind::Plus);
-                if sign {
-                    self.advance();
-                }
+            TokenKind::Long(_) | TokenKind::Double(_) => {
+                let value = number_value(&token, false)?;
+                self.advance();
+                Ok(value)
+            }
+            TokenKind::Plus | TokenKind::Minus => {
+                self.advance();
                 match self.numeric_literal(token.kind == TokenKind::Minus)? {
                     Some(value) => Ok(value),
                     None => Err(self.unexpected("numeric literal after sign")),
