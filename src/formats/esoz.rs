@@ -1,15 +1,20 @@
 //! ESOZ (Ukrainian eHealth) StatusChangeEvent, as in seed 003:
 //! `{id?, event_type, entity_type, entity_id, properties: {X: {new_value}}, event_time, changed_by}`.
+//!
+//! Two wire encodings give the same observation: JSON as in the seed, and the Erlang External
+//! Term Format the Elixir producers really send (`:erlang.term_to_binary(event)`, first byte
+//! 131): a map with atom keys, string-keyed `properties` of `%{new_value: v}` maps, `nil`/`true`/
+//! `false` atoms, and `event_time` as a `NaiveDateTime` struct meaning UTC (or an ISO string).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use eetf::Term;
 use serde::Deserialize;
 
-use super::{payload, DecodeError, DecodeErrorKind, Decoded, Decoder, Format, RawMessage};
+use super::wire::{parse_typed, Scalar};
+use super::{etf, payload, DecodeError, DecodeErrorKind, Decoded, Decoder, Format, RawMessage};
 use crate::formats::FormatConfigError;
 use crate::model::{Observation, ObservationKind, Properties};
 
@@ -78,39 +83,17 @@ impl Decoder for EsozDecoder {
 
     fn decode(&self, msg: &RawMessage<'_>, props: &mut Properties) -> Result<Decoded, DecodeError> {
         let bytes = payload(msg)?;
-        let event = decode_json(bytes)?;
+        let event = if bytes.first() == Some(&etf::VERSION) {
+            decode_etf(bytes)?
+        } else {
+            decode_json(bytes)?
+        };
         Ok(event.into_decoded(props))
     }
 }
 
 fn decode_json(bytes: &[u8]) -> Result<EsozEvent, DecodeError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let wire: WireEvent<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_data() {
-            DecodeError::new(
-                DecodeErrorKind::InvalidField,
-                format!("field `{path}` has the wrong type"),
-            )
-        } else {
-            DecodeError::new(
-                DecodeErrorKind::InvalidEncoding,
-                format!(
-                    "value is not valid JSON (line {}, column {})",
-                    inner.line(),
-                    inner.column()
-                ),
-            )
-        }
-    })?;
-    de.end().map_err(|_| {
-        DecodeError::new(
-            DecodeErrorKind::InvalidEncoding,
-            "trailing data after the JSON value",
-        )
-    })?;
-    wire.normalise()
+    parse_typed::<WireEvent<'_>>(bytes)?.normalise()
 }
 
 #[derive(Deserialize)]
@@ -191,6 +174,201 @@ impl WireEvent<'_> {
     }
 }
 
+fn decode_etf(bytes: &[u8]) -> Result<EsozEvent, DecodeError> {
+    let Term::Map(map) = etf::decode(bytes)? else {
+        return Err(DecodeError::new(
+            DecodeErrorKind::UnsupportedType,
+            "ETF value must be a map (a StatusChangeEvent), not another term",
+        ));
+    };
+    let (mut event_type, mut entity_type, mut entity_id) = (None, None, None);
+    let (mut properties, mut event_time, mut changed_by) = (None, None, None);
+    for (key, value) in map.map {
+        let Some(name) = term_key(&key) else {
+            return Err(DecodeError::invalid(
+                "<key>",
+                "an atom or string key of the event map",
+            ));
+        };
+        match name {
+            "event_type" => event_type = Some(value),
+            "entity_type" => entity_type = Some(value),
+            "entity_id" => entity_id = Some(value),
+            "properties" => properties = Some(value),
+            "event_time" => event_time = Some(value),
+            "changed_by" => changed_by = Some(value),
+            // `id`, `__struct__` and future keys do not change the observation.
+            _ => {}
+        }
+    }
+    let event_type = required_term_text("event_type", event_type)?;
+    let entity_type = required_term_text("entity_type", entity_type)?;
+    let entity_id = required_term_text("entity_id", entity_id)?;
+    let event_time = match event_time {
+        None => return Err(DecodeError::missing("event_time")),
+        Some(t) if is_nil(&t) => return Err(DecodeError::missing("event_time")),
+        Some(t) => term_time(t)?,
+    };
+    let changed_by = match changed_by {
+        None => None,
+        Some(t) => term_text(t)
+            .map_err(|()| DecodeError::invalid("changed_by", "a string or nil"))?
+            .filter(|s| !s.is_empty()),
+    };
+    let Some(Term::Map(wire_props)) = properties else {
+        return Err(match properties {
+            None => DecodeError::missing("properties"),
+            Some(_) => DecodeError::invalid("properties", "a map"),
+        });
+    };
+    if wire_props.map.is_empty() {
+        return Err(DecodeError::invalid("properties", "a non-empty map"));
+    }
+    let mut properties = BTreeMap::new();
+    for (key, value) in wire_props.map {
+        let name = match key {
+            Term::Binary(b) => String::from_utf8(b.bytes)
+                .map_err(|_| DecodeError::invalid("properties.<key>", "a UTF-8 string"))?,
+            Term::Atom(a) => a.name,
+            _ => return Err(DecodeError::invalid("properties.<key>", "a string")),
+        };
+        let shown = if super::wire::is_field_name(&name) {
+            name.clone()
+        } else {
+            "<key>".to_owned()
+        };
+        let Term::Map(inner) = value else {
+            return Err(DecodeError::invalid(
+                &format!("properties.{shown}"),
+                "a map with key new_value",
+            ));
+        };
+        let new_value = inner
+            .map
+            .into_iter()
+            .find(|(k, _)| term_key(k) == Some("new_value"))
+            .map(|(_, v)| v)
+            .ok_or_else(|| DecodeError::missing(&format!("properties.{shown}.new_value")))?;
+        let text = term_text(new_value).map_err(|()| {
+            DecodeError::invalid(
+                &format!("properties.{shown}.new_value"),
+                "a string, number, boolean or nil",
+            )
+        })?;
+        properties.insert(name, text);
+    }
+    Ok(EsozEvent {
+        event_type,
+        entity_type,
+        entity_id,
+        properties,
+        event_time,
+        changed_by,
+    })
+}
+
+/// A map key: an atom (any encoding) or a UTF-8 binary.
+fn term_key(term: &Term) -> Option<&str> {
+    match term {
+        Term::Atom(a) => Some(&a.name),
+        Term::Binary(b) => std::str::from_utf8(&b.bytes).ok(),
+        _ => None,
+    }
+}
+
+fn is_nil(term: &Term) -> bool {
+    matches!(term, Term::Atom(a) if a.name == "nil")
+}
+
+/// A scalar term as stored text: binaries and charlists as UTF-8, `nil` as NULL, other atoms
+/// (`true`, `false`, enum-like atoms) by name, numbers in decimal.
+fn term_text(term: Term) -> Result<Option<String>, ()> {
+    match term {
+        Term::Atom(a) if a.name == "nil" => Ok(None),
+        Term::Atom(a) => Ok(Some(a.name)),
+        Term::Binary(b) => String::from_utf8(b.bytes).map(Some).map_err(|_| ()),
+        Term::ByteList(b) => String::from_utf8(b.bytes).map(Some).map_err(|_| ()),
+        Term::FixInteger(i) => Ok(Some(i.value.to_string())),
+        Term::BigInteger(i) => Ok(Some(i.value.to_string())),
+        Term::Float(f) => Ok(Some(f.value.to_string())),
+        _ => Err(()),
+    }
+}
+
+fn required_term_text(field: &str, term: Option<Term>) -> Result<String, DecodeError> {
+    let term = term.ok_or_else(|| DecodeError::missing(field))?;
+    if matches!(&term, Term::Atom(a) if matches!(a.name.as_str(), "true" | "false")) {
+        return Err(DecodeError::invalid(field, "a string"));
+    }
+    match term_text(term) {
+        Ok(None) => Err(DecodeError::missing(field)),
+        Ok(Some(s)) if s.trim().is_empty() => {
+            Err(DecodeError::invalid(field, "a non-empty string"))
+        }
+        Ok(Some(s)) => Ok(s),
+        Err(()) => Err(DecodeError::invalid(field, "a string")),
+    }
+}
+
+/// `event_time`: an Elixir `NaiveDateTime` (UTC) or `DateTime` struct, or an ISO 8601 binary.
+fn term_time(term: Term) -> Result<DateTime<Utc>, DecodeError> {
+    let bad = || {
+        DecodeError::invalid(
+            "event_time",
+            "a NaiveDateTime/DateTime struct or an ISO 8601 string",
+        )
+    };
+    let map = match term {
+        Term::Binary(b) => {
+            let text = std::str::from_utf8(&b.bytes).map_err(|_| bad())?;
+            return parse_event_time(text).ok_or_else(bad);
+        }
+        Term::Map(map) => map,
+        _ => return Err(bad()),
+    };
+    let mut fields: BTreeMap<&str, &Term> = BTreeMap::new();
+    for (k, v) in &map.map {
+        if let Some(name) = term_key(k) {
+            fields.insert(name, v);
+        }
+    }
+    let is_utc_datetime = match fields.get("__struct__") {
+        Some(Term::Atom(a)) if a.name == "Elixir.NaiveDateTime" => false,
+        Some(Term::Atom(a)) if a.name == "Elixir.DateTime" => true,
+        _ => return Err(bad()),
+    };
+    let int = |name: &str| -> Result<i64, DecodeError> {
+        match fields.get(name) {
+            Some(Term::FixInteger(i)) => Ok(i64::from(i.value)),
+            _ => Err(bad()),
+        }
+    };
+    let small = |name: &str| int(name).and_then(|v| u32::try_from(v).map_err(|_| bad()));
+    let micros = match fields.get("microsecond") {
+        None => 0,
+        Some(Term::Tuple(t)) => match t.elements.first() {
+            Some(Term::FixInteger(i)) => u32::try_from(i.value).map_err(|_| bad())?,
+            _ => return Err(bad()),
+        },
+        Some(_) => return Err(bad()),
+    };
+    let year = i32::try_from(int("year")?).map_err(|_| bad())?;
+    let (month, day) = (small("month")?, small("day")?);
+    let (hour, minute, second) = (small("hour")?, small("minute")?, small("second")?);
+    let naive = NaiveDate::from_ymd_opt(year, month, day)
+        .and_then(|d| d.and_hms_micro_opt(hour, minute, second, micros))
+        .ok_or_else(bad)?;
+    let mut utc = naive.and_utc();
+    if is_utc_datetime {
+        // DateTime keeps local wall time plus offsets; UTC = local − (utc_offset + std_offset).
+        let offset = int("utc_offset")?.saturating_add(int("std_offset").unwrap_or(0));
+        utc = utc
+            .checked_sub_signed(chrono::TimeDelta::try_seconds(offset).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
+    }
+    Ok(utc)
+}
+
 fn required_text(field: &str, value: Option<Scalar<'_>>) -> Result<String, DecodeError> {
     match value {
         None | Some(Scalar::Null) => Err(DecodeError::missing(field)),
@@ -211,79 +389,6 @@ pub(crate) fn parse_event_time(s: &str) -> Option<DateTime<Utc>> {
         .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
         .ok()
         .map(|n| n.and_utc())
-}
-
-/// A JSON value of which only scalars are kept; containers are skipped without allocation.
-enum Scalar<'a> {
-    Str(Cow<'a, str>),
-    Bool(bool),
-    Number(String),
-    Null,
-    Container,
-}
-
-impl Scalar<'_> {
-    /// Attribute values are stored as text: booleans as `true`/`false`, numbers as written.
-    fn into_text(self) -> Result<Option<String>, ()> {
-        match self {
-            Scalar::Str(s) => Ok(Some(s.into_owned())),
-            Scalar::Bool(b) => Ok(Some(b.to_string())),
-            Scalar::Number(n) => Ok(Some(n)),
-            Scalar::Null => Ok(None),
-            Scalar::Container => Err(()),
-        }
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Scalar<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Owned(v)))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-                Ok(Scalar::Bool(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Scalar::Number(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Scalar::Number(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(Scalar::Number(v.to_string()))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                Scalar::deserialize(d)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Container)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Container)
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,23 @@
 //! Source formats: one decoder per format, each turning a raw Kafka message into
 //! selector properties and observations. Pure code: no I/O.
 
+mod ehealth_dk;
 mod esoz;
+mod etf;
+mod fhircast;
+mod rcp_v2;
+mod sfs;
+mod wire;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Observation, Properties};
 
+pub use ehealth_dk::{EhealthDkDecoder, StatusLookup};
 pub use esoz::EsozDecoder;
+pub use fhircast::FhircastDecoder;
+pub use rcp_v2::RcpV2Decoder;
+pub use sfs::SfsDecoder;
 
 /// A Kafka message as the decoders see it.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +72,11 @@ impl Format {
 pub enum DecodeNote {
     /// A known message whose type carries no status change (accepted, ignored).
     Ignored,
+    /// A status context event without a status value: no change can be known from the
+    /// message alone (a FHIR look-up may learn it, see [`StatusLookup`]).
+    MissingStatus,
+    /// A malformed or missing timestamp was replaced by the receive time.
+    LenientTimestamp,
 }
 
 impl DecodeNote {
@@ -69,6 +84,8 @@ impl DecodeNote {
     pub fn as_str(self) -> &'static str {
         match self {
             DecodeNote::Ignored => "ignored",
+            DecodeNote::MissingStatus => "missing_status",
+            DecodeNote::LenientTimestamp => "lenient_timestamp",
         }
     }
 }
@@ -213,10 +230,10 @@ pub fn decoder_for(
 ) -> Result<Box<dyn Decoder>, FormatConfigError> {
     match format {
         Format::Esoz => Ok(Box::new(EsozDecoder::from_options(options)?)),
-        other => Err(FormatConfigError(format!(
-            "format `{}` is not available in this build",
-            other.as_str()
-        ))),
+        Format::EhealthDk => Ok(Box::new(EhealthDkDecoder::from_options(options)?)),
+        Format::RcpV2 => Ok(Box::new(RcpV2Decoder::from_options(options)?)),
+        Format::Sfs => Ok(Box::new(SfsDecoder::from_options(options)?)),
+        Format::Fhircast => Ok(Box::new(FhircastDecoder::from_options(options)?)),
     }
 }
 
