@@ -457,3 +457,203 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireMessage<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::testing::{fixture, msg};
+
+    fn decode_with(
+        options: &str,
+        topic: &str,
+        name: &str,
+        props: &mut Properties,
+    ) -> Result<(Decoded, Option<StatusLookup>), DecodeError> {
+        let decoder = EhealthDkDecoder::from_options(&toml::from_str(options).unwrap()).unwrap();
+        let bytes = fixture("ehealth-dk", name);
+        decoder.decode_with_lookup(&msg(topic, &bytes), props)
+    }
+
+    fn decode(name: &str) -> Result<Decoded, DecodeError> {
+        decode_with("", "ehealth-careplan.status", name, &mut Properties::new()).map(|(d, _)| d)
+    }
+
+    #[test]
+    fn status_context_event_maps_profile_reference_status_and_version() {
+        let mut props = Properties::new();
+        let (d, lookup) =
+            decode_with("", "ehealth-careplan.status", "context_updated", &mut props).unwrap();
+        assert!(lookup.is_none());
+        let o = &d.observations[0];
+        assert_eq!(o.entity_type, "ehealth-careplan");
+        assert_eq!(
+            o.entity_id,
+            "https://cp.ehealth.sundhed.dk/fhir/CarePlan/1234"
+        );
+        assert_eq!(o.attributes["status"].as_deref(), Some("active"));
+        assert_eq!(o.version, Some(7));
+        assert_eq!(o.kind, ObservationKind::Updated);
+        assert_eq!(o.event_time.timestamp_millis(), 1_704_067_200_000);
+        for name in LIFTED.iter().filter(|n| **n != "resourceElement") {
+            assert!(props.get_owned(name).is_some(), "{name} not lifted");
+        }
+        assert_eq!(props.get_str("messageVersion"), Some("1.0"));
+    }
+
+    #[test]
+    fn kinds_follow_event_type() {
+        assert_eq!(
+            decode("context_created").unwrap().observations[0].kind,
+            ObservationKind::Created
+        );
+        let deleted = decode("context_deleted").unwrap();
+        assert_eq!(deleted.observations[0].kind, ObservationKind::Deleted);
+        assert_eq!(deleted.observations[0].attributes["status"], None);
+    }
+
+    #[test]
+    fn headers_win_over_the_body_and_name_the_profile() {
+        let mut props = Properties::new();
+        props.insert_str(
+            "resourceProfile",
+            "http://ehealth.sundhed.dk/fhir/StructureDefinition/ehealth-episodeofcare|1.2",
+        );
+        props.insert("resourceVersion".to_owned(), OwnedValue::Long(40));
+        props.insert_str("messageType", "EHealthContextEvent");
+        let (d, _) = decode_with(
+            "[entity_types]\nehealth-episodeofcare = \"EpisodeOfCare\"",
+            "x.status",
+            "context_updated",
+            &mut props,
+        )
+        .unwrap();
+        assert_eq!(d.observations[0].entity_type, "EpisodeOfCare");
+        assert_eq!(d.observations[0].version, Some(40));
+        assert_eq!(
+            props.get_owned("resourceVersion"),
+            Some(&OwnedValue::Long(40))
+        );
+    }
+
+    #[test]
+    fn profile_and_context_fall_back_to_the_topic() {
+        let (d, _) = decode_with(
+            "",
+            "ehealth-servicerequest.status",
+            "context_minimal",
+            &mut Properties::new(),
+        )
+        .unwrap();
+        let o = &d.observations[0];
+        assert_eq!(o.entity_type, "ehealth-servicerequest");
+        assert_eq!(o.attributes["status"].as_deref(), Some("completed"));
+    }
+
+    #[test]
+    fn missing_status_is_noted_with_what_a_lookup_needs() {
+        let (d, lookup) = decode_with(
+            "",
+            "ehealth-careplan.status",
+            "context_missing_status",
+            &mut Properties::new(),
+        )
+        .unwrap();
+        assert!(d.observations.is_empty());
+        assert_eq!(d.notes, vec![DecodeNote::MissingStatus]);
+        let lookup = lookup.unwrap();
+        assert_eq!(
+            lookup.history_url(),
+            "https://cp.ehealth.sundhed.dk/fhir/CarePlan/1234/_history/7"
+        );
+        let o = lookup.into_observation("on-hold".into());
+        assert_eq!(o.attributes["status"].as_deref(), Some("on-hold"));
+        assert_eq!(o.version, Some(7));
+    }
+
+    #[test]
+    fn unwatched_contexts_references_and_simple_events_are_ignored_by_default() {
+        for name in ["context_other_context", "reference_added", "simple_created"] {
+            let d = decode(name).unwrap();
+            assert!(d.observations.is_empty(), "{name}");
+            assert_eq!(d.notes, vec![DecodeNote::Ignored], "{name}");
+        }
+        let (d, _) = decode_with(
+            "contexts = [\"title\"]",
+            "ehealth-careplan.title",
+            "context_other_context",
+            &mut Properties::new(),
+        )
+        .unwrap();
+        assert_eq!(d.notes, vec![DecodeNote::MissingStatus]);
+    }
+
+    #[test]
+    fn references_when_enabled() {
+        let mut props = Properties::new();
+        let (d, _) = decode_with(
+            "references = true",
+            "ehealth-careplan.careteam",
+            "reference_removed",
+            &mut props,
+        )
+        .unwrap();
+        let o = &d.observations[0];
+        assert_eq!(o.event_type, "ReferenceChangeEvent");
+        assert_eq!(
+            o.attributes["careTeam"].as_deref(),
+            Some(r#"{"removed":["https://cp.ehealth.sundhed.dk/fhir/CareTeam/55"]}"#)
+        );
+        assert_eq!(o.version, Some(10));
+        assert_eq!(props.get_str("resourceElement"), Some("careTeam"));
+    }
+
+    #[test]
+    fn lifecycle_when_enabled() {
+        for (name, kind) in [
+            ("simple_created", ObservationKind::Created),
+            ("simple_deleted", ObservationKind::Deleted),
+        ] {
+            let (d, _) = decode_with(
+                "lifecycle = true",
+                "ehealth-careplan",
+                name,
+                &mut Properties::new(),
+            )
+            .unwrap();
+            assert_eq!(d.observations[0].kind, kind);
+            assert!(d.observations[0].attributes.contains_key("lifecycle"));
+        }
+    }
+
+    #[test]
+    fn precise_reasons() {
+        for (name, expected) in [
+            ("bad_version", "`resourceVersion` must be an integer"),
+            ("bad_event_type", "`eventType` must be one of created"),
+            ("bad_no_reference", "`resourceReference` is missing"),
+            ("bad_status_type", "`status` must be a string"),
+            ("bad_message_type", "unsupported_type"),
+            ("bad_reference_items", "`references[0]` must be"),
+            (
+                "bad_reference_event_type",
+                "reference_added or reference_removed",
+            ),
+            ("bad_truncated", "invalid_encoding"),
+        ] {
+            let e = decode(name).unwrap_err().to_string();
+            assert!(e.contains(expected), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn options_are_checked() {
+        for (options, expected) in [
+            ("contexts = []", "at least one"),
+            ("references = \"yes\"", "true or false"),
+            ("entity_types = [1]", "table of strings"),
+        ] {
+            let e = EhealthDkDecoder::from_options(&toml::from_str(options).unwrap()).unwrap_err();
+            assert!(e.0.contains(expected), "{options}: {e}");
+        }
+    }
+}

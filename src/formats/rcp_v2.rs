@@ -183,3 +183,100 @@ impl Decoder for RcpV2Decoder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::testing::{fixture, msg};
+
+    fn decode(name: &str, props: &mut Properties) -> Result<Decoded, DecodeError> {
+        let bytes = fixture("rcp-v2", name);
+        RcpV2Decoder::default().decode(&msg("rcp-v2.events", &bytes), props)
+    }
+
+    fn one(name: &str) -> Observation {
+        let mut d = decode(name, &mut Properties::new()).unwrap();
+        assert_eq!(d.observations.len(), 1, "{name}");
+        d.observations.remove(0)
+    }
+
+    #[test]
+    fn timeslot_lifecycle() {
+        let mut props = Properties::new();
+        let d = decode("timeslot_created", &mut props).unwrap();
+        let o = &d.observations[0];
+        assert_eq!(
+            (o.entity_type.as_str(), o.entity_id.as_str()),
+            ("timeslots", "ts-42")
+        );
+        assert_eq!(o.kind, ObservationKind::Created);
+        assert_eq!(o.attributes["lifecycle"].as_deref(), Some("created"));
+        assert_eq!(o.changed_by.as_deref(), Some("user-7"));
+        assert_eq!(o.event_time.to_rfc3339(), "2024-03-01T10:15:30+00:00");
+        for (name, value) in [
+            ("trace_id", "trace-abc"),
+            ("group", "rcp-v2"),
+            ("resource", "timeslots"),
+            ("type", "created"),
+            ("uid", "ev-0001"),
+        ] {
+            assert_eq!(props.get_str(name), Some(value), "{name}");
+        }
+
+        let o = one("timeslot_updated");
+        assert_eq!(o.kind, ObservationKind::Updated);
+        assert_eq!(o.changed_by.as_deref(), Some("user-8"));
+        assert_eq!(o.event_time.to_rfc3339(), "2024-03-01T10:00:00.123+00:00");
+
+        let o = one("timeslot_update_spelling");
+        assert_eq!(o.attributes["lifecycle"].as_deref(), Some("updated"));
+
+        let o = one("timeslot_deleted");
+        assert_eq!(o.kind, ObservationKind::Deleted);
+        assert_eq!(o.changed_by, None);
+    }
+
+    #[test]
+    fn patient_call_status() {
+        let o = one("patient_call_updated");
+        assert_eq!(o.entity_type, "patient_calls");
+        assert_eq!(o.attributes["status"].as_deref(), Some("finished"));
+        assert_eq!(o.kind, ObservationKind::Updated);
+        assert_eq!(o.changed_by.as_deref(), Some("user-3"));
+    }
+
+    #[test]
+    fn unknown_resources_are_ignored_unless_opted_in() {
+        let d = decode("unknown_resource", &mut Properties::new()).unwrap();
+        assert_eq!(d.notes, vec![DecodeNote::Ignored]);
+        let decoder =
+            RcpV2Decoder::from_options(&toml::from_str("lifecycle = [\"care_plans\"]").unwrap())
+                .unwrap();
+        let bytes = fixture("rcp-v2", "unknown_resource");
+        let d = decoder
+            .decode(&msg("rcp-v2.events", &bytes), &mut Properties::new())
+            .unwrap();
+        assert_eq!(
+            d.observations[0].attributes["lifecycle"].as_deref(),
+            Some("updated")
+        );
+    }
+
+    #[test]
+    fn precise_reasons() {
+        for (name, expected) in [
+            ("bad_date", "`date` must be an ISO 8601"),
+            ("bad_type", "`type` must be one of"),
+            ("bad_missing_target", "`target` is missing"),
+            ("bad_data_type", "`data` has the wrong type"),
+            ("bad_call_without_status", "`data.status` is missing"),
+            ("bad_status_type", "`data.status` must be a string"),
+            ("bad_not_json", "invalid_encoding"),
+        ] {
+            let e = decode(name, &mut Properties::new())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "{name}: {e}");
+        }
+    }
+}
