@@ -287,3 +287,150 @@ fn read_context(
     }
     Ok(entries)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::testing::{fixture, msg};
+
+    const TOPIC: &str = "2e9f1f7c-6a1b-4b8e-9c1d-session";
+
+    fn decode(name: &str) -> Result<Decoded, DecodeError> {
+        let bytes = fixture("fhircast", name);
+        FhircastDecoder::default().decode(&msg("fhircast.events", &bytes), &mut Properties::new())
+    }
+
+    fn context(d: &Decoded) -> Vec<(String, Option<&str>)> {
+        d.observations
+            .iter()
+            .map(|o| {
+                assert_eq!(o.kind, ObservationKind::Snapshot);
+                assert_eq!(o.entity_type, "FhircastSession");
+                let (key, value) = o.attributes.iter().next().unwrap();
+                assert_eq!(o.entity_id, format!("{TOPIC}/{key}"));
+                (key.clone(), value.as_deref())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn patient_open_replaces_the_patient_context() {
+        let d = decode("patient_open").unwrap();
+        assert!(d.notes.is_empty());
+        assert_eq!(
+            context(&d),
+            [
+                ("encounter".to_owned(), None),
+                (
+                    "patient".to_owned(),
+                    Some("Patient/ewUbXT9RWEbSj5wPEdgRaBw3")
+                ),
+                ("report".to_owned(), None),
+                ("study".to_owned(), None),
+            ]
+        );
+        assert_eq!(
+            d.observations[0].event_time.to_rfc3339(),
+            "2018-01-08T01:37:05.140+00:00"
+        );
+    }
+
+    #[test]
+    fn closes_set_null() {
+        let d = decode("patient_close").unwrap();
+        assert!(context(&d).iter().all(|(_, v)| v.is_none()));
+        assert_eq!(d.observations.len(), 4);
+        // A study close (any case) closes the study only; the patient stays open.
+        let d = decode("imagingstudy_close").unwrap();
+        assert_eq!(context(&d), [("study".to_owned(), None)]);
+    }
+
+    #[test]
+    fn study_open_sets_every_key_of_its_context() {
+        let d = decode("imagingstudy_open").unwrap();
+        assert_eq!(
+            context(&d),
+            [
+                (
+                    "patient".to_owned(),
+                    Some("Patient/ewUbXT9RWEbSj5wPEdgRaBw3")
+                ),
+                (
+                    "study".to_owned(),
+                    Some("ImagingStudy/8i7tbu6fby5ftfbku6fniuf")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn events_that_do_not_change_context_are_ignored() {
+        for name in ["diagnosticreport_update", "proprietary_event"] {
+            let d = decode(name).unwrap();
+            assert!(d.observations.is_empty(), "{name}");
+            assert_eq!(d.notes, vec![DecodeNote::Ignored], "{name}");
+        }
+    }
+
+    #[test]
+    fn malformed_timestamps_fall_back_to_the_receive_time() {
+        let d = decode("malformed_timestamp").unwrap();
+        assert_eq!(d.notes, vec![DecodeNote::LenientTimestamp]);
+        assert_eq!(
+            d.observations[1].event_time.timestamp_millis(),
+            1_704_067_200_000
+        );
+    }
+
+    #[test]
+    fn event_name_grammar() {
+        for ok in [
+            "Patient-open",
+            "patient-OPEN",
+            "ImagingStudy-close",
+            "*-*",
+            "Encounter-*",
+            "DiagnosticReport-select",
+            "DiagnosticReport-update",
+            "org.example.patient_transmogrify",
+            "SyncError",
+            "heartbeat",
+        ] {
+            assert!(classify(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "Patient",
+            "Patient-",
+            "-open",
+            "Patient-open-now",
+            "Pat1ent-open",
+            "Patient-reopen",
+            "org..example",
+            "transmogrify",
+            "",
+        ] {
+            assert!(classify(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn precise_reasons() {
+        for (name, expected) in [
+            ("bad_event_name", "`event.hub.event` must be"),
+            ("bad_event_action", "`event.hub.event` must be"),
+            (
+                "bad_open_without_context",
+                "`event.context` must be a non-empty list",
+            ),
+            ("bad_missing_topic", "`event.hub.topic` is missing"),
+            (
+                "bad_resource_without_id",
+                "`event.context[0].resource.id` is missing",
+            ),
+            ("bad_context_not_list", "`event.context` has the wrong type"),
+        ] {
+            let e = decode(name).unwrap_err().to_string();
+            assert!(e.contains(expected), "{name}: {e}");
+        }
+    }
+}

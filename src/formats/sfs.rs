@@ -273,3 +273,134 @@ fn capture_hospitalization(obs: &mut Observation, hospitalization: Option<Cow<'_
             .insert("hospitalizationId".to_owned(), Some(h.into_owned()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::testing::{fixture, msg};
+
+    fn decode_with(
+        decoder: &SfsDecoder,
+        name: &str,
+        props: &mut Properties,
+    ) -> Result<Decoded, DecodeError> {
+        let bytes = fixture("sfs", name);
+        decoder.decode(&msg("sfs.events", &bytes), props)
+    }
+
+    fn decode(name: &str) -> Result<Decoded, DecodeError> {
+        decode_with(&SfsDecoder::default(), name, &mut Properties::new())
+    }
+
+    fn ids(d: &Decoded) -> Vec<(&str, &str, Option<&str>)> {
+        d.observations
+            .iter()
+            .map(|o| {
+                assert_eq!(o.kind, ObservationKind::Updated);
+                (
+                    o.entity_type.as_str(),
+                    o.entity_id.as_str(),
+                    o.attributes["status"].as_deref(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn discharges_use_the_emr_hospitalization_id() {
+        let d = decode("hospitalization_discharged").unwrap();
+        assert_eq!(
+            ids(&d),
+            [("Hospitalization", "emr-h-100", Some("discharged"))]
+        );
+        let d = decode("hospitalizations_discharged").unwrap();
+        // The batch's operation id `op-77` is never an entity; an item without the EMR's id
+        // falls back to its own id.
+        assert_eq!(
+            ids(&d),
+            [
+                ("Hospitalization", "emr-h-100", Some("discharged")),
+                ("Hospitalization", "emr-h-101", Some("discharged")),
+                ("Hospitalization", "sfs-h-3", Some("discharged")),
+            ]
+        );
+    }
+
+    #[test]
+    fn imports_and_medical_records() {
+        let d = decode("inventoryitems_imported").unwrap();
+        assert_eq!(ids(&d), [("InventoryImport", "import-5", Some("finished"))]);
+        let d = decode("treatment_record_entered").unwrap();
+        assert_eq!(ids(&d), [("MedicalRecord", "t-1", Some("entered"))]);
+        assert_eq!(
+            d.observations[0].captured["hospitalizationId"].as_deref(),
+            Some("emr-h-100")
+        );
+        let d = decode("treatments_records_entered").unwrap();
+        assert_eq!(
+            ids(&d),
+            [
+                ("MedicalRecord", "t-2", Some("entered")),
+                ("MedicalRecord", "t-3", Some("removed")),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_event_types_are_ignored() {
+        let mut props = Properties::new();
+        let d = decode_with(&SfsDecoder::default(), "unknown_event", &mut props).unwrap();
+        assert!(d.observations.is_empty());
+        assert_eq!(d.notes, vec![DecodeNote::Ignored]);
+        assert_eq!(props.get_str("eventType"), Some("flowsheet.report_ready"));
+    }
+
+    #[test]
+    fn the_api_key_maps_to_a_clinic_and_is_never_kept() {
+        let decoder = SfsDecoder::from_options(
+            &toml::from_str(
+                "[clinics]\n\"other-key\" = \"c-0\"\n\"clinic-api-key\" = \"clinic-1\"\n\"clinic-api-kez\" = \"c-2\"",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(!format!("{decoder:?}").contains("clinic-api-key"));
+        let mut props = Properties::new();
+        props.insert_str("clinicApiKey", "clinic-api-key");
+        let d = decode_with(&decoder, "hospitalization_discharged", &mut props).unwrap();
+        assert_eq!(props.get_str("clinicId"), Some("clinic-1"));
+        assert_eq!(
+            d.observations[0].captured["clinicId"].as_deref(),
+            Some("clinic-1")
+        );
+        let everything = format!("{props:?} {d:?}");
+        assert!(!everything.contains("clinic-api-key"), "{everything}");
+
+        let mut props = Properties::new();
+        decode_with(
+            &SfsDecoder::default(),
+            "hospitalization_discharged",
+            &mut props,
+        )
+        .unwrap();
+        assert_eq!(props.get_str("clinicId"), None);
+        assert_eq!(props.len(), 1, "{props:?}");
+    }
+
+    #[test]
+    fn precise_reasons() {
+        for (name, expected) in [
+            ("bad_missing_id", "`object.hospitalizationId` is missing"),
+            ("bad_object_type", "`object` has the wrong type"),
+            ("bad_event_type", "`eventType` must be a string"),
+            (
+                "bad_batch_without_list",
+                "`object.hospitalizations` is missing",
+            ),
+            ("bad_missing_object", "`object` is missing"),
+        ] {
+            let e = decode(name).unwrap_err().to_string();
+            assert!(e.contains(expected), "{name}: {e}");
+        }
+    }
+}
