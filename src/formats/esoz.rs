@@ -296,18 +296,20 @@ fn term_text(term: Term) -> Result<Option<String>, ()> {
 }
 
 fn required_term_text(field: &str, term: Option<Term>) -> Result<String, DecodeError> {
-    let term = term.ok_or_else(|| DecodeError::missing(field))?;
-    if matches!(&term, Term::Atom(a) if matches!(a.name.as_str(), "true" | "false")) {
-        return Err(DecodeError::invalid(field, "a string"));
+    // As in JSON, identifiers are text: numbers and booleans are not accepted.
+    let text = match term {
+        None => return Err(DecodeError::missing(field)),
+        Some(Term::Atom(a)) if a.name == "nil" => return Err(DecodeError::missing(field)),
+        Some(Term::Atom(a)) if a.name != "true" && a.name != "false" => Ok(a.name),
+        Some(Term::Binary(b)) => String::from_utf8(b.bytes).map_err(|_| ()),
+        Some(Term::ByteList(b)) => String::from_utf8(b.bytes).map_err(|_| ()),
+        Some(_) => Err(()),
     }
-    match term_text(term) {
-        Ok(None) => Err(DecodeError::missing(field)),
-        Ok(Some(s)) if s.trim().is_empty() => {
-            Err(DecodeError::invalid(field, "a non-empty string"))
-        }
-        Ok(Some(s)) => Ok(s),
-        Err(()) => Err(DecodeError::invalid(field, "a string")),
+    .map_err(|()| DecodeError::invalid(field, "a string"))?;
+    if text.trim().is_empty() {
+        return Err(DecodeError::invalid(field, "a non-empty string"));
     }
+    Ok(text)
 }
 
 /// `event_time`: an Elixir `NaiveDateTime` (UTC) or `DateTime` struct, or an ISO 8601 binary.
@@ -473,6 +475,336 @@ mod tests {
         for (input, expected) in cases {
             let err = decode(input).expect_err(input);
             assert!(err.to_string().contains(expected), "{input}: {err}");
+        }
+    }
+
+    /// A test-only ETF encoder for the terms Elixir producers write.
+    enum T<'a> {
+        Atom(&'a str),
+        Bin(&'a str),
+        Int(i32),
+        Map(Vec<(T<'a>, T<'a>)>),
+        Tuple(Vec<T<'a>>),
+    }
+
+    fn encode(term: &T<'_>, legacy_atoms: bool) -> Vec<u8> {
+        fn go(term: &T<'_>, legacy: bool, out: &mut Vec<u8>) {
+            match term {
+                T::Atom(a) if legacy => {
+                    out.push(100);
+                    out.extend_from_slice(&(a.len() as u16).to_be_bytes());
+                    out.extend_from_slice(a.as_bytes());
+                }
+                T::Atom(a) => {
+                    out.extend_from_slice(&[119, a.len() as u8]);
+                    out.extend_from_slice(a.as_bytes());
+                }
+                T::Bin(b) => {
+                    out.push(109);
+                    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                    out.extend_from_slice(b.as_bytes());
+                }
+                T::Int(i) if (0..=255).contains(i) => out.extend_from_slice(&[97, *i as u8]),
+                T::Int(i) => {
+                    out.push(98);
+                    out.extend_from_slice(&i.to_be_bytes());
+                }
+                T::Map(pairs) => {
+                    out.push(116);
+                    out.extend_from_slice(&(pairs.len() as u32).to_be_bytes());
+                    for (k, v) in pairs {
+                        go(k, legacy, out);
+                        go(v, legacy, out);
+                    }
+                }
+                T::Tuple(items) => {
+                    out.extend_from_slice(&[104, items.len() as u8]);
+                    for item in items {
+                        go(item, legacy, out);
+                    }
+                }
+            }
+        }
+        let mut out = vec![131];
+        go(term, legacy_atoms, &mut out);
+        out
+    }
+
+    fn naive_date_time() -> T<'static> {
+        use T::*;
+        Map(vec![
+            (Atom("__struct__"), Atom("Elixir.NaiveDateTime")),
+            (Atom("calendar"), Atom("Elixir.Calendar.ISO")),
+            (Atom("year"), Int(2017)),
+            (Atom("month"), Int(4)),
+            (Atom("day"), Int(20)),
+            (Atom("hour"), Int(19)),
+            (Atom("minute"), Int(14)),
+            (Atom("second"), Int(13)),
+            (Atom("microsecond"), Tuple(vec![Int(0), Int(0)])),
+        ])
+    }
+
+    fn seed_event(event_time: T<'static>) -> T<'static> {
+        use T::*;
+        Map(vec![
+            (Atom("event_type"), Bin("StatusChangeEvent")),
+            (Atom("entity_type"), Bin("EmployeeRequest")),
+            (
+                Atom("entity_id"),
+                Bin("df9f70ee-4b12-4740-b0f5-bb5aea116863"),
+            ),
+            (
+                Atom("properties"),
+                Map(vec![
+                    (
+                        Bin("status"),
+                        Map(vec![(Atom("new_value"), Bin("APPROVED"))]),
+                    ),
+                    (
+                        Bin("employee_id"),
+                        Map(vec![(
+                            Atom("new_value"),
+                            Bin("e1453f4c-1077-4e85-8c98-c13ffca0063e"),
+                        )]),
+                    ),
+                ]),
+            ),
+            (Atom("event_time"), event_time),
+            (
+                Atom("changed_by"),
+                Bin("df9f70ee-4b12-4740-b0f5-bb5aea116863"),
+            ),
+        ])
+    }
+
+    fn decode_bytes(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        let msg = RawMessage {
+            topic: "event_manager_topic",
+            partition: 0,
+            offset: 0,
+            key: Some(b""),
+            payload: Some(bytes),
+            timestamp_ms: None,
+        };
+        EsozDecoder::default().decode(&msg, &mut Properties::new())
+    }
+
+    #[test]
+    fn etf_gives_the_same_observation_as_json() {
+        let json =
+            std::fs::read(crate::formats::testing::dir("esoz").join("status_change_seed.json"))
+                .unwrap();
+        let from_json = decode_bytes(&json).unwrap();
+        for legacy in [false, true] {
+            for time in [naive_date_time(), T::Bin("2017-04-20T19:14:13Z")] {
+                let bytes = encode(&seed_event(time), legacy);
+                assert_eq!(
+                    decode_bytes(&bytes).unwrap(),
+                    from_json,
+                    "legacy atoms: {legacy}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn etf_state_change_with_booleans_nil_and_microseconds() {
+        use T::*;
+        let time = Map(vec![
+            (Atom("__struct__"), Atom("Elixir.NaiveDateTime")),
+            (Atom("calendar"), Atom("Elixir.Calendar.ISO")),
+            (Atom("year"), Int(2020)),
+            (Atom("month"), Int(1)),
+            (Atom("day"), Int(2)),
+            (Atom("hour"), Int(3)),
+            (Atom("minute"), Int(4)),
+            (Atom("second"), Int(5)),
+            (Atom("microsecond"), Tuple(vec![Int(123456), Int(6)])),
+        ]);
+        let event = Map(vec![
+            (Atom("event_type"), Bin("StateChangeEvent")),
+            (Atom("entity_type"), Bin("LegalEntity")),
+            (
+                Atom("entity_id"),
+                Bin("3b1b6c2e-1c1a-4b7e-9a76-1f3e5d4c2b10"),
+            ),
+            (
+                Atom("properties"),
+                Map(vec![
+                    (
+                        Bin("is_suspended"),
+                        Map(vec![(Atom("new_value"), Atom("true"))]),
+                    ),
+                    (
+                        Bin("was_active"),
+                        Map(vec![(Atom("new_value"), Atom("false"))]),
+                    ),
+                    (Bin("reason"), Map(vec![(Atom("new_value"), Atom("nil"))])),
+                ]),
+            ),
+            (Atom("event_time"), time),
+            (Atom("changed_by"), Atom("nil")),
+        ]);
+        for legacy in [false, true] {
+            let d = decode_bytes(&encode(&event, legacy)).unwrap();
+            let o = &d.observations[0];
+            assert_eq!(o.event_type, "StateChangeEvent");
+            assert_eq!(o.attributes["is_suspended"].as_deref(), Some("true"));
+            assert_eq!(o.attributes["was_active"].as_deref(), Some("false"));
+            assert_eq!(o.attributes["reason"], None);
+            assert_eq!(o.changed_by, None);
+            assert_eq!(
+                o.event_time.to_rfc3339(),
+                "2020-01-02T03:04:05.123456+00:00"
+            );
+        }
+    }
+
+    /// A hand-written term: %{event_type: "S", entity_type: "E", entity_id: "1",
+    /// properties: %{"status" => %{new_value: "A"}}, event_time: "2020-01-01T00:00:00Z",
+    /// changed_by: nil}, atoms as SMALL_ATOM_UTF8_EXT.
+    fn hand_written() -> Vec<u8> {
+        [
+            &[131u8, 116, 0, 0, 0, 6][..],
+            &[119, 10],
+            b"event_type",
+            &[109, 0, 0, 0, 1, b'S'],
+            &[119, 11],
+            b"entity_type",
+            &[109, 0, 0, 0, 1, b'E'],
+            &[119, 9],
+            b"entity_id",
+            &[109, 0, 0, 0, 1, b'1'],
+            &[119, 10],
+            b"properties",
+            &[116, 0, 0, 0, 1, 109, 0, 0, 0, 6],
+            b"status",
+            &[116, 0, 0, 0, 1, 119, 9],
+            b"new_value",
+            &[109, 0, 0, 0, 1, b'A'],
+            &[119, 10],
+            b"event_time",
+            &[109, 0, 0, 0, 20],
+            b"2020-01-01T00:00:00Z",
+            &[119, 10],
+            b"changed_by",
+            &[119, 3],
+            b"nil",
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn etf_hand_written_bytes() {
+        let d = decode_bytes(&hand_written()).unwrap();
+        let o = &d.observations[0];
+        assert_eq!(
+            (
+                o.event_type.as_str(),
+                o.entity_type.as_str(),
+                o.entity_id.as_str()
+            ),
+            ("S", "E", "1")
+        );
+        assert_eq!(o.attributes["status"].as_deref(), Some("A"));
+        // `nil` on its own, as ATOM_EXT: a term, but not an event.
+        let e = decode_bytes(&[131, 100, 0, 3, b'n', b'i', b'l']).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::UnsupportedType, "{e}");
+    }
+
+    #[test]
+    fn malformed_etf_is_rejected_precisely() {
+        let good = hand_written();
+        for len in 1..good.len() {
+            let e = decode_bytes(&good[..len]).unwrap_err();
+            assert_eq!(
+                e.kind,
+                DecodeErrorKind::InvalidEncoding,
+                "prefix {len}: {e}"
+            );
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let mut deep = vec![131u8];
+        for _ in 0..10_000 {
+            deep.extend_from_slice(&[104, 1]);
+        }
+        deep.push(106);
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (trailing, "1 trailing bytes"),
+            (
+                vec![131, 80, 0, 0, 0, 10, 120, 156],
+                "compressed ETF terms (tag 80)",
+            ),
+            (vec![131, 109, 255, 255, 255, 255, 1], "truncated"),
+            (vec![131, 116, 255, 255, 255, 255], "truncated"),
+            (vec![131, 108, 255, 255, 255, 255, 106], "truncated"),
+            (vec![131, 82, 0], "tag 82 is not supported"),
+            (vec![131, 68, 0], "tag 68 is not supported"),
+            (
+                vec![131, 88, 119, 1, b'n', 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+                "tag 88",
+            ),
+            (
+                vec![131, 110, 9, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+                "wider than 64 bits",
+            ),
+            (vec![131, 119, 2, 0xff, 0xfe], "invalid atom text"),
+            (deep, "nested deeper than 16"),
+            (vec![130, 106], "invalid_encoding"),
+        ];
+        for (bytes, expected) in cases {
+            let e = decode_bytes(&bytes).unwrap_err().to_string();
+            assert!(e.contains(expected), "{bytes:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn etf_event_shape_errors_name_the_field() {
+        use T::*;
+        let with = |key: &'static str, value: T<'static>| {
+            let T::Map(mut pairs) = seed_event(naive_date_time()) else {
+                unreachable!()
+            };
+            pairs.retain(|(k, _)| !matches!(k, Atom(a) if *a == key));
+            pairs.push((Atom(key), value));
+            encode(&T::Map(pairs), false)
+        };
+        let cases = [
+            (with("entity_id", Atom("nil")), "`entity_id` is missing"),
+            (
+                with("entity_type", Int(3)),
+                "`entity_type` must be a string",
+            ),
+            (with("properties", Map(vec![])), "non-empty map"),
+            (
+                with("properties", Map(vec![(Bin("status"), Map(vec![]))])),
+                "`properties.status.new_value` is missing",
+            ),
+            (
+                with(
+                    "properties",
+                    Map(vec![(
+                        Bin("status"),
+                        Map(vec![(Atom("new_value"), Tuple(vec![]))]),
+                    )]),
+                ),
+                "`properties.status.new_value` must be",
+            ),
+            (with("event_time", Bin("soon")), "`event_time` must be"),
+            (
+                with(
+                    "event_time",
+                    Map(vec![(Atom("__struct__"), Atom("Elixir.Date"))]),
+                ),
+                "`event_time` must be",
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let e = decode_bytes(&bytes).unwrap_err().to_string();
+            assert!(e.contains(expected), "{expected}: {e}");
+            assert!(!e.contains("APPROVED") && !e.contains("df9f70ee"), "{e}");
         }
     }
 }
