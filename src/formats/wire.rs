@@ -14,6 +14,10 @@ use super::{DecodeError, DecodeErrorKind, FormatConfigError, RawMessage};
 /// Parses JSON into a typed wire struct. A type mismatch names the field path (map keys that do
 /// not look like field names are masked, so no message content reaches the reason).
 pub(crate) fn parse_typed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+    // Fast path without path tracking; only a failing message pays for the precise reason.
+    if let Ok(wire) = serde_json::from_slice(bytes) {
+        return Ok(wire);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let wire: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = safe_path(e.path());
