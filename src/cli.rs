@@ -35,6 +35,32 @@ pub enum Command {
     /// Replay a topic: move the consumer group's stored positions back to an offset, the
     /// earliest retained message, or a point in time. Running consumers follow on their own.
     Replay(ReplayArgs),
+    /// Evaluate or check JMS message selectors, as topic rules use them.
+    #[command(subcommand)]
+    Selector(SelectorCommand),
+}
+
+/// `selector` sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum SelectorCommand {
+    /// Evaluate a selector against message properties given as a JSON object: strings are
+    /// strings, integers longs, other numbers doubles, booleans booleans, null is NULL. Prints
+    /// `true` when a message with these properties would be selected, else `false`.
+    Eval {
+        /// Message properties, e.g. '{"messageType": "EHealthContextEvent", "resourceVersion": 3}'.
+        #[arg(long)]
+        properties: String,
+        /// Print the three-valued result: `true`, `false` or `unknown`.
+        #[arg(long)]
+        explain: bool,
+        /// The selector (put it after `--`).
+        selector: String,
+    },
+    /// Check a selector's syntax: exit 0 when valid, else print the error with its column.
+    Check {
+        /// The selector.
+        selector: String,
+    },
 }
 
 /// Options of `replay`.
@@ -111,30 +137,33 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
         Command::Run => {
             let config = Config::load(cli.config.as_deref())?;
-            runtime.block_on(crate::app::run(config))?;
+            runtime()?.block_on(crate::app::run(config))?;
         }
         Command::Demo(args) => {
             let config = Config::load(cli.config.as_deref())?;
-            runtime.block_on(crate::demo::run(config, args))?;
+            runtime()?.block_on(crate::demo::run(config, args))?;
         }
         Command::DevBroker(args) => {
             let config = Config::load(cli.config.as_deref())?;
-            runtime.block_on(crate::broker::run_dev_broker(&config, &args))?;
+            runtime()?.block_on(crate::broker::run_dev_broker(&config, &args))?;
         }
         Command::Replay(args) => {
             let config = Config::load(cli.config.as_deref())?;
-            runtime.block_on(replay(config, args))?;
+            runtime()?.block_on(replay(config, args))?;
         }
+        Command::Selector(command) => return selector(&command),
         Command::Migrate => {
             let config = Config::load(cli.config.as_deref())?;
             crate::telemetry::init(&config.log);
-            let applied = runtime.block_on(async {
+            let applied = runtime()?.block_on(async {
                 let store = crate::store::EventStore::connect(&config.database)?;
                 store.migrate().await
             })?;
@@ -239,4 +268,54 @@ async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `selector eval` and `selector check`. Errors go to stderr (via the caller) and nothing is
+/// printed on stdout, as scripts depend on.
+fn selector(command: &SelectorCommand) -> anyhow::Result<ExitCode> {
+    use message_selector::{OwnedValue, Selector, Truth};
+    match command {
+        SelectorCommand::Check { selector } => {
+            Selector::parse(selector).map_err(|e| anyhow::anyhow!("invalid selector: {e}"))?;
+            println!("valid");
+        }
+        SelectorCommand::Eval {
+            properties,
+            explain,
+            selector,
+        } => {
+            let parsed =
+                Selector::parse(selector).map_err(|e| anyhow::anyhow!("invalid selector: {e}"))?;
+            let json: serde_json::Value = serde_json::from_str(properties)
+                .map_err(|e| anyhow::anyhow!("--properties is not valid JSON: {e}"))?;
+            let serde_json::Value::Object(map) = json else {
+                anyhow::bail!("--properties must be a JSON object");
+            };
+            let mut props = std::collections::HashMap::new();
+            for (name, value) in map {
+                let value = match value {
+                    serde_json::Value::Null => continue,
+                    serde_json::Value::Bool(b) => OwnedValue::Boolean(b),
+                    serde_json::Value::String(s) => OwnedValue::String(s),
+                    serde_json::Value::Number(n) => match n.as_i64() {
+                        Some(i) => OwnedValue::Long(i),
+                        None => OwnedValue::Double(n.as_f64().ok_or_else(|| {
+                            anyhow::anyhow!("property `{name}`: number out of range")
+                        })?),
+                    },
+                    serde_json::Value::Array(_) | serde_json::Value::Object(_) => anyhow::bail!(
+                        "property `{name}`: arrays and objects are not message property types"
+                    ),
+                };
+                props.insert(name, value);
+            }
+            let truth = parsed.evaluate(&props);
+            if *explain {
+                println!("{truth}");
+            } else {
+                println!("{}", truth == Truth::True);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

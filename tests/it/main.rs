@@ -2,6 +2,7 @@
 
 mod support;
 
+mod cli;
 mod pipeline;
 mod processes;
 mod replay;
