@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod formats;
 mod pipeline;
 mod processes;
 mod replay;
