@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::config::{load_topic_rules, Config, ConfigError};
 use crate::health::Readiness;
-use crate::metrics::PipelineMetrics;
+use crate::metrics::{PipelineMetrics, TerminatorMetrics};
 use crate::pipeline::{self, PipelineError, RuleSet};
 use crate::store::{EventStore, StoreError};
+use crate::terminator::{ScheduleError, Terminator, TerminatorSchedule};
 
 /// Why the application could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,9 @@ pub enum AppError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The terminator's schedule could not be set up.
+    #[error(transparent)]
+    Terminator(#[from] ScheduleError),
 }
 
 /// The assembled application, before it runs.
@@ -57,6 +61,8 @@ pub struct App {
     pub pipeline_metrics: PipelineMetrics,
     /// Readiness facts.
     pub readiness: Arc<Readiness>,
+    /// Terminator metrics.
+    pub terminator_metrics: TerminatorMetrics,
 }
 
 impl App {
@@ -68,6 +74,7 @@ impl App {
         let store = EventStore::connect(&config.database)?;
         let registry = Registry::new();
         let pipeline_metrics = PipelineMetrics::register(&registry)?;
+        let terminator_metrics = TerminatorMetrics::register(&registry)?;
         Ok(Self {
             config,
             rules,
@@ -75,6 +82,7 @@ impl App {
             registry,
             pipeline_metrics,
             readiness: Arc::new(Readiness::for_consumer()),
+            terminator_metrics,
         })
     }
 
@@ -139,6 +147,7 @@ impl App {
             self.readiness.clone(),
             shutdown.clone(),
         )?;
+        let terminator = self.start_terminator(&shutdown).await?;
 
         shutdown.cancelled().await;
         let grace = self.config.pipeline.shutdown_grace;
@@ -148,12 +157,43 @@ impl App {
         {
             tracing::warn!(?grace, "consumer did not stop within the grace period");
         }
+        if let Some(terminator) = terminator {
+            match tokio::time::timeout(grace, terminator.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "terminator schedule did not stop cleanly")
+                }
+                Err(_) => tracing::warn!(?grace, "terminator did not stop within the grace period"),
+            }
+        }
         http_stop.cancel();
         if let Ok(Ok(Err(source))) = tokio::time::timeout(Duration::from_secs(5), server).await {
             return Err(AppError::Http { addr, source });
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+impl App {
+    /// Schedules the terminator when `[terminator] enabled`; its runs stop at the next batch
+    /// boundary once `shutdown` is cancelled.
+    pub async fn start_terminator(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<TerminatorSchedule>, AppError> {
+        let config = &self.config.terminator;
+        if !config.enabled {
+            tracing::info!("terminator disabled");
+            return Ok(None);
+        }
+        let terminator = Terminator::new(
+            self.store.clone(),
+            config.clone(),
+            self.terminator_metrics.clone(),
+        );
+        let schedule = TerminatorSchedule::start(terminator, &config.schedule, shutdown.clone());
+        Ok(Some(schedule.await?))
     }
 }
 

@@ -38,6 +38,8 @@ pub enum Command {
     /// Evaluate or check JMS message selectors, as topic rules use them.
     #[command(subcommand)]
     Selector(SelectorCommand),
+    /// Apply the retention rules of `[terminator]` once and print what was deleted.
+    Terminate(TerminateArgs),
 }
 
 /// `selector` sub-commands.
@@ -91,6 +93,14 @@ pub struct ReplayArgs {
     /// Show progress until the group has caught up with the messages present now.
     #[arg(long)]
     pub wait: bool,
+}
+
+/// Options of `terminate`.
+#[derive(Debug, Args)]
+pub struct TerminateArgs {
+    /// Only count and print what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Options of `demo`.
@@ -174,6 +184,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("applied {m}");
                 }
             }
+        }
+        Command::Terminate(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            crate::telemetry::init(&config.log);
+            let report = runtime()?.block_on(terminate(config, args.dry_run))?;
+            println!("{report}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -318,4 +334,15 @@ fn selector(command: &SelectorCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn terminate(
+    config: Config,
+    dry_run: bool,
+) -> anyhow::Result<crate::terminator::TerminationReport> {
+    let store = crate::store::EventStore::connect(&config.database)?;
+    let metrics = crate::metrics::TerminatorMetrics::register(&prometheus::Registry::new())?;
+    let terminator = crate::terminator::Terminator::new(store, config.terminator, metrics);
+    let shutdown = crate::shutdown::on_signal();
+    Ok(terminator.run_once(dry_run, &shutdown).await?)
 }

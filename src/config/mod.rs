@@ -77,6 +77,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Retention of the EventDB (see [`crate::terminator`]).
+    pub terminator: crate::terminator::TerminatorConfig,
 }
 
 /// Kafka settings.
@@ -322,6 +324,7 @@ impl Config {
                 "must be at least 10ms",
             ));
         }
+        self.terminator.validate()?;
         Ok(())
     }
 }
