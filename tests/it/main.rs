@@ -8,3 +8,4 @@ mod pipeline;
 mod processes;
 mod replay;
 mod store;
+mod terminator;
