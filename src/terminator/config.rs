@@ -1,15 +1,21 @@
-//! The `[terminator]` configuration section (retention of the EventDB, seed 003).
+//! The `[terminator]` configuration section (retention of the EventDB, seed 003). Defaults:
 //!
 //! ```toml
 //! [terminator]
-//! enabled = true              # the cron job in `run`; `terminate` works regardless
-//! schedule = "0 0 3 * * *"    # sec min hour day-of-month month day-of-week [year], UTC
-//! event_max_time = "1month"   # age rule on inserted_at; "0" or "" disables it
-//! event_max_number = 50000    # count rule, newest N kept; 0 or "" disables it
-//! batch_size = 10000          # rows per DELETE statement (one short transaction each)
-//! state_horizon = ""          # prune entity_state of entities untouched this long; "0"/"" (default) disables
-//! lock_key = 4996906768014118222  # pg advisory lock key shared by all replicas
+//! enabled = true              # schedule the job in `run`; `terminate` runs regardless
+//! schedule = "0 0 3 * * *"    # sec min hour day-of-month month day-of-week [year], in UTC
+//! event_max_time = "1month"   # age rule on inserted_at (humantime: "30d", "1month", "12h")
+//! event_max_number = 50000    # count rule: keep the newest N by (inserted_at, id)
+//! batch_size = 10000          # rows per DELETE statement (each its own short transaction)
+//! state_horizon = "0"         # prune entity_state of entities untouched this long
+//! lock_key = 4996273493324417358  # pg advisory lock key all replicas contend for ("EVTERMIN")
 //! ```
+//!
+//! **Disabling a rule:** `event_max_time`, `event_max_number` and `state_horizon` are each
+//! turned off by `0` or an empty string (`""`, or an empty `EM_TERMINATOR__…` variable);
+//! `state_horizon` is off by default, so state is kept forever unless asked. With both event
+//! rules off a run deletes no events. `enabled = false` only stops the schedule.
+//! Environment overrides follow the usual pattern, e.g. `EM_TERMINATOR__EVENT_MAX_TIME=30d`.
 
 use std::time::Duration;
 
@@ -168,6 +174,18 @@ mod tests {
         assert_eq!(c.batch_size, 10_000);
         assert_eq!(c.state_horizon, None);
         assert_eq!(c.lock_key, DEFAULT_LOCK_KEY);
+    }
+
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        let doc = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! [terminator]"))
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").split('#').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(load(&doc).unwrap(), TerminatorConfig::default());
     }
 
     #[test]
