@@ -564,3 +564,54 @@ async fn terminator_cli_dry_run_prints_and_keeps_everything() {
     );
     assert_eq!(count(&client).await, 2);
 }
+
+#[tokio::test]
+async fn terminator_app_schedules_it_when_enabled_and_exports_the_metrics() {
+    let db = fresh_database().await;
+    let client = db.client().await;
+    insert(&client, 5, Some(ago(40 * DAY))).await;
+    let mut config = event_manager::config::Config {
+        database: db.config.clone(),
+        ..Default::default()
+    };
+    config.terminator.enabled = false;
+    let app = event_manager::app::App::build(config.clone()).unwrap();
+    let shutdown = CancellationToken::new();
+    assert!(app.start_terminator(&shutdown).await.unwrap().is_none());
+
+    config.terminator.schedule = "*/1 * * * * *".into();
+    config.terminator.enabled = true;
+    let app = event_manager::app::App::build(config).unwrap();
+    let schedule = app.start_terminator(&shutdown).await.unwrap().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while runs(&app.terminator_metrics, "success") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no run within 30s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    schedule.stop().await.unwrap();
+    assert_eq!(count(&client).await, 0);
+
+    let names: Vec<String> = app
+        .registry
+        .gather()
+        .iter()
+        .map(|f| f.name().to_owned())
+        .filter(|n| n.contains("terminator"))
+        .collect();
+    for name in [
+        "event_manager_terminator_deleted_total",
+        "event_manager_terminator_duration_seconds",
+        "event_manager_terminator_last_success_timestamp_seconds",
+        "event_manager_terminator_runs_total",
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} missing from {names:?}"
+        );
+    }
+    // Registered even before any failure, so dashboards see it from the start.
+    assert!(names
+        .iter()
+        .any(|n| n == "event_manager_terminator_last_failure_timestamp_seconds"));
+}
