@@ -328,12 +328,15 @@ impl Terminator {
         mut on_batch: impl FnMut(u64),
     ) -> Result<bool, TerminatorError> {
         // Keyset cursor: each batch starts after the last row of the previous one instead of
-        // re-walking index entries of rows already deleted but not yet vacuumed.
+        // re-walking index entries of rows already deleted but not yet vacuumed. The rows are
+        // found on the (inserted_at, id) index and deleted by ctid (a TID scan, whatever the
+        // planner thinks of the batch size); ctids are stable here because events are never
+        // updated and a row visible to this statement cannot be vacuumed under it.
         const BATCH: &str = "WITH batch AS MATERIALIZED ( \
-                SELECT inserted_at, id FROM events \
+                SELECT ctid AS tid, inserted_at, id FROM events \
                 WHERE (inserted_at, id) < ($1, $2) {after} \
                 ORDER BY inserted_at, id LIMIT $3), \
-            gone AS (DELETE FROM events e USING batch b WHERE e.id = b.id RETURNING 1) \
+            gone AS (DELETE FROM events WHERE ctid = ANY(ARRAY(SELECT tid FROM batch)) RETURNING 1) \
             SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone), \
                    last.inserted_at, last.id \
             FROM (SELECT inserted_at, id FROM batch ORDER BY inserted_at DESC, id DESC LIMIT 1) last";
