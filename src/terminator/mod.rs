@@ -41,8 +41,17 @@ pub enum TerminatorError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A statement failed.
-    #[error("terminator database error: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    #[error("terminator database error ({phase}): {source}")]
+    Db {
+        /// What the run was doing: `lock`, `cutoffs`, `age`, `count`, `state` or `dry run`.
+        phase: &'static str,
+        /// The database error.
+        source: tokio_postgres::Error,
+    },
+}
+
+fn db(phase: &'static str) -> impl FnOnce(tokio_postgres::Error) -> TerminatorError {
+    move |source| TerminatorError::Db { phase, source }
 }
 
 /// How a run ended.
@@ -238,7 +247,8 @@ impl Terminator {
         let client = deadpool_postgres::Object::take(self.store.client().await?);
         let locked: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&self.config.lock_key])
-            .await?
+            .await
+            .map_err(db("lock"))?
             .get(0);
         if !locked {
             report.outcome = RunOutcome::Skipped;
@@ -288,7 +298,8 @@ impl Terminator {
                      ORDER BY inserted_at DESC, id DESC OFFSET $1 LIMIT 1",
                     &[&(max as i64 - 1)],
                 )
-                .await?;
+                .await
+                .map_err(db("count"))?;
             if let Some(row) = nth {
                 let bound: Key = (row.get(0), row.get(1));
                 let done = self
@@ -323,7 +334,7 @@ impl Terminator {
         client: &Client,
         bound: Key,
         batch: i64,
-        reason: &str,
+        reason: &'static str,
         shutdown: &CancellationToken,
         mut on_batch: impl FnMut(u64),
     ) -> Result<bool, TerminatorError> {
@@ -340,10 +351,14 @@ impl Terminator {
             SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone), \
                    last.inserted_at, last.id \
             FROM (SELECT inserted_at, id FROM batch ORDER BY inserted_at DESC, id DESC LIMIT 1) last";
-        let first = client.prepare(&BATCH.replace("{after}", "")).await?;
+        let first = client
+            .prepare(&BATCH.replace("{after}", ""))
+            .await
+            .map_err(db(reason))?;
         let next = client
             .prepare(&BATCH.replace("{after}", "AND (inserted_at, id) > ($4, $5)"))
-            .await?;
+            .await
+            .map_err(db(reason))?;
         let deleted = self.metrics.deleted.with_label_values(&[reason]);
         let mut after: Option<Key> = None;
         loop {
@@ -351,16 +366,14 @@ impl Terminator {
                 return Ok(false);
             }
             let row = match &after {
-                None => {
-                    client
-                        .query_opt(&first, &[&bound.0, &bound.1, &batch])
-                        .await?
-                }
-                Some((ts, id)) => {
-                    client
-                        .query_opt(&next, &[&bound.0, &bound.1, &batch, ts, id])
-                        .await?
-                }
+                None => client
+                    .query_opt(&first, &[&bound.0, &bound.1, &batch])
+                    .await
+                    .map_err(db(reason))?,
+                Some((ts, id)) => client
+                    .query_opt(&next, &[&bound.0, &bound.1, &batch, ts, id])
+                    .await
+                    .map_err(db(reason))?,
             };
             let Some(row) = row else {
                 return Ok(true);
@@ -398,13 +411,17 @@ impl Terminator {
                       AND s.attribute = b.attribute AND s.updated_at < $1 RETURNING 1) \
                  SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone)"
             ))
-            .await?;
+            .await
+            .map_err(db("state"))?;
         let deleted = self.metrics.deleted.with_label_values(&["state"]);
         loop {
             if shutdown.is_cancelled() {
                 return Ok(false);
             }
-            let row = client.query_one(&stmt, &[&cutoff, &batch]).await?;
+            let row = client
+                .query_one(&stmt, &[&cutoff, &batch])
+                .await
+                .map_err(db("state"))?;
             let selected: i64 = row.get(0);
             let gone = row.get::<_, i64>(1) as u64;
             deleted.inc_by(gone);
@@ -422,19 +439,17 @@ impl Terminator {
         report.age_cutoff = cutoffs.age;
         report.state_cutoff = cutoffs.state;
         let row = match cutoffs.age {
-            Some(cutoff) => {
-                client
-                    .query_one(
-                        "SELECT count(*) FILTER (WHERE inserted_at < $1), count(*) FROM events",
-                        &[&cutoff],
-                    )
-                    .await?
-            }
-            None => {
-                client
-                    .query_one("SELECT 0::bigint, count(*) FROM events", &[])
-                    .await?
-            }
+            Some(cutoff) => client
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE inserted_at < $1), count(*) FROM events",
+                    &[&cutoff],
+                )
+                .await
+                .map_err(db("dry run"))?,
+            None => client
+                .query_one("SELECT 0::bigint, count(*) FROM events", &[])
+                .await
+                .map_err(db("dry run"))?,
         };
         let by_age = row.get::<_, i64>(0) as u64;
         let total = row.get::<_, i64>(1) as u64;
@@ -448,7 +463,8 @@ impl Terminator {
                     &format!("SELECT count(*) FROM entity_state s WHERE {STALE}"),
                     &[&cutoff],
                 )
-                .await?;
+                .await
+                .map_err(db("dry run"))?;
             report.deleted_state = row.get::<_, i64>(0) as u64;
         }
         Ok(())
@@ -466,7 +482,8 @@ impl Terminator {
                     &secs(self.config.state_horizon),
                 ],
             )
-            .await?;
+            .await
+            .map_err(db("cutoffs"))?;
         Ok(Cutoffs {
             age: row.get(0),
             state: row.get(1),
