@@ -482,10 +482,7 @@ async fn terminator_failure_is_counted_and_the_next_run_retries() {
         .run_once(false, &CancellationToken::new())
         .await
         .unwrap_err();
-    assert!(
-        err.to_string().contains("database error (age)"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("database error (age)"), "{err}");
     assert_eq!(runs(&m, "failure"), 1);
     assert!(m.last_failure.get() > 0.0);
     assert_eq!(m.last_success.get(), 0.0);
