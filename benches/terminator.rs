@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench terminator                        # private PostgreSQL, 2 M rows
 //! DATABASE_URL=postgres://u@h/postgres cargo bench --bench terminator
-//! BENCH_ROWS=200000 BENCH_BATCH=5000 BENCH_WRITERS=2 cargo bench --bench terminator
+//! BENCH_ROWS=200000 BENCH_BATCH=5000 BENCH_PAUSE_MS=0 BENCH_WRITERS=2 cargo bench --bench terminator
 //! ```
 //!
 //! Phases: seed `BENCH_ROWS` events with binary COPY (half inserted 31–60 days ago, half within
@@ -209,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
     let batch: u32 = env_or("BENCH_BATCH", 10_000);
     let writers: i32 = env_or("BENCH_WRITERS", 2);
     let baseline = Duration::from_secs(env_or("BENCH_BASELINE_SECS", 15));
+    let pause = Duration::from_millis(env_or("BENCH_PAUSE_MS", 20));
 
     let local;
     let server_url = match std::env::var("DATABASE_URL") {
@@ -264,6 +265,7 @@ async fn main() -> anyhow::Result<()> {
             event_max_time: Some(Duration::from_secs(30 * DAY as u64)),
             event_max_number: None,
             batch_size: batch,
+            batch_pause: pause,
             ..TerminatorConfig::default()
         },
         TerminatorMetrics::register(&prometheus::Registry::new())?,
@@ -293,7 +295,7 @@ async fn main() -> anyhow::Result<()> {
     let reference = (before + after) / 2.0;
     println!("ingestion alone (after):  {after:.0} events/s");
     println!(
-        "terminator: {report} in {delete_time:.1?} ({:.0} rows/s, batch_size {batch}); expired left: {left}",
+        "terminator: {report} in {delete_time:.1?} ({:.0} rows/s, batch_size {batch}, batch_pause {pause:?}); expired left: {left}",
         report.deleted_by_age as f64 / delete_time.as_secs_f64()
     );
     println!(

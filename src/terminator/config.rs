@@ -7,6 +7,7 @@
 //! event_max_time = "1month"   # age rule on inserted_at (humantime: "30d", "1month", "12h")
 //! event_max_number = 50000    # count rule: keep the newest N by (inserted_at, id)
 //! batch_size = 10000          # rows per DELETE statement (each its own short transaction)
+//! batch_pause = "20ms"        # rest between two batches, leaving the database to ingestion
 //! state_horizon = "0"         # prune entity_state of entities untouched this long
 //! lock_key = 4996273493324417358  # pg advisory lock key all replicas contend for ("EVTERMIN")
 //! ```
@@ -45,6 +46,10 @@ pub struct TerminatorConfig {
     pub event_max_number: Option<u64>,
     /// Rows per DELETE statement; each statement is its own short transaction.
     pub batch_size: u32,
+    /// Rest between two batches, so a large backlog does not monopolise the database; `0s`
+    /// deletes flat out.
+    #[serde(with = "humantime_serde")]
+    pub batch_pause: Duration,
     /// `entity_state` rows of entities untouched (no row of the entity written) for longer than
     /// this are pruned; `None` (`"0"` or `""`, the default) keeps state forever.
     #[serde(deserialize_with = "optional_duration")]
@@ -61,6 +66,7 @@ impl Default for TerminatorConfig {
             event_max_time: Some(Duration::from_secs(2_630_016)), // humantime's `1month`
             event_max_number: Some(50_000),
             batch_size: 10_000,
+            batch_pause: Duration::from_millis(20),
             state_horizon: None,
             lock_key: DEFAULT_LOCK_KEY,
         }
@@ -91,6 +97,9 @@ impl TerminatorConfig {
                 "terminator.batch_size",
                 "must be between 1 and 1000000",
             ));
+        }
+        if self.batch_pause > Duration::from_secs(60) {
+            return Err(invalid("terminator.batch_pause", "must be at most 60s"));
         }
         Ok(())
     }
@@ -274,6 +283,11 @@ mod tests {
                 "whole number",
             ),
             ("batch_size = 0", "terminator.batch_size", "between"),
+            (
+                "batch_pause = \"2min\"",
+                "terminator.batch_pause",
+                "at most 60s",
+            ),
             (
                 "state_horizon = \"soon\"",
                 "terminator.state_horizon",

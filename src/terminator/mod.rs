@@ -386,6 +386,9 @@ impl Terminator {
                 return Ok(true);
             }
             after = Some((row.get(2), row.get(3)));
+            if !self.rest(shutdown).await {
+                return Ok(false);
+            }
         }
     }
 
@@ -429,6 +432,20 @@ impl Terminator {
             if selected < batch {
                 return Ok(true);
             }
+            if !self.rest(shutdown).await {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Waits `batch_pause` between two batches; `false` when shutdown came first.
+    async fn rest(&self, shutdown: &CancellationToken) -> bool {
+        if self.config.batch_pause.is_zero() {
+            return true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(self.config.batch_pause) => true,
         }
     }
 
