@@ -13,9 +13,10 @@ use crate::api::auth::Authenticator;
 use crate::api::{self, ApiState};
 use crate::config::{load_topic_rules, Config, ConfigError};
 use crate::health::Readiness;
-use crate::metrics::{DbPoolMetrics, HttpMetrics, PipelineMetrics};
+use crate::metrics::{DbPoolMetrics, HttpMetrics, PipelineMetrics, TerminatorMetrics};
 use crate::pipeline::{self, PipelineError, RuleSet};
 use crate::store::{EventStore, StoreError};
+use crate::terminator::{ScheduleError, Terminator, TerminatorSchedule};
 
 /// Why the application could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,9 @@ pub enum AppError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The terminator's schedule could not be set up.
+    #[error(transparent)]
+    Terminator(#[from] ScheduleError),
 }
 
 /// The assembled application, before it runs.
@@ -58,6 +62,8 @@ pub struct App {
     pub pipeline_metrics: PipelineMetrics,
     /// Readiness facts.
     pub readiness: Arc<Readiness>,
+    /// Terminator metrics.
+    pub terminator_metrics: TerminatorMetrics,
     /// HTTP request metrics.
     pub http_metrics: HttpMetrics,
     /// EventDB pool gauges.
@@ -70,13 +76,14 @@ impl App {
     /// Loads topic rules and token keys, connects the store (lazily) and registers metrics.
     /// Fails when no token key is configured and `auth.disabled` is not set.
     pub fn build(config: Config) -> Result<Self, AppError> {
-        let auth = Arc::new(Authenticator::from_config(&config.auth)?);
         let rules = Arc::new(RuleSet::compile(load_topic_rules(
             &config.pipeline.topics_dir,
         )?)?);
+        let auth = Arc::new(Authenticator::from_config(&config.auth)?);
         let store = EventStore::connect(&config.database)?;
         let registry = Registry::new();
         let pipeline_metrics = PipelineMetrics::register(&registry)?;
+        let terminator_metrics = TerminatorMetrics::register(&registry)?;
         let http_metrics = HttpMetrics::register(&registry)?;
         let db_pool_metrics = DbPoolMetrics::register(&registry)?;
         Ok(Self {
@@ -86,6 +93,7 @@ impl App {
             registry,
             pipeline_metrics,
             readiness: Arc::new(Readiness::for_consumer()),
+            terminator_metrics,
             http_metrics,
             db_pool_metrics,
             auth,
@@ -157,6 +165,7 @@ impl App {
             self.readiness.clone(),
             shutdown.clone(),
         )?;
+        let terminator = self.start_terminator(&shutdown).await?;
 
         shutdown.cancelled().await;
         let grace = self.config.pipeline.shutdown_grace;
@@ -166,12 +175,43 @@ impl App {
         {
             tracing::warn!(?grace, "consumer did not stop within the grace period");
         }
+        if let Some(terminator) = terminator {
+            match tokio::time::timeout(grace, terminator.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "terminator schedule did not stop cleanly")
+                }
+                Err(_) => tracing::warn!(?grace, "terminator did not stop within the grace period"),
+            }
+        }
         http_stop.cancel();
         if let Ok(Ok(Err(source))) = tokio::time::timeout(Duration::from_secs(5), server).await {
             return Err(AppError::Http { addr, source });
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+impl App {
+    /// Schedules the terminator when `[terminator] enabled`; its runs stop at the next batch
+    /// boundary once `shutdown` is cancelled.
+    pub async fn start_terminator(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<TerminatorSchedule>, AppError> {
+        let config = &self.config.terminator;
+        if !config.enabled {
+            tracing::info!("terminator disabled");
+            return Ok(None);
+        }
+        let terminator = Terminator::new(
+            self.store.clone(),
+            config.clone(),
+            self.terminator_metrics.clone(),
+        );
+        let schedule = TerminatorSchedule::start(terminator, &config.schedule, shutdown.clone());
+        Ok(Some(schedule.await?))
     }
 }
 

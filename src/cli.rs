@@ -32,8 +32,77 @@ pub enum Command {
     DevBroker(DevBrokerArgs),
     /// Apply pending EventDB migrations and exit.
     Migrate,
+    /// Replay a topic: move the consumer group's stored positions back to an offset, the
+    /// earliest retained message, or a point in time. Running consumers follow on their own.
+    Replay(ReplayArgs),
+    /// Evaluate or check JMS message selectors, as topic rules use them.
+    #[command(subcommand)]
+    Selector(SelectorCommand),
+    /// Apply the retention rules of `[terminator]` once and print what was deleted.
+    Terminate(TerminateArgs),
     /// Mint a development bearer token signed with `auth.hs256_secret`; prints only the token.
     Token(TokenArgs),
+}
+
+/// `selector` sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum SelectorCommand {
+    /// Evaluate a selector against message properties given as a JSON object: strings are
+    /// strings, integers longs, other numbers doubles, booleans booleans, null is NULL. Prints
+    /// `true` when a message with these properties would be selected, else `false`.
+    Eval {
+        /// Message properties, e.g. '{"messageType": "EHealthContextEvent", "resourceVersion": 3}'.
+        #[arg(long)]
+        properties: String,
+        /// Print the three-valued result: `true`, `false` or `unknown`.
+        #[arg(long)]
+        explain: bool,
+        /// The selector (put it after `--`).
+        selector: String,
+    },
+    /// Check a selector's syntax: exit 0 when valid, else print the error with its column.
+    Check {
+        /// The selector.
+        selector: String,
+    },
+}
+
+/// Options of `replay`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["to_offset", "to_earliest", "to_time"])))]
+pub struct ReplayArgs {
+    /// Topic to replay.
+    #[arg(long)]
+    pub topic: String,
+    /// Partition to replay (repeatable); all partitions when absent.
+    #[arg(long = "partition")]
+    pub partitions: Vec<i32>,
+    /// Start at this offset (clamped to the offsets the broker retains).
+    #[arg(long)]
+    pub to_offset: Option<i64>,
+    /// Start at the earliest retained offset.
+    #[arg(long)]
+    pub to_earliest: bool,
+    /// Start at the first message at or after this time (RFC 3339, or a date meaning 00:00 UTC).
+    #[arg(long)]
+    pub to_time: Option<String>,
+    /// Consumer group (default: `kafka.group_id`).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Show progress until the group has caught up with the messages present now.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Options of `terminate`.
+#[derive(Debug, Args)]
+pub struct TerminateArgs {
+    /// Only count and print what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Options of `token`.
@@ -94,26 +163,33 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
         Command::Run => {
             let config = Config::load(cli.config.as_deref())?;
-            runtime.block_on(crate::app::run(config))?;
+            runtime()?.block_on(crate::app::run(config))?;
         }
         Command::Demo(args) => {
             let config = Config::load(cli.config.as_deref())?;
-            runtime.block_on(crate::demo::run(config, args))?;
+            runtime()?.block_on(crate::demo::run(config, args))?;
         }
         Command::DevBroker(args) => {
             let config = Config::load(cli.config.as_deref())?;
-            runtime.block_on(crate::broker::run_dev_broker(&config, &args))?;
+            runtime()?.block_on(crate::broker::run_dev_broker(&config, &args))?;
         }
+        Command::Replay(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            runtime()?.block_on(replay(config, args))?;
+        }
+        Command::Selector(command) => return selector(&command),
         Command::Migrate => {
             let config = Config::load(cli.config.as_deref())?;
             crate::telemetry::init(&config.log);
-            let applied = runtime.block_on(async {
+            let applied = runtime()?.block_on(async {
                 let store = crate::store::EventStore::connect(&config.database)?;
                 store.migrate().await
             })?;
@@ -124,6 +200,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("applied {m}");
                 }
             }
+        }
+        Command::Terminate(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            crate::telemetry::init(&config.log);
+            let report = runtime()?.block_on(terminate(config, args.dry_run))?;
+            println!("{report}");
         }
         Command::Token(args) => {
             let config = Config::load(cli.config.as_deref())?;
@@ -139,4 +221,156 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_time(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        anyhow::anyhow!("--to-time {text:?} is not an RFC 3339 date-time or a YYYY-MM-DD date")
+    })?;
+    Ok(date.and_time(chrono::NaiveTime::MIN).and_utc())
+}
+
+async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
+    use crate::replay::{self, ReplayTarget};
+    let target = match (args.to_offset, args.to_earliest, &args.to_time) {
+        (Some(o), _, _) if o < 0 => anyhow::bail!("--to-offset must be 0 or more"),
+        (Some(o), _, _) => ReplayTarget::Offset(o),
+        (_, true, _) => ReplayTarget::Earliest,
+        (_, _, Some(t)) => ReplayTarget::Time(parse_time(t)?),
+        _ => anyhow::bail!("one of --to-offset, --to-earliest or --to-time is required"),
+    };
+    let group = args.group.unwrap_or_else(|| config.kafka.group_id.clone());
+    let store = crate::store::EventStore::connect(&config.database)?;
+    let plans = replay::plan(
+        &config,
+        &store,
+        &group,
+        &args.topic,
+        &args.partitions,
+        target,
+    )
+    .await?;
+    println!("group {group}, topic {}:", args.topic);
+    println!(
+        "{:>9} {:>12} {:>12} {:>12} {:>12}",
+        "partition", "earliest", "latest", "stored", "replay from"
+    );
+    for p in &plans {
+        let stored = p.stored.map_or_else(|| "-".to_owned(), |s| s.to_string());
+        println!(
+            "{:>9} {:>12} {:>12} {:>12} {:>12}",
+            p.partition, p.low, p.high, stored, p.target
+        );
+    }
+    if args.dry_run {
+        println!("dry run: nothing changed");
+        return Ok(());
+    }
+    replay::apply(&store, &group, &args.topic, &plans).await?;
+    println!("stored positions moved; running consumers follow within seconds");
+    if args.wait {
+        let total: u64 = plans
+            .iter()
+            .map(|p| (p.high - p.target).max(0) as u64)
+            .sum();
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} messages ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let keys: Vec<(String, i32)> = plans
+            .iter()
+            .map(|p| (args.topic.clone(), p.partition))
+            .collect();
+        let shutdown = crate::shutdown::on_signal();
+        loop {
+            let stored = store.load_offsets(&group, &keys).await?;
+            let done: u64 = plans
+                .iter()
+                .map(|p| {
+                    let at = stored
+                        .get(&(args.topic.clone(), p.partition))
+                        .copied()
+                        .unwrap_or(p.target);
+                    (at.min(p.high) - p.target).max(0) as u64
+                })
+                .sum();
+            bar.set_position(done);
+            if done >= total {
+                bar.finish();
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => { bar.abandon(); break; }
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `selector eval` and `selector check`. Errors go to stderr (via the caller) and nothing is
+/// printed on stdout, as scripts depend on.
+fn selector(command: &SelectorCommand) -> anyhow::Result<ExitCode> {
+    use message_selector::{OwnedValue, Selector, Truth};
+    match command {
+        SelectorCommand::Check { selector } => {
+            Selector::parse(selector).map_err(|e| anyhow::anyhow!("invalid selector: {e}"))?;
+            println!("valid");
+        }
+        SelectorCommand::Eval {
+            properties,
+            explain,
+            selector,
+        } => {
+            let parsed =
+                Selector::parse(selector).map_err(|e| anyhow::anyhow!("invalid selector: {e}"))?;
+            let json: serde_json::Value = serde_json::from_str(properties)
+                .map_err(|e| anyhow::anyhow!("--properties is not valid JSON: {e}"))?;
+            let serde_json::Value::Object(map) = json else {
+                anyhow::bail!("--properties must be a JSON object");
+            };
+            let mut props = std::collections::HashMap::new();
+            for (name, value) in map {
+                let value = match value {
+                    serde_json::Value::Null => continue,
+                    serde_json::Value::Bool(b) => OwnedValue::Boolean(b),
+                    serde_json::Value::String(s) => OwnedValue::String(s),
+                    serde_json::Value::Number(n) => match n.as_i64() {
+                        Some(i) => OwnedValue::Long(i),
+                        None => OwnedValue::Double(n.as_f64().ok_or_else(|| {
+                            anyhow::anyhow!("property `{name}`: number out of range")
+                        })?),
+                    },
+                    serde_json::Value::Array(_) | serde_json::Value::Object(_) => anyhow::bail!(
+                        "property `{name}`: arrays and objects are not message property types"
+                    ),
+                };
+                props.insert(name, value);
+            }
+            let truth = parsed.evaluate(&props);
+            if *explain {
+                println!("{truth}");
+            } else {
+                println!("{}", truth == Truth::True);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn terminate(
+    config: Config,
+    dry_run: bool,
+) -> anyhow::Result<crate::terminator::TerminationReport> {
+    let store = crate::store::EventStore::connect(&config.database)?;
+    let metrics = crate::metrics::TerminatorMetrics::register(&prometheus::Registry::new())?;
+    let terminator = crate::terminator::Terminator::new(store, config.terminator, metrics);
+    let shutdown = crate::shutdown::on_signal();
+    Ok(terminator.run_once(dry_run, &shutdown).await?)
 }

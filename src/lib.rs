@@ -17,6 +17,8 @@ pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod replay;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod terminator;

@@ -2,8 +2,8 @@
 //! All names carry the `event_manager_` prefix.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Metrics of the consume → decode → select → detect → store path.
@@ -164,6 +164,70 @@ impl HttpMetrics {
         )?;
         registry.register(Box::new(request_duration.clone()))?;
         Ok(Self { request_duration })
+    }
+}
+
+/// Metrics of the terminator (retention runs).
+#[derive(Debug, Clone)]
+pub struct TerminatorMetrics {
+    /// Rows deleted, by reason (`age`, `count`, `state`).
+    pub deleted: IntCounterVec,
+    /// Duration of runs that took the lock, seconds.
+    pub duration: Histogram,
+    /// Unix time of the last successful run.
+    pub last_success: Gauge,
+    /// Unix time of the last failed run.
+    pub last_failure: Gauge,
+    /// Runs by result (`success`, `failure`, `skipped`, `interrupted`).
+    pub runs: IntCounterVec,
+}
+
+impl TerminatorMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let deleted = IntCounterVec::new(
+            Opts::new(
+                "event_manager_terminator_deleted_total",
+                "Rows deleted by the terminator, by reason (age, count, state).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(deleted.clone()))?;
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "event_manager_terminator_duration_seconds",
+                "Duration of terminator runs that took the lock.",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+            ]),
+        )?;
+        registry.register(Box::new(duration.clone()))?;
+        let last_success = Gauge::new(
+            "event_manager_terminator_last_success_timestamp_seconds",
+            "Unix time of the last successful terminator run.",
+        )?;
+        registry.register(Box::new(last_success.clone()))?;
+        let last_failure = Gauge::new(
+            "event_manager_terminator_last_failure_timestamp_seconds",
+            "Unix time of the last failed terminator run.",
+        )?;
+        registry.register(Box::new(last_failure.clone()))?;
+        let runs = IntCounterVec::new(
+            Opts::new(
+                "event_manager_terminator_runs_total",
+                "Terminator runs by result (success, failure, skipped, interrupted).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(runs.clone()))?;
+        Ok(Self {
+            deleted,
+            duration,
+            last_success,
+            last_failure,
+            runs,
+        })
     }
 }
 

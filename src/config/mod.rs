@@ -80,6 +80,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Retention of the EventDB (see [`crate::terminator`]).
+    pub terminator: crate::terminator::TerminatorConfig,
     /// The events API.
     pub api: ApiConfig,
     /// Bearer-token authentication of the events API.
@@ -329,6 +331,7 @@ impl Config {
                 "must be at least 10ms",
             ));
         }
+        self.terminator.validate()?;
         self.api.validate()?;
         self.auth.validate()?;
         Ok(())

@@ -47,7 +47,11 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
 
     let rules = load_topic_rules(&config.pipeline.topics_dir)?;
     let broker = EmbeddedBroker::start(1)?;
-    let topics = broker.create_rule_topics(&rules, None)?;
+    let mut topics = broker.create_rule_topics(&rules, None)?;
+    for topic in feed::PATTERN_TOPICS {
+        broker.create_topic(topic, 3)?;
+        topics.push((*topic).to_owned());
+    }
     config.kafka.bootstrap_servers = broker.bootstrap_servers();
     config.kafka.group_id = "event-manager-demo".into();
     config.http.bind = args.bind;

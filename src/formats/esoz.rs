@@ -1,15 +1,20 @@
 //! ESOZ (Ukrainian eHealth) StatusChangeEvent, as in seed 003:
 //! `{id?, event_type, entity_type, entity_id, properties: {X: {new_value}}, event_time, changed_by}`.
+//!
+//! Two wire encodings give the same observation: JSON as in the seed, and the Erlang External
+//! Term Format the Elixir producers really send (`:erlang.term_to_binary(event)`, first byte
+//! 131): a map with atom keys, string-keyed `properties` of `%{new_value: v}` maps, `nil`/`true`/
+//! `false` atoms, and `event_time` as a `NaiveDateTime` struct meaning UTC (or an ISO string).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use eetf::Term;
 use serde::Deserialize;
 
-use super::{payload, DecodeError, DecodeErrorKind, Decoded, Decoder, Format, RawMessage};
+use super::wire::{parse_typed, Scalar};
+use super::{etf, payload, DecodeError, DecodeErrorKind, Decoded, Decoder, Format, RawMessage};
 use crate::formats::FormatConfigError;
 use crate::model::{Observation, ObservationKind, Properties};
 
@@ -78,39 +83,17 @@ impl Decoder for EsozDecoder {
 
     fn decode(&self, msg: &RawMessage<'_>, props: &mut Properties) -> Result<Decoded, DecodeError> {
         let bytes = payload(msg)?;
-        let event = decode_json(bytes)?;
+        let event = if bytes.first() == Some(&etf::VERSION) {
+            decode_etf(bytes)?
+        } else {
+            decode_json(bytes)?
+        };
         Ok(event.into_decoded(props))
     }
 }
 
 fn decode_json(bytes: &[u8]) -> Result<EsozEvent, DecodeError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let wire: WireEvent<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_data() {
-            DecodeError::new(
-                DecodeErrorKind::InvalidField,
-                format!("field `{path}` has the wrong type"),
-            )
-        } else {
-            DecodeError::new(
-                DecodeErrorKind::InvalidEncoding,
-                format!(
-                    "value is not valid JSON (line {}, column {})",
-                    inner.line(),
-                    inner.column()
-                ),
-            )
-        }
-    })?;
-    de.end().map_err(|_| {
-        DecodeError::new(
-            DecodeErrorKind::InvalidEncoding,
-            "trailing data after the JSON value",
-        )
-    })?;
-    wire.normalise()
+    parse_typed::<WireEvent<'_>>(bytes)?.normalise()
 }
 
 #[derive(Deserialize)]
@@ -191,6 +174,203 @@ impl WireEvent<'_> {
     }
 }
 
+fn decode_etf(bytes: &[u8]) -> Result<EsozEvent, DecodeError> {
+    let Term::Map(map) = etf::decode(bytes)? else {
+        return Err(DecodeError::new(
+            DecodeErrorKind::UnsupportedType,
+            "ETF value must be a map (a StatusChangeEvent), not another term",
+        ));
+    };
+    let (mut event_type, mut entity_type, mut entity_id) = (None, None, None);
+    let (mut properties, mut event_time, mut changed_by) = (None, None, None);
+    for (key, value) in map.map {
+        let Some(name) = term_key(&key) else {
+            return Err(DecodeError::invalid(
+                "<key>",
+                "an atom or string key of the event map",
+            ));
+        };
+        match name {
+            "event_type" => event_type = Some(value),
+            "entity_type" => entity_type = Some(value),
+            "entity_id" => entity_id = Some(value),
+            "properties" => properties = Some(value),
+            "event_time" => event_time = Some(value),
+            "changed_by" => changed_by = Some(value),
+            // `id`, `__struct__` and future keys do not change the observation.
+            _ => {}
+        }
+    }
+    let event_type = required_term_text("event_type", event_type)?;
+    let entity_type = required_term_text("entity_type", entity_type)?;
+    let entity_id = required_term_text("entity_id", entity_id)?;
+    let event_time = match event_time {
+        None => return Err(DecodeError::missing("event_time")),
+        Some(t) if is_nil(&t) => return Err(DecodeError::missing("event_time")),
+        Some(t) => term_time(t)?,
+    };
+    let changed_by = match changed_by {
+        None => None,
+        Some(t) => term_text(t)
+            .map_err(|()| DecodeError::invalid("changed_by", "a string or nil"))?
+            .filter(|s| !s.is_empty()),
+    };
+    let Some(Term::Map(wire_props)) = properties else {
+        return Err(match properties {
+            None => DecodeError::missing("properties"),
+            Some(_) => DecodeError::invalid("properties", "a map"),
+        });
+    };
+    if wire_props.map.is_empty() {
+        return Err(DecodeError::invalid("properties", "a non-empty map"));
+    }
+    let mut properties = BTreeMap::new();
+    for (key, value) in wire_props.map {
+        let name = match key {
+            Term::Binary(b) => String::from_utf8(b.bytes)
+                .map_err(|_| DecodeError::invalid("properties.<key>", "a UTF-8 string"))?,
+            Term::Atom(a) => a.name,
+            _ => return Err(DecodeError::invalid("properties.<key>", "a string")),
+        };
+        let shown = if super::wire::is_field_name(&name) {
+            name.clone()
+        } else {
+            "<key>".to_owned()
+        };
+        let Term::Map(inner) = value else {
+            return Err(DecodeError::invalid(
+                &format!("properties.{shown}"),
+                "a map with key new_value",
+            ));
+        };
+        let new_value = inner
+            .map
+            .into_iter()
+            .find(|(k, _)| term_key(k) == Some("new_value"))
+            .map(|(_, v)| v)
+            .ok_or_else(|| DecodeError::missing(&format!("properties.{shown}.new_value")))?;
+        let text = term_text(new_value).map_err(|()| {
+            DecodeError::invalid(
+                &format!("properties.{shown}.new_value"),
+                "a string, number, boolean or nil",
+            )
+        })?;
+        properties.insert(name, text);
+    }
+    Ok(EsozEvent {
+        event_type,
+        entity_type,
+        entity_id,
+        properties,
+        event_time,
+        changed_by,
+    })
+}
+
+/// A map key: an atom (any encoding) or a UTF-8 binary.
+fn term_key(term: &Term) -> Option<&str> {
+    match term {
+        Term::Atom(a) => Some(&a.name),
+        Term::Binary(b) => std::str::from_utf8(&b.bytes).ok(),
+        _ => None,
+    }
+}
+
+fn is_nil(term: &Term) -> bool {
+    matches!(term, Term::Atom(a) if a.name == "nil")
+}
+
+/// A scalar term as stored text: binaries and charlists as UTF-8, `nil` as NULL, other atoms
+/// (`true`, `false`, enum-like atoms) by name, numbers in decimal.
+fn term_text(term: Term) -> Result<Option<String>, ()> {
+    match term {
+        Term::Atom(a) if a.name == "nil" => Ok(None),
+        Term::Atom(a) => Ok(Some(a.name)),
+        Term::Binary(b) => String::from_utf8(b.bytes).map(Some).map_err(|_| ()),
+        Term::ByteList(b) => String::from_utf8(b.bytes).map(Some).map_err(|_| ()),
+        Term::FixInteger(i) => Ok(Some(i.value.to_string())),
+        Term::BigInteger(i) => Ok(Some(i.value.to_string())),
+        Term::Float(f) => Ok(Some(f.value.to_string())),
+        _ => Err(()),
+    }
+}
+
+fn required_term_text(field: &str, term: Option<Term>) -> Result<String, DecodeError> {
+    // As in JSON, identifiers are text: numbers and booleans are not accepted.
+    let text = match term {
+        None => return Err(DecodeError::missing(field)),
+        Some(Term::Atom(a)) if a.name == "nil" => return Err(DecodeError::missing(field)),
+        Some(Term::Atom(a)) if a.name != "true" && a.name != "false" => Ok(a.name),
+        Some(Term::Binary(b)) => String::from_utf8(b.bytes).map_err(|_| ()),
+        Some(Term::ByteList(b)) => String::from_utf8(b.bytes).map_err(|_| ()),
+        Some(_) => Err(()),
+    }
+    .map_err(|()| DecodeError::invalid(field, "a string"))?;
+    if text.trim().is_empty() {
+        return Err(DecodeError::invalid(field, "a non-empty string"));
+    }
+    Ok(text)
+}
+
+/// `event_time`: an Elixir `NaiveDateTime` (UTC) or `DateTime` struct, or an ISO 8601 binary.
+fn term_time(term: Term) -> Result<DateTime<Utc>, DecodeError> {
+    let bad = || {
+        DecodeError::invalid(
+            "event_time",
+            "a NaiveDateTime/DateTime struct or an ISO 8601 string",
+        )
+    };
+    let map = match term {
+        Term::Binary(b) => {
+            let text = std::str::from_utf8(&b.bytes).map_err(|_| bad())?;
+            return parse_event_time(text).ok_or_else(bad);
+        }
+        Term::Map(map) => map,
+        _ => return Err(bad()),
+    };
+    let mut fields: BTreeMap<&str, &Term> = BTreeMap::new();
+    for (k, v) in &map.map {
+        if let Some(name) = term_key(k) {
+            fields.insert(name, v);
+        }
+    }
+    let is_utc_datetime = match fields.get("__struct__") {
+        Some(Term::Atom(a)) if a.name == "Elixir.NaiveDateTime" => false,
+        Some(Term::Atom(a)) if a.name == "Elixir.DateTime" => true,
+        _ => return Err(bad()),
+    };
+    let int = |name: &str| -> Result<i64, DecodeError> {
+        match fields.get(name) {
+            Some(Term::FixInteger(i)) => Ok(i64::from(i.value)),
+            _ => Err(bad()),
+        }
+    };
+    let small = |name: &str| int(name).and_then(|v| u32::try_from(v).map_err(|_| bad()));
+    let micros = match fields.get("microsecond") {
+        None => 0,
+        Some(Term::Tuple(t)) => match t.elements.first() {
+            Some(Term::FixInteger(i)) => u32::try_from(i.value).map_err(|_| bad())?,
+            _ => return Err(bad()),
+        },
+        Some(_) => return Err(bad()),
+    };
+    let year = i32::try_from(int("year")?).map_err(|_| bad())?;
+    let (month, day) = (small("month")?, small("day")?);
+    let (hour, minute, second) = (small("hour")?, small("minute")?, small("second")?);
+    let naive = NaiveDate::from_ymd_opt(year, month, day)
+        .and_then(|d| d.and_hms_micro_opt(hour, minute, second, micros))
+        .ok_or_else(bad)?;
+    let mut utc = naive.and_utc();
+    if is_utc_datetime {
+        // DateTime keeps local wall time plus offsets; UTC = local − (utc_offset + std_offset).
+        let offset = int("utc_offset")?.saturating_add(int("std_offset").unwrap_or(0));
+        utc = utc
+            .checked_sub_signed(chrono::TimeDelta::try_seconds(offset).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
+    }
+    Ok(utc)
+}
+
 fn required_text(field: &str, value: Option<Scalar<'_>>) -> Result<String, DecodeError> {
     match value {
         None | Some(Scalar::Null) => Err(DecodeError::missing(field)),
@@ -211,79 +391,6 @@ pub(crate) fn parse_event_time(s: &str) -> Option<DateTime<Utc>> {
         .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
         .ok()
         .map(|n| n.and_utc())
-}
-
-/// A JSON value of which only scalars are kept; containers are skipped without allocation.
-enum Scalar<'a> {
-    Str(Cow<'a, str>),
-    Bool(bool),
-    Number(String),
-    Null,
-    Container,
-}
-
-impl Scalar<'_> {
-    /// Attribute values are stored as text: booleans as `true`/`false`, numbers as written.
-    fn into_text(self) -> Result<Option<String>, ()> {
-        match self {
-            Scalar::Str(s) => Ok(Some(s.into_owned())),
-            Scalar::Bool(b) => Ok(Some(b.to_string())),
-            Scalar::Number(n) => Ok(Some(n)),
-            Scalar::Null => Ok(None),
-            Scalar::Container => Err(()),
-        }
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Scalar<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Owned(v)))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-                Ok(Scalar::Bool(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Scalar::Number(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Scalar::Number(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(Scalar::Number(v.to_string()))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                Scalar::deserialize(d)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Container)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Container)
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 #[cfg(test)]
@@ -368,6 +475,336 @@ mod tests {
         for (input, expected) in cases {
             let err = decode(input).expect_err(input);
             assert!(err.to_string().contains(expected), "{input}: {err}");
+        }
+    }
+
+    /// A test-only ETF encoder for the terms Elixir producers write.
+    enum T<'a> {
+        Atom(&'a str),
+        Bin(&'a str),
+        Int(i32),
+        Map(Vec<(T<'a>, T<'a>)>),
+        Tuple(Vec<T<'a>>),
+    }
+
+    fn encode(term: &T<'_>, legacy_atoms: bool) -> Vec<u8> {
+        fn go(term: &T<'_>, legacy: bool, out: &mut Vec<u8>) {
+            match term {
+                T::Atom(a) if legacy => {
+                    out.push(100);
+                    out.extend_from_slice(&(a.len() as u16).to_be_bytes());
+                    out.extend_from_slice(a.as_bytes());
+                }
+                T::Atom(a) => {
+                    out.extend_from_slice(&[119, a.len() as u8]);
+                    out.extend_from_slice(a.as_bytes());
+                }
+                T::Bin(b) => {
+                    out.push(109);
+                    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                    out.extend_from_slice(b.as_bytes());
+                }
+                T::Int(i) if (0..=255).contains(i) => out.extend_from_slice(&[97, *i as u8]),
+                T::Int(i) => {
+                    out.push(98);
+                    out.extend_from_slice(&i.to_be_bytes());
+                }
+                T::Map(pairs) => {
+                    out.push(116);
+                    out.extend_from_slice(&(pairs.len() as u32).to_be_bytes());
+                    for (k, v) in pairs {
+                        go(k, legacy, out);
+                        go(v, legacy, out);
+                    }
+                }
+                T::Tuple(items) => {
+                    out.extend_from_slice(&[104, items.len() as u8]);
+                    for item in items {
+                        go(item, legacy, out);
+                    }
+                }
+            }
+        }
+        let mut out = vec![131];
+        go(term, legacy_atoms, &mut out);
+        out
+    }
+
+    fn naive_date_time() -> T<'static> {
+        use T::*;
+        Map(vec![
+            (Atom("__struct__"), Atom("Elixir.NaiveDateTime")),
+            (Atom("calendar"), Atom("Elixir.Calendar.ISO")),
+            (Atom("year"), Int(2017)),
+            (Atom("month"), Int(4)),
+            (Atom("day"), Int(20)),
+            (Atom("hour"), Int(19)),
+            (Atom("minute"), Int(14)),
+            (Atom("second"), Int(13)),
+            (Atom("microsecond"), Tuple(vec![Int(0), Int(0)])),
+        ])
+    }
+
+    fn seed_event(event_time: T<'static>) -> T<'static> {
+        use T::*;
+        Map(vec![
+            (Atom("event_type"), Bin("StatusChangeEvent")),
+            (Atom("entity_type"), Bin("EmployeeRequest")),
+            (
+                Atom("entity_id"),
+                Bin("df9f70ee-4b12-4740-b0f5-bb5aea116863"),
+            ),
+            (
+                Atom("properties"),
+                Map(vec![
+                    (
+                        Bin("status"),
+                        Map(vec![(Atom("new_value"), Bin("APPROVED"))]),
+                    ),
+                    (
+                        Bin("employee_id"),
+                        Map(vec![(
+                            Atom("new_value"),
+                            Bin("e1453f4c-1077-4e85-8c98-c13ffca0063e"),
+                        )]),
+                    ),
+                ]),
+            ),
+            (Atom("event_time"), event_time),
+            (
+                Atom("changed_by"),
+                Bin("df9f70ee-4b12-4740-b0f5-bb5aea116863"),
+            ),
+        ])
+    }
+
+    fn decode_bytes(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        let msg = RawMessage {
+            topic: "event_manager_topic",
+            partition: 0,
+            offset: 0,
+            key: Some(b""),
+            payload: Some(bytes),
+            timestamp_ms: None,
+        };
+        EsozDecoder::default().decode(&msg, &mut Properties::new())
+    }
+
+    #[test]
+    fn etf_gives_the_same_observation_as_json() {
+        let json =
+            std::fs::read(crate::formats::testing::dir("esoz").join("status_change_seed.json"))
+                .unwrap();
+        let from_json = decode_bytes(&json).unwrap();
+        for legacy in [false, true] {
+            for time in [naive_date_time(), T::Bin("2017-04-20T19:14:13Z")] {
+                let bytes = encode(&seed_event(time), legacy);
+                assert_eq!(
+                    decode_bytes(&bytes).unwrap(),
+                    from_json,
+                    "legacy atoms: {legacy}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn etf_state_change_with_booleans_nil_and_microseconds() {
+        use T::*;
+        let time = Map(vec![
+            (Atom("__struct__"), Atom("Elixir.NaiveDateTime")),
+            (Atom("calendar"), Atom("Elixir.Calendar.ISO")),
+            (Atom("year"), Int(2020)),
+            (Atom("month"), Int(1)),
+            (Atom("day"), Int(2)),
+            (Atom("hour"), Int(3)),
+            (Atom("minute"), Int(4)),
+            (Atom("second"), Int(5)),
+            (Atom("microsecond"), Tuple(vec![Int(123456), Int(6)])),
+        ]);
+        let event = Map(vec![
+            (Atom("event_type"), Bin("StateChangeEvent")),
+            (Atom("entity_type"), Bin("LegalEntity")),
+            (
+                Atom("entity_id"),
+                Bin("3b1b6c2e-1c1a-4b7e-9a76-1f3e5d4c2b10"),
+            ),
+            (
+                Atom("properties"),
+                Map(vec![
+                    (
+                        Bin("is_suspended"),
+                        Map(vec![(Atom("new_value"), Atom("true"))]),
+                    ),
+                    (
+                        Bin("was_active"),
+                        Map(vec![(Atom("new_value"), Atom("false"))]),
+                    ),
+                    (Bin("reason"), Map(vec![(Atom("new_value"), Atom("nil"))])),
+                ]),
+            ),
+            (Atom("event_time"), time),
+            (Atom("changed_by"), Atom("nil")),
+        ]);
+        for legacy in [false, true] {
+            let d = decode_bytes(&encode(&event, legacy)).unwrap();
+            let o = &d.observations[0];
+            assert_eq!(o.event_type, "StateChangeEvent");
+            assert_eq!(o.attributes["is_suspended"].as_deref(), Some("true"));
+            assert_eq!(o.attributes["was_active"].as_deref(), Some("false"));
+            assert_eq!(o.attributes["reason"], None);
+            assert_eq!(o.changed_by, None);
+            assert_eq!(
+                o.event_time.to_rfc3339(),
+                "2020-01-02T03:04:05.123456+00:00"
+            );
+        }
+    }
+
+    /// A hand-written term: %{event_type: "S", entity_type: "E", entity_id: "1",
+    /// properties: %{"status" => %{new_value: "A"}}, event_time: "2020-01-01T00:00:00Z",
+    /// changed_by: nil}, atoms as SMALL_ATOM_UTF8_EXT.
+    fn hand_written() -> Vec<u8> {
+        [
+            &[131u8, 116, 0, 0, 0, 6][..],
+            &[119, 10],
+            b"event_type",
+            &[109, 0, 0, 0, 1, b'S'],
+            &[119, 11],
+            b"entity_type",
+            &[109, 0, 0, 0, 1, b'E'],
+            &[119, 9],
+            b"entity_id",
+            &[109, 0, 0, 0, 1, b'1'],
+            &[119, 10],
+            b"properties",
+            &[116, 0, 0, 0, 1, 109, 0, 0, 0, 6],
+            b"status",
+            &[116, 0, 0, 0, 1, 119, 9],
+            b"new_value",
+            &[109, 0, 0, 0, 1, b'A'],
+            &[119, 10],
+            b"event_time",
+            &[109, 0, 0, 0, 20],
+            b"2020-01-01T00:00:00Z",
+            &[119, 10],
+            b"changed_by",
+            &[119, 3],
+            b"nil",
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn etf_hand_written_bytes() {
+        let d = decode_bytes(&hand_written()).unwrap();
+        let o = &d.observations[0];
+        assert_eq!(
+            (
+                o.event_type.as_str(),
+                o.entity_type.as_str(),
+                o.entity_id.as_str()
+            ),
+            ("S", "E", "1")
+        );
+        assert_eq!(o.attributes["status"].as_deref(), Some("A"));
+        // `nil` on its own, as ATOM_EXT: a term, but not an event.
+        let e = decode_bytes(&[131, 100, 0, 3, b'n', b'i', b'l']).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::UnsupportedType, "{e}");
+    }
+
+    #[test]
+    fn malformed_etf_is_rejected_precisely() {
+        let good = hand_written();
+        for len in 1..good.len() {
+            let e = decode_bytes(&good[..len]).unwrap_err();
+            assert_eq!(
+                e.kind,
+                DecodeErrorKind::InvalidEncoding,
+                "prefix {len}: {e}"
+            );
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let mut deep = vec![131u8];
+        for _ in 0..10_000 {
+            deep.extend_from_slice(&[104, 1]);
+        }
+        deep.push(106);
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (trailing, "1 trailing bytes"),
+            (
+                vec![131, 80, 0, 0, 0, 10, 120, 156],
+                "compressed ETF terms (tag 80)",
+            ),
+            (vec![131, 109, 255, 255, 255, 255, 1], "truncated"),
+            (vec![131, 116, 255, 255, 255, 255], "truncated"),
+            (vec![131, 108, 255, 255, 255, 255, 106], "truncated"),
+            (vec![131, 82, 0], "tag 82 is not supported"),
+            (vec![131, 68, 0], "tag 68 is not supported"),
+            (
+                vec![131, 88, 119, 1, b'n', 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+                "tag 88",
+            ),
+            (
+                vec![131, 110, 9, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+                "wider than 64 bits",
+            ),
+            (vec![131, 119, 2, 0xff, 0xfe], "invalid atom text"),
+            (deep, "nested deeper than 16"),
+            (vec![130, 106], "invalid_encoding"),
+        ];
+        for (bytes, expected) in cases {
+            let e = decode_bytes(&bytes).unwrap_err().to_string();
+            assert!(e.contains(expected), "{bytes:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn etf_event_shape_errors_name_the_field() {
+        use T::*;
+        let with = |key: &'static str, value: T<'static>| {
+            let T::Map(mut pairs) = seed_event(naive_date_time()) else {
+                unreachable!()
+            };
+            pairs.retain(|(k, _)| !matches!(k, Atom(a) if *a == key));
+            pairs.push((Atom(key), value));
+            encode(&T::Map(pairs), false)
+        };
+        let cases = [
+            (with("entity_id", Atom("nil")), "`entity_id` is missing"),
+            (
+                with("entity_type", Int(3)),
+                "`entity_type` must be a string",
+            ),
+            (with("properties", Map(vec![])), "non-empty map"),
+            (
+                with("properties", Map(vec![(Bin("status"), Map(vec![]))])),
+                "`properties.status.new_value` is missing",
+            ),
+            (
+                with(
+                    "properties",
+                    Map(vec![(
+                        Bin("status"),
+                        Map(vec![(Atom("new_value"), Tuple(vec![]))]),
+                    )]),
+                ),
+                "`properties.status.new_value` must be",
+            ),
+            (with("event_time", Bin("soon")), "`event_time` must be"),
+            (
+                with(
+                    "event_time",
+                    Map(vec![(Atom("__struct__"), Atom("Elixir.Date"))]),
+                ),
+                "`event_time` must be",
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let e = decode_bytes(&bytes).unwrap_err().to_string();
+            assert!(e.contains(expected), "{expected}: {e}");
+            assert!(!e.contains("APPROVED") && !e.contains("df9f70ee"), "{e}");
         }
     }
 }

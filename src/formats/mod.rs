@@ -1,13 +1,23 @@
 //! Source formats: one decoder per format, each turning a raw Kafka message into
 //! selector properties and observations. Pure code: no I/O.
 
+mod ehealth_dk;
 mod esoz;
+mod etf;
+mod fhircast;
+mod rcp_v2;
+mod sfs;
+mod wire;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Observation, Properties};
 
+pub use ehealth_dk::{EhealthDkDecoder, StatusLookup};
 pub use esoz::EsozDecoder;
+pub use fhircast::FhircastDecoder;
+pub use rcp_v2::RcpV2Decoder;
+pub use sfs::SfsDecoder;
 
 /// A Kafka message as the decoders see it.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +72,11 @@ impl Format {
 pub enum DecodeNote {
     /// A known message whose type carries no status change (accepted, ignored).
     Ignored,
+    /// A status context event without a status value: no change can be known from the
+    /// message alone (a FHIR look-up may learn it, see [`StatusLookup`]).
+    MissingStatus,
+    /// A malformed or missing timestamp was replaced by the receive time.
+    LenientTimestamp,
 }
 
 impl DecodeNote {
@@ -69,6 +84,8 @@ impl DecodeNote {
     pub fn as_str(self) -> &'static str {
         match self {
             DecodeNote::Ignored => "ignored",
+            DecodeNote::MissingStatus => "missing_status",
+            DecodeNote::LenientTimestamp => "lenient_timestamp",
         }
     }
 }
@@ -213,10 +230,10 @@ pub fn decoder_for(
 ) -> Result<Box<dyn Decoder>, FormatConfigError> {
     match format {
         Format::Esoz => Ok(Box::new(EsozDecoder::from_options(options)?)),
-        other => Err(FormatConfigError(format!(
-            "format `{}` is not available in this build",
-            other.as_str()
-        ))),
+        Format::EhealthDk => Ok(Box::new(EhealthDkDecoder::from_options(options)?)),
+        Format::RcpV2 => Ok(Box::new(RcpV2Decoder::from_options(options)?)),
+        Format::Sfs => Ok(Box::new(SfsDecoder::from_options(options)?)),
+        Format::Fhircast => Ok(Box::new(FhircastDecoder::from_options(options)?)),
     }
 }
 
@@ -224,3 +241,148 @@ pub fn decoder_for(
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct FormatConfigError(pub String);
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Helpers shared by the decoder tests.
+
+    use std::path::PathBuf;
+
+    use super::RawMessage;
+
+    /// The fixture directory of a format.
+    pub(crate) fn dir(format: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(format)
+    }
+
+    /// One fixture's bytes.
+    pub(crate) fn fixture(format: &str, name: &str) -> Vec<u8> {
+        let path = dir(format).join(format!("{name}.json"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// Every fixture of a format, by file stem, in name order.
+    pub(crate) fn all(format: &str) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<_> = std::fs::read_dir(dir(format))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .map(|p| {
+                let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+                (stem, std::fs::read(&p).unwrap())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// A message on `topic` with a Kafka timestamp of 2024-01-01T00:00:00Z.
+    pub(crate) fn msg<'a>(topic: &'a str, payload: &'a [u8]) -> RawMessage<'a> {
+        RawMessage {
+            topic,
+            partition: 0,
+            offset: 42,
+            key: None,
+            payload: Some(payload),
+            timestamp_ms: Some(1_704_067_200_000),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FORMATS: [(Format, &str, &str); 5] = [
+        (Format::Esoz, "esoz", "event_manager_topic"),
+        (Format::EhealthDk, "ehealth-dk", "ehealth-careplan.status"),
+        (Format::RcpV2, "rcp-v2", "rcp-v2.events"),
+        (Format::Sfs, "sfs", "sfs.events"),
+        (Format::Fhircast, "fhircast", "fhircast.events"),
+    ];
+
+    /// Text of the fixtures that must never reach a dead-letter reason.
+    const SECRETS: [&str; 8] = [
+        "sundhed",
+        "Patient/",
+        "emr-h",
+        "clinic-api-key",
+        "ewUbXT9",
+        "pat-1",
+        "session",
+        "APPROVED",
+    ];
+
+    #[test]
+    fn every_fixture_decodes_or_is_rejected_as_its_name_says() {
+        for (format, dir, topic) in FORMATS {
+            let decoder = decoder_for(format, &toml::Table::new()).unwrap();
+            let fixtures = testing::all(dir);
+            assert!(fixtures.len() >= 4, "{dir}: too few fixtures");
+            for (name, bytes) in fixtures {
+                let result = decoder.decode(&testing::msg(topic, &bytes), &mut Properties::new());
+                match (name.starts_with("bad_"), result) {
+                    (false, Ok(_)) => {}
+                    (true, Err(e)) => {
+                        for secret in SECRETS {
+                            assert!(!e.detail.contains(secret), "{dir}/{name}: {e}");
+                        }
+                    }
+                    (false, Err(e)) => panic!("{dir}/{name} was rejected: {e}"),
+                    (true, Ok(d)) => panic!("{dir}/{name} was accepted: {d:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_options_are_named() {
+        let mut options = toml::Table::new();
+        options.insert("bogus".into(), toml::Value::Boolean(true));
+        for (format, _, _) in FORMATS {
+            let e = decoder_for(format, &options).unwrap_err();
+            assert!(e.0.contains("`bogus`"), "{format:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn shipped_topic_rules_build_their_decoders() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("topics");
+        let rules = crate::config::load_topic_rules(&dir).unwrap();
+        for (format, _, _) in FORMATS {
+            assert!(rules.iter().any(|r| r.format == format), "{format:?}");
+        }
+        for rule in &rules {
+            let decoder = decoder_for(rule.format, &rule.options)
+                .unwrap_or_else(|e| panic!("{}: {e}", rule.label()));
+            assert_eq!(decoder.format(), rule.format);
+            if let Some(pattern) = &rule.pattern {
+                let re = regex::Regex::new(pattern).unwrap();
+                for other in &rules {
+                    assert!(
+                        !re.is_match(&other.dead_letter_topic),
+                        "{pattern} matches {}",
+                        other.dead_letter_topic
+                    );
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn no_decoder_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512), etf in any::<bool>()) {
+            let mut bytes = bytes;
+            if etf {
+                bytes.insert(0, 131);
+            }
+            for (format, _, topic) in FORMATS {
+                let decoder = decoder_for(format, &toml::Table::new()).unwrap();
+                let _ = decoder.decode(&testing::msg(topic, &bytes), &mut Properties::new());
+            }
+        }
+    }
+}

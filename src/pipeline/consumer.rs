@@ -34,6 +34,9 @@ use crate::store::{backoff, BatchChanges, EventStore, NewEvent, OffsetFence, Sto
 
 type Tp = (String, i32);
 
+/// How often an idle consumer checks whether its stored positions were moved (by `replay`).
+const POSITION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Partitions this consumer owns and the stored next offset it believes in
 /// (`None`: nothing stored yet).
 type Owned = Arc<Mutex<HashMap<Tp, Option<i64>>>>;
@@ -301,9 +304,14 @@ struct Tally {
 impl ConsumerLoop {
     /// Runs until shutdown: poll, batch, process, commit. The in-flight batch is finished first.
     pub(crate) fn run(self) {
+        let mut last_check = Instant::now();
         while !self.shutdown.is_cancelled() {
             let batch = self.collect();
             if batch.is_empty() {
+                if last_check.elapsed() >= POSITION_CHECK_INTERVAL {
+                    self.check_positions();
+                    last_check = Instant::now();
+                }
                 continue;
             }
             self.handle(batch);
@@ -579,6 +587,41 @@ impl ConsumerLoop {
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
             // PostgreSQL holds the truth; Kafka's copy only feeds lag tools.
             tracing::warn!(error = %e, "committing offsets to Kafka failed");
+        }
+    }
+
+    /// While idle: a stored position that moved without this consumer (a replay) is followed.
+    fn check_positions(&self) {
+        let owned: Vec<(Tp, Option<i64>)> = lock(&self.owned)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        if owned.is_empty() {
+            return;
+        }
+        let keys: Vec<Tp> = owned.iter().map(|(k, _)| k.clone()).collect();
+        let Ok(stored) = self
+            .runtime
+            .block_on(self.store.load_offsets(&self.group_id, &keys))
+        else {
+            return; // the next batch reports database trouble
+        };
+        let moved: Vec<OffsetFence> = owned
+            .into_iter()
+            .filter(|(tp, expected)| stored.get(tp).copied() != *expected)
+            .map(|((topic, partition), expected)| OffsetFence {
+                topic,
+                partition,
+                expected,
+                next: 0,
+            })
+            .collect();
+        if !moved.is_empty() {
+            tracing::info!(
+                partitions = moved.len(),
+                "stored positions moved (replay): seeking"
+            );
+            self.rewind(&moved);
         }
     }
 

@@ -3,7 +3,7 @@
 
 use message_selector::OwnedValue;
 
-use super::rules::CompiledRule;
+use super::rules::{CompiledRule, Metadata};
 use crate::config::HeaderType;
 use crate::formats::{DecodeError, DecodeErrorKind, DecodeNote, RawMessage};
 use crate::model::{Observation, Properties};
@@ -73,26 +73,32 @@ pub enum Processed {
 /// Kafka coordinates are also available as `kafka_topic`, `kafka_partition`, `kafka_offset`.
 pub fn properties(rule: &CompiledRule, msg: &Message) -> Result<Properties, DecodeError> {
     let mut props = Properties::new();
-    props.insert_str("JMSDestination", msg.topic.as_str());
-    if let Some(ts) = msg.timestamp_ms {
-        props.insert("JMSTimestamp", OwnedValue::Long(ts));
+    // Only the metadata the rule's selector refers to is materialised (the hot path).
+    for name in rule.metadata() {
+        let value = match name {
+            Metadata::Destination => OwnedValue::String(msg.topic.clone()),
+            Metadata::Timestamp => match msg.timestamp_ms {
+                Some(ts) => OwnedValue::Long(ts),
+                None => continue,
+            },
+            Metadata::MessageId => {
+                OwnedValue::String(format!("ID:{}-{}-{}", msg.topic, msg.partition, msg.offset))
+            }
+            Metadata::CorrelationId => {
+                match msg.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) {
+                    Some(key) => OwnedValue::String(key.to_owned()),
+                    None => continue,
+                }
+            }
+            Metadata::DeliveryMode => OwnedValue::String("PERSISTENT".to_owned()),
+            Metadata::Priority => OwnedValue::Long(4),
+            Metadata::Redelivered => OwnedValue::Boolean(false),
+            Metadata::KafkaTopic => OwnedValue::String(msg.topic.clone()),
+            Metadata::KafkaPartition => OwnedValue::Long(i64::from(msg.partition)),
+            Metadata::KafkaOffset => OwnedValue::Long(msg.offset),
+        };
+        props.insert(name.as_str(), value);
     }
-    props.insert_str(
-        "JMSMessageID",
-        format!("ID:{}-{}-{}", msg.topic, msg.partition, msg.offset),
-    );
-    if let Some(key) = msg.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) {
-        props.insert_str("JMSCorrelationID", key);
-    }
-    props.insert_str("JMSDeliveryMode", "PERSISTENT");
-    props.insert("JMSPriority", OwnedValue::Long(4));
-    props.insert("JMSRedelivered", OwnedValue::Boolean(false));
-    props.insert_str("kafka_topic", msg.topic.as_str());
-    props.insert(
-        "kafka_partition",
-        OwnedValue::Long(i64::from(msg.partition)),
-    );
-    props.insert("kafka_offset", OwnedValue::Long(msg.offset));
 
     for (wire_name, value) in &msg.headers {
         let name = rule
@@ -195,4 +201,89 @@ fn has_nul(o: &Observation) -> bool {
             .iter()
             .chain(o.captured.iter())
             .any(|(k, v)| nul(k) || v.as_deref().is_some_and(nul))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_topic_rules;
+    use crate::pipeline::RuleSet;
+
+    fn rules(rule: &str) -> RuleSet {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.toml"), rule).unwrap();
+        RuleSet::compile(load_topic_rules(dir.path()).unwrap()).unwrap()
+    }
+
+    fn message(headers: &[(&str, &str)], payload: &str) -> Message {
+        Message {
+            topic: "event_manager_topic".into(),
+            partition: 3,
+            offset: 42,
+            key: Some(b"k1".to_vec()),
+            payload: Some(payload.as_bytes().to_vec()),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), Some(v.as_bytes().to_vec())))
+                .collect(),
+            timestamp_ms: Some(1_700_000_000_000),
+        }
+    }
+
+    const ESOZ: &str = r#"{"event_type":"StatusChangeEvent","entity_type":"EmployeeRequest","entity_id":"r1","properties":{"status":{"new_value":"APPROVED"},"employee_id":{"new_value":"e1"},"other":{"new_value":"x"}},"event_time":"2024-01-01T00:00:00Z"}"#;
+
+    #[test]
+    fn metadata_headers_aliases_and_typing() {
+        let set = rules(
+            "[[topic]]\nname = \"event_manager_topic\"\nformat = \"esoz\"\ndead_letter_topic = \"d\"\nselector = \"JMSTimestamp > 0 AND JMSMessageID LIKE 'ID:%-3-42' AND JMSCorrelationID = 'k1' AND kafka_partition = 3 AND version = 7 AND resourceElement = 'x'\"\n[topic.headers]\nversion = \"long\"\n[topic.aliases]\nresourceelement = \"resourceElement\"\n",
+        );
+        let rule = set.get(0).unwrap();
+        let msg = message(&[("version", "7"), ("resourceelement", "x")], ESOZ);
+        let props = properties(rule, &msg).unwrap();
+        assert_eq!(props.get_owned("version"), Some(&OwnedValue::Long(7)));
+        assert_eq!(props.get_str("resourceElement"), Some("x"));
+        assert_eq!(
+            props.get_str("JMSDestination"),
+            None,
+            "not referenced, not built"
+        );
+        assert!(matches!(process(rule, &msg), Processed::Selected { .. }));
+
+        let bad = message(&[("version", "seven")], ESOZ);
+        match process(rule, &bad) {
+            Processed::Invalid(e) => {
+                assert!(e.detail.contains("`version` must be an integer"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let other = message(&[("version", "8"), ("resourceelement", "x")], ESOZ);
+        assert_eq!(process(rule, &other), Processed::NotSelected);
+    }
+
+    #[test]
+    fn watch_and_capture_lists_trim_observations() {
+        let set = rules(
+            "[[topic]]\nname = \"event_manager_topic\"\nformat = \"esoz\"\ndead_letter_topic = \"d\"\nwatch = [\"status\"]\ncapture = [\"employee_id\"]\n",
+        );
+        let Processed::Selected { observations, .. } =
+            process(set.get(0).unwrap(), &message(&[], ESOZ))
+        else {
+            panic!("selected");
+        };
+        let o = &observations[0];
+        assert_eq!(o.attributes.keys().collect::<Vec<_>>(), ["status"]);
+        assert_eq!(o.captured["employee_id"].as_deref(), Some("e1"));
+    }
+
+    #[test]
+    fn nul_characters_are_dead_letters() {
+        let set = rules(
+            "[[topic]]\nname = \"event_manager_topic\"\nformat = \"esoz\"\ndead_letter_topic = \"d\"\n",
+        );
+        let payload = ESOZ.replace("\"r1\"", "\"r\\u00001\"");
+        assert!(matches!(
+            process(set.get(0).unwrap(), &message(&[], &payload)),
+            Processed::Invalid(_)
+        ));
+    }
 }

@@ -10,6 +10,62 @@ use crate::config::{ConfigError, HeaderType, TopicRule};
 use crate::detect::{ChangeDetector, DetectOptions};
 use crate::formats::{decoder_for, Decoder};
 
+/// Kafka metadata offered to selectors under JMS header names (see [`super::process::properties`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metadata {
+    /// `JMSDestination`: the topic.
+    Destination,
+    /// `JMSTimestamp`: the message timestamp in milliseconds.
+    Timestamp,
+    /// `JMSMessageID`: `ID:<topic>-<partition>-<offset>`.
+    MessageId,
+    /// `JMSCorrelationID`: the key as UTF-8.
+    CorrelationId,
+    /// `JMSDeliveryMode`: `PERSISTENT`.
+    DeliveryMode,
+    /// `JMSPriority`: 4.
+    Priority,
+    /// `JMSRedelivered`: false.
+    Redelivered,
+    /// `kafka_topic`.
+    KafkaTopic,
+    /// `kafka_partition`.
+    KafkaPartition,
+    /// `kafka_offset`.
+    KafkaOffset,
+}
+
+impl Metadata {
+    const ALL: [Metadata; 10] = [
+        Metadata::Destination,
+        Metadata::Timestamp,
+        Metadata::MessageId,
+        Metadata::CorrelationId,
+        Metadata::DeliveryMode,
+        Metadata::Priority,
+        Metadata::Redelivered,
+        Metadata::KafkaTopic,
+        Metadata::KafkaPartition,
+        Metadata::KafkaOffset,
+    ];
+
+    /// The property name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metadata::Destination => "JMSDestination",
+            Metadata::Timestamp => "JMSTimestamp",
+            Metadata::MessageId => "JMSMessageID",
+            Metadata::CorrelationId => "JMSCorrelationID",
+            Metadata::DeliveryMode => "JMSDeliveryMode",
+            Metadata::Priority => "JMSPriority",
+            Metadata::Redelivered => "JMSRedelivered",
+            Metadata::KafkaTopic => "kafka_topic",
+            Metadata::KafkaPartition => "kafka_partition",
+            Metadata::KafkaOffset => "kafka_offset",
+        }
+    }
+}
+
 /// One rule, ready to use.
 #[derive(Debug)]
 pub struct CompiledRule {
@@ -28,6 +84,7 @@ pub struct CompiledRule {
     pub aliases: HashMap<String, String>,
     /// Canonical property name → type.
     pub header_types: BTreeMap<String, HeaderType>,
+    metadata: Vec<Metadata>,
 }
 
 impl CompiledRule {
@@ -46,6 +103,11 @@ impl CompiledRule {
             }
             None => None,
         };
+        let referenced: HashSet<&str> = selector.identifiers().collect();
+        let metadata = Metadata::ALL
+            .into_iter()
+            .filter(|m| referenced.contains(m.as_str()))
+            .collect();
         let watch = rule.watch.as_ref().map(|w| w.iter().cloned().collect());
         let capture = rule.capture.iter().cloned().collect();
         let aliases = rule
@@ -64,6 +126,7 @@ impl CompiledRule {
             capture,
             aliases,
             header_types: rule.headers.clone(),
+            metadata,
             rule,
         })
     }
@@ -74,6 +137,11 @@ impl CompiledRule {
             (None, Some(re)) => re.is_match(topic),
             (None, None) => false,
         }
+    }
+
+    /// The metadata properties the selector refers to.
+    pub fn metadata(&self) -> &[Metadata] {
+        &self.metadata
     }
 
     /// Whether an attribute is compared (watched).

@@ -227,9 +227,31 @@ impl EventStore {
             .collect())
     }
 
+    /// Sets stored positions (replay). Running consumers of the group notice through their fence.
+    pub async fn set_offsets(
+        &self,
+        group_id: &str,
+        positions: &[(String, i32, i64)],
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let topics: Vec<&str> = positions.iter().map(|(t, _, _)| t.as_str()).collect();
+        let parts: Vec<i32> = positions.iter().map(|(_, p, _)| *p).collect();
+        let offsets: Vec<i64> = positions.iter().map(|(_, _, o)| *o).collect();
+        client
+            .execute(
+                "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) \
+                 SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[]) \
+                 ON CONFLICT (group_id, topic, partition) DO UPDATE \
+                 SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+                &[&group_id, &topics, &parts, &offsets],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Writes one batch in one transaction: first the offset fences (a consumer whose partition
     /// moved on fails here and the whole batch rolls back), then per-entity locks so that the same
-    /// entity arriving through several consumers is serialised, then the known state of the batch's
+    /// entity arriving through several consumers is serialised (row locks on `entities`), then the known state of the batch's
     /// entities is read, `detect` runs against it, and the events and new state are written.
     pub async fn apply_batch<F>(
         &self,
@@ -258,29 +280,36 @@ impl EventStore {
                  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             )
             .await?;
-        for fence in fences {
-            let rows = match fence.expected {
-                Some(expected) => {
-                    tx.execute(
-                        &update,
-                        &[
-                            &group_id,
-                            &fence.topic,
-                            &fence.partition,
-                            &expected,
-                            &fence.next,
-                        ],
-                    )
-                    .await?
-                }
-                None => {
-                    tx.execute(
-                        &insert,
-                        &[&group_id, &fence.topic, &fence.partition, &fence.next],
-                    )
-                    .await?
-                }
-            };
+        // Sent together: tokio-postgres pipelines them on the connection.
+        let checks = fences.iter().map(|fence| {
+            let (update, insert, tx) = (&update, &insert, &tx);
+            async move {
+                let rows = match fence.expected {
+                    Some(expected) => {
+                        tx.execute(
+                            update,
+                            &[
+                                &group_id,
+                                &fence.topic,
+                                &fence.partition,
+                                &expected,
+                                &fence.next,
+                            ],
+                        )
+                        .await?
+                    }
+                    None => {
+                        tx.execute(
+                            insert,
+                            &[&group_id, &fence.topic, &fence.partition, &fence.next],
+                        )
+                        .await?
+                    }
+                };
+                Ok::<_, tokio_postgres::Error>((rows, *fence))
+            }
+        });
+        for (rows, fence) in futures::future::try_join_all(checks).await? {
             if rows != 1 {
                 return Err(StoreError::Fenced {
                     topic: fence.topic.clone(),
@@ -291,29 +320,38 @@ impl EventStore {
 
         let mut states = HashMap::new();
         if !entities.is_empty() {
-            let mut keys: Vec<String> = entities
+            // Sorted, so that concurrent batches take their row locks in the same order.
+            let mut sorted: Vec<(&str, &str)> = entities
                 .iter()
-                .map(|(t, id)| format!("{t}\u{1f}{id}"))
+                .map(|(t, id)| (t.as_str(), id.as_str()))
                 .collect();
-            keys.sort_unstable();
-            keys.dedup();
-            let lock = tx
+            sorted.sort_unstable();
+            sorted.dedup();
+            let types: Vec<&str> = sorted.iter().map(|(t, _)| *t).collect();
+            let ids: Vec<&str> = sorted.iter().map(|(_, id)| *id).collect();
+            let anchor = tx
                 .prepare_cached(
-                    "SELECT pg_advisory_xact_lock(h) FROM \
-                     (SELECT DISTINCT hashtextextended(k, 0) AS h FROM UNNEST($1::text[]) AS k) s \
-                     ORDER BY h",
+                    "INSERT INTO entities (entity_type, entity_id) \
+                     SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
                 )
                 .await?;
-            tx.query(&lock, &[&keys]).await?;
+            tx.execute(&anchor, &[&types, &ids]).await?;
+            let lock = tx
+                .prepare_cached(
+                    "SELECT 1 FROM entities e \
+                     JOIN UNNEST($1::text[], $2::text[]) AS q(entity_type, entity_id) \
+                       ON e.entity_type = q.entity_type AND e.entity_id = q.entity_id \
+                     ORDER BY e.entity_type, e.entity_id FOR UPDATE OF e",
+                )
+                .await?;
+            tx.query(&lock, &[&types, &ids]).await?;
 
-            let types: Vec<&str> = entities.iter().map(|(t, _)| t.as_str()).collect();
-            let ids: Vec<&str> = entities.iter().map(|(_, id)| id.as_str()).collect();
             let select = tx
                 .prepare_cached(
                     "SELECT s.entity_type, s.entity_id, s.attribute, s.value, s.version, \
                             s.event_time, s.deleted \
                      FROM entity_state s \
-                     JOIN (SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[])) AS q(entity_type, entity_id) \
+                     JOIN UNNEST($1::text[], $2::text[]) AS q(entity_type, entity_id) \
                        ON s.entity_type = q.entity_type AND s.entity_id = q.entity_id",
                 )
                 .await?;

@@ -3,6 +3,10 @@
 mod support;
 
 mod api;
+mod cli;
+mod formats;
 mod pipeline;
 mod processes;
+mod replay;
 mod store;
+mod terminator;

@@ -553,6 +553,38 @@ async fn the_same_entity_through_several_consumers_at_once_changes_once() {
                 .unwrap()
         }
     };
+    // A new entity seen by twelve consumers at once, each with another status: serialised, the
+    // first is the baseline and every other one a change from the state committed before it.
+    let reports =
+        futures::future::join_all((0..12).map(|p| apply(200 + p, obs(&format!("s{p}"), 0)))).await;
+    let inserted: u64 = reports.iter().map(|r| r.events_inserted).sum();
+    assert_eq!(inserted, 11);
+    let client = db.client().await;
+    let chain: Vec<(String, String)> = client
+        .query("SELECT properties->'status'->>'old_value', properties->'status'->>'new_value' FROM events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let olds: std::collections::BTreeSet<&str> = chain.iter().map(|(o, _)| o.as_str()).collect();
+    let news: std::collections::BTreeSet<&str> = chain.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(
+        olds.len(),
+        11,
+        "every old value is a distinct committed state: {chain:?}"
+    );
+    assert_eq!(news.len(), 11);
+    assert_eq!(
+        olds.difference(&news).count(),
+        1,
+        "exactly one baseline starts the chain"
+    );
+    client
+        .batch_execute("TRUNCATE events, entity_state, entities")
+        .await
+        .unwrap();
+
     apply(100, obs("active", 0)).await;
     // Twelve consumers see the same change at once, on twelve partitions.
     let reports = futures::future::join_all((0..12).map(|p| apply(p, obs("terminated", 5)))).await;

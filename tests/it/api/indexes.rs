@@ -81,7 +81,7 @@ async fn every_filter_combination_uses_an_index() {
         }
     }
 
-    // Across a long period, a rare attribute or value is found through the GIN indexes of V2.
+    // Across a long period, a rare attribute or value is found through the GIN indexes of V3 (sql/V3__api_indexes.sql).
     let config = ApiConfig {
         events_list_max_period_hours: 24 * 366,
         ..ApiConfig::default()

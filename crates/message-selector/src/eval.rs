@@ -1,0 +1,547 @@
+//! The compiled form of a selector and its allocation-free, three-valued evaluation.
+
+use std::cmp::Ordering;
+
+use crate::ast::{ArithmeticOp, ComparisonOp, Expr, UnaryOp};
+use crate::bytes::str_eq;
+use crate::like::LikePattern;
+use crate::value::{OwnedValue, PropertySource, Truth, Value};
+
+/// IN lists longer than this are sorted and binary-searched instead of scanned.
+const LINEAR_IN_LIMIT: usize = 8;
+
+/// An [`Expr`] prepared for evaluation: LIKE patterns compiled, IN lists split by type.
+#[derive(Debug, Clone)]
+pub(crate) enum Node {
+    Literal(OwnedValue),
+    /// A constant subtree that evaluated to NULL or unknown at compile time.
+    Null,
+    Property(Box<str>),
+    Not(Box<Node>),
+    /// A flattened chain of ANDs.
+    All(Box<[Node]>),
+    /// A flattened chain of ORs.
+    Any(Box<[Node]>),
+    Comparison(ComparisonOp, Box<Node>, Box<Node>),
+    /// `property = 'literal'` or (negated) `property <> 'literal'`.
+    StringEquals {
+        property: Box<str>,
+        literal: Box<str>,
+        negated: bool,
+    },
+    /// `property op literal`, the most common comparison, without the two recursive calls.
+    CompareProperty {
+        property: Box<str>,
+        op: ComparisonOp,
+        literal: OwnedValue,
+    },
+    Arithmetic(ArithmeticOp, Box<Node>, Box<Node>),
+    Unary(UnaryOp, Box<Node>),
+    Between {
+        operand: Box<Node>,
+        low: Box<Node>,
+        high: Box<Node>,
+        negated: bool,
+    },
+    In {
+        property: Box<str>,
+        list: InList,
+        negated: bool,
+    },
+    Like {
+        property: Box<str>,
+        pattern: LikePattern,
+        negated: bool,
+    },
+    IsNull {
+        property: Box<str>,
+        negated: bool,
+    },
+}
+
+/// The literals of an IN list, grouped by type.
+#[derive(Debug, Clone)]
+pub(crate) struct InList {
+    /// Sorted and de-duplicated when longer than [`LINEAR_IN_LIMIT`].
+    strings: Box<[Box<str>]>,
+    numbers: Box<[Value<'static>]>,
+}
+
+impl InList {
+    fn new(list: &[OwnedValue]) -> InList {
+        let mut strings: Vec<Box<str>> = Vec::new();
+        let mut numbers = Vec::new();
+        for item in list {
+            match item {
+                OwnedValue::String(s) => strings.push(s.as_str().into()),
+                OwnedValue::Long(n) => numbers.push(Value::Long(*n)),
+                OwnedValue::Double(d) => numbers.push(Value::Double(*d)),
+                // The parser only accepts string and numeric literals in IN lists; a boolean
+                // never equals a string or a number, so it only makes the result unknown.
+                OwnedValue::Boolean(_) => numbers.push(Value::Boolean(false)),
+            }
+        }
+        if strings.len() > LINEAR_IN_LIMIT {
+            strings.sort_unstable();
+            strings.dedup();
+        }
+        InList {
+            strings: strings.into_boxed_slice(),
+            numbers: numbers.into_boxed_slice(),
+        }
+    }
+
+    /// `value IN (…)` as the OR of `value = item` over the items.
+    #[inline]
+    fn contains(&self, value: Value<'_>) -> Truth {
+        let (found, others) = match value {
+            Value::String(s) => {
+                let found = if self.strings.len() > LINEAR_IN_LIMIT {
+                    self.strings
+                        .binary_search_by(|item| (**item).cmp(s))
+                        .is_ok()
+                } else {
+                    self.strings.iter().any(|item| str_eq(item, s))
+                };
+                (found, !self.numbers.is_empty())
+            }
+            Value::Long(_) | Value::Double(_) => {
+                let found = self
+                    .numbers
+                    .iter()
+                    .any(|item| compare(ComparisonOp::Eq, Some(value), Some(*item)).is_true());
+                (found, !self.strings.is_empty())
+            }
+            Value::Boolean(_) => (false, true),
+        };
+        if found {
+            Truth::True
+        } else if others {
+            // Comparing with an item of another type is unknown, and false OR unknown is unknown.
+            Truth::Unknown
+        } else {
+            Truth::False
+        }
+    }
+}
+
+impl Node {
+    /// Compiles a syntax tree, folding constant subtrees.
+    pub(crate) fn compile(expr: &Expr) -> Node {
+        let node = Node::compile_unfolded(expr);
+        if matches!(node, Node::Literal(_) | Node::Null) || !node.is_constant() {
+            return node;
+        }
+        // Evaluation is pure, so a subtree without properties has one value forever.
+        match node.value(&NoProperties) {
+            Some(value) => Node::Literal(value.to_owned_value()),
+            None => Node::Null,
+        }
+    }
+
+    fn compile_unfolded(expr: &Expr) -> Node {
+        let boxed = |e: &Expr| Box::new(Node::compile(e));
+        match expr {
+            Expr::Literal(value) => Node::Literal(value.clone()),
+            Expr::Identifier(name) => Node::Property(name.as_str().into()),
+            Expr::Not(operand) => Node::Not(boxed(operand)),
+            Expr::And(..) => {
+                let mut children = Vec::new();
+                flatten(expr, &mut children, &|e| match e {
+                    Expr::And(l, r) => Some((&**l, &**r)),
+                    _ => None,
+                });
+                Node::All(children.into_boxed_slice())
+            }
+            Expr::Or(..) => {
+                let mut children = Vec::new();
+                flatten(expr, &mut children, &|e| match e {
+                    Expr::Or(l, r) => Some((&**l, &**r)),
+                    _ => None,
+                });
+                Node::Any(children.into_boxed_slice())
+            }
+            Expr::Comparison { op, left, right } => {
+                match (Node::compile(left), Node::compile(right)) {
+                    (Node::Property(property), Node::Literal(OwnedValue::String(literal)))
+                        if matches!(op, ComparisonOp::Eq | ComparisonOp::Ne) =>
+                    {
+                        Node::StringEquals {
+                            property,
+                            literal: literal.into_boxed_str(),
+                            negated: *op == ComparisonOp::Ne,
+                        }
+                    }
+                    (Node::Property(property), Node::Literal(literal)) => Node::CompareProperty {
+                        property,
+                        op: *op,
+                        literal,
+                    },
+                    (Node::Literal(literal), Node::Property(property)) => Node::CompareProperty {
+                        property,
+                        op: op.flipped(),
+                        literal,
+                    },
+                    (left, right) => Node::Comparison(*op, Box::new(left), Box::new(right)),
+                }
+            }
+            Expr::Arithmetic { op, left, right } => {
+                Node::Arithmetic(*op, boxed(left), boxed(right))
+            }
+            Expr::Unary { op, operand } => Node::Unary(*op, boxed(operand)),
+            Expr::Between {
+                operand,
+                low,
+                high,
+                negated,
+            } => Node::Between {
+                operand: boxed(operand),
+                low: boxed(low),
+                high: boxed(high),
+                negated: *negated,
+            },
+            Expr::In {
+                identifier,
+                list,
+                negated,
+            } => Node::In {
+                property: identifier.as_str().into(),
+                list: InList::new(list),
+                negated: *negated,
+            },
+            Expr::Like {
+                identifier,
+                pattern,
+                escape,
+                negated,
+            } => Node::Like {
+                property: identifier.as_str().into(),
+                pattern: LikePattern::new(pattern, *escape),
+                negated: *negated,
+            },
+            Expr::IsNull {
+                identifier,
+                negated,
+            } => Node::IsNull {
+                property: identifier.as_str().into(),
+                negated: *negated,
+            },
+        }
+    }
+
+    /// Whether the node refers to no property, so that it always has the same value.
+    fn is_constant(&self) -> bool {
+        match self {
+            Node::Literal(_) | Node::Null => true,
+            Node::Property(_)
+            | Node::StringEquals { .. }
+            | Node::CompareProperty { .. }
+            | Node::In { .. }
+            | Node::Like { .. }
+            | Node::IsNull { .. } => false,
+            Node::Not(operand) | Node::Unary(_, operand) => operand.is_constant(),
+            Node::All(children) | Node::Any(children) => children.iter().all(Node::is_constant),
+            Node::Comparison(_, left, right) | Node::Arithmetic(_, left, right) => {
+                left.is_constant() && right.is_constant()
+            }
+            Node::Between {
+                operand, low, high, ..
+            } => operand.is_constant() && low.is_constant() && high.is_constant(),
+        }
+    }
+
+    /// Evaluates the node as a condition.
+    #[inline]
+    pub(crate) fn truth<P: PropertySource + ?Sized>(&self, props: &P) -> Truth {
+        match self {
+            Node::All(children) => all(children, props),
+            Node::Any(children) => any(children, props),
+            Node::Not(operand) => !operand.truth(props),
+            _ => self.leaf_truth(props),
+        }
+    }
+
+    /// The common leaf conditions, evaluated in place; anything else is passed on.
+    ///
+    /// Always inlined, so that each AND/OR operand position gets its own branch on the node
+    /// kind, which the CPU then predicts well; the rare kinds go to [`Node::truth_cold`] to
+    /// keep the inlined code small.
+    #[inline(always)]
+    fn leaf_truth<P: PropertySource + ?Sized>(&self, props: &P) -> Truth {
+        match self {
+            Node::StringEquals {
+                property,
+                literal,
+                negated,
+            } => match props.get(property) {
+                Some(Value::String(s)) => Truth::from(str_eq(s, literal) != *negated),
+                _ => Truth::Unknown,
+            },
+            Node::CompareProperty {
+                property,
+                op,
+                literal,
+            } => compare(*op, props.get(property), Some(literal.as_value())),
+            Node::In {
+                property,
+                list,
+                negated,
+            } => match props.get(property) {
+                None => Truth::Unknown,
+                Some(value) => negate_if(list.contains(value), *negated),
+            },
+            Node::Like {
+                property,
+                pattern,
+                negated,
+            } => match props.get(property) {
+                Some(Value::String(s)) => Truth::from(pattern.matches(s) != *negated),
+                _ => Truth::Unknown,
+            },
+            Node::IsNull { property, negated } => {
+                Truth::from(props.get(property).is_none() != *negated)
+            }
+            Node::Literal(OwnedValue::Boolean(b)) => Truth::from(*b),
+            Node::All(..) | Node::Any(..) | Node::Not(..) => self.truth(props),
+            _ => self.truth_cold(props),
+        }
+    }
+
+    /// The less common conditions: general comparisons, BETWEEN and values used as
+    /// conditions.
+    #[inline(never)]
+    fn truth_cold<P: PropertySource + ?Sized>(&self, props: &P) -> Truth {
+        match self {
+            Node::Comparison(op, left, right) => {
+                compare(*op, left.value(props), right.value(props))
+            }
+            Node::Between {
+                operand,
+                low,
+                high,
+                negated,
+            } => {
+                let value = operand.value(props);
+                let within = compare(ComparisonOp::Ge, value, low.value(props)).and(compare(
+                    ComparisonOp::Le,
+                    value,
+                    high.value(props),
+                ));
+                negate_if(within, *negated)
+            }
+            Node::Literal(_)
+            | Node::Null
+            | Node::Property(_)
+            | Node::Arithmetic(..)
+            | Node::Unary(..) => match self.value(props) {
+                Some(Value::Boolean(b)) => Truth::from(b),
+                _ => Truth::Unknown,
+            },
+            _ => self.truth(props),
+        }
+    }
+
+    /// Evaluates the node as a value; `None` is NULL (including unknown conditions).
+    fn value<'a, P: PropertySource + ?Sized>(&'a self, props: &'a P) -> Option<Value<'a>> {
+        match self {
+            Node::Literal(value) => Some(value.as_value()),
+            Node::Null => None,
+            Node::Property(name) => props.get(name),
+            Node::Arithmetic(op, left, right) => {
+                arithmetic(*op, left.value(props)?, right.value(props)?)
+            }
+            Node::Unary(op, operand) => match (op, operand.value(props)?) {
+                (UnaryOp::Plus, v @ (Value::Long(_) | Value::Double(_))) => Some(v),
+                (UnaryOp::Minus, Value::Long(n)) => n.checked_neg().map(Value::Long),
+                (UnaryOp::Minus, Value::Double(d)) => Some(Value::Double(-d)),
+                _ => None,
+            },
+            _ => match self.truth(props) {
+                Truth::True => Some(Value::Boolean(true)),
+                Truth::False => Some(Value::Boolean(false)),
+                Truth::Unknown => None,
+            },
+        }
+    }
+}
+
+/// Three-valued AND over `children`, short-circuiting on false; short chains unrolled.
+#[inline]
+fn all<P: PropertySource + ?Sized>(children: &[Node], props: &P) -> Truth {
+    let mut result = Truth::True;
+    macro_rules! step {
+        ($child:expr) => {
+            match $child.leaf_truth(props) {
+                Truth::False => return Truth::False,
+                Truth::Unknown => result = Truth::Unknown,
+                Truth::True => {}
+            }
+        };
+    }
+    match children {
+        [a, b] => {
+            step!(a);
+            step!(b);
+        }
+        [a, b, c] => {
+            step!(a);
+            step!(b);
+            step!(c);
+        }
+        [a, b, c, d] => {
+            step!(a);
+            step!(b);
+            step!(c);
+            step!(d);
+        }
+        _ => {
+            for child in children {
+                step!(child);
+            }
+        }
+    }
+    result
+}
+
+/// Three-valued OR over `children`, short-circuiting on true; short chains unrolled.
+#[inline]
+fn any<P: PropertySource + ?Sized>(children: &[Node], props: &P) -> Truth {
+    let mut result = Truth::False;
+    macro_rules! step {
+        ($child:expr) => {
+            match $child.leaf_truth(props) {
+                Truth::True => return Truth::True,
+                Truth::Unknown => result = Truth::Unknown,
+                Truth::False => {}
+            }
+        };
+    }
+    match children {
+        [a, b] => {
+            step!(a);
+            step!(b);
+        }
+        [a, b, c] => {
+            step!(a);
+            step!(b);
+            step!(c);
+        }
+        [a, b, c, d] => {
+            step!(a);
+            step!(b);
+            step!(c);
+            step!(d);
+        }
+        _ => {
+            for child in children {
+                step!(child);
+            }
+        }
+    }
+    result
+}
+
+/// Collects the operands of a chain of one associative operator, left to right.
+fn flatten<'e>(
+    expr: &'e Expr,
+    out: &mut Vec<Node>,
+    split: &dyn Fn(&'e Expr) -> Option<(&'e Expr, &'e Expr)>,
+) {
+    match split(expr) {
+        Some((left, right)) => {
+            flatten(left, out, split);
+            flatten(right, out, split);
+        }
+        None => out.push(Node::compile(expr)),
+    }
+}
+
+/// The property source of constant folding: every property is absent.
+struct NoProperties;
+
+impl PropertySource for NoProperties {
+    fn get(&self, _name: &str) -> Option<Value<'_>> {
+        None
+    }
+}
+
+#[inline]
+fn negate_if(truth: Truth, negated: bool) -> Truth {
+    if negated {
+        !truth
+    } else {
+        truth
+    }
+}
+
+/// Compares two values: numbers with promotion to double, strings and booleans only for
+/// `=` and `<>`; NULL, unlike types and ordering of non-numbers are unknown.
+#[inline]
+fn compare(op: ComparisonOp, left: Option<Value<'_>>, right: Option<Value<'_>>) -> Truth {
+    let (Some(left), Some(right)) = (left, right) else {
+        return Truth::Unknown;
+    };
+    match (left, right) {
+        (Value::Long(l), Value::Long(r)) => ordering(op, Some(l.cmp(&r))),
+        (Value::Long(l), Value::Double(r)) => ordering(op, (l as f64).partial_cmp(&r)),
+        (Value::Double(l), Value::Long(r)) => ordering(op, l.partial_cmp(&(r as f64))),
+        (Value::Double(l), Value::Double(r)) => ordering(op, l.partial_cmp(&r)),
+        (Value::String(l), Value::String(r)) => equality(op, l == r),
+        (Value::Boolean(l), Value::Boolean(r)) => equality(op, l == r),
+        _ => Truth::Unknown,
+    }
+}
+
+/// Applies `op` to an ordering; `None` (a NaN operand) is unequal to everything, as in Java.
+#[inline]
+fn ordering(op: ComparisonOp, ord: Option<Ordering>) -> Truth {
+    let Some(ord) = ord else {
+        return Truth::from(op == ComparisonOp::Ne);
+    };
+    Truth::from(match op {
+        ComparisonOp::Eq => ord == Ordering::Equal,
+        ComparisonOp::Ne => ord != Ordering::Equal,
+        ComparisonOp::Lt => ord == Ordering::Less,
+        ComparisonOp::Le => ord != Ordering::Greater,
+        ComparisonOp::Gt => ord == Ordering::Greater,
+        ComparisonOp::Ge => ord != Ordering::Less,
+    })
+}
+
+#[inline]
+fn equality(op: ComparisonOp, equal: bool) -> Truth {
+    match op {
+        ComparisonOp::Eq => Truth::from(equal),
+        ComparisonOp::Ne => Truth::from(!equal),
+        _ => Truth::Unknown,
+    }
+}
+
+/// Arithmetic with Java numeric promotion. Long overflow, division by zero and non-finite
+/// double results are NULL (unknown) rather than wrapping, panicking or producing infinity.
+fn arithmetic(op: ArithmeticOp, left: Value<'_>, right: Value<'_>) -> Option<Value<'static>> {
+    let (l, r) = match (left, right) {
+        (Value::Long(l), Value::Long(r)) => {
+            let result = match op {
+                ArithmeticOp::Add => l.checked_add(r),
+                ArithmeticOp::Subtract => l.checked_sub(r),
+                ArithmeticOp::Multiply => l.checked_mul(r),
+                // None for a zero divisor and for i64::MIN / -1.
+                ArithmeticOp::Divide => l.checked_div(r),
+            };
+            return result.map(Value::Long);
+        }
+        (Value::Long(l), Value::Double(r)) => (l as f64, r),
+        (Value::Double(l), Value::Long(r)) => (l, r as f64),
+        (Value::Double(l), Value::Double(r)) => (l, r),
+        _ => return None,
+    };
+    let result = match op {
+        ArithmeticOp::Add => l + r,
+        ArithmeticOp::Subtract => l - r,
+        ArithmeticOp::Multiply => l * r,
+        ArithmeticOp::Divide if r == 0.0 => return None,
+        ArithmeticOp::Divide => l / r,
+    };
+    result.is_finite().then_some(Value::Double(result))
+}

@@ -1,0 +1,436 @@
+//! FHIRcast notifications (seed 004):
+//! `{timestamp, id, event: {hub.topic, hub.event, context: [{key, resource}]}}`.
+//!
+//! Each context key of a session is an entity: entity type `FhircastSession`, entity id
+//! `hub.topic/key`, attribute = the key, value = `ResourceType/id`, or NULL once closed; kind
+//! Snapshot, because FHIRcast events are complete statements, never deltas. So that an older
+//! notification cannot undo a newer one, the event time is the notification's `timestamp`.
+//!
+//! - `X-open` sets every key of its context. A `Patient-open` also sets the keys that hang off a
+//!   patient (`encounter`, `study`, `report`) to NULL unless its context gives them: the new
+//!   patient replaces the whole patient context.
+//! - `X-close` sets X's key to NULL (the context entry whose resource is an X, else the usual key
+//!   for X). A `Patient-close` also sets to NULL every other key of its context and the
+//!   patient-dependent keys. Other keys of a non-patient close (e.g. the `patient` of a
+//!   `DiagnosticReport-close`) only identify the closed resource and stay as they are.
+//! - `-update`, `-select`, wildcard names, the key-less standard events (`syncerror`,
+//!   `heartbeat`, `userlogout`, `userhibernate`) and proprietary reverse-domain events are
+//!   accepted and ignored ([`DecodeNote::Ignored`]): they do not change context.
+//! - A missing or malformed `timestamp` falls back to the Kafka timestamp (else now) with
+//!   [`DecodeNote::LenientTimestamp`]; even the specification's examples carry malformed ones.
+
+use std::collections::BTreeMap;
+
+use message_selector::OwnedValue;
+use serde::Deserialize;
+
+use super::esoz::parse_event_time;
+use super::wire::{is_field_name, parse_typed, receive_time, req_text, OptionTable, Scalar};
+use super::{payload, DecodeError, DecodeErrorKind, DecodeNote, Decoded, Decoder, Format};
+use super::{FormatConfigError, RawMessage};
+use crate::model::{Observation, ObservationKind, Properties};
+
+/// Keys that only make sense while their patient is open.
+const PATIENT_DEPENDENT: [&str; 3] = ["encounter", "study", "report"];
+
+/// Decoder for the `fhircast` format. It has no options.
+#[derive(Debug, Clone, Default)]
+pub struct FhircastDecoder {
+    _private: (),
+}
+
+impl FhircastDecoder {
+    /// Builds the decoder from a topic rule's `[options]` (the format has none).
+    pub fn from_options(options: &toml::Table) -> Result<Self, FormatConfigError> {
+        OptionTable::new("fhircast", options, &[])?;
+        Ok(Self::default())
+    }
+}
+
+#[derive(Deserialize)]
+struct WireNotification<'a> {
+    #[serde(borrow, default)]
+    timestamp: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    id: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    event: Option<WireEvent<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireEvent<'a> {
+    #[serde(borrow, default, rename = "hub.topic")]
+    topic: Option<Scalar<'a>>,
+    #[serde(borrow, default, rename = "hub.event")]
+    event: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    context: Option<Vec<WireContext<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct WireContext<'a> {
+    #[serde(borrow, default)]
+    key: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    resource: Option<WireResource<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireResource<'a> {
+    #[serde(borrow, default, rename = "resourceType")]
+    resource_type: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    id: Option<Scalar<'a>>,
+}
+
+/// What an event name means for the context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EventName {
+    /// `Resource-open`, with the resource name in lower case.
+    Open(String),
+    /// `Resource-close`, with the resource name in lower case.
+    Close(String),
+    /// Valid, but does not change context.
+    NoContextChange,
+}
+
+fn classify(name: &str) -> Result<EventName, DecodeError> {
+    let lower = name.to_ascii_lowercase();
+    let bad = || {
+        DecodeError::invalid(
+            "event.hub.event",
+            "an event name `Resource-open|close|update|select` or a reverse-domain name",
+        )
+    };
+    if let Some((resource, action)) = lower.split_once('-') {
+        let resource_ok = resource == "*"
+            || (!resource.is_empty()
+                && resource.len() <= 64
+                && resource.bytes().all(|b| b.is_ascii_alphabetic()));
+        if !resource_ok {
+            return Err(bad());
+        }
+        return match action {
+            "open" if resource != "*" => Ok(EventName::Open(resource.to_owned())),
+            "close" if resource != "*" => Ok(EventName::Close(resource.to_owned())),
+            "open" | "close" | "*" | "update" | "select" => Ok(EventName::NoContextChange),
+            _ => Err(bad()),
+        };
+    }
+    if matches!(
+        lower.as_str(),
+        "syncerror" | "heartbeat" | "userlogout" | "userhibernate"
+    ) {
+        return Ok(EventName::NoContextChange);
+    }
+    let labels: Vec<&str> = lower.split('.').collect();
+    let reverse_domain = labels.len() >= 2
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    if reverse_domain && lower.len() <= 255 {
+        Ok(EventName::NoContextChange)
+    } else {
+        Err(bad())
+    }
+}
+
+/// The context key conventionally used for a resource type (lower-case name).
+fn key_for(resource: &str) -> &str {
+    match resource {
+        "imagingstudy" => "study",
+        "diagnosticreport" => "report",
+        other => other,
+    }
+}
+
+impl Decoder for FhircastDecoder {
+    fn format(&self) -> Format {
+        Format::Fhircast
+    }
+
+    fn decode(&self, msg: &RawMessage<'_>, props: &mut Properties) -> Result<Decoded, DecodeError> {
+        let bytes = payload(msg)?;
+        let wire: WireNotification<'_> = parse_typed(bytes)?;
+        match wire.id {
+            None | Some(Scalar::Null) | Some(Scalar::Str(_)) => {}
+            Some(_) => return Err(DecodeError::invalid("id", "a string")),
+        }
+        let event = wire.event.ok_or_else(|| DecodeError::missing("event"))?;
+        let name = req_text("event.hub.event", event.event)?;
+        let meaning = classify(&name)?;
+        props.insert_if_absent("hubEvent", OwnedValue::String(name.into_owned()));
+        let topic = req_text("event.hub.topic", event.topic)?;
+
+        let mut notes = Vec::new();
+        let event_time = match wire.timestamp {
+            Some(Scalar::Str(s)) => parse_event_time(&s),
+            _ => None,
+        }
+        .unwrap_or_else(|| {
+            notes.push(DecodeNote::LenientTimestamp);
+            receive_time(msg)
+        });
+
+        let (open, resource) = match meaning {
+            EventName::Open(r) => (true, r),
+            EventName::Close(r) => (false, r),
+            EventName::NoContextChange => {
+                notes.push(DecodeNote::Ignored);
+                return Ok(Decoded {
+                    observations: Vec::new(),
+                    notes,
+                });
+            }
+        };
+        let entries = read_context(event.context.unwrap_or_default(), open)?;
+        let mut values: BTreeMap<String, Option<String>> = BTreeMap::new();
+        if open {
+            if entries.is_empty() {
+                return Err(DecodeError::invalid(
+                    "event.context",
+                    "a non-empty list for an -open event",
+                ));
+            }
+            for entry in &entries {
+                values.insert(entry.key.clone(), entry.reference.clone());
+            }
+        } else {
+            let anchor = entries
+                .iter()
+                .find(|e| e.resource_type.as_deref() == Some(resource.as_str()))
+                .map_or_else(|| key_for(&resource).to_owned(), |e| e.key.clone());
+            values.insert(anchor, None);
+            if resource == "patient" {
+                for entry in &entries {
+                    values.insert(entry.key.clone(), None);
+                }
+            }
+        }
+        if resource == "patient" {
+            for key in PATIENT_DEPENDENT {
+                values.entry(key.to_owned()).or_insert(None);
+            }
+        }
+        let observations = values
+            .into_iter()
+            .map(|(key, value)| Observation {
+                event_type: "ContextChangeEvent".to_owned(),
+                entity_type: "FhircastSession".to_owned(),
+                entity_id: format!("{topic}/{key}"),
+                kind: ObservationKind::Snapshot,
+                attributes: BTreeMap::from([(key, value)]),
+                captured: BTreeMap::new(),
+                event_time,
+                changed_by: None,
+                version: None,
+            })
+            .collect();
+        Ok(Decoded {
+            observations,
+            notes,
+        })
+    }
+}
+
+struct ContextEntry {
+    key: String,
+    /// Lower-case resource type, when a resource was given.
+    resource_type: Option<String>,
+    /// `ResourceType/id`, when a resource was given.
+    reference: Option<String>,
+}
+
+fn read_context(
+    wire: Vec<WireContext<'_>>,
+    resource_required: bool,
+) -> Result<Vec<ContextEntry>, DecodeError> {
+    let mut entries: Vec<ContextEntry> = Vec::with_capacity(wire.len());
+    for (i, entry) in wire.into_iter().enumerate() {
+        let field = |name: &str| format!("event.context[{i}].{name}");
+        let key = req_text(&field("key"), entry.key)?;
+        if !is_field_name(&key) || key.contains('.') {
+            return Err(DecodeError::invalid(
+                &field("key"),
+                "a context key name (letters, digits, '_' or '-')",
+            ));
+        }
+        if entries.iter().any(|e| e.key == *key) {
+            return Err(DecodeError::new(
+                DecodeErrorKind::InvalidField,
+                format!("field `{}` repeats an earlier key", field("key")),
+            ));
+        }
+        let (resource_type, reference) = match entry.resource {
+            None if resource_required => return Err(DecodeError::missing(&field("resource"))),
+            None => (None, None),
+            Some(r) => {
+                let kind = req_text(&field("resource.resourceType"), r.resource_type)?;
+                if !kind.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    return Err(DecodeError::invalid(
+                        &field("resource.resourceType"),
+                        "a FHIR resource type name",
+                    ));
+                }
+                let id = req_text(&field("resource.id"), r.id)?;
+                (
+                    Some(kind.to_ascii_lowercase()),
+                    Some(format!("{kind}/{id}")),
+                )
+            }
+        };
+        entries.push(ContextEntry {
+            key: key.into_owned(),
+            resource_type,
+            reference,
+        });
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::testing::{fixture, msg};
+
+    const TOPIC: &str = "2e9f1f7c-6a1b-4b8e-9c1d-session";
+
+    fn decode(name: &str) -> Result<Decoded, DecodeError> {
+        let bytes = fixture("fhircast", name);
+        FhircastDecoder::default().decode(&msg("fhircast.events", &bytes), &mut Properties::new())
+    }
+
+    fn context(d: &Decoded) -> Vec<(String, Option<&str>)> {
+        d.observations
+            .iter()
+            .map(|o| {
+                assert_eq!(o.kind, ObservationKind::Snapshot);
+                assert_eq!(o.entity_type, "FhircastSession");
+                let (key, value) = o.attributes.iter().next().unwrap();
+                assert_eq!(o.entity_id, format!("{TOPIC}/{key}"));
+                (key.clone(), value.as_deref())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn patient_open_replaces_the_patient_context() {
+        let d = decode("patient_open").unwrap();
+        assert!(d.notes.is_empty());
+        assert_eq!(
+            context(&d),
+            [
+                ("encounter".to_owned(), None),
+                (
+                    "patient".to_owned(),
+                    Some("Patient/ewUbXT9RWEbSj5wPEdgRaBw3")
+                ),
+                ("report".to_owned(), None),
+                ("study".to_owned(), None),
+            ]
+        );
+        assert_eq!(
+            d.observations[0].event_time.to_rfc3339(),
+            "2018-01-08T01:37:05.140+00:00"
+        );
+    }
+
+    #[test]
+    fn closes_set_null() {
+        let d = decode("patient_close").unwrap();
+        assert!(context(&d).iter().all(|(_, v)| v.is_none()));
+        assert_eq!(d.observations.len(), 4);
+        // A study close (any case) closes the study only; the patient stays open.
+        let d = decode("imagingstudy_close").unwrap();
+        assert_eq!(context(&d), [("study".to_owned(), None)]);
+    }
+
+    #[test]
+    fn study_open_sets_every_key_of_its_context() {
+        let d = decode("imagingstudy_open").unwrap();
+        assert_eq!(
+            context(&d),
+            [
+                (
+                    "patient".to_owned(),
+                    Some("Patient/ewUbXT9RWEbSj5wPEdgRaBw3")
+                ),
+                (
+                    "study".to_owned(),
+                    Some("ImagingStudy/8i7tbu6fby5ftfbku6fniuf")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn events_that_do_not_change_context_are_ignored() {
+        for name in ["diagnosticreport_update", "proprietary_event"] {
+            let d = decode(name).unwrap();
+            assert!(d.observations.is_empty(), "{name}");
+            assert_eq!(d.notes, vec![DecodeNote::Ignored], "{name}");
+        }
+    }
+
+    #[test]
+    fn malformed_timestamps_fall_back_to_the_receive_time() {
+        let d = decode("malformed_timestamp").unwrap();
+        assert_eq!(d.notes, vec![DecodeNote::LenientTimestamp]);
+        assert_eq!(
+            d.observations[1].event_time.timestamp_millis(),
+            1_704_067_200_000
+        );
+    }
+
+    #[test]
+    fn event_name_grammar() {
+        for ok in [
+            "Patient-open",
+            "patient-OPEN",
+            "ImagingStudy-close",
+            "*-*",
+            "Encounter-*",
+            "DiagnosticReport-select",
+            "DiagnosticReport-update",
+            "org.example.patient_transmogrify",
+            "SyncError",
+            "heartbeat",
+        ] {
+            assert!(classify(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "Patient",
+            "Patient-",
+            "-open",
+            "Patient-open-now",
+            "Pat1ent-open",
+            "Patient-reopen",
+            "org..example",
+            "transmogrify",
+            "",
+        ] {
+            assert!(classify(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn precise_reasons() {
+        for (name, expected) in [
+            ("bad_event_name", "`event.hub.event` must be"),
+            ("bad_event_action", "`event.hub.event` must be"),
+            (
+                "bad_open_without_context",
+                "`event.context` must be a non-empty list",
+            ),
+            ("bad_missing_topic", "`event.hub.topic` is missing"),
+            (
+                "bad_resource_without_id",
+                "`event.context[0].resource.id` is missing",
+            ),
+            ("bad_context_not_list", "`event.context` has the wrong type"),
+        ] {
+            let e = decode(name).unwrap_err().to_string();
+            assert!(e.contains(expected), "{name}: {e}");
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! The terminator: retention of the EventDB (seed 003 "Event termination", DESIGN.md §8).
+//!
+//! One run, in this order:
+//! 1. **age** — events whose `inserted_at` is older than `event_max_time` are deleted;
+//! 2. **count** — of what is left, only the newest `event_max_number` events are kept. "Newest" is
+//!    insertion order: `inserted_at`, then `id` (UUID v7, time-ordered) to break ties, so the
+//!    order is total and a run deletes exactly the rows past the N-th newest;
+//! 3. **state** — optionally, `entity_state` rows of entities none of whose rows was written
+//!    within `state_horizon`. State is never deleted together with events: it is the baseline
+//!    that later changes are detected against.
+//!
+//! Deletes go in batches of `batch_size` rows, each its own statement and short transaction,
+//! walking the `(inserted_at, id)` index with a keyset cursor, so ingestion and the API keep
+//! running. The shutdown token is checked between batches; an interrupted run simply leaves the
+//! rest to the next one. One replica at a time runs: the run holds a session-level advisory lock
+//! on a connection of its own (taken out of the pool and closed afterwards, so the lock can never
+//! leak into a pooled connection); a replica that finds it taken skips the run and says so.
+
+pub mod config;
+pub mod schedule;
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::metrics::TerminatorMetrics;
+use crate::store::{EventStore, StoreError};
+
+pub use config::TerminatorConfig;
+pub use schedule::{ScheduleError, TerminatorSchedule};
+
+/// A run failed; nothing is left half-done beyond the batches already committed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TerminatorError {
+    /// No connection could be had.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A statement failed.
+    #[error("terminator database error ({phase}): {source}")]
+    Db {
+        /// What the run was doing: `lock`, `cutoffs`, `age`, `count`, `state` or `dry run`.
+        phase: &'static str,
+        /// The database error.
+        source: tokio_postgres::Error,
+    },
+}
+
+fn db(phase: &'static str) -> impl FnOnce(tokio_postgres::Error) -> TerminatorError {
+    move |source| TerminatorError::Db { phase, source }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunOutcome {
+    /// All rules were applied.
+    Completed,
+    /// Shutdown stopped the run between two batches; the next run continues.
+    Interrupted,
+    /// Another replica held the lock; nothing was done.
+    Skipped,
+}
+
+/// What one run deleted (or, for a dry run, would delete).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TerminationReport {
+    /// How the run ended.
+    pub outcome: RunOutcome,
+    /// Whether this was a dry run (nothing deleted).
+    pub dry_run: bool,
+    /// Events deleted by the age rule.
+    pub deleted_by_age: u64,
+    /// Events deleted by the count rule.
+    pub deleted_by_count: u64,
+    /// `entity_state` rows pruned.
+    pub deleted_state: u64,
+    /// Events inserted before this instant were expired by age (`None`: rule disabled).
+    pub age_cutoff: Option<DateTime<Utc>>,
+    /// State rows not written since this instant were stale (`None`: pruning disabled).
+    pub state_cutoff: Option<DateTime<Utc>>,
+    /// Wall time of the run.
+    pub duration: Duration,
+}
+
+impl TerminationReport {
+    fn new(dry_run: bool) -> Self {
+        Self {
+            outcome: RunOutcome::Completed,
+            dry_run,
+            deleted_by_age: 0,
+            deleted_by_count: 0,
+            deleted_state: 0,
+            age_cutoff: None,
+            state_cutoff: None,
+            duration: Duration::ZERO,
+        }
+    }
+}
+
+impl fmt::Display for TerminationReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.outcome == RunOutcome::Skipped {
+            return write!(
+                f,
+                "skipped: another replica holds the terminator lock and is running"
+            );
+        }
+        let verb = if self.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        write!(
+            f,
+            "{verb} {} by age, {} by count, {} stale state rows",
+            self.deleted_by_age, self.deleted_by_count, self.deleted_state
+        )?;
+        if self.outcome == RunOutcome::Interrupted {
+            write!(f, " (interrupted by shutdown; the next run continues)")?;
+        }
+        Ok(())
+    }
+}
+
+/// A position in insertion order: `(inserted_at, id)`.
+type Key = (DateTime<Utc>, Uuid);
+
+/// Applies the retention rules to the EventDB.
+#[derive(Debug, Clone)]
+pub struct Terminator {
+    store: EventStore,
+    config: TerminatorConfig,
+    metrics: TerminatorMetrics,
+}
+
+impl Terminator {
+    /// A terminator over `store` with the rules of `config`.
+    pub fn new(store: EventStore, config: TerminatorConfig, metrics: TerminatorMetrics) -> Self {
+        Self {
+            store,
+            config,
+            metrics,
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &TerminatorConfig {
+        &self.config
+    }
+
+    /// Runs the rules once. A dry run takes no lock, deletes nothing and counts no metrics; it
+    /// reports what a run at this moment would delete. Every real run logs one line with its
+    /// figures and updates the metrics, whatever its outcome.
+    pub async fn run_once(
+        &self,
+        dry_run: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<TerminationReport, TerminatorError> {
+        let started = Instant::now();
+        let mut report = TerminationReport::new(dry_run);
+        let result = if dry_run {
+            self.preview(&mut report).await
+        } else {
+            self.execute(&mut report, shutdown).await
+        };
+        report.duration = started.elapsed();
+        self.record(&report, result.as_ref().err());
+        result.map(|()| report)
+    }
+
+    fn record(&self, report: &TerminationReport, error: Option<&TerminatorError>) {
+        let figures = (
+            report.deleted_by_age,
+            report.deleted_by_count,
+            report.deleted_state,
+        );
+        let ms = report.duration.as_millis() as u64;
+        if report.dry_run {
+            match error {
+                None => tracing::info!(
+                    would_delete_by_age = figures.0,
+                    would_delete_by_count = figures.1,
+                    would_delete_state = figures.2,
+                    duration_ms = ms,
+                    "terminator dry run"
+                ),
+                Some(e) => tracing::error!(error = %e, "terminator dry run failed"),
+            }
+            return;
+        }
+        let now = unix_now();
+        match (error, report.outcome) {
+            (Some(e), _) => {
+                self.metrics.runs.with_label_values(&["failure"]).inc();
+                self.metrics.last_failure.set(now);
+                self.metrics.duration.observe(report.duration.as_secs_f64());
+                tracing::error!(
+                    error = %e,
+                    deleted_by_age = figures.0,
+                    deleted_by_count = figures.1,
+                    deleted_state = figures.2,
+                    duration_ms = ms,
+                    "terminator run failed; the next run retries"
+                );
+            }
+            (None, RunOutcome::Skipped) => {
+                self.metrics.runs.with_label_values(&["skipped"]).inc();
+                tracing::info!(
+                    lock_key = self.config.lock_key,
+                    "terminator run skipped: another replica holds the lock"
+                );
+            }
+            (None, outcome) => {
+                let result = if outcome == RunOutcome::Interrupted {
+                    "interrupted"
+                } else {
+                    self.metrics.last_success.set(now);
+                    "success"
+                };
+                self.metrics.runs.with_label_values(&[result]).inc();
+                self.metrics.duration.observe(report.duration.as_secs_f64());
+                tracing::info!(
+                    result,
+                    deleted_by_age = figures.0,
+                    deleted_by_count = figures.1,
+                    deleted_state = figures.2,
+                    age_cutoff = ?report.age_cutoff,
+                    duration_ms = ms,
+                    "terminator run finished"
+                );
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        report: &mut TerminationReport,
+        shutdown: &CancellationToken,
+    ) -> Result<(), TerminatorError> {
+        // A session of its own: the lock lives as long as this connection, which is closed
+        // (not returned to the pool) when the run ends, however it ends.
+        let client = deadpool_postgres::Object::take(self.store.client().await?);
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&self.config.lock_key])
+            .await
+            .map_err(db("lock"))?
+            .get(0);
+        if !locked {
+            report.outcome = RunOutcome::Skipped;
+            return Ok(());
+        }
+        let result = self.delete(&client, report, shutdown).await;
+        if let Err(e) = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&self.config.lock_key])
+            .await
+        {
+            tracing::warn!(error = %e, "terminator lock release failed; closing the session releases it");
+        }
+        result
+    }
+
+    async fn delete(
+        &self,
+        client: &Client,
+        report: &mut TerminationReport,
+        shutdown: &CancellationToken,
+    ) -> Result<(), TerminatorError> {
+        let cutoffs = self.cutoffs(client).await?;
+        report.age_cutoff = cutoffs.age;
+        report.state_cutoff = cutoffs.state;
+        let batch = i64::from(self.config.batch_size);
+
+        if let Some(cutoff) = cutoffs.age {
+            // No row sorts before the nil UUID, so this bound is exactly `inserted_at < cutoff`.
+            let bound = (cutoff, Uuid::nil());
+            let done = self
+                .delete_events_before(client, bound, batch, "age", shutdown, |n| {
+                    report.deleted_by_age += n
+                })
+                .await?;
+            if !done {
+                report.outcome = RunOutcome::Interrupted;
+                return Ok(());
+            }
+        }
+
+        if let Some(max) = self.config.event_max_number {
+            // The N-th newest row; everything before it in insertion order goes. Fixed once, so
+            // events inserted while the run deletes are never counted against the limit here.
+            let nth = client
+                .query_opt(
+                    "SELECT inserted_at, id FROM events \
+                     ORDER BY inserted_at DESC, id DESC OFFSET $1 LIMIT 1",
+                    &[&(max as i64 - 1)],
+                )
+                .await
+                .map_err(db("count"))?;
+            if let Some(row) = nth {
+                let bound: Key = (row.get(0), row.get(1));
+                let done = self
+                    .delete_events_before(client, bound, batch, "count", shutdown, |n| {
+                        report.deleted_by_count += n
+                    })
+                    .await?;
+                if !done {
+                    report.outcome = RunOutcome::Interrupted;
+                    return Ok(());
+                }
+            }
+        }
+
+        if let Some(cutoff) = cutoffs.state {
+            let done = self
+                .prune_state(client, cutoff, batch, shutdown, |n| {
+                    report.deleted_state += n
+                })
+                .await?;
+            if !done {
+                report.outcome = RunOutcome::Interrupted;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every event before `bound` in insertion order, `batch` rows per statement.
+    /// Returns `false` when shutdown interrupted it.
+    async fn delete_events_before(
+        &self,
+        client: &Client,
+        bound: Key,
+        batch: i64,
+        reason: &'static str,
+        shutdown: &CancellationToken,
+        mut on_batch: impl FnMut(u64),
+    ) -> Result<bool, TerminatorError> {
+        // Keyset cursor: each batch starts after the last row of the previous one instead of
+        // re-walking index entries of rows already deleted but not yet vacuumed. The rows are
+        // found on the (inserted_at, id) index and deleted by ctid (a TID scan, whatever the
+        // planner thinks of the batch size); ctids are stable here because events are never
+        // updated and a row visible to this statement cannot be vacuumed under it.
+        const BATCH: &str = "WITH batch AS MATERIALIZED ( \
+                SELECT ctid AS tid, inserted_at, id FROM events \
+                WHERE (inserted_at, id) < ($1, $2) {after} \
+                ORDER BY inserted_at, id LIMIT $3), \
+            gone AS (DELETE FROM events WHERE ctid = ANY(ARRAY(SELECT tid FROM batch)) RETURNING 1) \
+            SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone), \
+                   last.inserted_at, last.id \
+            FROM (SELECT inserted_at, id FROM batch ORDER BY inserted_at DESC, id DESC LIMIT 1) last";
+        let first = client
+            .prepare(&BATCH.replace("{after}", ""))
+            .await
+            .map_err(db(reason))?;
+        let next = client
+            .prepare(&BATCH.replace("{after}", "AND (inserted_at, id) > ($4, $5)"))
+            .await
+            .map_err(db(reason))?;
+        let deleted = self.metrics.deleted.with_label_values(&[reason]);
+        let mut after: Option<Key> = None;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(false);
+            }
+            let row = match &after {
+                None => client
+                    .query_opt(&first, &[&bound.0, &bound.1, &batch])
+                    .await
+                    .map_err(db(reason))?,
+                Some((ts, id)) => client
+                    .query_opt(&next, &[&bound.0, &bound.1, &batch, ts, id])
+                    .await
+                    .map_err(db(reason))?,
+            };
+            let Some(row) = row else {
+                return Ok(true);
+            };
+            let selected: i64 = row.get(0);
+            let gone = row.get::<_, i64>(1) as u64;
+            deleted.inc_by(gone);
+            on_batch(gone);
+            if selected < batch {
+                return Ok(true);
+            }
+            after = Some((row.get(2), row.get(3)));
+            if !self.rest(shutdown).await {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Deletes the state rows of entities with no row written since `cutoff`. Returns `false`
+    /// when shutdown interrupted it.
+    async fn prune_state(
+        &self,
+        client: &Client,
+        cutoff: DateTime<Utc>,
+        batch: i64,
+        shutdown: &CancellationToken,
+        mut on_batch: impl FnMut(u64),
+    ) -> Result<bool, TerminatorError> {
+        // The outer `updated_at < $1` is re-checked against a row that ingestion updates while
+        // this statement waits for it, so freshly written state is never pruned.
+        let stmt = client
+            .prepare(&format!(
+                "WITH batch AS MATERIALIZED ( \
+                    SELECT entity_type, entity_id, attribute FROM entity_state s \
+                    WHERE {STALE} LIMIT $2), \
+                 gone AS (DELETE FROM entity_state s USING batch b \
+                    WHERE s.entity_type = b.entity_type AND s.entity_id = b.entity_id \
+                      AND s.attribute = b.attribute AND s.updated_at < $1 RETURNING 1) \
+                 SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone)"
+            ))
+            .await
+            .map_err(db("state"))?;
+        let deleted = self.metrics.deleted.with_label_values(&["state"]);
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(false);
+            }
+            let row = client
+                .query_one(&stmt, &[&cutoff, &batch])
+                .await
+                .map_err(db("state"))?;
+            let selected: i64 = row.get(0);
+            let gone = row.get::<_, i64>(1) as u64;
+            deleted.inc_by(gone);
+            on_batch(gone);
+            if selected < batch {
+                return Ok(true);
+            }
+            if !self.rest(shutdown).await {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Waits `batch_pause` between two batches; `false` when shutdown came first.
+    async fn rest(&self, shutdown: &CancellationToken) -> bool {
+        if self.config.batch_pause.is_zero() {
+            return true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(self.config.batch_pause) => true,
+        }
+    }
+
+    /// Counts what a run would delete now, with the same cutoffs.
+    async fn preview(&self, report: &mut TerminationReport) -> Result<(), TerminatorError> {
+        let client = self.store.client().await?;
+        let cutoffs = self.cutoffs(&client).await?;
+        report.age_cutoff = cutoffs.age;
+        report.state_cutoff = cutoffs.state;
+        let row = match cutoffs.age {
+            Some(cutoff) => client
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE inserted_at < $1), count(*) FROM events",
+                    &[&cutoff],
+                )
+                .await
+                .map_err(db("dry run"))?,
+            None => client
+                .query_one("SELECT 0::bigint, count(*) FROM events", &[])
+                .await
+                .map_err(db("dry run"))?,
+        };
+        let by_age = row.get::<_, i64>(0) as u64;
+        let total = row.get::<_, i64>(1) as u64;
+        report.deleted_by_age = by_age;
+        if let Some(max) = self.config.event_max_number {
+            report.deleted_by_count = (total - by_age).saturating_sub(max);
+        }
+        if let Some(cutoff) = cutoffs.state {
+            let row = client
+                .query_one(
+                    &format!("SELECT count(*) FROM entity_state s WHERE {STALE}"),
+                    &[&cutoff],
+                )
+                .await
+                .map_err(db("dry run"))?;
+            report.deleted_state = row.get::<_, i64>(0) as u64;
+        }
+        Ok(())
+    }
+
+    /// The cutoff instants, from the database clock (the one that stamped `inserted_at`).
+    async fn cutoffs(&self, client: &Client) -> Result<Cutoffs, TerminatorError> {
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        let row = client
+            .query_one(
+                "SELECT now() - make_interval(secs => $1::float8), \
+                        now() - make_interval(secs => $2::float8)",
+                &[
+                    &secs(self.config.event_max_time),
+                    &secs(self.config.state_horizon),
+                ],
+            )
+            .await
+            .map_err(db("cutoffs"))?;
+        Ok(Cutoffs {
+            age: row.get(0),
+            state: row.get(1),
+        })
+    }
+}
+
+/// Rows of entities none of whose attributes was written since `$1`.
+const STALE: &str = "s.updated_at < $1 AND NOT EXISTS ( \
+    SELECT 1 FROM entity_state o \
+    WHERE o.entity_type = s.entity_type AND o.entity_id = s.entity_id AND o.updated_at >= $1)";
+
+struct Cutoffs {
+    age: Option<DateTime<Utc>>,
+    state: Option<DateTime<Utc>>,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(outcome: RunOutcome, dry_run: bool) -> TerminationReport {
+        TerminationReport {
+            outcome,
+            deleted_by_age: 3,
+            deleted_by_count: 2,
+            deleted_state: 1,
+            ..TerminationReport::new(dry_run)
+        }
+    }
+
+    #[test]
+    fn report_reads_as_the_cli_prints_it() {
+        assert_eq!(
+            report(RunOutcome::Completed, true).to_string(),
+            "would delete 3 by age, 2 by count, 1 stale state rows"
+        );
+        assert_eq!(
+            report(RunOutcome::Completed, false).to_string(),
+            "deleted 3 by age, 2 by count, 1 stale state rows"
+        );
+        assert!(report(RunOutcome::Interrupted, false)
+            .to_string()
+            .contains("interrupted"));
+        assert!(report(RunOutcome::Skipped, false)
+            .to_string()
+            .starts_with("skipped"));
+    }
+}

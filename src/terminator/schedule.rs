@@ -1,0 +1,96 @@
+//! The cron job that runs the terminator inside `run` (tokio-cron-scheduler, UTC).
+
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Terminator;
+
+/// The scheduler could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScheduleError {
+    /// The cron expression does not parse.
+    #[error("terminator schedule `{expression}`: {reason}")]
+    Expression {
+        /// The expression.
+        expression: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// tokio-cron-scheduler failed.
+    #[error("terminator scheduler: {0}")]
+    Scheduler(#[from] JobSchedulerError),
+}
+
+/// Checks a cron expression with the same parser the scheduler uses.
+pub(crate) fn check_expression(expression: &str) -> Result<(), String> {
+    Job::new_async(expression, |_, _| Box::pin(async {}))
+        .map(drop)
+        .map_err(|_| {
+            "not a valid cron expression: tokio-cron-scheduler needs 6 or 7 fields starting \
+             with seconds, e.g. \"0 0 3 * * *\" for 03:00:00 UTC daily"
+                .to_owned()
+        })
+}
+
+/// The running cron job. Stop it with [`TerminatorSchedule::stop`].
+pub struct TerminatorSchedule {
+    scheduler: JobScheduler,
+    runs: TaskTracker,
+}
+
+impl std::fmt::Debug for TerminatorSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TerminatorSchedule")
+            .field("runs_in_flight", &self.runs.len())
+            .finish()
+    }
+}
+
+impl TerminatorSchedule {
+    /// Schedules `terminator` on `expression`. Every run watches `shutdown` between batches.
+    /// Overlapping runs (one still deleting when the next fires) are harmless: the later one
+    /// finds the advisory lock taken and is counted as skipped.
+    pub async fn start(
+        terminator: Terminator,
+        expression: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ScheduleError> {
+        check_expression(expression).map_err(|reason| ScheduleError::Expression {
+            expression: expression.to_owned(),
+            reason,
+        })?;
+        let runs = TaskTracker::new();
+        let tracker = runs.clone();
+        let job = Job::new_async(expression, move |_, _| {
+            let terminator = terminator.clone();
+            let shutdown = shutdown.clone();
+            Box::pin(tracker.track_future(async move {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                // run_once logs and counts its own outcome; the next tick retries on failure.
+                let _ = terminator.run_once(false, &shutdown).await;
+            }))
+        })
+        .map_err(|e| ScheduleError::Expression {
+            expression: expression.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let scheduler = JobScheduler::new().await?;
+        scheduler.add(job).await?;
+        scheduler.start().await?;
+        tracing::info!(schedule = expression, "terminator scheduled (UTC)");
+        Ok(Self { scheduler, runs })
+    }
+
+    /// Stops firing and waits for a run in progress, which ends at its next batch boundary once
+    /// the shutdown token given to [`TerminatorSchedule::start`] is cancelled.
+    pub async fn stop(mut self) -> Result<(), ScheduleError> {
+        let stopped = self.scheduler.shutdown().await;
+        self.runs.close();
+        self.runs.wait().await;
+        stopped.map_err(ScheduleError::from)
+    }
+}
