@@ -142,6 +142,17 @@ impl PipelineMetrics {
     }
 }
 
+/// The sum of a counter over all its label values (for summaries and benchmarks).
+pub fn counter_total(counter: &IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    counter
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_counter().value() as u64)
+        .sum()
+}
+
 /// Metrics of the HTTP server.
 #[derive(Debug, Clone)]
 pub struct HttpMetrics {

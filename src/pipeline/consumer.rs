@@ -150,24 +150,15 @@ impl PipelineContext {
             .iter()
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
-        let mut attempt = 0;
-        let stored = loop {
-            match self
-                .runtime
-                .block_on(self.store.load_offsets(&self.group_id, &partitions))
-            {
-                Ok(stored) => break Some(stored),
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "loading stored offsets failed; retrying");
-                    self.readiness.set_database_up(false);
-                    if self.shutdown.is_cancelled() {
-                        break None;
-                    }
-                    std::thread::sleep(backoff(attempt, self.max_backoff));
-                    attempt += 1;
-                }
-            }
-        };
+        let stored = load_offsets_retrying(
+            &self.runtime,
+            &self.store,
+            &self.group_id,
+            &partitions,
+            &self.shutdown,
+            self.max_backoff,
+            &self.readiness,
+        );
         let Some(stored) = stored else {
             return; // shutting down: own nothing, so nothing is processed
         };
@@ -631,21 +622,16 @@ impl ConsumerLoop {
             .iter()
             .map(|f| (f.topic.clone(), f.partition))
             .collect();
-        let mut attempt = 0;
-        let stored = loop {
-            match self
-                .runtime
-                .block_on(self.store.load_offsets(&self.group_id, &partitions))
-            {
-                Ok(s) => break s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "re-reading offsets failed; retrying");
-                    if !self.pause(attempt) {
-                        return;
-                    }
-                    attempt += 1;
-                }
-            }
+        let Some(stored) = load_offsets_retrying(
+            &self.runtime,
+            &self.store,
+            &self.group_id,
+            &partitions,
+            &self.shutdown,
+            self.max_backoff,
+            &self.readiness,
+        ) else {
+            return;
         };
         let mut owned = lock(&self.owned);
         for tp in partitions {
@@ -661,6 +647,40 @@ impl ConsumerLoop {
             {
                 tracing::warn!(error = %e, topic = %tp.0, partition = tp.1, "seek failed; dropping the partition");
                 owned.remove(&tp);
+            }
+        }
+    }
+}
+
+/// Reads stored offsets, retrying with backoff while the database is unavailable; `None` when
+/// shutdown was requested first.
+fn load_offsets_retrying(
+    runtime: &tokio::runtime::Handle,
+    store: &EventStore,
+    group_id: &str,
+    partitions: &[Tp],
+    shutdown: &CancellationToken,
+    max_backoff: Duration,
+    readiness: &Readiness,
+) -> Option<HashMap<Tp, i64>> {
+    let mut attempt = 0;
+    loop {
+        match runtime.block_on(store.load_offsets(group_id, partitions)) {
+            Ok(stored) => return Some(stored),
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "loading stored offsets failed; retrying");
+                readiness.set_database_up(false);
+                let wait = backoff(attempt, max_backoff);
+                let stopped = runtime.block_on(async {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => true,
+                        _ = tokio::time::sleep(wait) => false,
+                    }
+                });
+                if stopped {
+                    return None;
+                }
+                attempt += 1;
             }
         }
     }
