@@ -9,10 +9,11 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::webhooks::{self, Bridges};
 use crate::api::{self, ApiState};
 use crate::config::{load_topic_rules, Config, ConfigError};
 use crate::health::Readiness;
-use crate::metrics::{PipelineMetrics, TerminatorMetrics};
+use crate::metrics::{PipelineMetrics, TerminatorMetrics, WebhookMetrics};
 use crate::pipeline::{self, PipelineError, RuleSet};
 use crate::store::{EventStore, StoreError};
 use crate::terminator::{ScheduleError, Terminator, TerminatorSchedule};
@@ -30,6 +31,9 @@ pub enum AppError {
     /// The pipeline could not start.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// The webhook bridges' producer could not be created.
+    #[error("webhook producer: {0}")]
+    Producer(rdkafka::error::KafkaError),
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -63,6 +67,8 @@ pub struct App {
     pub readiness: Arc<Readiness>,
     /// Terminator metrics.
     pub terminator_metrics: TerminatorMetrics,
+    /// The webhook bridges and their shared producer.
+    pub bridges: Arc<Bridges>,
 }
 
 impl App {
@@ -75,6 +81,10 @@ impl App {
         let registry = Registry::new();
         let pipeline_metrics = PipelineMetrics::register(&registry)?;
         let terminator_metrics = TerminatorMetrics::register(&registry)?;
+        let bridges = Arc::new(
+            Bridges::new(&config, WebhookMetrics::register(&registry)?)
+                .map_err(AppError::Producer)?,
+        );
         Ok(Self {
             config,
             rules,
@@ -83,6 +93,7 @@ impl App {
             pipeline_metrics,
             readiness: Arc::new(Readiness::for_consumer()),
             terminator_metrics,
+            bridges,
         })
     }
 
@@ -121,6 +132,7 @@ impl App {
             registry: self.registry.clone(),
             readiness: self.readiness.clone(),
         })
+        .merge(webhooks::router(self.bridges.clone()))
     }
 
     /// Runs the pipeline and the HTTP server on `listener` until `shutdown`, then stops them in

@@ -1,6 +1,8 @@
 //! The HTTP server: operations endpoints (and, from other modules, the events API and the
 //! webhook bridges).
 
+pub mod webhooks;
+
 use std::sync::Arc;
 
 use axum::extract::State;

@@ -21,12 +21,16 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
+use futures::StreamExt as _;
+
 use super::dead_letter::{self, DeadLetter};
-use super::process::{process, Message, Processed};
+use super::fhir_lookup::{FhirStatusClient, StatusSource};
+use super::process::{finish, process, Message, Processed};
 use super::rules::RuleSet;
 use super::PipelineError;
 use crate::config::Config;
 use crate::detect::{Outcome, StateKey};
+use crate::formats::StatusLookup;
 use crate::health::Readiness;
 use crate::metrics::PipelineMetrics;
 use crate::model::{Observation, SourceRef};
@@ -192,6 +196,10 @@ pub(crate) struct ConsumerLoop {
     pub(crate) batch_linger: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) shutdown: CancellationToken,
+    /// Reads statuses that messages announce without giving; `None` when not configured.
+    pub(crate) lookups: Option<Arc<dyn StatusSource>>,
+    /// Most look-ups in flight at once.
+    pub(crate) lookup_concurrency: usize,
 }
 
 /// Builds the consumer (with its callbacks) and the dead-letter producer.
@@ -248,6 +256,10 @@ pub(crate) fn build(
         .set("message.timeout.ms", "30000");
     let producer: FutureProducer = pc.create()?;
 
+    let lookup_client = FhirStatusClient::from_config(&config.fhir)?;
+    let lookup_concurrency = config.fhir.concurrency;
+    let lookups = lookup_client.map(|c| Arc::new(c) as Arc<dyn StatusSource>);
+
     let subscriptions = rules.subscriptions();
     let refs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
@@ -267,7 +279,18 @@ pub(crate) fn build(
         batch_linger: config.pipeline.batch_linger,
         max_backoff: config.pipeline.max_retry_backoff,
         shutdown,
+        lookups,
+        lookup_concurrency,
     })
+}
+
+/// A selected message whose status must be looked up before the batch is stored.
+struct PendingLookup {
+    /// Index into the batch's selected messages.
+    selected: usize,
+    lookup: StatusLookup,
+    /// Kept to become a dead letter should the look-up fail.
+    message: Message,
 }
 
 /// One selected message's observations, kept with its coordinates for detection.
@@ -358,6 +381,7 @@ impl ConsumerLoop {
         let mut selected = Vec::new();
         let mut next: HashMap<Tp, i64> = HashMap::new();
         let mut entities = HashSet::new();
+        let mut pending = Vec::new();
         for msg in batch {
             let tp = (msg.topic.clone(), msg.partition);
             match owned.get(&tp) {
@@ -384,6 +408,7 @@ impl ConsumerLoop {
                 Processed::Selected {
                     observations,
                     notes,
+                    lookup,
                 } => {
                     self.metrics.selected.with_label_values(&[topic]).inc();
                     for note in notes {
@@ -394,6 +419,13 @@ impl ConsumerLoop {
                     }
                     for o in &observations {
                         entities.insert((o.entity_type.clone(), o.entity_id.clone()));
+                    }
+                    if let Some(lookup) = lookup {
+                        pending.push(PendingLookup {
+                            selected: selected.len(),
+                            lookup,
+                            message: msg.clone(),
+                        });
                     }
                     selected.push(Selected {
                         source: SourceRef {
@@ -430,6 +462,7 @@ impl ConsumerLoop {
                 }
             }
         }
+        self.resolve(pending, &mut selected, &mut letters, &mut entities);
         let fences = next
             .into_iter()
             .map(|((topic, partition), next)| OffsetFence {
@@ -444,6 +477,96 @@ impl ConsumerLoop {
             selected,
             fences,
             entities: entities.into_iter().collect(),
+        }
+    }
+
+    /// Looks up the statuses messages announced without giving them (concurrently, bounded),
+    /// before the transaction. A found status becomes the observation the message would have
+    /// given; a failed look-up turns its message into a dead letter. Without a configured FHIR
+    /// server the messages stay as they are: no status is ever invented.
+    fn resolve(
+        &self,
+        pending: Vec<PendingLookup>,
+        selected: &mut Vec<Selected>,
+        letters: &mut Vec<DeadLetter>,
+        entities: &mut HashSet<(String, String)>,
+    ) {
+        if pending.is_empty() {
+            return;
+        }
+        let Some(source) = &self.lookups else {
+            // References are patient data: the log says how many, never which.
+            tracing::debug!(
+                messages = pending.len(),
+                "status context events without a status; no FHIR server configured"
+            );
+            self.metrics
+                .status_lookups
+                .with_label_values(&["not_configured"])
+                .inc_by(pending.len() as u64);
+            return;
+        };
+        let results: Vec<_> = self.runtime.block_on(
+            futures::stream::iter(pending.iter().map(|p| source.status(&p.lookup)))
+                .buffered(self.lookup_concurrency.max(1))
+                .collect(),
+        );
+        let mut failed = HashSet::new();
+        for (p, result) in pending.into_iter().zip(results) {
+            let Some(item) = selected.get_mut(p.selected) else {
+                continue;
+            };
+            let Some(rule) = self.rules.get(item.rule) else {
+                continue;
+            };
+            let outcome = result
+                .map_err(|e| {
+                    self.metrics
+                        .status_lookups
+                        .with_label_values(&[e.as_str()])
+                        .inc();
+                    e.into_decode_error()
+                })
+                .and_then(|status| {
+                    self.metrics
+                        .status_lookups
+                        .with_label_values(&["found"])
+                        .inc();
+                    finish(rule, p.lookup.into_observation(status))
+                });
+            match outcome {
+                Ok(observation) => {
+                    if let Some(o) = observation {
+                        entities.insert((o.entity_type.clone(), o.entity_id.clone()));
+                        item.observations.push(o);
+                    }
+                }
+                Err(error) => {
+                    tracing::info!(
+                        topic = %p.message.topic,
+                        partition = p.message.partition,
+                        offset = p.message.offset,
+                        reason = error.kind.as_str(),
+                        detail = %error.detail,
+                        "status look-up failed: sending to the dead-letter topic"
+                    );
+                    failed.insert(p.selected);
+                    letters.push(DeadLetter {
+                        topic: rule.rule.dead_letter_topic.clone(),
+                        format: rule.rule.format.as_str(),
+                        message: p.message,
+                        error,
+                    });
+                }
+            }
+        }
+        if !failed.is_empty() {
+            let mut index = 0;
+            selected.retain(|_| {
+                let keep = !failed.contains(&index);
+                index += 1;
+                keep
+            });
         }
     }
 
