@@ -9,3 +9,4 @@ mod processes;
 mod replay;
 mod store;
 mod terminator;
+mod webhooks;
