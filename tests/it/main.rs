@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod formats;
+mod fhir_lookup;
 mod pipeline;
 mod processes;
 mod replay;
