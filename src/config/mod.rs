@@ -472,6 +472,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_kubernetes_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kustomize/base/config.toml");
+        let c = Config::load_with_env(Some(&path), Vec::new()).unwrap();
+        assert!(!c.webhooks.any_configured());
+        assert!(!c.fhir.enabled());
+    }
+
+    #[test]
     fn unknown_keys_name_the_key() {
         let e = load("[pipeline]\nbatch_sise = 10", &[])
             .unwrap_err()
