@@ -3,8 +3,8 @@
 mod support;
 
 mod cli;
-mod formats;
 mod fhir_lookup;
+mod formats;
 mod pipeline;
 mod processes;
 mod replay;
