@@ -12,21 +12,12 @@ use event_manager::app::App;
 use event_manager::broker::EmbeddedBroker;
 use event_manager::config::Config;
 use event_manager::demo::feed::{EsozSamples, Rng, SampleSource};
+use event_manager::metrics::counter_total;
 use event_manager::pipeline;
 use event_manager::store::LocalPostgres;
-use prometheus::core::Collector;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
-
-fn total(counter: &prometheus::IntCounterVec) -> u64 {
-    counter
-        .collect()
-        .iter()
-        .flat_map(|f| f.get_metric())
-        .map(|m| m.get_counter().value() as u64)
-        .sum()
-}
 
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -68,8 +59,6 @@ async fn run_once(base_url: &str, partitions: i32, messages: u64, batch_size: us
     config.pipeline.topics_dir = topics.path().to_owned();
     config.pipeline.batch_size = batch_size;
     config.pipeline.batch_linger = Duration::from_millis(50);
-    // The benchmark does not call the events API, which otherwise needs a token key.
-    config.auth.disabled = true;
 
     let app = App::build(config).unwrap();
     app.migrate(&CancellationToken::new()).await.unwrap();
@@ -98,7 +87,7 @@ async fn run_once(base_url: &str, partitions: i32, messages: u64, batch_size: us
     let mut partition = 0;
     while produced < messages {
         // Stay within what the embedded broker retains per partition.
-        while produced - total(&metrics.consumed) > 8_000 * partitions as u64 {
+        while produced - counter_total(&metrics.consumed) > 8_000 * partitions as u64 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut sends = Vec::with_capacity(1000);
@@ -122,12 +111,12 @@ async fn run_once(base_url: &str, partitions: i32, messages: u64, batch_size: us
         for r in futures::future::join_all(sends).await {
             r.unwrap();
         }
-        if started.is_none() && total(&metrics.consumed) > 0 {
+        if started.is_none() && counter_total(&metrics.consumed) > 0 {
             started = Some(Instant::now());
         }
     }
     let started = started.unwrap_or_else(Instant::now);
-    while total(&metrics.consumed) < messages {
+    while counter_total(&metrics.consumed) < messages {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Wait for the last batch's commit.
@@ -149,7 +138,7 @@ async fn run_once(base_url: &str, partitions: i32, messages: u64, batch_size: us
     let elapsed = started.elapsed();
     stop.cancel();
     handle.stopped().await;
-    let events = total(&metrics.events_stored);
+    let events = counter_total(&metrics.events_stored);
     println!(
         "pipeline/{partitions}-partition(s) batch={batch_size}: {} messages in {:.2?} = {:.0} msg/s stored ({} events, {:.0} events/s); peak RSS {} MiB",
         messages,

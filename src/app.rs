@@ -10,10 +10,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::Authenticator;
+use crate::api::webhooks::{self, Bridges};
 use crate::api::{self, ApiState};
 use crate::config::{load_topic_rules, Config, ConfigError};
 use crate::health::Readiness;
-use crate::metrics::{DbPoolMetrics, HttpMetrics, PipelineMetrics, TerminatorMetrics};
+use crate::metrics::{
+    DbPoolMetrics, HttpMetrics, PipelineMetrics, TerminatorMetrics, WebhookMetrics,
+};
 use crate::pipeline::{self, PipelineError, RuleSet};
 use crate::store::{EventStore, StoreError};
 use crate::terminator::{ScheduleError, Terminator, TerminatorSchedule};
@@ -31,6 +34,9 @@ pub enum AppError {
     /// The pipeline could not start.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// The webhook bridges' producer could not be created.
+    #[error("webhook producer: {0}")]
+    Producer(rdkafka::error::KafkaError),
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -64,6 +70,8 @@ pub struct App {
     pub readiness: Arc<Readiness>,
     /// Terminator metrics.
     pub terminator_metrics: TerminatorMetrics,
+    /// The webhook bridges and their shared producer.
+    pub bridges: Arc<Bridges>,
     /// HTTP request metrics.
     pub http_metrics: HttpMetrics,
     /// EventDB pool gauges.
@@ -74,7 +82,8 @@ pub struct App {
 
 impl App {
     /// Loads topic rules and token keys, connects the store (lazily) and registers metrics.
-    /// Fails when no token key is configured and `auth.disabled` is not set.
+    /// Without any token key (and without `auth.disabled`) the events API answers 401 to every
+    /// request; the `run` command refuses to start in that case.
     pub fn build(config: Config) -> Result<Self, AppError> {
         let rules = Arc::new(RuleSet::compile(load_topic_rules(
             &config.pipeline.topics_dir,
@@ -84,6 +93,10 @@ impl App {
         let registry = Registry::new();
         let pipeline_metrics = PipelineMetrics::register(&registry)?;
         let terminator_metrics = TerminatorMetrics::register(&registry)?;
+        let bridges = Arc::new(
+            Bridges::new(&config, WebhookMetrics::register(&registry)?)
+                .map_err(AppError::Producer)?,
+        );
         let http_metrics = HttpMetrics::register(&registry)?;
         let db_pool_metrics = DbPoolMetrics::register(&registry)?;
         Ok(Self {
@@ -94,6 +107,7 @@ impl App {
             pipeline_metrics,
             readiness: Arc::new(Readiness::for_consumer()),
             terminator_metrics,
+            bridges,
             http_metrics,
             db_pool_metrics,
             auth,
@@ -130,15 +144,18 @@ impl App {
 
     /// The HTTP router for this application.
     pub fn router(&self) -> axum::Router {
-        api::router(ApiState {
-            store: self.store.clone(),
-            registry: self.registry.clone(),
-            readiness: self.readiness.clone(),
-            api: Arc::new(self.config.api.clone()),
-            auth: self.auth.clone(),
-            http_metrics: self.http_metrics.clone(),
-            db_pool_metrics: self.db_pool_metrics.clone(),
-        })
+        api::router_with(
+            ApiState {
+                store: self.store.clone(),
+                registry: self.registry.clone(),
+                readiness: self.readiness.clone(),
+                api: Arc::new(self.config.api.clone()),
+                auth: self.auth.clone(),
+                http_metrics: self.http_metrics.clone(),
+                db_pool_metrics: self.db_pool_metrics.clone(),
+            },
+            webhooks::router(self.bridges.clone()),
+        )
     }
 
     /// Runs the pipeline and the HTTP server on `listener` until `shutdown`, then stops them in
@@ -219,6 +236,8 @@ impl App {
 pub async fn run(config: Config) -> Result<(), AppError> {
     crate::telemetry::init(&config.log);
     let app = App::build(config)?;
+    // Secure by default: the events API does not start without a way to verify tokens.
+    app.config.auth.require_key()?;
     let bind = app.config.http.bind;
     let listener = TcpListener::bind(bind)
         .await

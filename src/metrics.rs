@@ -37,6 +37,9 @@ pub struct PipelineMetrics {
     pub database_up: IntGauge,
     /// Messages skipped because they were already stored (re-deliveries).
     pub redelivered: IntCounter,
+    /// Status context events without a status, by look-up result (found, not_found, timeout,
+    /// failed, not_configured).
+    pub status_lookups: IntCounterVec,
 }
 
 impl PipelineMetrics {
@@ -90,6 +93,11 @@ impl PipelineMetrics {
             &["entity_type"],
         )?;
         let batches = counter("batches_total", "Batches by result.", &["result"])?;
+        let status_lookups = counter(
+            "status_lookups_total",
+            "Status context events without a status, by FHIR look-up result.",
+            &["result"],
+        )?;
         let batch_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "event_manager_batch_duration_seconds",
@@ -138,8 +146,20 @@ impl PipelineMetrics {
             assigned_partitions,
             database_up,
             redelivered,
+            status_lookups,
         })
     }
+}
+
+/// The sum of a counter over all its label values (for summaries and benchmarks).
+pub fn counter_total(counter: &IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    counter
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_counter().value() as u64)
+        .sum()
 }
 
 /// Metrics of the HTTP server.
@@ -227,6 +247,46 @@ impl TerminatorMetrics {
             last_success,
             last_failure,
             runs,
+        })
+    }
+}
+
+/// Metrics of the webhook bridges.
+#[derive(Debug, Clone)]
+pub struct WebhookMetrics {
+    /// Requests by bridge (`sfs`, `fhircast`) and result (`accepted`, `verified`,
+    /// `bad_request`, `unauthorized`, `not_found`, `forbidden`, `too_large`,
+    /// `unsupported_media_type`, `unavailable`, …).
+    pub requests: IntCounterVec,
+    /// Time from produce to the broker's acknowledgement (or failure), by bridge.
+    pub produce_duration: HistogramVec,
+}
+
+impl WebhookMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "event_manager_webhook_requests_total",
+                "Webhook bridge requests by bridge and result.",
+            ),
+            &["bridge", "result"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        let produce_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "event_manager_webhook_produce_duration_seconds",
+                "Time until the broker acknowledged a bridged message (or the produce failed).",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["bridge"],
+        )?;
+        registry.register(Box::new(produce_duration.clone()))?;
+        Ok(Self {
+            requests,
+            produce_duration,
         })
     }
 }

@@ -160,6 +160,20 @@ impl AuthConfig {
         Ok(())
     }
 
+    /// Fails, naming `auth.hs256_secret`, when no key is configured and authentication is not
+    /// explicitly disabled: `run` must not serve an API that nobody can use (or that is open).
+    pub fn require_key(&self) -> Result<(), ConfigError> {
+        if self.disabled || self.has_keys() {
+            return Ok(());
+        }
+        Err(invalid(
+            "auth.hs256_secret",
+            "no token verification key is configured: set auth.hs256_secret (or \
+             auth.rs256_public_key_files, auth.es256_public_key_files, auth.jwks_file), \
+             or set auth.disabled = true for local use without authentication",
+        ))
+    }
+
     /// Whether any verification key is configured.
     pub fn has_keys(&self) -> bool {
         self.hs256_secret.is_some()
@@ -185,6 +199,13 @@ mod tests {
         ApiConfig::default().validate().unwrap();
         AuthConfig::default().validate().unwrap();
         assert!(!AuthConfig::default().has_keys());
+        let e = AuthConfig::default().require_key().unwrap_err().to_string();
+        assert!(e.contains("auth.hs256_secret"), "{e}");
+        let disabled = AuthConfig {
+            disabled: true,
+            ..AuthConfig::default()
+        };
+        disabled.require_key().unwrap();
     }
 
     #[test]

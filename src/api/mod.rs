@@ -7,6 +7,8 @@ pub mod error;
 pub mod events;
 pub mod openapi;
 
+pub mod webhooks;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +57,12 @@ pub struct ApiState {
 
 /// Builds the router.
 pub fn router(state: ApiState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// Builds the router with `extra` routes (e.g. the webhook bridges), which share the fallback
+/// and the request metrics.
+pub fn router_with(state: ApiState, extra: Router) -> Router {
     let events = Router::new()
         .route("/api/events", get(events::list_events))
         .route("/api/events/{id}", get(events::get_event))
@@ -63,6 +71,7 @@ pub fn router(state: ApiState) -> Router {
             auth::require_read_scope,
         ));
     let document = Arc::new(openapi::document());
+    let http_metrics = state.http_metrics.clone();
     Router::new()
         .merge(events)
         .route("/healthz", get(healthz))
@@ -75,12 +84,10 @@ pub fn router(state: ApiState) -> Router {
                 async move { Json(document.as_ref().clone()) }
             }),
         )
-        .fallback(not_found)
-        .layer(from_fn_with_state(
-            state.http_metrics.clone(),
-            record_request,
-        ))
         .with_state(state)
+        .merge(extra)
+        .fallback(not_found)
+        .layer(from_fn_with_state(http_metrics, record_request))
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled.

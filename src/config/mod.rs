@@ -7,6 +7,7 @@
 //! as TOML scalars when they parse as one
 //! (numbers, booleans), else as strings.
 
+mod secret;
 mod topics;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::api::config::{ApiConfig, AuthConfig};
+pub use crate::api::webhooks::config::WebhooksConfig;
+pub use crate::pipeline::fhir_lookup::FhirConfig;
+pub use secret::Secret;
 pub use topics::{load_topic_rules, HeaderType, TopicRule};
 
 /// A configuration problem: which key, and why.
@@ -82,6 +86,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Retention of the EventDB (see [`crate::terminator`]).
     pub terminator: crate::terminator::TerminatorConfig,
+    /// The webhook bridges (`/webhooks/…`).
+    pub webhooks: WebhooksConfig,
+    /// FHIR look-ups of statuses messages leave out.
+    pub fhir: FhirConfig,
     /// The events API.
     pub api: ApiConfig,
     /// Bearer-token authentication of the events API.
@@ -332,6 +340,8 @@ impl Config {
             ));
         }
         self.terminator.validate()?;
+        self.webhooks.validate()?;
+        self.fhir.validate()?;
         self.api.validate()?;
         self.auth.validate()?;
         Ok(())
@@ -473,6 +483,41 @@ mod tests {
     }
 
     #[test]
+    fn webhook_keys_come_from_the_environment_and_are_never_shown() {
+        let c = load(
+            "[webhooks.fhircast.subscriptions.radiology]\nhub_topic = \"Ab12\"",
+            &[
+                ("EM_WEBHOOKS__SFS__CLINICS__CLINIC-1", "Key-Of-Clinic-1"),
+                (
+                    "EM_WEBHOOKS__FHIRCAST__SUBSCRIPTIONS__RADIOLOGY__SECRET",
+                    "Hub-Secret",
+                ),
+                ("EM_FHIR__BEARER_TOKEN", "Bearer-Token"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.webhooks.sfs.clinics["clinic-1"].expose(),
+            "Key-Of-Clinic-1"
+        );
+        let sub = &c.webhooks.fhircast.subscriptions["radiology"];
+        assert_eq!(sub.hub_topic, "Ab12");
+        assert_eq!(sub.secret.as_ref().map(Secret::expose), Some("Hub-Secret"));
+        let shown = format!("{c:?}");
+        for secret in ["Key-Of-Clinic-1", "Hub-Secret", "Bearer-Token"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_kubernetes_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kustomize/base/config.toml");
+        let c = Config::load_with_env(Some(&path), Vec::new()).unwrap();
+        assert!(!c.webhooks.any_configured());
+        assert!(!c.fhir.enabled());
+    }
+
+    #[test]
     fn unknown_keys_name_the_key() {
         let e = load("[pipeline]\nbatch_sise = 10", &[])
             .unwrap_err()
@@ -505,6 +550,18 @@ mod tests {
                 "[kafka.properties]\n\"enable.auto.commit\" = \"true\"",
                 "enable.auto.commit",
             ),
+            ("[webhooks.sfs.clinics]\nc1 = \"\"", "webhooks.sfs.clinics.c1"),
+            (
+                "[webhooks.sfs.clinics]\nc1 = \"k\"\nc2 = \"k\"",
+                "webhooks.sfs.clinics.c2",
+            ),
+            (
+                "[webhooks.fhircast.subscriptions.a]\nhub_topic = \"t\"\n[webhooks.fhircast.subscriptions.b]\nhub_topic = \"t\"",
+                "webhooks.fhircast.subscriptions.b.hub_topic",
+            ),
+            ("[webhooks]\nmax_body_bytes = 10", "webhooks.max_body_bytes"),
+            ("[fhir]\nconcurrency = 0", "fhir.concurrency"),
+            ("[fhir.servers]\n\"ftp://x\" = \"http://y\"", "fhir.servers"),
         ];
         for (text, key) in cases {
             let e = load(text, &[]).unwrap_err().to_string();

@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::broker::EmbeddedBroker;
 use crate::cli::DemoArgs;
 use crate::config::{load_topic_rules, Config, LogFormat};
+use crate::metrics::counter_total;
 use crate::store::LocalPostgres;
 
 /// Runs the demo until Ctrl-C (or `--duration`).
@@ -173,16 +174,6 @@ async fn produce_feed(
     Ok(())
 }
 
-fn total(counter: &prometheus::IntCounterVec) -> u64 {
-    use prometheus::core::Collector;
-    counter
-        .collect()
-        .iter()
-        .flat_map(|f| f.get_metric())
-        .map(|m| m.get_counter().value() as u64)
-        .sum()
-}
-
 async fn print_summary(metrics: crate::metrics::PipelineMetrics, shutdown: CancellationToken) {
     let tty = std::io::stdout().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_secs(if tty { 1 } else { 5 }));
@@ -193,10 +184,10 @@ async fn print_summary(metrics: crate::metrics::PipelineMetrics, shutdown: Cance
         }
         let line = format!(
             "consumed {:>8} | selected {:>8} | events stored {:>7} | dead letters {:>5}",
-            total(&metrics.consumed),
-            total(&metrics.selected),
-            total(&metrics.events_stored),
-            total(&metrics.dead_letters),
+            counter_total(&metrics.consumed),
+            counter_total(&metrics.selected),
+            counter_total(&metrics.events_stored),
+            counter_total(&metrics.dead_letters),
         );
         let mut out = std::io::stdout().lock();
         if tty {

@@ -307,7 +307,15 @@ impl Decoder for EhealthDkDecoder {
     }
 
     fn decode(&self, msg: &RawMessage<'_>, props: &mut Properties) -> Result<Decoded, DecodeError> {
-        self.decode_with_lookup(msg, props).map(|(d, _)| d)
+        EhealthDkDecoder::decode_with_lookup(self, msg, props).map(|(d, _)| d)
+    }
+
+    fn decode_with_lookup(
+        &self,
+        msg: &RawMessage<'_>,
+        props: &mut Properties,
+    ) -> Result<(Decoded, Option<StatusLookup>), DecodeError> {
+        EhealthDkDecoder::decode_with_lookup(self, msg, props)
     }
 }
 

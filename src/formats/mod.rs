@@ -115,6 +115,12 @@ pub enum DecodeErrorKind {
     InvalidField,
     /// The message is of a type this format does not accept.
     UnsupportedType,
+    /// The FHIR look-up of a missing status found no such resource version.
+    LookupNotFound,
+    /// The FHIR look-up of a missing status timed out (after its retries).
+    LookupTimeout,
+    /// The FHIR look-up of a missing status failed otherwise (after its retries).
+    LookupFailed,
 }
 
 impl DecodeErrorKind {
@@ -127,6 +133,9 @@ impl DecodeErrorKind {
             DecodeErrorKind::MissingField => "missing_field",
             DecodeErrorKind::InvalidField => "invalid_field",
             DecodeErrorKind::UnsupportedType => "unsupported_type",
+            DecodeErrorKind::LookupNotFound => "lookup_not_found",
+            DecodeErrorKind::LookupTimeout => "lookup_timeout",
+            DecodeErrorKind::LookupFailed => "lookup_failed",
         }
     }
 }
@@ -178,6 +187,16 @@ pub trait Decoder: Send + Sync + std::fmt::Debug {
     /// Decodes one message. Body fields useful to selectors are added to `props`
     /// (headers already there win).
     fn decode(&self, msg: &RawMessage<'_>, props: &mut Properties) -> Result<Decoded, DecodeError>;
+
+    /// Decodes like [`Decoder::decode`] and also returns what a FHIR look-up needs when the
+    /// message announces a status without giving it. Only formats that can say so override it.
+    fn decode_with_lookup(
+        &self,
+        msg: &RawMessage<'_>,
+        props: &mut Properties,
+    ) -> Result<(Decoded, Option<StatusLookup>), DecodeError> {
+        self.decode(msg, props).map(|d| (d, None))
+    }
 }
 
 /// Returns the payload, or the error every decoder gives for a missing or oversized one.

@@ -15,6 +15,9 @@
 //!
 //! `clinicApiKey` is a secret: it is only compared (in constant time) with the option table
 //! `clinics = { "<api key>" = "<clinic id>" }` to set property `clinicId`, and otherwise dropped.
+//! The `/webhooks/sfs` bridge authenticates the key itself and produces the event without it,
+//! with the clinic's id in a `clinicId` field instead; that field is used when no configured key
+//! gives the clinic.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -77,6 +80,8 @@ impl SfsDecoder {
 struct WireEvent<'a> {
     #[serde(borrow, default)]
     clinic_api_key: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    clinic_id: Option<Scalar<'a>>,
     #[serde(borrow, default)]
     event_type: Option<Scalar<'a>>,
     #[serde(borrow, default)]
@@ -146,6 +151,10 @@ impl Decoder for SfsDecoder {
             Some(Scalar::Str(key)) => self.clinic_of(&key).map(str::to_owned),
             None | Some(Scalar::Null) => None,
             Some(_) => return Err(DecodeError::invalid("clinicApiKey", "a string")),
+        };
+        let clinic = match clinic {
+            Some(clinic) => Some(clinic),
+            None => opt_text("clinicId", wire.clinic_id)?.map(Cow::into_owned),
         };
         if let Some(clinic) = &clinic {
             props.insert_if_absent("clinicId", OwnedValue::String(clinic.clone()));
@@ -385,6 +394,20 @@ mod tests {
         .unwrap();
         assert_eq!(props.get_str("clinicId"), None);
         assert_eq!(props.len(), 1, "{props:?}");
+    }
+
+    #[test]
+    fn a_bridged_event_names_its_clinic() {
+        let bytes = br#"{"clinicId":"clinic-9","eventType":"hospitalization.discharged","object":{"hospitalizationId":"h-1"}}"#;
+        let mut props = Properties::new();
+        let d = SfsDecoder::default()
+            .decode(&msg("sfs.events", bytes), &mut props)
+            .unwrap();
+        assert_eq!(props.get_str("clinicId"), Some("clinic-9"));
+        assert_eq!(
+            d.observations[0].captured["clinicId"].as_deref(),
+            Some("clinic-9")
+        );
     }
 
     #[test]

@@ -21,12 +21,16 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
+use futures::StreamExt as _;
+
 use super::dead_letter::{self, DeadLetter};
-use super::process::{process, Message, Processed};
+use super::fhir_lookup::{FhirStatusClient, StatusSource};
+use super::process::{finish, process, Message, Processed};
 use super::rules::RuleSet;
 use super::PipelineError;
 use crate::config::Config;
 use crate::detect::{Outcome, StateKey};
+use crate::formats::StatusLookup;
 use crate::health::Readiness;
 use crate::metrics::PipelineMetrics;
 use crate::model::{Observation, SourceRef};
@@ -150,24 +154,15 @@ impl PipelineContext {
             .iter()
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
-        let mut attempt = 0;
-        let stored = loop {
-            match self
-                .runtime
-                .block_on(self.store.load_offsets(&self.group_id, &partitions))
-            {
-                Ok(stored) => break Some(stored),
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "loading stored offsets failed; retrying");
-                    self.readiness.set_database_up(false);
-                    if self.shutdown.is_cancelled() {
-                        break None;
-                    }
-                    std::thread::sleep(backoff(attempt, self.max_backoff));
-                    attempt += 1;
-                }
-            }
-        };
+        let stored = load_offsets_retrying(
+            &self.runtime,
+            &self.store,
+            &self.group_id,
+            &partitions,
+            &self.shutdown,
+            self.max_backoff,
+            &self.readiness,
+        );
         let Some(stored) = stored else {
             return; // shutting down: own nothing, so nothing is processed
         };
@@ -201,6 +196,10 @@ pub(crate) struct ConsumerLoop {
     pub(crate) batch_linger: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) shutdown: CancellationToken,
+    /// Reads statuses that messages announce without giving; `None` when not configured.
+    pub(crate) lookups: Option<Arc<dyn StatusSource>>,
+    /// Most look-ups in flight at once.
+    pub(crate) lookup_concurrency: usize,
 }
 
 /// Builds the consumer (with its callbacks) and the dead-letter producer.
@@ -257,6 +256,10 @@ pub(crate) fn build(
         .set("message.timeout.ms", "30000");
     let producer: FutureProducer = pc.create()?;
 
+    let lookup_client = FhirStatusClient::from_config(&config.fhir)?;
+    let lookup_concurrency = config.fhir.concurrency;
+    let lookups = lookup_client.map(|c| Arc::new(c) as Arc<dyn StatusSource>);
+
     let subscriptions = rules.subscriptions();
     let refs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
@@ -276,7 +279,18 @@ pub(crate) fn build(
         batch_linger: config.pipeline.batch_linger,
         max_backoff: config.pipeline.max_retry_backoff,
         shutdown,
+        lookups,
+        lookup_concurrency,
     })
+}
+
+/// A selected message whose status must be looked up before the batch is stored.
+struct PendingLookup {
+    /// Index into the batch's selected messages.
+    selected: usize,
+    lookup: StatusLookup,
+    /// Kept to become a dead letter should the look-up fail.
+    message: Message,
 }
 
 /// One selected message's observations, kept with its coordinates for detection.
@@ -367,6 +381,7 @@ impl ConsumerLoop {
         let mut selected = Vec::new();
         let mut next: HashMap<Tp, i64> = HashMap::new();
         let mut entities = HashSet::new();
+        let mut pending = Vec::new();
         for msg in batch {
             let tp = (msg.topic.clone(), msg.partition);
             match owned.get(&tp) {
@@ -393,6 +408,7 @@ impl ConsumerLoop {
                 Processed::Selected {
                     observations,
                     notes,
+                    lookup,
                 } => {
                     self.metrics.selected.with_label_values(&[topic]).inc();
                     for note in notes {
@@ -403,6 +419,13 @@ impl ConsumerLoop {
                     }
                     for o in &observations {
                         entities.insert((o.entity_type.clone(), o.entity_id.clone()));
+                    }
+                    if let Some(lookup) = lookup {
+                        pending.push(PendingLookup {
+                            selected: selected.len(),
+                            lookup,
+                            message: msg.clone(),
+                        });
                     }
                     selected.push(Selected {
                         source: SourceRef {
@@ -439,6 +462,7 @@ impl ConsumerLoop {
                 }
             }
         }
+        self.resolve(pending, &mut selected, &mut letters, &mut entities);
         let fences = next
             .into_iter()
             .map(|((topic, partition), next)| OffsetFence {
@@ -453,6 +477,96 @@ impl ConsumerLoop {
             selected,
             fences,
             entities: entities.into_iter().collect(),
+        }
+    }
+
+    /// Looks up the statuses messages announced without giving them (concurrently, bounded),
+    /// before the transaction. A found status becomes the observation the message would have
+    /// given; a failed look-up turns its message into a dead letter. Without a configured FHIR
+    /// server the messages stay as they are: no status is ever invented.
+    fn resolve(
+        &self,
+        pending: Vec<PendingLookup>,
+        selected: &mut Vec<Selected>,
+        letters: &mut Vec<DeadLetter>,
+        entities: &mut HashSet<(String, String)>,
+    ) {
+        if pending.is_empty() {
+            return;
+        }
+        let Some(source) = &self.lookups else {
+            // References are patient data: the log says how many, never which.
+            tracing::debug!(
+                messages = pending.len(),
+                "status context events without a status; no FHIR server configured"
+            );
+            self.metrics
+                .status_lookups
+                .with_label_values(&["not_configured"])
+                .inc_by(pending.len() as u64);
+            return;
+        };
+        let results: Vec<_> = self.runtime.block_on(
+            futures::stream::iter(pending.iter().map(|p| source.status(&p.lookup)))
+                .buffered(self.lookup_concurrency.max(1))
+                .collect(),
+        );
+        let mut failed = HashSet::new();
+        for (p, result) in pending.into_iter().zip(results) {
+            let Some(item) = selected.get_mut(p.selected) else {
+                continue;
+            };
+            let Some(rule) = self.rules.get(item.rule) else {
+                continue;
+            };
+            let outcome = result
+                .map_err(|e| {
+                    self.metrics
+                        .status_lookups
+                        .with_label_values(&[e.as_str()])
+                        .inc();
+                    e.into_decode_error()
+                })
+                .and_then(|status| {
+                    self.metrics
+                        .status_lookups
+                        .with_label_values(&["found"])
+                        .inc();
+                    finish(rule, p.lookup.into_observation(status))
+                });
+            match outcome {
+                Ok(observation) => {
+                    if let Some(o) = observation {
+                        entities.insert((o.entity_type.clone(), o.entity_id.clone()));
+                        item.observations.push(o);
+                    }
+                }
+                Err(error) => {
+                    tracing::info!(
+                        topic = %p.message.topic,
+                        partition = p.message.partition,
+                        offset = p.message.offset,
+                        reason = error.kind.as_str(),
+                        detail = %error.detail,
+                        "status look-up failed: sending to the dead-letter topic"
+                    );
+                    failed.insert(p.selected);
+                    letters.push(DeadLetter {
+                        topic: rule.rule.dead_letter_topic.clone(),
+                        format: rule.rule.format.as_str(),
+                        message: p.message,
+                        error,
+                    });
+                }
+            }
+        }
+        if !failed.is_empty() {
+            let mut index = 0;
+            selected.retain(|_| {
+                let keep = !failed.contains(&index);
+                index += 1;
+                keep
+            });
         }
     }
 
@@ -631,21 +745,16 @@ impl ConsumerLoop {
             .iter()
             .map(|f| (f.topic.clone(), f.partition))
             .collect();
-        let mut attempt = 0;
-        let stored = loop {
-            match self
-                .runtime
-                .block_on(self.store.load_offsets(&self.group_id, &partitions))
-            {
-                Ok(s) => break s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "re-reading offsets failed; retrying");
-                    if !self.pause(attempt) {
-                        return;
-                    }
-                    attempt += 1;
-                }
-            }
+        let Some(stored) = load_offsets_retrying(
+            &self.runtime,
+            &self.store,
+            &self.group_id,
+            &partitions,
+            &self.shutdown,
+            self.max_backoff,
+            &self.readiness,
+        ) else {
+            return;
         };
         let mut owned = lock(&self.owned);
         for tp in partitions {
@@ -661,6 +770,40 @@ impl ConsumerLoop {
             {
                 tracing::warn!(error = %e, topic = %tp.0, partition = tp.1, "seek failed; dropping the partition");
                 owned.remove(&tp);
+            }
+        }
+    }
+}
+
+/// Reads stored offsets, retrying with backoff while the database is unavailable; `None` when
+/// shutdown was requested first.
+fn load_offsets_retrying(
+    runtime: &tokio::runtime::Handle,
+    store: &EventStore,
+    group_id: &str,
+    partitions: &[Tp],
+    shutdown: &CancellationToken,
+    max_backoff: Duration,
+    readiness: &Readiness,
+) -> Option<HashMap<Tp, i64>> {
+    let mut attempt = 0;
+    loop {
+        match runtime.block_on(store.load_offsets(group_id, partitions)) {
+            Ok(stored) => return Some(stored),
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "loading stored offsets failed; retrying");
+                readiness.set_database_up(false);
+                let wait = backoff(attempt, max_backoff);
+                let stopped = runtime.block_on(async {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => true,
+                        _ = tokio::time::sleep(wait) => false,
+                    }
+                });
+                if stopped {
+                    return None;
+                }
+                attempt += 1;
             }
         }
     }

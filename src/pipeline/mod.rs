@@ -2,6 +2,7 @@
 
 mod consumer;
 pub mod dead_letter;
+pub mod fhir_lookup;
 pub mod process;
 pub mod rules;
 
@@ -23,6 +24,9 @@ pub enum PipelineError {
     /// The Kafka client could not be created or subscribed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The FHIR look-up client could not be built.
+    #[error("FHIR look-up client: {0}")]
+    Lookup(#[from] reqwest::Error),
     /// The consumer thread could not be started.
     #[error("starting the consumer thread: {0}")]
     Thread(#[from] std::io::Error),

@@ -5,7 +5,7 @@ use message_selector::OwnedValue;
 
 use super::rules::{CompiledRule, Metadata};
 use crate::config::HeaderType;
-use crate::formats::{DecodeError, DecodeErrorKind, DecodeNote, RawMessage};
+use crate::formats::{DecodeError, DecodeErrorKind, DecodeNote, RawMessage, StatusLookup};
 use crate::model::{Observation, Properties};
 
 /// A message copied out of the consumer, owned so that a batch can outlive the poll.
@@ -50,6 +50,8 @@ pub enum Processed {
         observations: Vec<Observation>,
         /// Things worth counting.
         notes: Vec<DecodeNote>,
+        /// A status the message announced without giving it: a FHIR look-up may learn it.
+        lookup: Option<StatusLookup>,
     },
     /// The selector did not accept it.
     NotSelected,
@@ -154,7 +156,7 @@ pub fn process(rule: &CompiledRule, msg: &Message) -> Processed {
         Ok(p) => p,
         Err(e) => return Processed::Invalid(e),
     };
-    let decoded = match rule.decoder.decode(&msg.raw(), &mut props) {
+    let (decoded, lookup) = match rule.decoder.decode_with_lookup(&msg.raw(), &mut props) {
         Ok(d) => d,
         Err(e) => return Processed::Invalid(e),
     };
@@ -164,31 +166,47 @@ pub fn process(rule: &CompiledRule, msg: &Message) -> Processed {
     let observations: Vec<Observation> = decoded
         .observations
         .into_iter()
-        .filter_map(|mut o| {
-            let mut captured = std::mem::take(&mut o.captured);
-            o.attributes.retain(|name, value| {
-                if rule.captures(name) {
-                    captured.insert(name.clone(), value.take());
-                    false
-                } else {
-                    rule.watches(name)
-                }
-            });
-            o.captured = captured;
-            (!o.attributes.is_empty()).then_some(o)
-        })
+        .filter_map(|o| trim(rule, o))
         .collect();
     if observations.iter().any(has_nul) {
-        // PostgreSQL text cannot hold NUL; storing would fail forever, so it is a dead letter.
-        return Processed::Invalid(DecodeError::new(
-            DecodeErrorKind::InvalidField,
-            "a text field contains a NUL character",
-        ));
+        return Processed::Invalid(nul_error());
     }
     Processed::Selected {
         observations,
         notes: decoded.notes,
+        lookup,
     }
+}
+
+/// Applies the rule's watch/capture lists to one observation; `None` when nothing it watches
+/// is left. A NUL character anywhere is an error: PostgreSQL text cannot hold it, so storing
+/// would fail forever and the message is a dead letter.
+pub fn finish(rule: &CompiledRule, o: Observation) -> Result<Option<Observation>, DecodeError> {
+    match trim(rule, o) {
+        Some(o) if has_nul(&o) => Err(nul_error()),
+        other => Ok(other),
+    }
+}
+
+fn trim(rule: &CompiledRule, mut o: Observation) -> Option<Observation> {
+    let mut captured = std::mem::take(&mut o.captured);
+    o.attributes.retain(|name, value| {
+        if rule.captures(name) {
+            captured.insert(name.clone(), value.take());
+            false
+        } else {
+            rule.watches(name)
+        }
+    });
+    o.captured = captured;
+    (!o.attributes.is_empty()).then_some(o)
+}
+
+fn nul_error() -> DecodeError {
+    DecodeError::new(
+        DecodeErrorKind::InvalidField,
+        "a text field contains a NUL character",
+    )
 }
 
 fn has_nul(o: &Observation) -> bool {

@@ -632,15 +632,39 @@ async fn readiness_follows_the_database_and_the_consumer() {
     assert_eq!(body["consumer_assigned"], true);
 }
 
+#[test]
+fn run_refuses_to_start_without_a_token_key() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_event-manager"))
+        .arg("run")
+        .env(
+            "EM_PIPELINE__TOPICS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/topics"),
+        )
+        .env("EM_HTTP__BIND", "127.0.0.1:0")
+        .env_remove("EM_CONFIG")
+        .env_remove("EM_AUTH__HS256_SECRET")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("config key `auth.hs256_secret`"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
-async fn app_refuses_to_start_without_a_token_key() {
-    let e = event_manager::app::App::build(event_manager::config::Config::default())
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("auth.hs256_secret"), "{e}");
-    let mut config = event_manager::config::Config::default();
-    config.auth.disabled = true;
-    assert!(event_manager::app::App::build(config).is_ok());
+async fn without_any_key_the_api_fails_closed() {
+    let api = TestApi::start_with(ApiConfig::default(), AuthConfig::default()).await;
+    let token = mint_token(
+        &auth_config(),
+        &["event:read".into()],
+        Duration::from_secs(60),
+        "x",
+    )
+    .unwrap();
+    let (code, _) = api.get_as("/api/events", Some(&token)).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

@@ -81,8 +81,6 @@ impl Env {
         config.database.url = self.db.url.clone();
         config.pipeline.topics_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("topics");
         config.pipeline.batch_linger = Duration::from_millis(20);
-        // These tests do not call the events API, which otherwise needs a token key.
-        config.auth.disabled = true;
         let running = start(config).await;
         let total: i64 = self.sent.values().sum();
         wait_for(Duration::from_secs(60), || async {

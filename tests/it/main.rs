@@ -4,9 +4,11 @@ mod support;
 
 mod api;
 mod cli;
+mod fhir_lookup;
 mod formats;
 mod pipeline;
 mod processes;
 mod replay;
 mod store;
 mod terminator;
+mod webhooks;

@@ -57,8 +57,6 @@ impl Setup {
         config.pipeline.batch_size = 500;
         config.pipeline.batch_linger = Duration::from_millis(20);
         config.pipeline.max_retry_backoff = Duration::from_millis(500);
-        // These tests do not call the events API, which otherwise needs a token key.
-        config.auth.disabled = true;
         config
     }
 

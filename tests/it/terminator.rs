@@ -575,8 +575,6 @@ async fn terminator_app_schedules_it_when_enabled_and_exports_the_metrics() {
         ..Default::default()
     };
     config.terminator.enabled = false;
-    // This test does not call the events API, which otherwise needs a token key.
-    config.auth.disabled = true;
     let app = event_manager::app::App::build(config.clone()).unwrap();
     let shutdown = CancellationToken::new();
     assert!(app.start_terminator(&shutdown).await.unwrap().is_none());

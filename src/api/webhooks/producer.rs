@@ -1,0 +1,87 @@
+//! The bridges' producer: idempotent, `acks=all`, created once and shared by all requests.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::config::Config;
+
+/// Why a message was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProduceError {
+    /// The local queue is full (the broker is slow or away).
+    #[error("the producer queue is full")]
+    QueueFull,
+    /// No acknowledgement within the produce timeout.
+    #[error("no acknowledgement in time")]
+    Timeout,
+    /// The broker refused the message or the client failed.
+    #[error("kafka: {0}")]
+    Kafka(KafkaError),
+}
+
+/// An idempotent producer with a bounded wait for acknowledgements.
+pub struct BridgeProducer {
+    producer: FutureProducer,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for BridgeProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeProducer")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl BridgeProducer {
+    /// Creates the producer (it connects lazily).
+    pub fn new(config: &Config) -> Result<Self, KafkaError> {
+        let timeout = config.webhooks.produce_timeout;
+        let mut pc = ClientConfig::new();
+        for (k, v) in &config.kafka.properties {
+            pc.set(k, v);
+        }
+        pc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
+            .set("client.id", format!("{}-webhooks", config.kafka.client_id))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set(
+                "request.timeout.ms",
+                timeout.as_millis().clamp(100, 30_000).to_string(),
+            );
+        Ok(Self {
+            producer: pc.create()?,
+            timeout,
+        })
+    }
+
+    /// Produces one message keyed by `key` and waits until the broker acknowledged it.
+    pub async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), ProduceError> {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| match e {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                    ProduceError::QueueFull
+                }
+                other => ProduceError::Kafka(other),
+            })?;
+        // message.timeout.ms bounds delivery; the extra second only guards against a lost report.
+        match tokio::time::timeout(self.timeout + Duration::from_secs(1), delivery).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _)))) => {
+                Err(ProduceError::Timeout)
+            }
+            Ok(Ok(Err((e, _)))) => Err(ProduceError::Kafka(e)),
+            Ok(Err(_canceled)) => Err(ProduceError::Kafka(KafkaError::Canceled)),
+            Err(_elapsed) => Err(ProduceError::Timeout),
+        }
+    }
+}
