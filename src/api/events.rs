@@ -343,10 +343,29 @@ pub struct EventEnvelope {
 
 const COLUMNS: &str = "id, event_type, entity_type, entity_id, properties, event_time, changed_by";
 
-/// The `WHERE` clause and its parameters for a list request. Every filter uses an operator an
-/// index of `sql/` serves: the time range (B-tree), `properties @> {name: {new_value}}`
+/// Windows up to this long are read through the time-range B-tree, with the attribute filters
+/// checked per row. PostgreSQL has no statistics on JSON keys and assumes `?` and `@>` match
+/// 0.1 % of rows, so for a common attribute (`status`) it would otherwise read the whole GIN
+/// posting list (measured: 350 ms instead of 9 ms per request on 2 M events at the default
+/// one-hour period). Longer windows (a raised `events_list_max_period_hours`) keep the
+/// operators, so that rare attributes and values are found through the GIN indexes of V3.
+const TIME_FIRST_WINDOW_HOURS: i64 = 24;
+
+/// The `WHERE` clause and its parameters for a list request. Every filter is served by an index
+/// of `sql/`: the time range (B-tree) and, over long windows, `properties @> {name: {new_value}}`
 /// (GIN `jsonb_path_ops`) and `properties ? name` (GIN `jsonb_ops`).
 fn where_clause(q: &EventsQuery, hidden_types: Vec<String>) -> (String, Vec<Param>) {
+    let time_first = q.to - q.from <= chrono::Duration::hours(TIME_FIRST_WINDOW_HOURS);
+    let (exists, contains) = if time_first {
+        // The function forms of `?` and `@>`: same results, not indexable, so the planner
+        // takes the time range.
+        (
+            " AND jsonb_exists(properties, $?)",
+            " AND jsonb_contains(properties, $?::jsonb)",
+        )
+    } else {
+        (" AND properties ? $?", " AND properties @> $?::jsonb")
+    };
     let mut sql = String::from("event_time >= $1 AND event_time < $2");
     let mut params: Vec<Param> = vec![
         (Box::new(q.from), Type::TIMESTAMPTZ),
@@ -373,12 +392,9 @@ fn where_clause(q: &EventsQuery, hidden_types: Vec<String>) -> (String, Vec<Para
         );
     }
     match &q.attribute {
-        Some(AttributeFilter::Exists(name)) => push(
-            &mut sql,
-            " AND properties ? $?",
-            Box::new(name.clone()),
-            Type::TEXT,
-        ),
+        Some(AttributeFilter::Exists(name)) => {
+            push(&mut sql, exists, Box::new(name.clone()), Type::TEXT)
+        }
         Some(AttributeFilter::NewValue { name, value }) => {
             let mut inner = serde_json::Map::new();
             inner.insert("new_value".into(), value.clone().into());
@@ -386,7 +402,7 @@ fn where_clause(q: &EventsQuery, hidden_types: Vec<String>) -> (String, Vec<Para
             outer.insert(name.clone(), inner.into());
             push(
                 &mut sql,
-                " AND properties @> $?::jsonb",
+                contains,
                 Box::new(serde_json::Value::Object(outer)),
                 Type::JSONB,
             );
@@ -745,7 +761,11 @@ mod tests {
     fn sql_uses_numbered_parameters_only() {
         let q = parse("event_type=a&entity_type=b&attribute_name=status&new_value=x'--").unwrap();
         let sql = list_sql(&q, vec!["Hidden".into()]);
-        assert!(sql.list.contains("properties @> $5::jsonb"), "{}", sql.list);
+        assert!(
+            sql.list.contains("jsonb_contains(properties, $5::jsonb)"),
+            "{}",
+            sql.list
+        );
         assert!(
             sql.list.contains("event_type <> ALL($6::text[])"),
             "{}",
@@ -756,7 +776,20 @@ mod tests {
         assert_eq!(sql.params.len(), 6);
         let q = parse("attribute_name=status&page=3&page_size=20").unwrap();
         let sql = list_sql(&q, Vec::new());
-        assert!(sql.count.contains("properties ? $3"), "{}", sql.count);
+        assert!(
+            sql.count.contains("jsonb_exists(properties, $3)"),
+            "{}",
+            sql.count
+        );
         assert_eq!((sql.limit, sql.offset), (20, 40));
+        // Windows longer than a day keep the operators the GIN indexes serve.
+        let mut long = parse("attribute_name=status&new_value=x").unwrap();
+        long.from = long.to - chrono::Duration::hours(25);
+        let sql = list_sql(&long, Vec::new());
+        assert!(
+            sql.count.contains("properties @> $3::jsonb"),
+            "{}",
+            sql.count
+        );
     }
 }

@@ -99,7 +99,10 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     ));
     let summary = tokio::spawn(print_summary(metrics, shutdown.clone()));
 
+    let store = app.store.clone();
     let result = app.run(listener, shutdown.clone()).await;
+    // Close the pool before the private PostgreSQL stops, so no connection sees it go.
+    store.pool().close();
     shutdown.cancel();
     let _ = feed.await;
     let _ = summary.await;

@@ -76,6 +76,9 @@ async fn every_filter_combination_uses_an_index() {
                 for plan in [&list, &count] {
                     assert!(!plan.contains("Seq Scan on events"), "{query}:\n{plan}");
                     assert!(plan.contains("Index"), "{query}:\n{plan}");
+                    // Within the period limit the time range leads, whatever the planner
+                    // guesses about JSON keys.
+                    assert!(!plan.contains("events_properties_"), "{query}:\n{plan}");
                 }
             }
         }
