@@ -19,10 +19,23 @@ pub struct SourceRef {
 
 /// The typed message properties a selector sees: Kafka headers, metadata and decoded body fields.
 ///
-/// Names are case-sensitive, as in JMS. Absent names are NULL.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Names are case-sensitive, as in JMS. Absent names are NULL. A message has a dozen or so
+/// properties, so they live in a small vector in insertion order: lookups are a few length-first
+/// comparisons, with none of a tree's node allocations on the per-message hot path.
+#[derive(Debug, Clone, Default)]
 pub struct Properties {
-    values: BTreeMap<String, OwnedValue>,
+    values: Vec<(String, OwnedValue)>,
+}
+
+impl PartialEq for Properties {
+    /// Equal when they hold the same names with the same values, in any order.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self
+                .values
+                .iter()
+                .all(|(k, v)| other.get_owned(k) == Some(v))
+    }
 }
 
 impl Properties {
@@ -31,32 +44,41 @@ impl Properties {
         Self::default()
     }
 
+    fn position(&self, name: &str) -> Option<usize> {
+        self.values
+            .iter()
+            .position(|(k, _)| k.len() == name.len() && k == name)
+    }
+
     /// Sets (or replaces) a property.
     pub fn insert(&mut self, name: impl Into<String>, value: OwnedValue) {
-        self.values.insert(name.into(), value);
+        let name = name.into();
+        match self.position(&name) {
+            Some(i) => self.values[i].1 = value,
+            None => self.values.push((name, value)),
+        }
     }
 
     /// Sets a string property.
     pub fn insert_str(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        self.values
-            .insert(name.into(), OwnedValue::String(value.into()));
+        self.insert(name, OwnedValue::String(value.into()));
     }
 
     /// Sets a property only when it is not present yet (headers win over body fields).
     pub fn insert_if_absent(&mut self, name: &str, value: OwnedValue) {
-        if !self.values.contains_key(name) {
-            self.values.insert(name.to_owned(), value);
+        if self.position(name).is_none() {
+            self.values.push((name.to_owned(), value));
         }
     }
 
     /// Looks a property up.
     pub fn get_owned(&self, name: &str) -> Option<&OwnedValue> {
-        self.values.get(name)
+        self.position(name).map(|i| &self.values[i].1)
     }
 
     /// Looks up a string property.
     pub fn get_str(&self, name: &str) -> Option<&str> {
-        match self.values.get(name) {
+        match self.get_owned(name) {
             Some(OwnedValue::String(s)) => Some(s),
             _ => None,
         }
@@ -64,12 +86,15 @@ impl Properties {
 
     /// Removes a property, returning it.
     pub fn remove(&mut self, name: &str) -> Option<OwnedValue> {
-        self.values.remove(name)
+        self.position(name).map(|i| self.values.swap_remove(i).1)
     }
 
     /// Iterates over all properties in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &OwnedValue)> {
-        self.values.iter().map(|(k, v)| (k.as_str(), v))
+        let mut sorted: Vec<(&str, &OwnedValue)> =
+            self.values.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        sorted.into_iter()
     }
 
     /// Number of properties.
@@ -85,7 +110,7 @@ impl Properties {
 
 impl PropertySource for Properties {
     fn get(&self, name: &str) -> Option<Value<'_>> {
-        self.values.get(name).map(OwnedValue::as_value)
+        self.get_owned(name).map(OwnedValue::as_value)
     }
 }
 
