@@ -39,9 +39,11 @@ impl PartialEq for Properties {
 }
 
 impl Properties {
-    /// Empty properties.
+    /// Empty properties, with room for a typical message's (no regrowth on the hot path).
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            values: Vec::with_capacity(16),
+        }
     }
 
     fn position(&self, name: &str) -> Option<usize> {
