@@ -129,16 +129,8 @@ pub async fn notify(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match accept(&bridges, &headers, body).await {
-        Ok(()) => {
-            bridges.count(BRIDGE, "accepted");
-            StatusCode::ACCEPTED.into_response()
-        }
-        Err(rejection) => {
-            bridges.count(BRIDGE, rejection.result());
-            rejection.into_response()
-        }
-    }
+    let outcome = accept(&bridges, &headers, body).await;
+    bridges.respond(BRIDGE, outcome, StatusCode::ACCEPTED)
 }
 
 async fn accept(bridges: &Bridges, headers: &HeaderMap, body: Body) -> Result<(), Rejection> {

@@ -97,6 +97,21 @@ impl Bridges {
             .with_label_values(&[bridge, result])
             .inc();
     }
+
+    /// Counts the outcome of a produce-type request and answers it: `accepted` with `ok`, or
+    /// the rejection's own status and error object.
+    fn respond(&self, bridge: &str, outcome: Result<(), Rejection>, ok: StatusCode) -> Response {
+        match outcome {
+            Ok(()) => {
+                self.count(bridge, "accepted");
+                ok.into_response()
+            }
+            Err(rejection) => {
+                self.count(bridge, rejection.result());
+                rejection.into_response()
+            }
+        }
+    }
 }
 
 /// The routes of both bridges.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Map, Value};
 
 use super::{find_secret, read_json_object, required_str, Bridges, Rejection};
@@ -26,16 +26,8 @@ pub async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match accept(&bridges, &headers, body).await {
-        Ok(()) => {
-            bridges.count(BRIDGE, "accepted");
-            StatusCode::OK.into_response()
-        }
-        Err(rejection) => {
-            bridges.count(BRIDGE, rejection.result());
-            rejection.into_response()
-        }
-    }
+    let outcome = accept(&bridges, &headers, body).await;
+    bridges.respond(BRIDGE, outcome, StatusCode::OK)
 }
 
 async fn accept(bridges: &Bridges, headers: &HeaderMap, body: Body) -> Result<(), Rejection> {
