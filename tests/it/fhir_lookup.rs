@@ -163,17 +163,6 @@ impl Setup {
     }
 }
 
-async fn offsets_total(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one(
-            "SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 fn metric(metrics: &str, line_start: &str) -> Option<String> {
     metrics
         .lines()
@@ -196,7 +185,7 @@ async fn missing_statuses_are_looked_up_and_failures_are_dead_letters() {
     let running = start(s.config(&db.url, Some(&base))).await;
     let client = db.client().await;
     wait_for(Duration::from_secs(60), || async {
-        offsets_total(&client).await == 4
+        db.stored_offsets_total().await == 4
     })
     .await;
 
@@ -268,7 +257,7 @@ async fn without_a_fhir_server_no_status_is_invented() {
     let running = start(s.config(&db.url, None)).await;
     let client = db.client().await;
     wait_for(Duration::from_secs(60), || async {
-        offsets_total(&client).await == 1
+        db.stored_offsets_total().await == 1
     })
     .await;
     let events: i64 = client
@@ -300,9 +289,8 @@ async fn a_server_refusing_the_token_is_a_failed_lookup() {
     let mut config = s.config(&db.url, Some(&base));
     config.fhir.bearer_token = Some(Secret::new("wrong-token"));
     let running = start(config).await;
-    let client = db.client().await;
     wait_for(Duration::from_secs(60), || async {
-        offsets_total(&client).await == 1
+        db.stored_offsets_total().await == 1
     })
     .await;
     let letters = s.dead_letters(1);

@@ -84,12 +84,7 @@ impl Env {
         let running = start(config).await;
         let total: i64 = self.sent.values().sum();
         wait_for(Duration::from_secs(60), || async {
-            count(
-                &self.db,
-                "SELECT COALESCE(SUM(next_offset), 0)::bigint FROM consumer_offsets",
-            )
-            .await
-                == total
+            self.db.stored_offsets_total().await == total
         })
         .await;
         running.stop().await;

@@ -317,14 +317,6 @@ async fn produce_all(producer: &FutureProducer, stream: &[Partition]) {
     }
 }
 
-async fn stored_offsets_total(db: &TestDatabase) -> i64 {
-    count(
-        db,
-        "SELECT COALESCE(SUM(next_offset), 0)::bigint FROM consumer_offsets",
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_over_six_partitions_give_exactly_the_expected_rows() {
     let s = setup().await;
@@ -334,7 +326,7 @@ async fn ten_thousand_messages_over_six_partitions_give_exactly_the_expected_row
 
     let running = start(s.config(&s.db.url)).await;
     wait_for(Duration::from_secs(120), || async {
-        stored_offsets_total(&s.db).await == total as i64
+        s.db.stored_offsets_total().await == total as i64
     })
     .await;
     running.stop().await;
@@ -370,7 +362,7 @@ async fn restart_mid_stream_loses_and_duplicates_nothing() {
 
     let first = start(s.config(&s.db.url)).await;
     wait_for(Duration::from_secs(60), || async {
-        stored_offsets_total(&s.db).await > 0
+        s.db.stored_offsets_total().await > 0
     })
     .await;
     // Keep producing while the first consumer stops after some batches.
@@ -379,7 +371,7 @@ async fn restart_mid_stream_loses_and_duplicates_nothing() {
 
     let second = start(s.config(&s.db.url)).await;
     wait_for(Duration::from_secs(120), || async {
-        stored_offsets_total(&s.db).await == total as i64
+        s.db.stored_offsets_total().await == total as i64
     })
     .await;
     second.stop().await;
@@ -399,7 +391,7 @@ async fn malformed_messages_go_to_the_dead_letter_topic_with_the_reason() {
 
     let running = start(s.config(&s.db.url)).await;
     wait_for(Duration::from_secs(60), || async {
-        stored_offsets_total(&s.db).await == 4
+        s.db.stored_offsets_total().await == 4
     })
     .await;
     running.stop().await;
@@ -461,7 +453,7 @@ async fn a_database_outage_pauses_and_loses_nothing() {
     config.database.connect_timeout = Duration::from_secs(1);
     let running = start(config).await;
     wait_for(Duration::from_secs(60), || async {
-        stored_offsets_total(&s.db).await > 0
+        s.db.stored_offsets_total().await > 0
     })
     .await;
 
@@ -474,7 +466,7 @@ async fn a_database_outage_pauses_and_loses_nothing() {
     })
     .await;
     assert_eq!(running.app.pipeline_metrics.database_up.get(), 0);
-    let during = stored_offsets_total(&s.db).await;
+    let during = s.db.stored_offsets_total().await;
     assert!(
         during < total as i64,
         "nothing is written during the outage"
@@ -482,7 +474,7 @@ async fn a_database_outage_pauses_and_loses_nothing() {
 
     proxy.set_down(false);
     wait_for(Duration::from_secs(120), || async {
-        stored_offsets_total(&s.db).await == total as i64
+        s.db.stored_offsets_total().await == total as i64
     })
     .await;
     assert!(running.app.readiness.database_up());

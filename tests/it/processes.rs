@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pipeline::{count, produce, scripted_stream, stored_rows};
+use crate::pipeline::{produce, scripted_stream, stored_rows};
 use crate::support::{fresh_database, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_event-manager");
@@ -130,12 +130,7 @@ async fn three_processes_with_a_crash_and_a_graceful_stop_store_each_change_once
     };
     let faults = async {
         wait_for(Duration::from_secs(60), || async {
-            count(
-                &db,
-                "SELECT COALESCE(SUM(next_offset), 0)::bigint FROM consumer_offsets",
-            )
-            .await
-                > 300
+            db.stored_offsets_total().await > 300
         })
         .await;
         drop(c); // kill -9 mid-stream
@@ -150,12 +145,7 @@ async fn three_processes_with_a_crash_and_a_graceful_stop_store_each_change_once
     tokio::join!(feed, faults);
 
     wait_for(Duration::from_secs(180), || async {
-        count(
-            &db,
-            "SELECT COALESCE(SUM(next_offset), 0)::bigint FROM consumer_offsets",
-        )
-        .await
-            == total
+        db.stored_offsets_total().await == total
     })
     .await;
     a.signal(libc::SIGTERM);
@@ -177,12 +167,7 @@ async fn sigterm_with_the_broker_gone_exits_within_the_grace_period() {
     }
     let mut run = run_process(topics.path(), &bootstrap, &db.url);
     wait_for(Duration::from_secs(60), || async {
-        count(
-            &db,
-            "SELECT COALESCE(SUM(next_offset), 0)::bigint FROM consumer_offsets",
-        )
-        .await
-            == 200
+        db.stored_offsets_total().await == 200
     })
     .await;
     drop(producer);

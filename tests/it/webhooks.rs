@@ -556,15 +556,7 @@ async fn fhircast_context_changes_are_stored_through_the_pipeline() {
     }
     let client = db.client().await;
     wait_for(Duration::from_secs(30), || async {
-        client
-            .query_one(
-                "SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 4
+        db.stored_offsets_total().await == 4
     })
     .await;
     let rows = client

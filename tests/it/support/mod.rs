@@ -49,6 +49,19 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// The sum of the stored next offsets of every group: how many messages are accounted for.
+    pub async fn stored_offsets_total(&self) -> i64 {
+        self.client()
+            .await
+            .query_one(
+                "SELECT COALESCE(SUM(next_offset), 0)::bigint FROM consumer_offsets",
+                &[],
+            )
+            .await
+            .expect("read consumer_offsets")
+            .get(0)
+    }
+
     /// A plain client, for assertions.
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
