@@ -35,6 +35,12 @@ pub(crate) enum Node {
         op: ComparisonOp,
         literal: OwnedValue,
     },
+    /// `property op number`: the comparison reduced to the orderings it accepts.
+    CompareNumber {
+        property: Box<str>,
+        literal: Number,
+        accept: Accept,
+    },
     Arithmetic(ArithmeticOp, Box<Node>, Box<Node>),
     Unary(UnaryOp, Box<Node>),
     Between {
@@ -50,13 +56,82 @@ pub(crate) enum Node {
     },
     Like {
         property: Box<str>,
-        pattern: LikePattern,
+        /// Boxed: a compiled pattern is large and LIKE is one node kind of many.
+        pattern: Box<LikePattern>,
         negated: bool,
     },
     IsNull {
         property: Box<str>,
         negated: bool,
     },
+}
+
+/// A numeric literal of a comparison.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Number {
+    Long(i64),
+    Double(f64),
+}
+
+impl Number {
+    fn of(value: &OwnedValue) -> Option<Number> {
+        match *value {
+            OwnedValue::Long(n) => Some(Number::Long(n)),
+            OwnedValue::Double(d) => Some(Number::Double(d)),
+            OwnedValue::String(_) | OwnedValue::Boolean(_) => None,
+        }
+    }
+
+    /// How `value` orders against the literal, with numeric promotion to double.
+    #[inline(always)]
+    fn compare_long(self, value: i64) -> Option<Ordering> {
+        match self {
+            Number::Long(n) => Some(value.cmp(&n)),
+            Number::Double(d) => (value as f64).partial_cmp(&d),
+        }
+    }
+
+    #[inline(always)]
+    fn compare_double(self, value: f64) -> Option<Ordering> {
+        match self {
+            Number::Long(n) => value.partial_cmp(&(n as f64)),
+            Number::Double(d) => value.partial_cmp(&d),
+        }
+    }
+}
+
+/// The outcomes a comparison operator accepts, one bit each: less, equal, greater and
+/// unordered (a NaN operand, which only `<>` accepts).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Accept(u8);
+
+impl Accept {
+    const LESS: u8 = 1;
+    const EQUAL: u8 = 2;
+    const GREATER: u8 = 4;
+    const UNORDERED: u8 = 8;
+
+    fn of(op: ComparisonOp) -> Accept {
+        Accept(match op {
+            ComparisonOp::Eq => Accept::EQUAL,
+            ComparisonOp::Ne => Accept::LESS | Accept::GREATER | Accept::UNORDERED,
+            ComparisonOp::Lt => Accept::LESS,
+            ComparisonOp::Le => Accept::LESS | Accept::EQUAL,
+            ComparisonOp::Gt => Accept::GREATER,
+            ComparisonOp::Ge => Accept::GREATER | Accept::EQUAL,
+        })
+    }
+
+    #[inline(always)]
+    fn truth(self, ord: Option<Ordering>) -> Truth {
+        let bit = match ord {
+            Some(Ordering::Less) => Accept::LESS,
+            Some(Ordering::Equal) => Accept::EQUAL,
+            Some(Ordering::Greater) => Accept::GREATER,
+            None => Accept::UNORDERED,
+        };
+        Truth::from(self.0 & bit != 0)
+    }
 }
 
 /// The literals of an IN list, grouped by type.
@@ -126,6 +201,21 @@ impl InList {
 }
 
 impl Node {
+    fn compare_number(property: Box<str>, op: ComparisonOp, literal: &OwnedValue) -> Node {
+        match Number::of(literal) {
+            Some(number) => Node::CompareNumber {
+                property,
+                literal: number,
+                accept: Accept::of(op),
+            },
+            None => Node::CompareProperty {
+                property,
+                op,
+                literal: literal.clone(),
+            },
+        }
+    }
+
     /// Compiles a syntax tree, folding constant subtrees.
     pub(crate) fn compile(expr: &Expr) -> Node {
         let node = Node::compile_unfolded(expr);
@@ -172,6 +262,16 @@ impl Node {
                             negated: *op == ComparisonOp::Ne,
                         }
                     }
+                    (Node::Property(property), Node::Literal(literal))
+                        if Number::of(&literal).is_some() =>
+                    {
+                        Node::compare_number(property, *op, &literal)
+                    }
+                    (Node::Literal(literal), Node::Property(property))
+                        if Number::of(&literal).is_some() =>
+                    {
+                        Node::compare_number(property, op.flipped(), &literal)
+                    }
                     (Node::Property(property), Node::Literal(literal)) => Node::CompareProperty {
                         property,
                         op: *op,
@@ -216,7 +316,7 @@ impl Node {
                 negated,
             } => Node::Like {
                 property: identifier.as_str().into(),
-                pattern: LikePattern::new(pattern, *escape),
+                pattern: Box::new(LikePattern::new(pattern, *escape)),
                 negated: *negated,
             },
             Expr::IsNull {
@@ -236,6 +336,7 @@ impl Node {
             Node::Property(_)
             | Node::StringEquals { .. }
             | Node::CompareProperty { .. }
+            | Node::CompareNumber { .. }
             | Node::In { .. }
             | Node::Like { .. }
             | Node::IsNull { .. } => false,
@@ -263,9 +364,8 @@ impl Node {
 
     /// The common leaf conditions, evaluated in place; anything else is passed on.
     ///
-    /// Always inlined, so that each AND/OR operand position gets its own branch on the node
-    /// kind, which the CPU then predicts well; the rare kinds go to [`Node::truth_cold`] to
-    /// keep the inlined code small.
+    /// Always inlined into the AND/OR loops, so that a chain of leaves costs no calls; the
+    /// rare kinds go to [`Node::truth_cold`] to keep the inlined code small.
     #[inline(always)]
     fn leaf_truth<P: PropertySource + ?Sized>(&self, props: &P) -> Truth {
         match self {
@@ -282,6 +382,15 @@ impl Node {
                 op,
                 literal,
             } => compare(*op, props.get(property), Some(literal.as_value())),
+            Node::CompareNumber {
+                property,
+                literal,
+                accept,
+            } => match props.get(property) {
+                Some(Value::Long(v)) => accept.truth(literal.compare_long(v)),
+                Some(Value::Double(v)) => accept.truth(literal.compare_double(v)),
+                _ => Truth::Unknown,
+            },
             Node::In {
                 property,
                 list,
@@ -365,77 +474,35 @@ impl Node {
     }
 }
 
-/// Three-valued AND over `children`, short-circuiting on false; short chains unrolled.
+/// Three-valued AND over `children`, short-circuiting on false.
+///
+/// One loop over the children rather than unrolled copies: the loop body is small enough
+/// for the property lookups to be inlined into it, which measured faster than unrolling.
 #[inline]
 fn all<P: PropertySource + ?Sized>(children: &[Node], props: &P) -> Truth {
     let mut result = Truth::True;
-    macro_rules! step {
-        ($child:expr) => {
-            match $child.leaf_truth(props) {
-                Truth::False => return Truth::False,
-                Truth::Unknown => result = Truth::Unknown,
-                Truth::True => {}
-            }
-        };
-    }
-    match children {
-        [a, b] => {
-            step!(a);
-            step!(b);
-        }
-        [a, b, c] => {
-            step!(a);
-            step!(b);
-            step!(c);
-        }
-        [a, b, c, d] => {
-            step!(a);
-            step!(b);
-            step!(c);
-            step!(d);
-        }
-        _ => {
-            for child in children {
-                step!(child);
-            }
+    for child in children {
+        match child.leaf_truth(props) {
+            Truth::False => return Truth::False,
+            Truth::Unknown => result = Truth::Unknown,
+            Truth::True => {}
         }
     }
     result
 }
 
-/// Three-valued OR over `children`, short-circuiting on true; short chains unrolled.
+/// Three-valued OR over `children`, short-circuiting on true.
+///
+/// One loop over the children rather than unrolled copies: the loop body is small enough
+/// for the property lookups to be inlined into it, which measured faster than unrolling.
 #[inline]
 fn any<P: PropertySource + ?Sized>(children: &[Node], props: &P) -> Truth {
     let mut result = Truth::False;
-    macro_rules! step {
-        ($child:expr) => {
-            match $child.leaf_truth(props) {
-                Truth::True => return Truth::True,
-                Truth::Unknown => result = Truth::Unknown,
-                Truth::False => {}
-            }
-        };
-    }
-    match children {
-        [a, b] => {
-            step!(a);
-            step!(b);
-        }
-        [a, b, c] => {
-            step!(a);
-            step!(b);
-            step!(c);
-        }
-        [a, b, c, d] => {
-            step!(a);
-            step!(b);
-            step!(c);
-            step!(d);
-        }
-        _ => {
-            for child in children {
-                step!(child);
-            }
+    for child in children {
+        match child.leaf_truth(props) {
+            Truth::True => return Truth::True,
+            Truth::Unknown => result = Truth::Unknown,
+            Truth::False => {}
         }
     }
     result

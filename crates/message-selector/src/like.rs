@@ -7,6 +7,8 @@
 //! leftmost occurrence never rules out a match that a later one would allow. The cost is
 //! at most O(text × segment length) per segment, never exponential.
 
+use memchr::memmem::Finder;
+
 use crate::bytes::{ends_with, find, starts_with, str_eq};
 
 /// One run of a segment: literal text, or a number of `_` wildcards.
@@ -123,13 +125,16 @@ enum Matcher {
     /// `%literal`
     Suffix(Box<str>),
     /// `%literal%`
-    Contains(Box<str>),
+    Contains(Finder<'static>),
     /// `prefix%middle%`, as in `'https://%/CarePlan/%'`.
-    PrefixContains { prefix: Box<str>, middle: Box<str> },
+    PrefixContains {
+        prefix: Box<str>,
+        middle: Finder<'static>,
+    },
     /// `first%middle…%last` where no segment has `_`.
     Literals {
         first: Box<str>,
-        middle: Box<[Box<str>]>,
+        middle: Box<[Finder<'static>]>,
         last: Box<str>,
     },
     /// Anything else: `first % middle… % last`, or only `first` when there is no `%`.
@@ -181,17 +186,17 @@ impl LikePattern {
             .collect();
         let matcher = match (first_lit, middle_lits, last.is_some(), last_lit) {
             (Some(f), _, false, _) => Matcher::Exact(f),
-            (Some(f), Some(mut m), true, Some(l)) => match m.len() {
+            (Some(f), Some(m), true, Some(l)) => match m.len() {
                 0 if l.is_empty() => Matcher::Prefix(f),
                 0 if f.is_empty() => Matcher::Suffix(l),
-                1 if f.is_empty() && l.is_empty() => Matcher::Contains(m.remove(0)),
+                1 if f.is_empty() && l.is_empty() => Matcher::Contains(finder(&m[0])),
                 1 if l.is_empty() => Matcher::PrefixContains {
                     prefix: f,
-                    middle: m.remove(0),
+                    middle: finder(&m[0]),
                 },
                 _ => Matcher::Literals {
                     first: f,
-                    middle: m.into_boxed_slice(),
+                    middle: m.iter().map(|s| finder(s)).collect(),
                     last: l,
                 },
             },
@@ -211,10 +216,9 @@ impl LikePattern {
             Matcher::Exact(lit) => str_eq(text, lit),
             Matcher::Prefix(lit) => starts_with(text, lit),
             Matcher::Suffix(lit) => ends_with(text, lit),
-            // std's `contains` has a SIMD path for short needles; `find` does not.
-            Matcher::Contains(lit) => text.contains(&**lit),
+            Matcher::Contains(middle) => middle.find(text.as_bytes()).is_some(),
             Matcher::PrefixContains { prefix, middle } => {
-                starts_with(text, prefix) && text[prefix.len()..].contains(&**middle)
+                starts_with(text, prefix) && middle.find(&text.as_bytes()[prefix.len()..]).is_some()
             }
             Matcher::Literals {
                 first,
@@ -228,18 +232,15 @@ impl LikePattern {
                 let Some((final_middle, leading)) = middle.split_last() else {
                     return text.len() - pos >= last.len() && ends_with(text, last);
                 };
+                let bytes = text.as_bytes();
                 for segment in leading {
-                    match find(&text[pos..], segment) {
-                        Some(at) => pos += at + segment.len(),
+                    match segment.find(&bytes[pos..]) {
+                        Some(at) => pos += at + segment.needle().len(),
                         None => return false,
                     }
                 }
-                if last.is_empty() {
-                    // Only containment matters now, and `contains` is the fastest test.
-                    return text[pos..].contains(&**final_middle);
-                }
-                match find(&text[pos..], final_middle) {
-                    Some(at) => pos += at + final_middle.len(),
+                match final_middle.find(&bytes[pos..]) {
+                    Some(at) => pos += at + final_middle.needle().len(),
                     None => return false,
                 }
                 text.len() - pos >= last.len() && ends_with(text, last)
@@ -267,6 +268,12 @@ impl LikePattern {
             }
         }
     }
+}
+
+/// A searcher for `needle`, prepared once when the pattern is compiled. A match of a valid
+/// UTF-8 needle in valid UTF-8 text starts and ends on character boundaries.
+fn finder(needle: &str) -> Finder<'static> {
+    Finder::new(needle.as_bytes()).into_owned()
 }
 
 /// Whether `pattern` ends with an escape character that has nothing to escape.

@@ -270,6 +270,65 @@ proptest! {
         prop_assert_eq!(actual, expected);
     }
 
+    /// `a op literal` is compiled to specialised nodes; `a op b`, with the literal's value in
+    /// property `b`, goes through the general comparison. Both must agree for every
+    /// operator, type and operand order.
+    #[test]
+    fn compiled_comparisons_agree_with_the_general_path(
+        op in comparison_op(),
+        literal in value(),
+        property in prop_oneof![
+            8 => value().prop_map(Some),
+            1 => Just(Some(OwnedValue::Double(f64::NAN))),
+            1 => Just(None),
+        ],
+        literal_first in any::<bool>(),
+    ) {
+        let a = || Box::new(Expr::Identifier("a".to_owned()));
+        let b = || Box::new(Expr::Identifier("b".to_owned()));
+        let lit = || Box::new(Expr::Literal(literal.clone()));
+        let (fast, slow) = if literal_first {
+            (
+                Expr::Comparison { op, left: lit(), right: a() },
+                Expr::Comparison { op, left: b(), right: a() },
+            )
+        } else {
+            (
+                Expr::Comparison { op, left: a(), right: lit() },
+                Expr::Comparison { op, left: a(), right: b() },
+            )
+        };
+        let mut props: HashMap<String, OwnedValue> =
+            property.into_iter().map(|v| ("a".to_owned(), v)).collect();
+        props.insert("b".to_owned(), literal.clone());
+        let fast = Selector::parse(&fast.to_string())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let slow = Selector::parse(&slow.to_string())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(fast.evaluate(&props), slow.evaluate(&props), "{}", fast);
+    }
+
+    /// Patterns of literal pieces and `%` only, over texts that contain those pieces, so that
+    /// the prefix/contains/suffix matchers are exercised, not only the general one.
+    #[test]
+    fn literal_like_patterns_agree_with_a_reference_matcher(
+        pieces in prop::collection::vec("(ab|ba|é|b|xy)", 0..4),
+        leading in any::<bool>(),
+        trailing in any::<bool>(),
+        text in "(ab|ba|é|b|xy|a){0,8}",
+    ) {
+        let mut pattern = String::new();
+        if leading { pattern.push('%'); }
+        pattern.push_str(&pieces.join("%"));
+        if trailing { pattern.push('%'); }
+        let selector = Selector::parse(&format!("v LIKE '{pattern}'"))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let props: HashMap<String, OwnedValue> =
+            [("v".to_owned(), OwnedValue::from(text.as_str()))].into_iter().collect();
+        let expected = reference_like(&pattern, '!', &text);
+        prop_assert_eq!(selector.matches(&props), expected, "{:?} LIKE {:?}", text, pattern);
+    }
+
     #[test]
     fn like_agrees_with_a_reference_matcher(
         pattern in "[ab%_!é]{0,8}",
