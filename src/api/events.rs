@@ -351,58 +351,100 @@ const COLUMNS: &str = "id, event_type, entity_type, entity_id, properties, event
 /// operators, so that rare attributes and values are found through the GIN indexes of V3.
 const TIME_FIRST_WINDOW_HOURS: i64 = 24;
 
-/// The `WHERE` clause and its parameters for a list request. Every filter is served by an index
-/// of `sql/`: the time range (B-tree) and, over long windows, `properties @> {name: {new_value}}`
+/// The filters of a list request after its time range (`event_time >= $1 AND event_time < $2`),
+/// each as ` AND …` with parameters numbered from `$3`.
+struct Filters {
+    /// Whether the window is short enough for the time range to lead (see
+    /// [`TIME_FIRST_WINDOW_HOURS`]).
+    time_first: bool,
+    /// For the rows of `events`.
+    events: String,
+    /// The same for rows of the partial minutes at the window's ends: always the row-checked
+    /// forms, since those spans are at most a minute long.
+    edges: String,
+    /// For rows of `event_counts` (event and entity type, hidden types; the attribute is part
+    /// of the count key).
+    counts: String,
+    /// `event_counts` key: kind, attribute and value (see `sql/V4__event_counts.sql`).
+    count_key: (i16, String, String),
+    params: Vec<Param>,
+}
+
+/// The filters and their parameters for a list request. Every filter is served by an index of
+/// `sql/`: the time range (B-tree) and, over long windows, `properties @> {name: {new_value}}`
 /// (GIN `jsonb_path_ops`) and `properties ? name` (GIN `jsonb_ops`).
-fn where_clause(q: &EventsQuery, hidden_types: Vec<String>) -> (String, Vec<Param>) {
+fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
     let time_first = q.to - q.from <= chrono::Duration::hours(TIME_FIRST_WINDOW_HOURS);
+    // The function forms of `?` and `@>`: same results, not indexable, so the planner takes
+    // the time range.
+    const ROW_CHECKED: (&str, &str) = (
+        " AND jsonb_exists(properties, $?)",
+        " AND jsonb_contains(properties, $?::jsonb)",
+    );
     let (exists, contains) = if time_first {
-        // The function forms of `?` and `@>`: same results, not indexable, so the planner
-        // takes the time range.
-        (
-            " AND jsonb_exists(properties, $?)",
-            " AND jsonb_contains(properties, $?::jsonb)",
-        )
+        ROW_CHECKED
     } else {
         (" AND properties ? $?", " AND properties @> $?::jsonb")
     };
-    let mut sql = String::from("event_time >= $1 AND event_time < $2");
-    let mut params: Vec<Param> = vec![
-        (Box::new(q.from), Type::TIMESTAMPTZ),
-        (Box::new(q.to), Type::TIMESTAMPTZ),
-    ];
-    let mut push = |sql: &mut String, clause: &str, p: Box<dyn ToSql + Sync + Send>, ty: Type| {
-        params.push((p, ty));
-        sql.push_str(&clause.replace("$?", &format!("${}", params.len())));
+    let mut f = Filters {
+        time_first,
+        events: String::new(),
+        edges: String::new(),
+        counts: String::new(),
+        count_key: (0, String::new(), String::new()),
+        params: vec![
+            (Box::new(q.from), Type::TIMESTAMPTZ),
+            (Box::new(q.to), Type::TIMESTAMPTZ),
+        ],
+    };
+    // Adds a parameter and, with its number, a clause to the events, edge and count filters.
+    let push = |f: &mut Filters,
+                clauses: (&str, &str, &str),
+                p: Box<dyn ToSql + Sync + Send>,
+                ty: Type| {
+        f.params.push((p, ty));
+        let n = format!("${}", f.params.len());
+        f.events.push_str(&clauses.0.replace("$?", &n));
+        f.edges.push_str(&clauses.1.replace("$?", &n));
+        f.counts.push_str(&clauses.2.replace("$?", &n));
     };
     if let Some(t) = &q.event_type {
+        let clause = " AND event_type = $?";
         push(
-            &mut sql,
-            " AND event_type = $?",
+            &mut f,
+            (clause, clause, clause),
             Box::new(t.clone()),
             Type::TEXT,
         );
     }
     if let Some(t) = &q.entity_type {
+        let clause = " AND entity_type = $?";
         push(
-            &mut sql,
-            " AND entity_type = $?",
+            &mut f,
+            (clause, clause, clause),
             Box::new(t.clone()),
             Type::TEXT,
         );
     }
     match &q.attribute {
         Some(AttributeFilter::Exists(name)) => {
-            push(&mut sql, exists, Box::new(name.clone()), Type::TEXT)
+            f.count_key = (1, name.clone(), String::new());
+            push(
+                &mut f,
+                (exists, ROW_CHECKED.0, ""),
+                Box::new(name.clone()),
+                Type::TEXT,
+            );
         }
         Some(AttributeFilter::NewValue { name, value }) => {
+            f.count_key = (2, name.clone(), value.clone());
             let mut inner = serde_json::Map::new();
             inner.insert("new_value".into(), value.clone().into());
             let mut outer = serde_json::Map::new();
             outer.insert(name.clone(), inner.into());
             push(
-                &mut sql,
-                contains,
+                &mut f,
+                (contains, ROW_CHECKED.1, ""),
                 Box::new(serde_json::Value::Object(outer)),
                 Type::JSONB,
             );
@@ -410,43 +452,105 @@ fn where_clause(q: &EventsQuery, hidden_types: Vec<String>) -> (String, Vec<Para
         None => {}
     }
     if !hidden_types.is_empty() {
+        let clause = " AND event_type <> ALL($?::text[])";
         push(
-            &mut sql,
-            " AND event_type <> ALL($?::text[])",
+            &mut f,
+            (clause, clause, clause),
             Box::new(hidden_types),
             Type::TEXT_ARRAY,
         );
     }
-    (sql, params)
+    f
+}
+
+/// The whole minutes of `[from, to)`, as `[lo, hi)`: `from <= lo <= hi <= to`, both on minute
+/// boundaries (the buckets of `event_counts`), or `lo = hi = to` when the window holds no whole
+/// minute.
+pub fn whole_minutes(from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    const MINUTE: i64 = 60_000_000;
+    // Microseconds, as PostgreSQL stores them.
+    let lo = from.timestamp_micros().div_euclid(MINUTE) * MINUTE
+        + if from.timestamp_micros().rem_euclid(MINUTE) == 0 {
+            0
+        } else {
+            MINUTE
+        };
+    let hi = to.timestamp_micros().div_euclid(MINUTE) * MINUTE;
+    match (
+        DateTime::<Utc>::from_timestamp_micros(lo),
+        DateTime::<Utc>::from_timestamp_micros(hi),
+    ) {
+        (Some(lo), Some(hi)) if lo < hi => (lo, hi),
+        _ => (to, to),
+    }
 }
 
 /// The list and count statements for a request, for `EXPLAIN` in tests and for the handler.
+///
+/// The count sums the per-minute counts of `event_counts` over the window's whole minutes and
+/// counts the rows of the partial minutes at both ends: at most two minutes of rows, whatever
+/// the window's length.
 pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
-    let (filter, params) = where_clause(q, hidden_types);
+    let f = filters(q, hidden_types);
+    let mut params = f.params;
     let n = params.len();
+    let (lo, hi) = whole_minutes(q.from, q.to);
+    let (kind, attribute, value) = f.count_key;
+    params.push((Box::new(lo), Type::TIMESTAMPTZ));
+    params.push((Box::new(hi), Type::TIMESTAMPTZ));
+    params.push((Box::new(kind), Type::INT2));
+    params.push((Box::new(attribute), Type::TEXT));
+    params.push((Box::new(value), Type::TEXT));
+    let (lo, hi, kind, attribute, value) = (n + 1, n + 2, n + 3, n + 4, n + 5);
+    let events = f.events;
+    let edges = f.edges;
+    let counts = f.counts;
     ListSql {
         list: format!(
-            "SELECT {COLUMNS} FROM events WHERE {filter} ORDER BY event_time, id LIMIT ${} OFFSET ${}",
+            "SELECT {COLUMNS} FROM events WHERE event_time >= $1 AND event_time < $2{events} \
+             ORDER BY event_time, id LIMIT ${} OFFSET ${}",
             n + 1,
             n + 2
         ),
-        count: format!("SELECT count(*) FROM events WHERE {filter}"),
+        count: format!(
+            "SELECT coalesce((SELECT sum(n) FROM event_counts \
+                 WHERE kind = ${kind} AND attribute = ${attribute} AND value = ${value} \
+                   AND bucket >= ${lo} AND bucket < ${hi}{counts}), 0)::bigint \
+               + (SELECT count(*) FROM events \
+                 WHERE event_time >= $1 AND event_time < ${lo}{edges}) \
+               + (SELECT count(*) FROM events \
+                 WHERE event_time >= ${hi} AND event_time < $2{edges})"
+        ),
+        filter_count: n,
+        prepared_list: f.time_first,
         params,
         limit: i64::from(q.page_size),
         offset: i64::from(q.page - 1) * i64::from(q.page_size),
     }
 }
 
-/// A query parameter with its type (statements are not prepared, see [`list_events`]).
+/// A query parameter with its type.
 pub type Param = (Box<dyn ToSql + Sync + Send>, Type);
+
+type Values<'a> = Vec<&'a (dyn ToSql + Sync)>;
+
+fn split<'a>(params: &[(&'a (dyn ToSql + Sync), Type)]) -> (Values<'a>, Vec<Type>) {
+    params.iter().map(|(v, t)| (*v, t.clone())).unzip()
+}
 
 /// SQL for one list request.
 pub struct ListSql {
-    /// The page query; takes `params`, then `limit` and `offset`.
+    /// The page query; takes the first `filter_count` of `params`, then `limit` and `offset`.
     pub list: String,
-    /// The count query; takes `params`.
+    /// The count query; takes all of `params`.
     pub count: String,
-    /// Filter parameters.
+    /// How many of `params` the page query's filters take.
+    pub filter_count: usize,
+    /// Whether the page query may run as a prepared statement with a generic plan: true for
+    /// windows where the time range leads anyway. Longer windows are planned for their values
+    /// every time, so that a rare attribute is found through its index.
+    pub prepared_list: bool,
+    /// Filter parameters, then the count's `event_counts` range and key.
     pub params: Vec<Param>,
     /// Page size.
     pub limit: i64,
@@ -455,8 +559,8 @@ pub struct ListSql {
 }
 
 impl ListSql {
-    /// The filter parameters as the driver wants them.
-    pub fn filter_params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+    /// The count query's parameters, as the driver wants them.
+    pub fn count_params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
         self.params
             .iter()
             .map(|(p, ty)| (p.as_ref() as &(dyn ToSql + Sync), ty.clone()))
@@ -465,10 +569,30 @@ impl ListSql {
 
     /// The page query's parameters.
     pub fn page_params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
-        let mut params = self.filter_params();
+        let mut params = self.count_params();
+        params.truncate(self.filter_count);
         params.push((&self.limit, Type::INT8));
         params.push((&self.offset, Type::INT8));
         params
+    }
+
+    /// Runs the page query.
+    async fn page(&self, client: &deadpool_postgres::Client) -> Result<Vec<Row>, ApiError> {
+        let params = self.page_params();
+        if !self.prepared_list {
+            return Ok(client.query_typed(&self.list, &params).await?);
+        }
+        let (values, types) = split(&params);
+        let stmt = client.prepare_typed_cached(&self.list, &types).await?;
+        Ok(client.query(&stmt, &values).await?)
+    }
+
+    /// Runs the count query: always prepared, its plan does not depend on the values.
+    async fn total(&self, client: &deadpool_postgres::Client) -> Result<i64, ApiError> {
+        let params = self.count_params();
+        let (values, types) = split(&params);
+        let stmt = client.prepare_typed_cached(&self.count, &types).await?;
+        Ok(client.query_one(&stmt, &values).await?.get(0))
     }
 }
 
@@ -515,18 +639,11 @@ pub async fn list_events(
     }
     let sql = list_sql(&q, state.auth.hidden_event_types(&principal));
     let client = state.store.client().await?;
-    // Unnamed statements with typed parameters: planned for these values every time (one round
-    // trip). A cached generic plan cannot see how short the window is and, on a large table,
-    // prefers scanning a property index over millions of rows to the time range.
-    let rows = client.query_typed(&sql.list, &sql.page_params()).await?;
+    let rows = sql.page(&client).await?;
     // A page that is neither full nor past the end tells the total itself: no count needed.
     let total_entries = match known_total(sql.offset, sql.limit, rows.len()) {
         Some(total) => total,
-        None => client
-            .query_typed(&sql.count, &sql.filter_params())
-            .await?
-            .first()
-            .map_or(0, |row| row.get(0)),
+        None => sql.total(&client).await?,
     };
     let page_size = i64::from(q.page_size);
     Ok(Json(EventList {
@@ -786,8 +903,10 @@ mod tests {
         let mut long = parse("attribute_name=status&new_value=x").unwrap();
         long.from = long.to - chrono::Duration::hours(25);
         let sql = list_sql(&long, Vec::new());
+        assert!(sql.list.contains("properties @> $3::jsonb"), "{}", sql.list);
+        // The partial minutes at the ends are few rows: checked row by row.
         assert!(
-            sql.count.contains("properties @> $3::jsonb"),
+            sql.count.contains("jsonb_contains(properties, $3::jsonb)"),
             "{}",
             sql.count
         );

@@ -2,6 +2,7 @@
 //! over a database of its own, and inserts events with plain SQL.
 
 mod auth;
+mod counts;
 mod indexes;
 mod openapi;
 

@@ -1,0 +1,196 @@
+//! `total_entries` comes from the per-minute `event_counts` plus exact counts of the partial
+//! minutes at the window's ends. It must equal a plain `count(*)` over `events` for every
+//! filter and window shape, after inserts, deletes, updates and truncation.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use event_manager::api::events::{list_sql, parse_query, whole_minutes};
+use event_manager::config::ApiConfig;
+
+use crate::support::fresh_database;
+
+/// 6 000 events at irregular instants over about seven hours, with string, number, nested and
+/// non-object attribute values, two event types and three entity types.
+const SEED: &str = "
+INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, changed_by,
+                    source_topic, source_partition, source_offset, source_seq)
+SELECT gen_random_uuid(),
+       CASE WHEN i % 7 = 0 THEN 'StateChangeEvent' ELSE 'StatusChangeEvent' END,
+       (ARRAY['Episode','Encounter','Declaration'])[1 + i % 3],
+       'e' || i,
+       CASE i % 5
+            WHEN 0 THEN jsonb_build_object('status', jsonb_build_object('new_value', 'APPROVED', 'old_value', 'NEW'))
+            WHEN 1 THEN jsonb_build_object('status', jsonb_build_object('new_value', 'REJECTED'),
+                                           'priority', jsonb_build_object('new_value', i % 3))
+            WHEN 2 THEN jsonb_build_object('status', jsonb_build_object('new_value', jsonb_build_array('APPROVED')))
+            WHEN 3 THEN jsonb_build_object('status', 'APPROVED', 'note', jsonb_build_object('new_value', NULL))
+            ELSE '{}'::jsonb END,
+       timestamptz '2024-03-01 08:00:00+00' + (i * 4.1 + (i % 13) * 0.37) * interval '1 second',
+       'u', 'seed', 0, i, 0
+FROM generate_series(1, 6000) AS i
+";
+
+const FILTERS: [&str; 9] = [
+    "",
+    "&event_type=StateChangeEvent",
+    "&entity_type=Episode",
+    "&event_type=StatusChangeEvent&entity_type=Encounter",
+    "&attribute_name=status",
+    "&attribute_name=priority",
+    "&attribute_name=status&new_value=APPROVED",
+    "&attribute_name=status&new_value=REJECTED&entity_type=Declaration",
+    "&attribute_name=note&new_value=null",
+];
+
+/// Windows: sub-minute, exactly on minute boundaries, straddling them, and long.
+fn windows() -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let t = |h, m, s, micros| {
+        Utc.with_ymd_and_hms(2024, 3, 1, h, m, s).unwrap() + Duration::microseconds(micros)
+    };
+    vec![
+        (t(9, 0, 0, 0), t(10, 0, 0, 0)),
+        (t(9, 0, 0, 1), t(9, 59, 59, 999_999)),
+        (t(9, 13, 27, 250_000), t(10, 13, 26, 0)),
+        (t(9, 13, 10, 0), t(9, 13, 50, 0)),
+        (t(9, 13, 10, 0), t(9, 14, 50, 0)),
+        (t(7, 30, 0, 0), t(8, 0, 30, 0)),
+        (t(8, 0, 0, 0), t(15, 0, 0, 0)),
+        (t(14, 50, 0, 0), t(16, 0, 0, 0)),
+    ]
+}
+
+async fn check_all(client: &tokio_postgres::Client, stage: &str) {
+    let config = ApiConfig {
+        events_list_max_period_hours: 48,
+        ..ApiConfig::default()
+    };
+    let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    for (from, to) in windows() {
+        for filter in FILTERS {
+            for hidden in [Vec::new(), vec!["StateChangeEvent".to_owned()]] {
+                let query = format!("date={}&date_to={}{filter}", fmt(from), fmt(to));
+                let q = parse_query(Some(&query), Utc::now(), &config)
+                    .unwrap_or_else(|e| panic!("{query}: {e}"));
+                let sql = list_sql(&q, hidden.clone());
+                let total: i64 = client
+                    .query_typed(&sql.count, &sql.count_params())
+                    .await
+                    .unwrap_or_else(|e| panic!("{query}: {e}"))[0]
+                    .get(0);
+                let expected = exact_count(client, &q, &hidden).await;
+                assert_eq!(total, expected, "{stage}: {query} hidden {hidden:?}");
+            }
+        }
+    }
+}
+
+/// The count written independently of the API's SQL, with the JSON operators.
+async fn exact_count(
+    client: &tokio_postgres::Client,
+    q: &event_manager::api::events::EventsQuery,
+    hidden: &[String],
+) -> i64 {
+    use event_manager::api::events::AttributeFilter;
+    let (name, contains) = match &q.attribute {
+        None => (None, None),
+        Some(AttributeFilter::Exists(name)) => (Some(name.clone()), None),
+        Some(AttributeFilter::NewValue { name, value }) => (
+            None,
+            Some(serde_json::json!({ name.clone(): { "new_value": value } })),
+        ),
+    };
+    client
+        .query_one(
+            "SELECT count(*) FROM events WHERE event_time >= $1 AND event_time < $2 \
+               AND ($3::text IS NULL OR event_type = $3) \
+               AND ($4::text IS NULL OR entity_type = $4) \
+               AND ($5::text IS NULL OR properties ? $5) \
+               AND ($6::jsonb IS NULL OR properties @> $6) \
+               AND NOT event_type = ANY($7::text[])",
+            &[
+                &q.from,
+                &q.to,
+                &q.event_type,
+                &q.entity_type,
+                &name,
+                &contains,
+                &hidden,
+            ],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn totals_agree_with_a_plain_count_through_every_change() {
+    let db = fresh_database().await;
+    let client = db.client().await;
+    client.batch_execute(SEED).await.unwrap();
+    check_all(&client, "after insert").await;
+
+    // The terminator's way: batches of rows by physical position.
+    client
+        .batch_execute(
+            "DELETE FROM events WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM events WHERE source_offset % 3 = 0 LIMIT 1500))",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("DELETE FROM events WHERE event_time < '2024-03-01 09:20:00+00'")
+        .await
+        .unwrap();
+    check_all(&client, "after deletes").await;
+
+    client
+        .batch_execute(
+            "UPDATE events SET entity_type = 'Episode', \
+                 properties = properties || '{\"priority\": {\"new_value\": \"high\"}}' \
+             WHERE source_offset % 11 = 0",
+        )
+        .await
+        .unwrap();
+    check_all(&client, "after update").await;
+
+    // A minute bucket emptied completely leaves no row behind.
+    let empty: i64 = client
+        .query_one("SELECT count(*) FROM event_counts WHERE n <= 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(empty, 0);
+
+    client.batch_execute("TRUNCATE events").await.unwrap();
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM event_counts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    client.batch_execute(SEED).await.unwrap();
+    check_all(&client, "after truncate and reload").await;
+}
+
+#[test]
+fn whole_minutes_lie_inside_the_window_on_minute_boundaries() {
+    let t = |h, m, s, micros| {
+        Utc.with_ymd_and_hms(2024, 3, 1, h, m, s).unwrap() + Duration::microseconds(micros)
+    };
+    assert_eq!(
+        whole_minutes(t(9, 0, 0, 0), t(10, 0, 0, 0)),
+        (t(9, 0, 0, 0), t(10, 0, 0, 0))
+    );
+    assert_eq!(
+        whole_minutes(t(9, 0, 0, 1), t(9, 59, 59, 999_999)),
+        (t(9, 1, 0, 0), t(9, 59, 0, 0))
+    );
+    // No whole minute: everything is counted row by row.
+    assert_eq!(
+        whole_minutes(t(9, 0, 10, 0), t(9, 1, 50, 0)),
+        (t(9, 1, 50, 0), t(9, 1, 50, 0))
+    );
+    assert_eq!(
+        whole_minutes(t(9, 0, 10, 0), t(9, 0, 50, 0)),
+        (t(9, 0, 50, 0), t(9, 0, 50, 0))
+    );
+}
