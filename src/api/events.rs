@@ -577,10 +577,16 @@ impl ListSql {
     }
 
     /// Runs the page query.
-    async fn page(&self, client: &deadpool_postgres::Client) -> Result<Vec<Row>, ApiError> {
+    async fn page(&self, client: &mut deadpool_postgres::Client) -> Result<Vec<Row>, ApiError> {
         let params = self.page_params();
         if !self.prepared_list {
-            return Ok(client.query_typed(&self.list, &params).await?);
+            // Planned for these values (the pool's connections default to generic plans).
+            let tx = client.transaction().await?;
+            tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                .await?;
+            let rows = tx.query_typed(&self.list, &params).await?;
+            tx.commit().await?;
+            return Ok(rows);
         }
         let (values, types) = split(&params);
         let stmt = client.prepare_typed_cached(&self.list, &types).await?;
@@ -638,8 +644,8 @@ pub async fn list_events(
         }
     }
     let sql = list_sql(&q, state.auth.hidden_event_types(&principal));
-    let client = state.store.client().await?;
-    let rows = sql.page(&client).await?;
+    let mut client = state.store.client().await?;
+    let rows = sql.page(&mut client).await?;
     // A page that is neither full nor past the end tells the total itself: no count needed.
     let total_entries = match known_total(sql.offset, sql.limit, rows.len()) {
         Some(total) => total,

@@ -138,6 +138,21 @@ impl EventStore {
         if pg.get_application_name().is_none() {
             pg.application_name("event-manager");
         }
+        // Prepared statements run their generic plan from the first execution instead of being
+        // planned again on every execution (PostgreSQL keeps custom plans when their estimated
+        // cost is lower, which for short LIMIT queries is always). Every statement here is
+        // written so that its generic plan uses the right index (tests/it/api/indexes.rs); the
+        // one that needs a plan for its values asks for it (`SET LOCAL`).
+        // JIT compilation is off: generic plans of range queries have high estimated costs,
+        // and compiling them takes far longer than running them (measured: 100 ms per
+        // request). Settings in the URL's `options` win.
+        let mut options = pg.get_options().unwrap_or_default().to_owned();
+        for (name, value) in [("plan_cache_mode", "force_generic_plan"), ("jit", "off")] {
+            if !options.contains(name) {
+                options = format!("{options} -c {name}={value}").trim().to_owned();
+            }
+        }
+        pg.options(&options);
         let manager = Manager::from_config(
             pg,
             NoTls,
