@@ -195,8 +195,8 @@ impl Decoder for FhircastDecoder {
         };
         let is_patient = resource.eq_ignore_ascii_case("patient");
         let entries = read_context(event.context.unwrap_or_default(), open)?;
-        // Keys in order, each with its value; a later insert replaces an earlier one.
-        let mut values: BTreeMap<Cow<'_, str>, Option<String>> = BTreeMap::new();
+        // Each key once, with its value. Context keys are unique (`read_context` checks).
+        let mut values: Vec<(Cow<'_, str>, Option<String>)> = Vec::with_capacity(entries.len() + 4);
         if open {
             if entries.is_empty() {
                 return Err(DecodeError::invalid(
@@ -204,9 +204,7 @@ impl Decoder for FhircastDecoder {
                     "a non-empty list for an -open event",
                 ));
             }
-            for entry in entries {
-                values.insert(entry.key, entry.reference);
-            }
+            values.extend(entries.into_iter().map(|e| (e.key, e.reference)));
         } else {
             let anchor = entries
                 .iter()
@@ -216,18 +214,24 @@ impl Decoder for FhircastDecoder {
                         .is_some_and(|t| t.eq_ignore_ascii_case(resource))
                 })
                 .map_or_else(|| Cow::Owned(key_for(resource)), |e| e.key.clone());
-            values.insert(anchor, None);
             if is_patient {
-                for entry in entries {
-                    values.insert(entry.key, None);
+                // Every key of the context closes, the anchor among them or beside them.
+                if !entries.iter().any(|e| e.key == anchor) {
+                    values.push((anchor, None));
                 }
+                values.extend(entries.into_iter().map(|e| (e.key, None)));
+            } else {
+                values.push((anchor, None));
             }
         }
         if is_patient {
             for key in PATIENT_DEPENDENT {
-                values.entry(Cow::Borrowed(key)).or_insert(None);
+                if !values.iter().any(|(k, _)| k == key) {
+                    values.push((Cow::Borrowed(key), None));
+                }
             }
         }
+        values.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let observations = values
             .into_iter()
             .map(|(key, value)| {
