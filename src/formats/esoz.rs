@@ -10,11 +10,11 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use eetf::Term;
 use serde::Deserialize;
 
+use super::etf::{self, Term};
 use super::wire::{parse_typed, Scalar};
-use super::{etf, payload, DecodeError, DecodeErrorKind, Decoded, Decoder, Format, RawMessage};
+use super::{payload, DecodeError, DecodeErrorKind, Decoded, Decoder, Format, RawMessage};
 use crate::formats::FormatConfigError;
 use crate::model::{Observation, ObservationKind, Properties};
 
@@ -183,20 +183,24 @@ fn decode_etf(bytes: &[u8]) -> Result<EsozEvent, DecodeError> {
     };
     let (mut event_type, mut entity_type, mut entity_id) = (None, None, None);
     let (mut properties, mut event_time, mut changed_by) = (None, None, None);
-    for (key, value) in map.map {
-        let Some(name) = term_key(&key) else {
+    for (key, value) in map {
+        // A binary key must be UTF-8 (eetf's atoms always are).
+        let Some(name) = key
+            .as_key()
+            .filter(|k| matches!(key, Term::Atom(_)) || std::str::from_utf8(k).is_ok())
+        else {
             return Err(DecodeError::invalid(
                 "<key>",
                 "an atom or string key of the event map",
             ));
         };
         match name {
-            "event_type" => event_type = Some(value),
-            "entity_type" => entity_type = Some(value),
-            "entity_id" => entity_id = Some(value),
-            "properties" => properties = Some(value),
-            "event_time" => event_time = Some(value),
-            "changed_by" => changed_by = Some(value),
+            b"event_type" => event_type = Some(value),
+            b"entity_type" => entity_type = Some(value),
+            b"entity_id" => entity_id = Some(value),
+            b"properties" => properties = Some(value),
+            b"event_time" => event_time = Some(value),
+            b"changed_by" => changed_by = Some(value),
             // `id`, `__struct__` and future keys do not change the observation.
             _ => {}
         }
@@ -206,7 +210,7 @@ fn decode_etf(bytes: &[u8]) -> Result<EsozEvent, DecodeError> {
     let entity_id = required_term_text("entity_id", entity_id)?;
     let event_time = match event_time {
         None => return Err(DecodeError::missing("event_time")),
-        Some(t) if is_nil(&t) => return Err(DecodeError::missing("event_time")),
+        Some(t) if t.is_nil() => return Err(DecodeError::missing("event_time")),
         Some(t) => term_time(t)?,
     };
     let changed_by = match changed_by {
@@ -221,39 +225,38 @@ fn decode_etf(bytes: &[u8]) -> Result<EsozEvent, DecodeError> {
             Some(_) => DecodeError::invalid("properties", "a map"),
         });
     };
-    if wire_props.map.is_empty() {
+    if wire_props.is_empty() {
         return Err(DecodeError::invalid("properties", "a non-empty map"));
     }
     let mut properties = BTreeMap::new();
-    for (key, value) in wire_props.map {
-        let name = match key {
-            Term::Binary(b) => String::from_utf8(b.bytes)
-                .map_err(|_| DecodeError::invalid("properties.<key>", "a UTF-8 string"))?,
-            Term::Atom(a) => a.name,
-            _ => return Err(DecodeError::invalid("properties.<key>", "a string")),
-        };
-        let shown = if super::wire::is_field_name(&name) {
-            name.clone()
-        } else {
-            "<key>".to_owned()
+    for (key, value) in wire_props {
+        let name =
+            match key {
+                Term::Binary(b) => utf8(b)
+                    .map_err(|()| DecodeError::invalid("properties.<key>", "a UTF-8 string"))?,
+                Term::Atom(a) => utf8(a)
+                    .map_err(|()| DecodeError::invalid("properties.<key>", "a UTF-8 string"))?,
+                _ => return Err(DecodeError::invalid("properties.<key>", "a string")),
+            };
+        // Only an error names the property, and only when it looks like a field name.
+        let field = |suffix: &str| {
+            let shown = if super::wire::is_field_name(&name) {
+                name.as_str()
+            } else {
+                "<key>"
+            };
+            format!("properties.{shown}{suffix}")
         };
         let Term::Map(inner) = value else {
-            return Err(DecodeError::invalid(
-                &format!("properties.{shown}"),
-                "a map with key new_value",
-            ));
+            return Err(DecodeError::invalid(&field(""), "a map with key new_value"));
         };
         let new_value = inner
-            .map
             .into_iter()
-            .find(|(k, _)| term_key(k) == Some("new_value"))
+            .find(|(k, _)| k.as_key() == Some(b"new_value"))
             .map(|(_, v)| v)
-            .ok_or_else(|| DecodeError::missing(&format!("properties.{shown}.new_value")))?;
+            .ok_or_else(|| DecodeError::missing(&field(".new_value")))?;
         let text = term_text(new_value).map_err(|()| {
-            DecodeError::invalid(
-                &format!("properties.{shown}.new_value"),
-                "a string, number, boolean or nil",
-            )
+            DecodeError::invalid(&field(".new_value"), "a string, number, boolean or nil")
         })?;
         properties.insert(name, text);
     }
@@ -267,42 +270,33 @@ fn decode_etf(bytes: &[u8]) -> Result<EsozEvent, DecodeError> {
     })
 }
 
-/// A map key: an atom (any encoding) or a UTF-8 binary.
-fn term_key(term: &Term) -> Option<&str> {
-    match term {
-        Term::Atom(a) => Some(&a.name),
-        Term::Binary(b) => std::str::from_utf8(&b.bytes).ok(),
-        _ => None,
+/// Bytes as an owned UTF-8 string.
+fn utf8(bytes: Cow<'_, [u8]>) -> Result<String, ()> {
+    match bytes {
+        Cow::Borrowed(b) => std::str::from_utf8(b).map(str::to_owned).map_err(|_| ()),
+        Cow::Owned(b) => String::from_utf8(b).map_err(|_| ()),
     }
-}
-
-fn is_nil(term: &Term) -> bool {
-    matches!(term, Term::Atom(a) if a.name == "nil")
 }
 
 /// A scalar term as stored text: binaries and charlists as UTF-8, `nil` as NULL, other atoms
 /// (`true`, `false`, enum-like atoms) by name, numbers in decimal.
-fn term_text(term: Term) -> Result<Option<String>, ()> {
+fn term_text(term: Term<'_>) -> Result<Option<String>, ()> {
     match term {
-        Term::Atom(a) if a.name == "nil" => Ok(None),
-        Term::Atom(a) => Ok(Some(a.name)),
-        Term::Binary(b) => String::from_utf8(b.bytes).map(Some).map_err(|_| ()),
-        Term::ByteList(b) => String::from_utf8(b.bytes).map(Some).map_err(|_| ()),
-        Term::FixInteger(i) => Ok(Some(i.value.to_string())),
-        Term::BigInteger(i) => Ok(Some(i.value.to_string())),
-        Term::Float(f) => Ok(Some(f.value.to_string())),
+        Term::Atom(a) if *a == *b"nil" => Ok(None),
+        Term::Atom(b) | Term::Binary(b) | Term::ByteList(b) => utf8(b).map(Some),
+        Term::Integer(i) => Ok(Some(i.to_string())),
+        Term::OtherNumber(n) => Ok(Some(n)),
         _ => Err(()),
     }
 }
 
-fn required_term_text(field: &str, term: Option<Term>) -> Result<String, DecodeError> {
+fn required_term_text(field: &str, term: Option<Term<'_>>) -> Result<String, DecodeError> {
     // As in JSON, identifiers are text: numbers and booleans are not accepted.
     let text = match term {
         None => return Err(DecodeError::missing(field)),
-        Some(Term::Atom(a)) if a.name == "nil" => return Err(DecodeError::missing(field)),
-        Some(Term::Atom(a)) if a.name != "true" && a.name != "false" => Ok(a.name),
-        Some(Term::Binary(b)) => String::from_utf8(b.bytes).map_err(|_| ()),
-        Some(Term::ByteList(b)) => String::from_utf8(b.bytes).map_err(|_| ()),
+        Some(Term::Atom(a)) if *a == *b"nil" => return Err(DecodeError::missing(field)),
+        Some(Term::Atom(a)) if *a != *b"true" && *a != *b"false" => utf8(a),
+        Some(Term::Binary(b) | Term::ByteList(b)) => utf8(b),
         Some(_) => Err(()),
     }
     .map_err(|()| DecodeError::invalid(field, "a string"))?;
@@ -313,7 +307,7 @@ fn required_term_text(field: &str, term: Option<Term>) -> Result<String, DecodeE
 }
 
 /// `event_time`: an Elixir `NaiveDateTime` (UTC) or `DateTime` struct, or an ISO 8601 binary.
-fn term_time(term: Term) -> Result<DateTime<Utc>, DecodeError> {
+fn term_time(term: Term<'_>) -> Result<DateTime<Utc>, DecodeError> {
     let bad = || {
         DecodeError::invalid(
             "event_time",
@@ -322,53 +316,81 @@ fn term_time(term: Term) -> Result<DateTime<Utc>, DecodeError> {
     };
     let map = match term {
         Term::Binary(b) => {
-            let text = std::str::from_utf8(&b.bytes).map_err(|_| bad())?;
+            let text = std::str::from_utf8(&b).map_err(|_| bad())?;
             return parse_event_time(text).ok_or_else(bad);
         }
         Term::Map(map) => map,
         _ => return Err(bad()),
     };
-    let mut fields: BTreeMap<&str, &Term> = BTreeMap::new();
-    for (k, v) in &map.map {
-        if let Some(name) = term_key(k) {
-            fields.insert(name, v);
-        }
+    // The struct's fields by name; of two keys with one name (atom and string) the later counts.
+    let mut fields = TimeFields::default();
+    for (k, v) in &map {
+        let slot = match k.as_key() {
+            Some(b"__struct__") => &mut fields.struct_name,
+            Some(b"year") => &mut fields.year,
+            Some(b"month") => &mut fields.month,
+            Some(b"day") => &mut fields.day,
+            Some(b"hour") => &mut fields.hour,
+            Some(b"minute") => &mut fields.minute,
+            Some(b"second") => &mut fields.second,
+            Some(b"microsecond") => &mut fields.microsecond,
+            Some(b"utc_offset") => &mut fields.utc_offset,
+            Some(b"std_offset") => &mut fields.std_offset,
+            _ => continue,
+        };
+        *slot = Some(v);
     }
-    let is_utc_datetime = match fields.get("__struct__") {
-        Some(Term::Atom(a)) if a.name == "Elixir.NaiveDateTime" => false,
-        Some(Term::Atom(a)) if a.name == "Elixir.DateTime" => true,
+    let is_utc_datetime = match fields.struct_name {
+        Some(Term::Atom(a)) if **a == *b"Elixir.NaiveDateTime" => false,
+        Some(Term::Atom(a)) if **a == *b"Elixir.DateTime" => true,
         _ => return Err(bad()),
     };
-    let int = |name: &str| -> Result<i64, DecodeError> {
-        match fields.get(name) {
-            Some(Term::FixInteger(i)) => Ok(i64::from(i.value)),
+    let int = |field: Option<&Term<'_>>| -> Result<i64, DecodeError> {
+        match field {
+            Some(Term::Integer(i)) => Ok(i64::from(*i)),
             _ => Err(bad()),
         }
     };
-    let small = |name: &str| int(name).and_then(|v| u32::try_from(v).map_err(|_| bad()));
-    let micros = match fields.get("microsecond") {
+    let small = |field| int(field).and_then(|v| u32::try_from(v).map_err(|_| bad()));
+    let micros = match fields.microsecond {
         None => 0,
-        Some(Term::Tuple(t)) => match t.elements.first() {
-            Some(Term::FixInteger(i)) => u32::try_from(i.value).map_err(|_| bad())?,
+        Some(Term::Tuple(t)) => match t.first() {
+            Some(Term::Integer(i)) => u32::try_from(*i).map_err(|_| bad())?,
             _ => return Err(bad()),
         },
         Some(_) => return Err(bad()),
     };
-    let year = i32::try_from(int("year")?).map_err(|_| bad())?;
-    let (month, day) = (small("month")?, small("day")?);
-    let (hour, minute, second) = (small("hour")?, small("minute")?, small("second")?);
+    let year = i32::try_from(int(fields.year)?).map_err(|_| bad())?;
+    let (month, day) = (small(fields.month)?, small(fields.day)?);
+    let (hour, minute) = (small(fields.hour)?, small(fields.minute)?);
+    let second = small(fields.second)?;
     let naive = NaiveDate::from_ymd_opt(year, month, day)
         .and_then(|d| d.and_hms_micro_opt(hour, minute, second, micros))
         .ok_or_else(bad)?;
     let mut utc = naive.and_utc();
     if is_utc_datetime {
         // DateTime keeps local wall time plus offsets; UTC = local − (utc_offset + std_offset).
-        let offset = int("utc_offset")?.saturating_add(int("std_offset").unwrap_or(0));
+        let offset = int(fields.utc_offset)?.saturating_add(int(fields.std_offset).unwrap_or(0));
         utc = utc
             .checked_sub_signed(chrono::TimeDelta::try_seconds(offset).ok_or_else(bad)?)
             .ok_or_else(bad)?;
     }
     Ok(utc)
+}
+
+/// The fields of an Elixir `NaiveDateTime` or `DateTime` struct that `event_time` reads.
+#[derive(Default)]
+struct TimeFields<'t, 'a> {
+    struct_name: Option<&'t Term<'a>>,
+    year: Option<&'t Term<'a>>,
+    month: Option<&'t Term<'a>>,
+    day: Option<&'t Term<'a>>,
+    hour: Option<&'t Term<'a>>,
+    minute: Option<&'t Term<'a>>,
+    second: Option<&'t Term<'a>>,
+    microsecond: Option<&'t Term<'a>>,
+    utc_offset: Option<&'t Term<'a>>,
+    std_offset: Option<&'t Term<'a>>,
 }
 
 fn required_text(field: &str, value: Option<Scalar<'_>>) -> Result<String, DecodeError> {
@@ -758,6 +780,80 @@ mod tests {
             let e = decode_bytes(&bytes).unwrap_err().to_string();
             assert!(e.contains(expected), "{bytes:?}: {e}");
         }
+    }
+
+    #[test]
+    fn etf_repeated_keys_numbers_and_key_encodings() {
+        use T::*;
+        let T::Map(mut pairs) = seed_event(naive_date_time()) else {
+            unreachable!()
+        };
+        pairs.retain(|(k, _)| !matches!(k, Atom("properties")));
+        // Of identical keys the last counts (as in eetf's map), even after an invalid one.
+        pairs.push((
+            Atom("properties"),
+            Map(vec![
+                (Bin("status"), Map(vec![])),
+                (Atom("count"), Map(vec![(Atom("new_value"), Int(-7))])),
+                (
+                    Bin("status"),
+                    Map(vec![(Atom("new_value"), Bin("APPROVED"))]),
+                ),
+            ]),
+        ));
+        let d = decode_bytes(&encode(&Map(pairs), false)).unwrap();
+        let o = &d.observations[0];
+        assert_eq!(o.attributes["status"].as_deref(), Some("APPROVED"));
+        assert_eq!(o.attributes["count"].as_deref(), Some("-7"));
+
+        // Floats and big integers are read by eetf and stored in decimal.
+        let event = |value: eetf::Term| {
+            let inner = eetf::Map::from(std::collections::HashMap::from([(
+                eetf::Term::from(eetf::Atom::from("new_value")),
+                value,
+            )]));
+            let props = eetf::Map::from(std::collections::HashMap::from([(
+                eetf::Term::from(eetf::Binary::from(&b"score"[..])),
+                eetf::Term::from(inner),
+            )]));
+            let text = |s: &str| eetf::Term::from(eetf::Binary::from(s.as_bytes()));
+            let top = eetf::Map::from(std::collections::HashMap::from([
+                (eetf::Term::from(eetf::Atom::from("event_type")), text("S")),
+                (eetf::Term::from(eetf::Atom::from("entity_type")), text("E")),
+                (eetf::Term::from(eetf::Atom::from("entity_id")), text("1")),
+                (
+                    eetf::Term::from(eetf::Atom::from("event_time")),
+                    text("2020-01-01T00:00:00Z"),
+                ),
+                (
+                    eetf::Term::from(eetf::Atom::from("properties")),
+                    eetf::Term::from(props),
+                ),
+            ]));
+            let mut out = Vec::new();
+            eetf::Term::from(top).encode(&mut out).unwrap();
+            out
+        };
+        for (value, text) in [
+            (eetf::Term::from(eetf::Float::try_from(1.5).unwrap()), "1.5"),
+            (
+                eetf::Term::from(eetf::BigInteger::from(-5_000_000_000_i64)),
+                "-5000000000",
+            ),
+        ] {
+            let d = decode_bytes(&event(value)).unwrap();
+            assert_eq!(d.observations[0].attributes["score"].as_deref(), Some(text));
+        }
+
+        // A binary key of the event map must be UTF-8; an atom key of a property may be used.
+        let bad_key = [
+            &[131u8, 116, 0, 0, 0, 1, 109, 0, 0, 0, 1, 0xff][..],
+            &[119, 3],
+            b"nil",
+        ]
+        .concat();
+        let e = decode_bytes(&bad_key).unwrap_err().to_string();
+        assert!(e.contains("an atom or string key"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! - A missing or malformed `timestamp` falls back to the Kafka timestamp (else now) with
 //!   [`DecodeNote::LenientTimestamp`]; even the specification's examples carry malformed ones.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use message_selector::OwnedValue;
@@ -85,24 +86,23 @@ struct WireResource<'a> {
 
 /// What an event name means for the context.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum EventName {
-    /// `Resource-open`, with the resource name in lower case.
-    Open(String),
-    /// `Resource-close`, with the resource name in lower case.
-    Close(String),
+enum EventName<'a> {
+    /// `Resource-open`, with the resource name as written (compare it ignoring ASCII case).
+    Open(&'a str),
+    /// `Resource-close`, with the resource name as written (compare it ignoring ASCII case).
+    Close(&'a str),
     /// Valid, but does not change context.
     NoContextChange,
 }
 
-fn classify(name: &str) -> Result<EventName, DecodeError> {
-    let lower = name.to_ascii_lowercase();
+fn classify(name: &str) -> Result<EventName<'_>, DecodeError> {
     let bad = || {
         DecodeError::invalid(
             "event.hub.event",
             "an event name `Resource-open|close|update|select` or a reverse-domain name",
         )
     };
-    if let Some((resource, action)) = lower.split_once('-') {
+    if let Some((resource, action)) = name.split_once('-') {
         let resource_ok = resource == "*"
             || (!resource.is_empty()
                 && resource.len() <= 64
@@ -110,37 +110,46 @@ fn classify(name: &str) -> Result<EventName, DecodeError> {
         if !resource_ok {
             return Err(bad());
         }
-        return match action {
-            "open" if resource != "*" => Ok(EventName::Open(resource.to_owned())),
-            "close" if resource != "*" => Ok(EventName::Close(resource.to_owned())),
-            "open" | "close" | "*" | "update" | "select" => Ok(EventName::NoContextChange),
-            _ => Err(bad()),
+        let is = |known: &str| action.eq_ignore_ascii_case(known);
+        return if is("open") && resource != "*" {
+            Ok(EventName::Open(resource))
+        } else if is("close") && resource != "*" {
+            Ok(EventName::Close(resource))
+        } else if ["open", "close", "*", "update", "select"]
+            .into_iter()
+            .any(is)
+        {
+            Ok(EventName::NoContextChange)
+        } else {
+            Err(bad())
         };
     }
-    if matches!(
-        lower.as_str(),
-        "syncerror" | "heartbeat" | "userlogout" | "userhibernate"
-    ) {
+    if ["syncerror", "heartbeat", "userlogout", "userhibernate"]
+        .into_iter()
+        .any(|known| name.eq_ignore_ascii_case(known))
+    {
         return Ok(EventName::NoContextChange);
     }
-    let labels: Vec<&str> = lower.split('.').collect();
-    let reverse_domain = labels.len() >= 2
+    // Case does not matter to the grammar below: ASCII letters are alphanumeric either way.
+    let mut labels = name.split('.');
+    let reverse_domain = name.contains('.')
         && labels
-            .iter()
             .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
-    if reverse_domain && lower.len() <= 255 {
+    if reverse_domain && name.len() <= 255 {
         Ok(EventName::NoContextChange)
     } else {
         Err(bad())
     }
 }
 
-/// The context key conventionally used for a resource type (lower-case name).
-fn key_for(resource: &str) -> &str {
-    match resource {
-        "imagingstudy" => "study",
-        "diagnosticreport" => "report",
-        other => other,
+/// The context key conventionally used for a resource type (any case).
+fn key_for(resource: &str) -> String {
+    if resource.eq_ignore_ascii_case("imagingstudy") {
+        "study".to_owned()
+    } else if resource.eq_ignore_ascii_case("diagnosticreport") {
+        "report".to_owned()
+    } else {
+        resource.to_ascii_lowercase()
     }
 }
 
@@ -159,7 +168,12 @@ impl Decoder for FhircastDecoder {
         let event = wire.event.ok_or_else(|| DecodeError::missing("event"))?;
         let name = req_text("event.hub.event", event.event)?;
         let meaning = classify(&name)?;
-        props.insert_if_absent("hubEvent", OwnedValue::String(name.into_owned()));
+        let (open, resource) = match meaning {
+            EventName::Open(r) => (true, Some(r)),
+            EventName::Close(r) => (false, Some(r)),
+            EventName::NoContextChange => (false, None),
+        };
+        props.insert_if_absent("hubEvent", OwnedValue::String(name.to_string()));
         let topic = req_text("event.hub.topic", event.topic)?;
 
         let mut notes = Vec::new();
@@ -172,19 +186,17 @@ impl Decoder for FhircastDecoder {
             receive_time(msg)
         });
 
-        let (open, resource) = match meaning {
-            EventName::Open(r) => (true, r),
-            EventName::Close(r) => (false, r),
-            EventName::NoContextChange => {
-                notes.push(DecodeNote::Ignored);
-                return Ok(Decoded {
-                    observations: Vec::new(),
-                    notes,
-                });
-            }
+        let Some(resource) = resource else {
+            notes.push(DecodeNote::Ignored);
+            return Ok(Decoded {
+                observations: Vec::new(),
+                notes,
+            });
         };
+        let is_patient = resource.eq_ignore_ascii_case("patient");
         let entries = read_context(event.context.unwrap_or_default(), open)?;
-        let mut values: BTreeMap<String, Option<String>> = BTreeMap::new();
+        // Each key once, with its value. Context keys are unique (`read_context` checks).
+        let mut values: Vec<(Cow<'_, str>, Option<String>)> = Vec::with_capacity(entries.len() + 4);
         if open {
             if entries.is_empty() {
                 return Err(DecodeError::invalid(
@@ -192,38 +204,52 @@ impl Decoder for FhircastDecoder {
                     "a non-empty list for an -open event",
                 ));
             }
-            for entry in &entries {
-                values.insert(entry.key.clone(), entry.reference.clone());
-            }
+            values.extend(entries.into_iter().map(|e| (e.key, e.reference)));
         } else {
             let anchor = entries
                 .iter()
-                .find(|e| e.resource_type.as_deref() == Some(resource.as_str()))
-                .map_or_else(|| key_for(&resource).to_owned(), |e| e.key.clone());
-            values.insert(anchor, None);
-            if resource == "patient" {
-                for entry in &entries {
-                    values.insert(entry.key.clone(), None);
+                .find(|e| {
+                    e.resource_type
+                        .as_deref()
+                        .is_some_and(|t| t.eq_ignore_ascii_case(resource))
+                })
+                .map_or_else(|| Cow::Owned(key_for(resource)), |e| e.key.clone());
+            if is_patient {
+                // Every key of the context closes, the anchor among them or beside them.
+                if !entries.iter().any(|e| e.key == anchor) {
+                    values.push((anchor, None));
+                }
+                values.extend(entries.into_iter().map(|e| (e.key, None)));
+            } else {
+                values.push((anchor, None));
+            }
+        }
+        if is_patient {
+            for key in PATIENT_DEPENDENT {
+                if !values.iter().any(|(k, _)| k == key) {
+                    values.push((Cow::Borrowed(key), None));
                 }
             }
         }
-        if resource == "patient" {
-            for key in PATIENT_DEPENDENT {
-                values.entry(key.to_owned()).or_insert(None);
-            }
-        }
+        values.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let observations = values
             .into_iter()
-            .map(|(key, value)| Observation {
-                event_type: "ContextChangeEvent".to_owned(),
-                entity_type: "FhircastSession".to_owned(),
-                entity_id: format!("{topic}/{key}"),
-                kind: ObservationKind::Snapshot,
-                attributes: BTreeMap::from([(key, value)]),
-                captured: BTreeMap::new(),
-                event_time,
-                changed_by: None,
-                version: None,
+            .map(|(key, value)| {
+                let mut entity_id = String::with_capacity(topic.len() + 1 + key.len());
+                entity_id.push_str(&topic);
+                entity_id.push('/');
+                entity_id.push_str(&key);
+                Observation {
+                    event_type: "ContextChangeEvent".to_owned(),
+                    entity_type: "FhircastSession".to_owned(),
+                    entity_id,
+                    kind: ObservationKind::Snapshot,
+                    attributes: BTreeMap::from([(key.into_owned(), value)]),
+                    captured: BTreeMap::new(),
+                    event_time,
+                    changed_by: None,
+                    version: None,
+                }
             })
             .collect();
         Ok(Decoded {
@@ -233,54 +259,72 @@ impl Decoder for FhircastDecoder {
     }
 }
 
-struct ContextEntry {
-    key: String,
-    /// Lower-case resource type, when a resource was given.
-    resource_type: Option<String>,
+struct ContextEntry<'a> {
+    key: Cow<'a, str>,
+    /// Resource type as written, when a resource was given (compare it ignoring ASCII case).
+    resource_type: Option<Cow<'a, str>>,
     /// `ResourceType/id`, when a resource was given.
     reference: Option<String>,
 }
 
-fn read_context(
-    wire: Vec<WireContext<'_>>,
+/// A required text field of context entry `i`; the field's name is only built for an error.
+fn entry_text<'a>(
+    i: usize,
+    name: &str,
+    value: Option<Scalar<'a>>,
+) -> Result<Cow<'a, str>, DecodeError> {
+    match value {
+        Some(Scalar::Str(s)) if !s.trim().is_empty() => Ok(s),
+        other => req_text(&entry_field(i, name), other),
+    }
+}
+
+fn entry_field(i: usize, name: &str) -> String {
+    format!("event.context[{i}].{name}")
+}
+
+fn read_context<'a>(
+    wire: Vec<WireContext<'a>>,
     resource_required: bool,
-) -> Result<Vec<ContextEntry>, DecodeError> {
-    let mut entries: Vec<ContextEntry> = Vec::with_capacity(wire.len());
+) -> Result<Vec<ContextEntry<'a>>, DecodeError> {
+    let mut entries: Vec<ContextEntry<'a>> = Vec::with_capacity(wire.len());
     for (i, entry) in wire.into_iter().enumerate() {
-        let field = |name: &str| format!("event.context[{i}].{name}");
-        let key = req_text(&field("key"), entry.key)?;
+        let key = entry_text(i, "key", entry.key)?;
         if !is_field_name(&key) || key.contains('.') {
             return Err(DecodeError::invalid(
-                &field("key"),
+                &entry_field(i, "key"),
                 "a context key name (letters, digits, '_' or '-')",
             ));
         }
-        if entries.iter().any(|e| e.key == *key) {
+        if entries.iter().any(|e| e.key == key) {
             return Err(DecodeError::new(
                 DecodeErrorKind::InvalidField,
-                format!("field `{}` repeats an earlier key", field("key")),
+                format!("field `{}` repeats an earlier key", entry_field(i, "key")),
             ));
         }
         let (resource_type, reference) = match entry.resource {
-            None if resource_required => return Err(DecodeError::missing(&field("resource"))),
+            None if resource_required => {
+                return Err(DecodeError::missing(&entry_field(i, "resource")))
+            }
             None => (None, None),
             Some(r) => {
-                let kind = req_text(&field("resource.resourceType"), r.resource_type)?;
+                let kind = entry_text(i, "resource.resourceType", r.resource_type)?;
                 if !kind.bytes().all(|b| b.is_ascii_alphabetic()) {
                     return Err(DecodeError::invalid(
-                        &field("resource.resourceType"),
+                        &entry_field(i, "resource.resourceType"),
                         "a FHIR resource type name",
                     ));
                 }
-                let id = req_text(&field("resource.id"), r.id)?;
-                (
-                    Some(kind.to_ascii_lowercase()),
-                    Some(format!("{kind}/{id}")),
-                )
+                let id = entry_text(i, "resource.id", r.id)?;
+                let mut reference = String::with_capacity(kind.len() + 1 + id.len());
+                reference.push_str(&kind);
+                reference.push('/');
+                reference.push_str(&id);
+                (Some(kind), Some(reference))
             }
         };
         entries.push(ContextEntry {
-            key: key.into_owned(),
+            key,
             resource_type,
             reference,
         });

@@ -15,7 +15,13 @@ use super::{DecodeError, DecodeErrorKind, FormatConfigError, RawMessage};
 /// not look like field names are masked, so no message content reaches the reason).
 pub(crate) fn parse_typed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
     // Fast path without path tracking; only a failing message pays for the precise reason.
-    if let Ok(wire) = serde_json::from_slice(bytes) {
+    // Text checked as UTF-8 once up front lets serde_json skip the check of every string it
+    // borrows; for any input both readers accept the same values, so the result is the same.
+    let fast = match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    };
+    if let Ok(wire) = fast {
         return Ok(wire);
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
