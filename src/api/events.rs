@@ -291,7 +291,7 @@ pub struct EventView {
     pub entity_id: String,
     /// What changed: `{attribute: {new_value, old_value}}`.
     #[schema(value_type = Object)]
-    pub properties: serde_json::Value,
+    pub properties: RawJson,
     /// When the change happened (RFC 3339, UTC).
     pub event_time: DateTime<Utc>,
     /// Who made the change, when known.
@@ -310,6 +310,44 @@ impl EventView {
             changed_by: row.get(6),
         }
     }
+}
+
+/// A JSON document passed through as PostgreSQL sent it, without building a tree of it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawJson {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        // Binary jsonb is a version byte (1) and the JSON text; json is the text.
+        let text = match (ty == &Type::JSONB, raw.split_first()) {
+            (false, _) => raw,
+            (true, Some((1, text))) => text,
+            (true, _) => return Err("unsupported jsonb format version".into()),
+        };
+        let text = std::str::from_utf8(text)?;
+        Ok(RawJson(serde_json::value::RawValue::from_string(
+            text.to_owned(),
+        )?))
+    }
+
+    tokio_postgres::types::accepts!(JSON, JSONB);
 }
 
 /// Paging facts of a list response.
@@ -896,7 +934,17 @@ mod tests {
         );
         assert!(sql.list.ends_with("LIMIT $7 OFFSET $8"), "{}", sql.list);
         assert!(!sql.list.contains("x'--"));
-        assert_eq!(sql.params.len(), 6);
+        assert_eq!(sql.filter_count, 6);
+        assert_eq!(sql.page_params().len(), 8);
+        // The count takes the filters, then the whole minutes and the count key.
+        assert_eq!(sql.params.len(), 11);
+        assert!(
+            sql.count
+                .contains("kind = $9 AND attribute = $10 AND value = $11")
+                && sql.count.contains("bucket >= $7 AND bucket < $8"),
+            "{}",
+            sql.count
+        );
         let q = parse("attribute_name=status&page=3&page_size=20").unwrap();
         let sql = list_sql(&q, Vec::new());
         assert!(
