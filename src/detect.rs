@@ -117,7 +117,7 @@ impl ChangeDetector {
         let mut changed = Map::new();
         for (attribute, new_value) in &obs.attributes {
             let key = StateKey {
-                entity_type: obs.entity_type.clone(),
+                entity_type: obs.entity_type.to_string(),
                 entity_id: obs.entity_id.clone(),
                 attribute: attribute.clone(),
             };
@@ -149,8 +149,8 @@ impl ChangeDetector {
                     .or_insert_with(|| serde_json::json!({ "new_value": value }));
             }
             detection.event = Some(DetectedEvent {
-                event_type: obs.event_type.clone(),
-                entity_type: obs.entity_type.clone(),
+                event_type: obs.event_type.to_string(),
+                entity_type: obs.entity_type.to_string(),
                 entity_id: obs.entity_id.clone(),
                 properties: Json::Object(changed),
                 event_time: obs.event_time,

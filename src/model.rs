@@ -1,5 +1,6 @@
 //! The domain types that flow through the pipeline: properties, observations and events.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -133,10 +134,11 @@ pub enum ObservationKind {
 /// What one message says about one entity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
-    /// Event type to record (e.g. `StatusChangeEvent`).
-    pub event_type: String,
-    /// Entity type (e.g. `EmployeeRequest`).
-    pub entity_type: String,
+    /// Event type to record (e.g. `StatusChangeEvent`); usually a constant of the format, so
+    /// borrowed without an allocation per observation.
+    pub event_type: Cow<'static, str>,
+    /// Entity type (e.g. `EmployeeRequest`); borrowed when it is a constant of the format.
+    pub entity_type: Cow<'static, str>,
     /// Entity identifier.
     pub entity_id: String,
     /// Created, Updated, Deleted or Snapshot.

@@ -13,6 +13,7 @@
 //! `ReferenceChangeEvent` only with `references = true`; simple events give attribute
 //! `lifecycle` only with `lifecycle = true`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use message_selector::OwnedValue;
@@ -95,8 +96,8 @@ impl StatusLookup {
     /// The observation the message would have given had it carried `status`.
     pub fn into_observation(self, status: String) -> Observation {
         Observation {
-            event_type: STATUS_EVENT.to_owned(),
-            entity_type: self.entity_type,
+            event_type: Cow::Borrowed(STATUS_EVENT),
+            entity_type: Cow::Owned(self.entity_type),
             entity_id: self.resource_reference,
             kind: self.kind,
             attributes: BTreeMap::from([(self.attribute, Some(status))]),
@@ -331,14 +332,14 @@ struct Header {
 impl Header {
     fn observation(
         self,
-        event_type: &str,
+        event_type: &'static str,
         kind: ObservationKind,
         attribute: String,
         value: Option<String>,
     ) -> Observation {
         Observation {
-            event_type: event_type.to_owned(),
-            entity_type: self.entity_type,
+            event_type: Cow::Borrowed(event_type),
+            entity_type: Cow::Owned(self.entity_type),
             entity_id: self.resource_reference,
             kind,
             attributes: BTreeMap::from([(attribute, value)]),

@@ -59,8 +59,8 @@ impl EsozEvent {
         );
         Decoded {
             observations: vec![Observation {
-                event_type: self.event_type,
-                entity_type: self.entity_type,
+                event_type: Cow::Owned(self.event_type),
+                entity_type: Cow::Owned(self.entity_type),
                 entity_id: self.entity_id,
                 // The producer emits the current status, including for objects it just created;
                 // only a difference from the last known value is a change (seed 003: "not new").
@@ -722,11 +722,7 @@ mod tests {
         let d = decode_bytes(&hand_written()).unwrap();
         let o = &d.observations[0];
         assert_eq!(
-            (
-                o.event_type.as_str(),
-                o.entity_type.as_str(),
-                o.entity_id.as_str()
-            ),
+            (&*o.event_type, &*o.entity_type, o.entity_id.as_str()),
             ("S", "E", "1")
         );
         assert_eq!(o.attributes["status"].as_deref(), Some("A"));

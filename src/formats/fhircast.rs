@@ -240,8 +240,8 @@ impl Decoder for FhircastDecoder {
                 entity_id.push('/');
                 entity_id.push_str(&key);
                 Observation {
-                    event_type: "ContextChangeEvent".to_owned(),
-                    entity_type: "FhircastSession".to_owned(),
+                    event_type: Cow::Borrowed("ContextChangeEvent"),
+                    entity_type: Cow::Borrowed("FhircastSession"),
                     entity_id,
                     kind: ObservationKind::Snapshot,
                     attributes: BTreeMap::from([(key.into_owned(), value)]),

@@ -9,6 +9,7 @@
 //! [`DecodeNote::Ignored`]: the envelope says nothing about what its data means, and guessing
 //! would store events nobody asked for; a topic opts a resource in through the options.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use message_selector::OwnedValue;
@@ -169,8 +170,8 @@ impl Decoder for RcpV2Decoder {
         };
         Ok(Decoded {
             observations: vec![Observation {
-                event_type: event_type.to_owned(),
-                entity_type: resource.into_owned(),
+                event_type: Cow::Borrowed(event_type),
+                entity_type: Cow::Owned(resource.into_owned()),
                 entity_id: target.into_owned(),
                 kind,
                 attributes: BTreeMap::from([(attribute.to_owned(), value)]),
@@ -206,7 +207,7 @@ mod tests {
         let d = decode("timeslot_created", &mut props).unwrap();
         let o = &d.observations[0];
         assert_eq!(
-            (o.entity_type.as_str(), o.entity_id.as_str()),
+            (&*o.entity_type, o.entity_id.as_str()),
             ("timeslots", "ts-42")
         );
         assert_eq!(o.kind, ObservationKind::Created);

@@ -160,14 +160,14 @@ impl Decoder for SfsDecoder {
             props.insert_if_absent("clinicId", OwnedValue::String(clinic.clone()));
         }
         let event_time = receive_time(msg);
-        let build = |entity_type: &str, entity_id: Cow<'_, str>, status: String| {
+        let build = |entity_type: &'static str, entity_id: Cow<'_, str>, status: String| {
             let mut captured = BTreeMap::new();
             if let Some(clinic) = &clinic {
                 captured.insert("clinicId".to_owned(), Some(clinic.clone()));
             }
             Observation {
-                event_type: "StatusChangeEvent".to_owned(),
-                entity_type: entity_type.to_owned(),
+                event_type: Cow::Borrowed("StatusChangeEvent"),
+                entity_type: Cow::Borrowed(entity_type),
                 entity_id: entity_id.into_owned(),
                 kind: ObservationKind::Updated,
                 attributes: BTreeMap::from([("status".to_owned(), Some(status))]),
@@ -307,7 +307,7 @@ mod tests {
             .map(|o| {
                 assert_eq!(o.kind, ObservationKind::Updated);
                 (
-                    o.entity_type.as_str(),
+                    &*o.entity_type,
                     o.entity_id.as_str(),
                     o.attributes["status"].as_deref(),
                 )

@@ -418,7 +418,7 @@ impl ConsumerLoop {
                             .inc();
                     }
                     for o in &observations {
-                        entities.insert((o.entity_type.clone(), o.entity_id.clone()));
+                        entities.insert((o.entity_type.to_string(), o.entity_id.clone()));
                     }
                     if let Some(lookup) = lookup {
                         pending.push(PendingLookup {
@@ -537,7 +537,7 @@ impl ConsumerLoop {
             match outcome {
                 Ok(observation) => {
                     if let Some(o) = observation {
-                        entities.insert((o.entity_type.clone(), o.entity_id.clone()));
+                        entities.insert((o.entity_type.to_string(), o.entity_id.clone()));
                         item.observations.push(o);
                     }
                 }

@@ -30,7 +30,7 @@ async fn apply(
 ) -> Result<u64, StoreError> {
     let entities: Vec<(String, String)> = observations
         .iter()
-        .map(|o| (o.entity_type.clone(), o.entity_id.clone()))
+        .map(|o| (o.entity_type.to_string(), o.entity_id.clone()))
         .collect();
     let detector = ChangeDetector::new(DetectOptions::default());
     let topic = fence.topic.clone();
