@@ -4,7 +4,8 @@
 //! dropped for the load and rebuilt from their own definitions afterwards — at
 //! `EM_BENCH_EVENTS_PER_HOUR` (default 5 000) ending now, then serves the router on a port-0
 //! listener and runs `EM_BENCH_CONCURRENCY` (default 32) keep-alive clients for
-//! `EM_BENCH_SECONDS` (default 10) per scenario, printing p50/p99 latency and requests/s.
+//! `EM_BENCH_SECONDS` (default 10) per scenario, printing p50/p99 latency, requests/s and the
+//! CPU time per request of this process (server and load generator) and PostgreSQL.
 //!
 //! Runs on `DATABASE_URL` when set (the seeded database `em_bench_<events>` is reused by later
 //! runs), else on a private throwaway PostgreSQL.
@@ -237,6 +238,42 @@ async fn load(
     outcome
 }
 
+/// CPU time (user + system) used so far by this process (server, load generator) and every
+/// PostgreSQL process, from `/proc`; zero where `/proc` is unavailable. Per request it stays
+/// comparable when another job shares the machine, unlike requests/s.
+fn cpu_time() -> Duration {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let stat_ticks = |stat: &str| -> Option<(String, u64)> {
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1.to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After the command: state is field 3, utime 14 and stime 15 (1-based, man proc).
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((comm, utime + stime))
+    };
+    let mut ticks = 0;
+    if let Some((_, t)) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| stat_ticks(&s))
+    {
+        ticks += t;
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            if let Some((comm, t)) = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|s| stat_ticks(&s))
+            {
+                if comm == "postgres" {
+                    ticks += t;
+                }
+            }
+        }
+    }
+    Duration::from_secs_f64(ticks as f64 / ticks_per_second)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -386,8 +423,8 @@ async fn run() -> Result<(), BoxError> {
         "\n{n} events ({per_hour}/h), {concurrency} clients, {seconds}s per scenario, pool {pool_size}"
     );
     println!(
-        "{:<42} {:>9} {:>9} {:>9} {:>8}",
-        "scenario", "p50 ms", "p99 ms", "req/s", "errors"
+        "{:<42} {:>9} {:>9} {:>9} {:>8} {:>12}",
+        "scenario", "p50 ms", "p99 ms", "req/s", "errors", "CPU µs/req"
     );
     for (name, paths) in scenarios {
         // Warm-up, then the measured run.
@@ -399,6 +436,7 @@ async fn run() -> Result<(), BoxError> {
             Duration::from_secs(1),
         )
         .await;
+        let cpu_before = cpu_time();
         let o = load(
             &base,
             &token,
@@ -407,13 +445,15 @@ async fn run() -> Result<(), BoxError> {
             Duration::from_secs(seconds),
         )
         .await;
+        let cpu = cpu_time().saturating_sub(cpu_before);
         println!(
-            "{:<42} {:>9.2} {:>9.2} {:>9.0} {:>8}",
+            "{:<42} {:>9.2} {:>9.2} {:>9.0} {:>8} {:>12.0}",
             name,
             percentile(&o.latencies, 0.50).as_secs_f64() * 1e3,
             percentile(&o.latencies, 0.99).as_secs_f64() * 1e3,
             o.latencies.len() as f64 / o.elapsed.as_secs_f64(),
-            o.errors
+            o.errors,
+            cpu.as_secs_f64() * 1e6 / o.latencies.len().max(1) as f64
         );
     }
     stop.cancel();

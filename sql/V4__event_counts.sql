@@ -1,11 +1,14 @@
--- Per-minute counts of events, so that the API's `total_entries` is a sum over at most one
--- row per minute and filter combination instead of a count over every event of the window.
--- The API adds the exact counts of the partial minutes at the window's two ends.
+-- Counts of events per 10 minutes and per minute, so that the API's `total_entries` is a sum
+-- over a few rows per filter combination instead of a count over every event of the window:
+-- the window's whole 10-minute spans, then its remaining whole minutes, plus exact counts of
+-- the partial minutes at its two ends.
 --
 -- kind 0: events                              attribute = '',   value = ''
 -- kind 1: events having top-level key         attribute = key,  value = ''
 -- kind 2: events whose key's new_value is     attribute = key,  value = the string
 --         a JSON string (what `attribute_name` + `new_value` match: properties @> {key: {new_value: "…"}})
+-- kinds 0, 1, 2 count per minute (bucket = the minute's start); kinds 10, 11, 12 count the
+-- same per 10 minutes (bucket = the start of the 10 minutes).
 --
 -- Maintained by statement-level triggers in the same transaction as the change to `events`, so
 -- every snapshot sees counts that agree with the rows. Requires PostgreSQL 14 (date_bin).
@@ -14,7 +17,7 @@ CREATE TABLE event_counts (
     kind        smallint    NOT NULL,
     attribute   text        NOT NULL,
     value       text        NOT NULL,
-    bucket      timestamptz NOT NULL,   -- start of the minute (UTC)
+    bucket      timestamptz NOT NULL,   -- start of the minute or 10 minutes (UTC)
     event_type  text        NOT NULL,
     entity_type text        NOT NULL,
     n           bigint      NOT NULL,
@@ -26,15 +29,17 @@ CREATE FUNCTION event_count_keys(t timestamptz, et text, nt text, props jsonb)
 RETURNS TABLE (kind smallint, attribute text, value text, bucket timestamptz,
                event_type text, entity_type text)
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    WITH b AS (SELECT date_bin('1 minute', t, TIMESTAMPTZ '2001-01-01 00:00:00+00') AS bucket),
+    WITH b(level, bucket) AS (VALUES
+             (0::smallint, date_bin('1 minute', t, TIMESTAMPTZ '2001-01-01 00:00:00+00')),
+             (10::smallint, date_bin('10 minutes', t, TIMESTAMPTZ '2001-01-01 00:00:00+00'))),
          p AS (SELECT CASE WHEN jsonb_typeof(props) = 'object' THEN props
                            ELSE '{}'::jsonb END AS props)
-    SELECT 0::smallint, ''::text, ''::text, b.bucket, et, nt FROM b
+    SELECT b.level, ''::text, ''::text, b.bucket, et, nt FROM b
     UNION ALL
-    SELECT 1::smallint, k.key, ''::text, b.bucket, et, nt
+    SELECT (b.level + 1)::smallint, k.key, ''::text, b.bucket, et, nt
       FROM b, p, jsonb_each(p.props) k
     UNION ALL
-    SELECT 2::smallint, k.key, k.value ->> 'new_value', b.bucket, et, nt
+    SELECT (b.level + 2)::smallint, k.key, k.value ->> 'new_value', b.bucket, et, nt
       FROM b, p, jsonb_each(p.props) k
      WHERE jsonb_typeof(k.value) = 'object' AND jsonb_typeof(k.value -> 'new_value') = 'string'
 $$;

@@ -501,19 +501,28 @@ fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
     f
 }
 
-/// The whole minutes of `[from, to)`, as `[lo, hi)`: `from <= lo <= hi <= to`, both on minute
-/// boundaries (the buckets of `event_counts`), or `lo = hi = to` when the window holds no whole
-/// minute.
-pub fn whole_minutes(from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
-    const MINUTE: i64 = 60_000_000;
+/// Microseconds in a minute, the finer `event_counts` bucket.
+const MINUTE: i64 = 60_000_000;
+/// Microseconds in ten minutes, the coarser `event_counts` bucket.
+const TEN_MINUTES: i64 = 10 * MINUTE;
+
+/// The whole spans of `span` microseconds inside `[from, to)`, as `[lo, hi)`:
+/// `from <= lo <= hi <= to`, both multiples of `span` since the Unix epoch (the buckets of
+/// `event_counts`), or `lo = hi = to` when the window holds no whole span.
+pub fn whole_spans(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    span: i64,
+) -> (DateTime<Utc>, DateTime<Utc>) {
     // Microseconds, as PostgreSQL stores them.
-    let lo = from.timestamp_micros().div_euclid(MINUTE) * MINUTE
-        + if from.timestamp_micros().rem_euclid(MINUTE) == 0 {
+    let (from_us, to_us) = (from.timestamp_micros(), to.timestamp_micros());
+    let lo = from_us.div_euclid(span) * span
+        + if from_us.rem_euclid(span) == 0 {
             0
         } else {
-            MINUTE
+            span
         };
-    let hi = to.timestamp_micros().div_euclid(MINUTE) * MINUTE;
+    let hi = to_us.div_euclid(span) * span;
     match (
         DateTime::<Utc>::from_timestamp_micros(lo),
         DateTime::<Utc>::from_timestamp_micros(hi),
@@ -523,23 +532,35 @@ pub fn whole_minutes(from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, 
     }
 }
 
+/// The whole minutes of `[from, to)` (see [`whole_spans`]).
+pub fn whole_minutes(from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    whole_spans(from, to, MINUTE)
+}
+
 /// The list and count statements for a request, for `EXPLAIN` in tests and for the handler.
 ///
-/// The count sums the per-minute counts of `event_counts` over the window's whole minutes and
-/// counts the rows of the partial minutes at both ends: at most two minutes of rows, whatever
-/// the window's length.
+/// The count sums the 10-minute counts of `event_counts` over the window's whole 10-minute
+/// spans, the per-minute counts over its other whole minutes (at most 18), and counts the rows
+/// of the partial minutes at both ends: at most two minutes of rows, whatever the window's
+/// length.
 pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
     let f = filters(q, hidden_types);
     let mut params = f.params;
     let n = params.len();
     let (lo, hi) = whole_minutes(q.from, q.to);
+    let (lo10, hi10) = whole_spans(lo, hi, TEN_MINUTES);
     let (kind, attribute, value) = f.count_key;
     params.push((Box::new(lo), Type::TIMESTAMPTZ));
     params.push((Box::new(hi), Type::TIMESTAMPTZ));
     params.push((Box::new(kind), Type::INT2));
     params.push((Box::new(attribute), Type::TEXT));
     params.push((Box::new(value), Type::TEXT));
+    params.push((Box::new(lo10), Type::TIMESTAMPTZ));
+    params.push((Box::new(hi10), Type::TIMESTAMPTZ));
+    params.push((Box::new(kind + 10), Type::INT2));
     let (lo, hi, kind, attribute, value) = (n + 1, n + 2, n + 3, n + 4, n + 5);
+    let (lo10, hi10, kind10) = (n + 6, n + 7, n + 8);
+    let key = format!("attribute = ${attribute} AND value = ${value}");
     let events = f.events;
     let edges = f.edges;
     let counts = f.counts;
@@ -552,8 +573,14 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
         ),
         count: format!(
             "SELECT coalesce((SELECT sum(n) FROM event_counts \
-                 WHERE kind = ${kind} AND attribute = ${attribute} AND value = ${value} \
-                   AND bucket >= ${lo} AND bucket < ${hi}{counts}), 0)::bigint \
+                 WHERE kind = ${kind10} AND {key} \
+                   AND bucket >= ${lo10} AND bucket < ${hi10}{counts}), 0)::bigint \
+               + coalesce((SELECT sum(n) FROM event_counts \
+                 WHERE kind = ${kind} AND {key} \
+                   AND bucket >= ${lo} AND bucket < ${lo10}{counts}), 0)::bigint \
+               + coalesce((SELECT sum(n) FROM event_counts \
+                 WHERE kind = ${kind} AND {key} \
+                   AND bucket >= ${hi10} AND bucket < ${hi}{counts}), 0)::bigint \
                + (SELECT count(*) FROM events \
                  WHERE event_time >= $1 AND event_time < ${lo}{edges}) \
                + (SELECT count(*) FROM events \
@@ -936,12 +963,16 @@ mod tests {
         assert!(!sql.list.contains("x'--"));
         assert_eq!(sql.filter_count, 6);
         assert_eq!(sql.page_params().len(), 8);
-        // The count takes the filters, then the whole minutes and the count key.
-        assert_eq!(sql.params.len(), 11);
+        // The count takes the filters, then the whole minutes, the count key and the whole
+        // 10-minute spans.
+        assert_eq!(sql.params.len(), 14);
         assert!(
             sql.count
                 .contains("kind = $9 AND attribute = $10 AND value = $11")
-                && sql.count.contains("bucket >= $7 AND bucket < $8"),
+                && sql.count.contains("kind = $14 AND attribute = $10")
+                && sql.count.contains("bucket >= $12 AND bucket < $13")
+                && sql.count.contains("bucket >= $7 AND bucket < $12")
+                && sql.count.contains("bucket >= $13 AND bucket < $8"),
             "{}",
             sql.count
         );

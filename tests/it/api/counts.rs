@@ -3,7 +3,7 @@
 //! filter and window shape, after inserts, deletes, updates and truncation.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use event_manager::api::events::{list_sql, parse_query, whole_minutes};
+use event_manager::api::events::{list_sql, parse_query, whole_minutes, whole_spans};
 use event_manager::config::ApiConfig;
 
 use crate::support::fresh_database;
@@ -52,6 +52,8 @@ fn windows() -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
         (t(9, 13, 27, 250_000), t(10, 13, 26, 0)),
         (t(9, 13, 10, 0), t(9, 13, 50, 0)),
         (t(9, 13, 10, 0), t(9, 14, 50, 0)),
+        (t(9, 19, 59, 999_999), t(9, 40, 0, 1)),
+        (t(9, 20, 0, 0), t(9, 30, 0, 0)),
         (t(7, 30, 0, 0), t(8, 0, 30, 0)),
         (t(8, 0, 0, 0), t(15, 0, 0, 0)),
         (t(14, 50, 0, 0), t(16, 0, 0, 0)),
@@ -192,5 +194,14 @@ fn whole_minutes_lie_inside_the_window_on_minute_boundaries() {
     assert_eq!(
         whole_minutes(t(9, 0, 10, 0), t(9, 0, 50, 0)),
         (t(9, 0, 50, 0), t(9, 0, 50, 0))
+    );
+    let ten = 600_000_000;
+    assert_eq!(
+        whole_spans(t(9, 14, 0, 0), t(10, 13, 0, 0), ten),
+        (t(9, 20, 0, 0), t(10, 10, 0, 0))
+    );
+    assert_eq!(
+        whole_spans(t(9, 14, 0, 0), t(9, 29, 0, 0), ten),
+        (t(9, 29, 0, 0), t(9, 29, 0, 0))
     );
 }
