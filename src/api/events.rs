@@ -380,6 +380,8 @@ pub struct EventEnvelope {
 }
 
 const COLUMNS: &str = "id, event_type, entity_type, entity_id, properties, event_time, changed_by";
+/// The page query's column after [`COLUMNS`]: the window's total.
+const TOTAL_COLUMN: usize = 7;
 
 /// Windows up to this long are read through the time-range B-tree, with the attribute filters
 /// checked per row. PostgreSQL has no statistics on JSON keys and assumes `?` and `@>` match
@@ -547,6 +549,10 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
     let f = filters(q, hidden_types);
     let mut params = f.params;
     let n = params.len();
+    let limit = i64::from(q.page_size);
+    let offset = i64::from(q.page - 1) * i64::from(q.page_size);
+    params.push((Box::new(limit), Type::INT8));
+    params.push((Box::new(offset), Type::INT8));
     let (lo, hi) = whole_minutes(q.from, q.to);
     let (lo10, hi10) = whole_spans(lo, hi, TEN_MINUTES);
     let (kind, attribute, value) = f.count_key;
@@ -558,21 +564,15 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
     params.push((Box::new(lo10), Type::TIMESTAMPTZ));
     params.push((Box::new(hi10), Type::TIMESTAMPTZ));
     params.push((Box::new(kind + 10), Type::INT2));
-    let (lo, hi, kind, attribute, value) = (n + 1, n + 2, n + 3, n + 4, n + 5);
-    let (lo10, hi10, kind10) = (n + 6, n + 7, n + 8);
+    let (limit_n, offset_n) = (n + 1, n + 2);
+    let (lo, hi, kind, attribute, value) = (n + 3, n + 4, n + 5, n + 6, n + 7);
+    let (lo10, hi10, kind10) = (n + 8, n + 9, n + 10);
     let key = format!("attribute = ${attribute} AND value = ${value}");
     let events = f.events;
     let edges = f.edges;
     let counts = f.counts;
-    ListSql {
-        list: format!(
-            "SELECT {COLUMNS} FROM events WHERE event_time >= $1 AND event_time < $2{events} \
-             ORDER BY event_time, id LIMIT ${} OFFSET ${}",
-            n + 1,
-            n + 2
-        ),
-        count: format!(
-            "SELECT coalesce((SELECT sum(n) FROM event_counts \
+    let total = format!(
+        "coalesce((SELECT sum(n) FROM event_counts \
                  WHERE kind = ${kind10} AND {key} \
                    AND bucket >= ${lo10} AND bucket < ${hi10}{counts}), 0)::bigint \
                + coalesce((SELECT sum(n) FROM event_counts \
@@ -585,12 +585,20 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
                  WHERE event_time >= $1 AND event_time < ${lo}{edges}) \
                + (SELECT count(*) FROM events \
                  WHERE event_time >= ${hi} AND event_time < $2{edges})"
+    );
+    ListSql {
+        // The total rides along as a last column: an uncorrelated sub-select that PostgreSQL
+        // evaluates once, so a page and its total cost one statement.
+        list: format!(
+            "SELECT {COLUMNS}, ({total}) AS total \
+             FROM events WHERE event_time >= $1 AND event_time < $2{events} \
+             ORDER BY event_time, id LIMIT ${limit_n} OFFSET ${offset_n}"
         ),
-        filter_count: n,
+        count: format!("SELECT {total}"),
         prepared_list: f.time_first,
         params,
-        limit: i64::from(q.page_size),
-        offset: i64::from(q.page - 1) * i64::from(q.page_size),
+        limit,
+        offset,
     }
 }
 
@@ -605,17 +613,15 @@ fn split<'a>(params: &[(&'a (dyn ToSql + Sync), Type)]) -> (Values<'a>, Vec<Type
 
 /// SQL for one list request.
 pub struct ListSql {
-    /// The page query; takes the first `filter_count` of `params`, then `limit` and `offset`.
+    /// The page query, with the total as its last column; takes `params`.
     pub list: String,
-    /// The count query; takes all of `params`.
+    /// The total alone, for a page past the end; takes `params`.
     pub count: String,
-    /// How many of `params` the page query's filters take.
-    pub filter_count: usize,
     /// Whether the page query may run as a prepared statement with a generic plan: true for
     /// windows where the time range leads anyway. Longer windows are planned for their values
     /// every time, so that a rare attribute is found through its index.
     pub prepared_list: bool,
-    /// Filter parameters, then the count's `event_counts` range and key.
+    /// Filter parameters, `limit` and `offset`, then the `event_counts` ranges and keys.
     pub params: Vec<Param>,
     /// Page size.
     pub limit: i64,
@@ -632,13 +638,9 @@ impl ListSql {
             .collect()
     }
 
-    /// The page query's parameters.
+    /// The page query's parameters (the same as the count's).
     pub fn page_params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
-        let mut params = self.count_params();
-        params.truncate(self.filter_count);
-        params.push((&self.limit, Type::INT8));
-        params.push((&self.offset, Type::INT8));
-        params
+        self.count_params()
     }
 
     /// Runs the page query.
@@ -711,9 +713,10 @@ pub async fn list_events(
     let sql = list_sql(&q, state.auth.hidden_event_types(&principal));
     let mut client = state.store.client().await?;
     let rows = sql.page(&mut client).await?;
-    // A page that is neither full nor past the end tells the total itself: no count needed.
-    let total_entries = match known_total(sql.offset, sql.limit, rows.len()) {
-        Some(total) => total,
+    let total_entries = match rows.first() {
+        Some(row) => row.try_get(TOTAL_COLUMN)?,
+        // An empty first page means an empty window; past the end, the total is asked for.
+        None if sql.offset == 0 => 0,
         None => sql.total(&client).await?,
     };
     let page_size = i64::from(q.page_size);
@@ -726,13 +729,6 @@ pub async fn list_events(
             total_pages: (total_entries + page_size - 1) / page_size,
         },
     }))
-}
-
-/// The total implied by a page alone: known when the page has rows but is not full, or when
-/// the first page is empty.
-fn known_total(offset: i64, limit: i64, rows: usize) -> Option<i64> {
-    let rows = i64::try_from(rows).ok()?;
-    ((rows > 0 && rows < limit) || (rows == 0 && offset == 0)).then_some(offset + rows)
 }
 
 /// Gets one event. Unknown and malformed ids, and events of a type the token may not see, are 404.
@@ -937,15 +933,6 @@ mod tests {
     }
 
     #[test]
-    fn total_is_known_from_a_partial_page() {
-        assert_eq!(known_total(0, 50, 0), Some(0));
-        assert_eq!(known_total(0, 50, 7), Some(7));
-        assert_eq!(known_total(100, 50, 3), Some(103));
-        assert_eq!(known_total(0, 50, 50), None);
-        assert_eq!(known_total(100, 50, 0), None);
-    }
-
-    #[test]
     fn sql_uses_numbered_parameters_only() {
         let q = parse("event_type=a&entity_type=b&attribute_name=status&new_value=x'--").unwrap();
         let sql = list_sql(&q, vec!["Hidden".into()]);
@@ -961,21 +948,19 @@ mod tests {
         );
         assert!(sql.list.ends_with("LIMIT $7 OFFSET $8"), "{}", sql.list);
         assert!(!sql.list.contains("x'--"));
-        assert_eq!(sql.filter_count, 6);
-        assert_eq!(sql.page_params().len(), 8);
-        // The count takes the filters, then the whole minutes, the count key and the whole
-        // 10-minute spans.
-        assert_eq!(sql.params.len(), 14);
-        assert!(
-            sql.count
-                .contains("kind = $9 AND attribute = $10 AND value = $11")
-                && sql.count.contains("kind = $14 AND attribute = $10")
-                && sql.count.contains("bucket >= $12 AND bucket < $13")
-                && sql.count.contains("bucket >= $7 AND bucket < $12")
-                && sql.count.contains("bucket >= $13 AND bucket < $8"),
-            "{}",
-            sql.count
-        );
+        // Both take the filters, limit and offset, then the whole minutes, the count key and
+        // the whole 10-minute spans.
+        assert_eq!(sql.params.len(), 16);
+        for statement in [&sql.count, &sql.list] {
+            assert!(
+                statement.contains("kind = $11 AND attribute = $12 AND value = $13")
+                    && statement.contains("kind = $16 AND attribute = $12")
+                    && statement.contains("bucket >= $14 AND bucket < $15")
+                    && statement.contains("bucket >= $9 AND bucket < $14")
+                    && statement.contains("bucket >= $15 AND bucket < $10"),
+                "{statement}"
+            );
+        }
         let q = parse("attribute_name=status&page=3&page_size=20").unwrap();
         let sql = list_sql(&q, Vec::new());
         assert!(

@@ -80,6 +80,14 @@ async fn check_all(client: &tokio_postgres::Client, stage: &str) {
                     .get(0);
                 let expected = exact_count(client, &q, &hidden).await;
                 assert_eq!(total, expected, "{stage}: {query} hidden {hidden:?}");
+                // The page query carries the same total in its last column.
+                let rows = client
+                    .query_typed(&sql.list, &sql.page_params())
+                    .await
+                    .unwrap_or_else(|e| panic!("{query}: {e}"));
+                if let Some(row) = rows.first() {
+                    assert_eq!(row.get::<_, i64>("total"), expected, "{stage}: {query}");
+                }
             }
         }
     }
