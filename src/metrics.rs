@@ -294,7 +294,8 @@ impl WebhookMetrics {
 /// Gauges of the EventDB connection pool, refreshed when `/metrics` is scraped.
 #[derive(Debug, Clone)]
 pub struct DbPoolMetrics {
-    /// Connections by state: `size` (open), `available` (idle), `waiting` (callers queued).
+    /// Connections by pool (`ingest`: ingestion, terminator, migrations; `api`: the query API)
+    /// and state: `size` (open), `available` (idle), `waiting` (callers queued).
     pub connections: IntGaugeVec,
 }
 
@@ -304,23 +305,23 @@ impl DbPoolMetrics {
         let connections = IntGaugeVec::new(
             Opts::new(
                 "event_manager_db_pool_connections",
-                "EventDB pool connections by state (size, available, waiting).",
+                "EventDB pool connections by pool (ingest, api) and state (size, available, waiting).",
             ),
-            &["state"],
+            &["pool", "state"],
         )?;
         registry.register(Box::new(connections.clone()))?;
         Ok(Self { connections })
     }
 
     /// Records the pool's current state.
-    pub fn observe(&self, size: usize, available: usize, waiting: usize) {
+    pub fn observe(&self, pool: &str, size: usize, available: usize, waiting: usize) {
         for (state, n) in [
             ("size", size),
             ("available", available),
             ("waiting", waiting),
         ] {
             self.connections
-                .with_label_values(&[state])
+                .with_label_values(&[pool, state])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }

@@ -711,7 +711,7 @@ pub async fn list_events(
         }
     }
     let sql = list_sql(&q, state.auth.hidden_event_types(&principal));
-    let mut client = state.store.client().await?;
+    let mut client = state.store.api_client().await?;
     let rows = sql.page(&mut client).await?;
     let total_entries = match rows.first() {
         Some(row) => row.try_get(TOTAL_COLUMN)?,
@@ -752,7 +752,7 @@ pub async fn get_event(
     Path(id): Path<String>,
 ) -> Result<Json<EventEnvelope>, ApiError> {
     let id: uuid::Uuid = id.parse().map_err(|_| ApiError::NotFound)?;
-    let client = state.store.client().await?;
+    let client = state.store.api_client().await?;
     let stmt = client
         .prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE id = $1"))
         .await?;

@@ -204,10 +204,14 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readines
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format.", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<ApiState>) -> Response {
-    let status = state.store.pool().status();
-    state
-        .db_pool_metrics
-        .observe(status.size, status.available, status.waiting);
+    for (pool, status) in [
+        ("ingest", state.store.pool().status()),
+        ("api", state.store.api_pool().status()),
+    ] {
+        state
+            .db_pool_metrics
+            .observe(pool, status.size, status.available, status.waiting);
+    }
     let mut buf = Vec::new();
     match TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
         Ok(()) => (

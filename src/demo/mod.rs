@@ -101,8 +101,9 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
 
     let store = app.store.clone();
     let result = app.run(listener, shutdown.clone()).await;
-    // Close the pool before the private PostgreSQL stops, so no connection sees it go.
+    // Close the pools before the private PostgreSQL stops, so no connection sees it go.
     store.pool().close();
+    store.api_pool().close();
     shutdown.cancel();
     let _ = feed.await;
     let _ = summary.await;

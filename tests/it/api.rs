@@ -555,7 +555,7 @@ async fn metrics_report_routes_by_template_and_pool_state() {
         "event_manager_http_request_duration_seconds_count{method=\"GET\",route=\"/api/events/{id}\",status=\"404\"} 1",
         "event_manager_http_request_duration_seconds_count{method=\"GET\",route=\"/api/events\",status=\"200\"} 1",
         "event_manager_http_request_duration_seconds_count{method=\"GET\",route=\"/api/events\",status=\"401\"} 1",
-        "event_manager_db_pool_connections{state=\"waiting\"} 0",
+        "event_manager_db_pool_connections{pool=\"api\",state=\"waiting\"} 0",
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
@@ -565,10 +565,12 @@ async fn metrics_report_routes_by_template_and_pool_state() {
     );
     let size = text
         .lines()
-        .find_map(|l| l.strip_prefix("event_manager_db_pool_connections{state=\"size\"} "))
+        .find_map(|l| {
+            l.strip_prefix("event_manager_db_pool_connections{pool=\"api\",state=\"size\"} ")
+        })
         .and_then(|v| v.parse::<i64>().ok())
         .unwrap();
-    assert!(size >= 1, "the pool has opened a connection: {size}");
+    assert!(size >= 1, "the API pool has opened a connection: {size}");
     // The scrape itself is recorded (once it has finished).
     eventually("the /metrics request to be counted", || async {
         let text = api.request("/metrics", None).await.text().await.unwrap();
