@@ -5,10 +5,13 @@
 --
 -- kind 0: events                              attribute = '',   value = ''
 -- kind 1: events having top-level key         attribute = key,  value = ''
--- kind 2: events whose key's new_value is     attribute = key,  value = the string
---         a JSON string (what `attribute_name` + `new_value` match: properties @> {key: {new_value: "…"}})
--- kinds 0, 1, 2 count per minute (bucket = the minute's start); kinds 10, 11, 12 count the
--- same per 10 minutes (bucket = the start of the 10 minutes).
+-- kinds 0 and 1 count per minute (bucket = the minute's start); kinds 10 and 11 count the same
+-- per 10 minutes (bucket = the start of the 10 minutes).
+--
+-- There are no counts per attribute value: values such as identifiers are often unique per
+-- event, which would make this table as large as `events` and every insert and delete touch
+-- two more rows. Totals of `attribute_name` + `new_value` are counted from the events, and
+-- `value` is always ''.
 --
 -- Maintained by statement-level triggers in the same transaction as the change to `events`, so
 -- every snapshot sees counts that agree with the rows. Requires PostgreSQL 14 (date_bin).
@@ -37,16 +40,12 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT b.level, ''::text, ''::text, b.bucket, et, nt FROM b
     UNION ALL
     SELECT (b.level + 1)::smallint, k.key, ''::text, b.bucket, et, nt
-      FROM b, p, jsonb_each(p.props) k
-    UNION ALL
-    SELECT (b.level + 2)::smallint, k.key, k.value ->> 'new_value', b.bucket, et, nt
-      FROM b, p, jsonb_each(p.props) k
-     WHERE jsonb_typeof(k.value) = 'object' AND jsonb_typeof(k.value -> 'new_value') = 'string'
+      FROM b, p, jsonb_object_keys(p.props) k(key)
 $$;
 
--- Adds (sign 1) or subtracts (sign -1) the rows of a transition table. Keys are upserted in
--- sorted order, so concurrent writers lock count rows in the same order and cannot deadlock
--- on them; rows that reach zero are removed.
+-- Adds the rows of the new transition table, subtracts those of the old one. Added keys are
+-- upserted in sorted order, so concurrent writers lock count rows in the same order; rows
+-- that reach zero are removed.
 CREATE FUNCTION event_counts_apply() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -63,15 +62,18 @@ BEGIN
         DO UPDATE SET n = c.n + excluded.n;
     END IF;
     IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        -- Every key of a deleted row has a count row; those that reach zero go.
         WITH changed AS (
-            INSERT INTO event_counts AS c (kind, attribute, value, bucket, event_type, entity_type, n)
-            SELECT k.kind, k.attribute, k.value, k.bucket, k.event_type, k.entity_type, -count(*)
-              FROM old_rows r,
-                   LATERAL event_count_keys(r.event_time, r.event_type, r.entity_type, r.properties) k
-             GROUP BY 1, 2, 3, 4, 5, 6
-             ORDER BY 1, 2, 3, 4, 5, 6
-            ON CONFLICT (kind, attribute, value, bucket, event_type, entity_type)
-            DO UPDATE SET n = c.n + excluded.n
+            UPDATE event_counts c SET n = c.n - g.n
+              FROM (SELECT k.kind, k.attribute, k.value, k.bucket, k.event_type, k.entity_type,
+                           count(*) AS n
+                      FROM old_rows r,
+                           LATERAL event_count_keys(r.event_time, r.event_type, r.entity_type,
+                                                    r.properties) k
+                     GROUP BY 1, 2, 3, 4, 5, 6) g
+             WHERE c.kind = g.kind AND c.attribute = g.attribute AND c.value = g.value
+               AND c.bucket = g.bucket AND c.event_type = g.event_type
+               AND c.entity_type = g.entity_type
             RETURNING c.kind, c.attribute, c.value, c.bucket, c.event_type, c.entity_type, c.n
         )
         SELECT array_agg(ROW(changed.kind, changed.attribute, changed.value, changed.bucket,

@@ -470,8 +470,9 @@ struct Filters {
     /// For rows of `event_counts` (event and entity type, hidden types; the attribute is part
     /// of the count key).
     counts: String,
-    /// `event_counts` key: kind, attribute and value (see `sql/V4__event_counts.sql`).
-    count_key: (i16, String, String),
+    /// `event_counts` key: kind, attribute and value (see `sql/V4__event_counts.sql`); `None`
+    /// when there are no counts for the filter and the total is counted from the events.
+    count_key: Option<(i16, String, String)>,
     params: Vec<Param>,
 }
 
@@ -496,7 +497,7 @@ fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
         events: String::new(),
         edges: String::new(),
         counts: String::new(),
-        count_key: (0, String::new(), String::new()),
+        count_key: Some((0, String::new(), String::new())),
         params: vec![
             (Box::new(q.from), Type::TIMESTAMPTZ),
             (Box::new(q.to), Type::TIMESTAMPTZ),
@@ -533,7 +534,7 @@ fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
     }
     match &q.attribute {
         Some(AttributeFilter::Exists(name)) => {
-            f.count_key = (1, name.clone(), String::new());
+            f.count_key = Some((1, name.clone(), String::new()));
             push(
                 &mut f,
                 (exists, ROW_CHECKED.0, ""),
@@ -542,7 +543,8 @@ fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
             );
         }
         Some(AttributeFilter::NewValue { name, value }) => {
-            f.count_key = (2, name.clone(), value.clone());
+            // Values are not counted (they are often unique per event).
+            f.count_key = None;
             let mut inner = serde_json::Map::new();
             inner.insert("new_value".into(), value.clone().into());
             let mut outer = serde_json::Map::new();
@@ -620,7 +622,8 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
     params.push((Box::new(offset), Type::INT8));
     let (lo, hi) = whole_minutes(q.from, q.to);
     let (lo10, hi10) = whole_spans(lo, hi, TEN_MINUTES);
-    let (kind, attribute, value) = f.count_key;
+    let exact = f.count_key.is_none();
+    let (kind, attribute, value) = f.count_key.unwrap_or_default();
     params.push((Box::new(lo), Type::TIMESTAMPTZ));
     params.push((Box::new(hi), Type::TIMESTAMPTZ));
     params.push((Box::new(kind), Type::INT2));
@@ -636,8 +639,11 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
     let events = f.events;
     let edges = f.edges;
     let counts = f.counts;
-    let total = format!(
-        "coalesce((SELECT sum(n) FROM event_counts \
+    let total = if exact {
+        format!("(SELECT count(*) FROM events WHERE event_time >= $1 AND event_time < $2{events})")
+    } else {
+        format!(
+            "coalesce((SELECT sum(n) FROM event_counts \
                  WHERE kind = ${kind10} AND {key} \
                    AND bucket >= ${lo10} AND bucket < ${hi10}{counts}), 0)::bigint \
                + coalesce((SELECT sum(n) FROM event_counts \
@@ -650,7 +656,8 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
                  WHERE event_time >= $1 AND event_time < ${lo}{edges}) \
                + (SELECT count(*) FROM events \
                  WHERE event_time >= ${hi} AND event_time < $2{edges})"
-    );
+        )
+    };
     ListSql {
         // The total rides along as a last column: an uncorrelated sub-select that PostgreSQL
         // evaluates once, so a page and its total cost one statement.
@@ -1025,8 +1032,18 @@ mod tests {
         );
         assert!(sql.list.ends_with("LIMIT $7 OFFSET $8"), "{}", sql.list);
         assert!(!sql.list.contains("x'--"));
-        // Both take the filters, limit and offset, then the whole minutes, the count key and
-        // the whole 10-minute spans.
+        // Values are not counted in event_counts: their total is counted from the events.
+        assert!(
+            sql.count
+                .contains("count(*) FROM events WHERE event_time >= $1 AND event_time < $2")
+                && !sql.count.contains("event_counts"),
+            "{}",
+            sql.count
+        );
+        // Otherwise both take the filters, limit and offset, then the whole minutes, the count
+        // key and the whole 10-minute spans.
+        let q = parse("event_type=a&entity_type=b&attribute_name=status").unwrap();
+        let sql = list_sql(&q, vec!["Hidden".into()]);
         assert_eq!(sql.params.len(), 16);
         for statement in [&sql.count, &sql.list] {
             assert!(
@@ -1051,9 +1068,18 @@ mod tests {
         long.from = long.to - chrono::Duration::hours(25);
         let sql = list_sql(&long, Vec::new());
         assert!(sql.list.contains("properties @> $3::jsonb"), "{}", sql.list);
-        // The partial minutes at the ends are few rows: checked row by row.
         assert!(
-            sql.count.contains("jsonb_contains(properties, $3::jsonb)"),
+            sql.count.contains("properties @> $3::jsonb"),
+            "{}",
+            sql.count
+        );
+        // The partial minutes at the ends of a counted total are few rows: checked row by row.
+        let mut long = parse("attribute_name=status").unwrap();
+        long.from = long.to - chrono::Duration::hours(25);
+        let sql = list_sql(&long, Vec::new());
+        assert!(sql.list.contains("properties ? $3"), "{}", sql.list);
+        assert!(
+            sql.count.contains("jsonb_exists(properties, $3)"),
             "{}",
             sql.count
         );
