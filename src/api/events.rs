@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Extension;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::types::{ToSql, Type};
@@ -292,63 +292,11 @@ pub struct EventView {
     pub entity_id: String,
     /// What changed: `{attribute: {new_value, old_value}}`.
     #[schema(value_type = Object)]
-    pub properties: RawJson,
+    pub properties: serde_json::Value,
     /// When the change happened (RFC 3339, UTC).
     pub event_time: DateTime<Utc>,
     /// Who made the change, when known.
     pub changed_by: Option<String>,
-}
-
-impl EventView {
-    fn from_row(row: &Row) -> Self {
-        Self {
-            id: row.get(0),
-            event_type: row.get(1),
-            entity_type: row.get(2),
-            entity_id: row.get(3),
-            properties: row.get(4),
-            event_time: row.get(5),
-            changed_by: row.get(6),
-        }
-    }
-}
-
-/// A JSON document passed through as PostgreSQL sent it, without building a tree of it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(transparent)]
-pub struct RawJson(Box<serde_json::value::RawValue>);
-
-impl RawJson {
-    /// The JSON text.
-    pub fn get(&self) -> &str {
-        self.0.get()
-    }
-}
-
-impl PartialEq for RawJson {
-    fn eq(&self, other: &Self) -> bool {
-        self.get() == other.get()
-    }
-}
-
-impl<'a> tokio_postgres::types::FromSql<'a> for RawJson {
-    fn from_sql(
-        ty: &Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        // Binary jsonb is a version byte (1) and the JSON text; json is the text.
-        let text = match (ty == &Type::JSONB, raw.split_first()) {
-            (false, _) => raw,
-            (true, Some((1, text))) => text,
-            (true, _) => return Err("unsupported jsonb format version".into()),
-        };
-        let text = std::str::from_utf8(text)?;
-        Ok(RawJson(serde_json::value::RawValue::from_string(
-            text.to_owned(),
-        )?))
-    }
-
-    tokio_postgres::types::accepts!(JSON, JSONB);
 }
 
 /// A JSON document borrowed from a row, as PostgreSQL sent it.
@@ -372,7 +320,7 @@ impl<'a> tokio_postgres::types::FromSql<'a> for RawJsonRef<'a> {
     tokio_postgres::types::accepts!(JSON, JSONB);
 }
 
-/// One row of the page query written as an [`EventView`], straight from the driver's buffer.
+/// One row of [`COLUMNS`] written as an [`EventView`], straight from the driver's buffer.
 struct RowEvent<'a>(&'a Row);
 
 impl Serialize for RowEvent<'_> {
@@ -413,6 +361,28 @@ impl Serialize for RowEvents<'_> {
 struct RowPage<'a> {
     data: RowEvents<'a>,
     paging: Paging,
+}
+
+/// A get response in the shape of [`EventEnvelope`], written from the row.
+#[derive(Serialize)]
+struct RowEnvelope<'a> {
+    data: RowEvent<'a>,
+}
+
+/// `body` as a JSON response.
+fn json_response(body: &impl Serialize) -> Result<Response, ApiError> {
+    let bytes = serde_json::to_vec(body).map_err(|e| {
+        tracing::error!(error = %e, "writing a response from event rows failed");
+        ApiError::Internal
+    })?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response())
 }
 
 /// Paging facts of a list response.
@@ -801,18 +771,7 @@ pub async fn list_events(
             total_pages: (total_entries + page_size - 1) / page_size,
         },
     };
-    let body = serde_json::to_vec(&page).map_err(|e| {
-        tracing::error!(error = %e, "writing an events page failed");
-        ApiError::Internal
-    })?;
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response())
+    json_response(&page)
 }
 
 /// Gets one event. Unknown and malformed ids, and events of a type the token may not see, are 404.
@@ -834,25 +793,27 @@ pub async fn get_event(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<EventEnvelope>, ApiError> {
+) -> Result<Response, ApiError> {
     let id: uuid::Uuid = id.parse().map_err(|_| ApiError::NotFound)?;
     let client = state.store.api_client().await?;
     let stmt = client
         .prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE id = $1"))
         .await?;
-    let row = client.query_opt(&stmt, &[&id]).await?;
-    let event = row
-        .as_ref()
-        .map(EventView::from_row)
+    let row = client
+        .query_opt(&stmt, &[&id])
+        .await?
         .ok_or(ApiError::NotFound)?;
+    let event_type: &str = row.try_get(1)?;
     if state
         .auth
-        .event_type_scope(&event.event_type)
+        .event_type_scope(event_type)
         .is_some_and(|scope| !principal.has_scope(scope))
     {
         return Err(ApiError::NotFound);
     }
-    Ok(Json(EventEnvelope { data: event }))
+    json_response(&RowEnvelope {
+        data: RowEvent(&row),
+    })
 }
 
 #[cfg(test)]
