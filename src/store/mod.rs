@@ -172,10 +172,7 @@ impl EventStore {
 
     /// A connection of the query API's pool.
     pub async fn api_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.api_pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Pool(e.to_string()))
+        checkout(&self.api_pool).await
     }
 
     /// The ingestion pool (also the terminator's and the migrations').
@@ -185,10 +182,7 @@ impl EventStore {
 
     /// Takes a pooled connection.
     pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Pool(e.to_string()))
+        checkout(&self.pool).await
     }
 
     /// Checks that the database answers.
@@ -520,6 +514,12 @@ fn with_default_setting(options: &str, name: &str, value: &str) -> String {
     } else {
         format!("{options} -c {name}={value}").trim().to_owned()
     }
+}
+
+async fn checkout(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+    pool.get()
+        .await
+        .map_err(|e| StoreError::Pool(e.to_string()))
 }
 
 fn build_pool(pg: tokio_postgres::Config, config: &DatabaseConfig) -> Result<Pool, StoreError> {

@@ -2,7 +2,7 @@
 //! seeded, analysed table never shows a sequential scan of `events`.
 
 use chrono::{TimeZone, Utc};
-use event_manager::api::events::{list_sql, parse_query};
+use event_manager::api::events::{list_sql, parse_query, ListSql};
 use event_manager::config::ApiConfig;
 
 use crate::support::fresh_database;
@@ -25,18 +25,23 @@ SELECT gen_random_uuid(),
 FROM generate_series(1, 50000) AS i
 ";
 
-async fn plans(
-    client: &tokio_postgres::Client,
-    query: &str,
-    config: &ApiConfig,
-) -> (String, String) {
+/// The statements of a list request made on 2024-06-01.
+fn statements(query: &str, config: &ApiConfig) -> ListSql {
     let q = parse_query(
         Some(query),
         Utc.with_ymd_and_hms(2024, 6, 1, 0, 0, 0).unwrap(),
         config,
     )
     .unwrap_or_else(|e| panic!("{query}: {e}"));
-    let sql = list_sql(&q, Vec::new());
+    list_sql(&q, Vec::new())
+}
+
+async fn plans(
+    client: &tokio_postgres::Client,
+    query: &str,
+    config: &ApiConfig,
+) -> (String, String) {
+    let sql = statements(query, config);
     let text = |rows: Vec<tokio_postgres::Row>| {
         rows.iter()
             .map(|r| r.get::<_, String>(0))
@@ -61,13 +66,7 @@ async fn generic_plans(
     query: &str,
     config: &ApiConfig,
 ) -> (String, String) {
-    let q = parse_query(
-        Some(query),
-        Utc.with_ymd_and_hms(2024, 6, 1, 0, 0, 0).unwrap(),
-        config,
-    )
-    .unwrap_or_else(|e| panic!("{query}: {e}"));
-    let sql = list_sql(&q, Vec::new());
+    let sql = statements(query, config);
     assert!(sql.prepared_list, "{query}");
     let mut plans = Vec::new();
     for (name, statement, params) in [
