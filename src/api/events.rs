@@ -440,9 +440,9 @@ struct Filters {
     /// For rows of `event_counts` (event and entity type, hidden types; the attribute is part
     /// of the count key).
     counts: String,
-    /// `event_counts` key: kind, attribute and value (see `sql/V4__event_counts.sql`); `None`
-    /// when there are no counts for the filter and the total is counted from the events.
-    count_key: Option<(i16, String, String)>,
+    /// `event_counts` key: kind and attribute (see `sql/V4__event_counts.sql`); `None` when
+    /// there are no counts for the filter and the total is counted from the events.
+    count_key: Option<(i16, String)>,
     params: Vec<Param>,
 }
 
@@ -467,7 +467,7 @@ fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
         events: String::new(),
         edges: String::new(),
         counts: String::new(),
-        count_key: Some((0, String::new(), String::new())),
+        count_key: Some((0, String::new())),
         params: vec![
             (Box::new(q.from), Type::TIMESTAMPTZ),
             (Box::new(q.to), Type::TIMESTAMPTZ),
@@ -504,7 +504,7 @@ fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
     }
     match &q.attribute {
         Some(AttributeFilter::Exists(name)) => {
-            f.count_key = Some((1, name.clone(), String::new()));
+            f.count_key = Some((1, name.clone()));
             push(
                 &mut f,
                 (exists, ROW_CHECKED.0, ""),
@@ -593,19 +593,18 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
     let (lo, hi) = whole_minutes(q.from, q.to);
     let (lo10, hi10) = whole_spans(lo, hi, TEN_MINUTES);
     let exact = f.count_key.is_none();
-    let (kind, attribute, value) = f.count_key.unwrap_or_default();
+    let (kind, attribute) = f.count_key.unwrap_or_default();
     params.push((Box::new(lo), Type::TIMESTAMPTZ));
     params.push((Box::new(hi), Type::TIMESTAMPTZ));
     params.push((Box::new(kind), Type::INT2));
     params.push((Box::new(attribute), Type::TEXT));
-    params.push((Box::new(value), Type::TEXT));
     params.push((Box::new(lo10), Type::TIMESTAMPTZ));
     params.push((Box::new(hi10), Type::TIMESTAMPTZ));
     params.push((Box::new(kind + 10), Type::INT2));
     let (limit_n, offset_n) = (n + 1, n + 2);
-    let (lo, hi, kind, attribute, value) = (n + 3, n + 4, n + 5, n + 6, n + 7);
-    let (lo10, hi10, kind10) = (n + 8, n + 9, n + 10);
-    let key = format!("attribute = ${attribute} AND value = ${value}");
+    let (lo, hi, kind, attribute) = (n + 3, n + 4, n + 5, n + 6);
+    let (lo10, hi10, kind10) = (n + 7, n + 8, n + 9);
+    let key = format!("attribute = ${attribute}");
     let events = f.events;
     let edges = f.edges;
     let counts = f.counts;
@@ -1005,14 +1004,14 @@ mod tests {
         // key and the whole 10-minute spans.
         let q = parse("event_type=a&entity_type=b&attribute_name=status").unwrap();
         let sql = list_sql(&q, vec!["Hidden".into()]);
-        assert_eq!(sql.params.len(), 16);
+        assert_eq!(sql.params.len(), 15);
         for statement in [&sql.count, &sql.list] {
             assert!(
-                statement.contains("kind = $11 AND attribute = $12 AND value = $13")
-                    && statement.contains("kind = $16 AND attribute = $12")
-                    && statement.contains("bucket >= $14 AND bucket < $15")
-                    && statement.contains("bucket >= $9 AND bucket < $14")
-                    && statement.contains("bucket >= $15 AND bucket < $10"),
+                statement.contains("kind = $11 AND attribute = $12 AND bucket")
+                    && statement.contains("kind = $15 AND attribute = $12")
+                    && statement.contains("bucket >= $13 AND bucket < $14")
+                    && statement.contains("bucket >= $9 AND bucket < $13")
+                    && statement.contains("bucket >= $14 AND bucket < $10"),
                 "{statement}"
             );
         }
