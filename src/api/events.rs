@@ -440,10 +440,20 @@ struct Filters {
     /// For rows of `event_counts` (event and entity type, hidden types; the attribute is part
     /// of the count key).
     counts: String,
-    /// `event_counts` key: kind and attribute (see `sql/V4__event_counts.sql`); `None` when
-    /// there are no counts for the filter and the total is counted from the events.
-    count_key: Option<(i16, String)>,
+    /// Where the total comes from.
+    total: TotalFrom,
     params: Vec<Param>,
+}
+
+/// The source of a list's total (see `sql/V4__event_counts.sql` and
+/// `sql/V5__event_value_counts.sql`).
+enum TotalFrom {
+    /// `event_counts` of this kind and attribute.
+    Counts(i16, String),
+    /// `event_value_counts` of this attribute and new value, unless the window holds
+    /// occurrences of the attribute that are not counted by value (kind 3 of `event_counts`):
+    /// then the events themselves.
+    Values(String, String),
 }
 
 /// The filters and their parameters for a list request. Every filter is served by an index of
@@ -467,7 +477,7 @@ fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
         events: String::new(),
         edges: String::new(),
         counts: String::new(),
-        count_key: Some((0, String::new())),
+        total: TotalFrom::Counts(0, String::new()),
         params: vec![
             (Box::new(q.from), Type::TIMESTAMPTZ),
             (Box::new(q.to), Type::TIMESTAMPTZ),
@@ -504,7 +514,7 @@ fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
     }
     match &q.attribute {
         Some(AttributeFilter::Exists(name)) => {
-            f.count_key = Some((1, name.clone()));
+            f.total = TotalFrom::Counts(1, name.clone());
             push(
                 &mut f,
                 (exists, ROW_CHECKED.0, ""),
@@ -513,8 +523,7 @@ fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
             );
         }
         Some(AttributeFilter::NewValue { name, value }) => {
-            // Values are not counted (they are often unique per event).
-            f.count_key = None;
+            f.total = TotalFrom::Values(name.clone(), value.clone());
             let mut inner = serde_json::Map::new();
             inner.insert("new_value".into(), value.clone().into());
             let mut outer = serde_json::Map::new();
@@ -581,7 +590,9 @@ pub fn whole_minutes(from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, 
 /// The count sums the 10-minute counts of `event_counts` over the window's whole 10-minute
 /// spans, the per-minute counts over its other whole minutes (at most 18), and counts the rows
 /// of the partial minutes at both ends: at most two minutes of rows, whatever the window's
-/// length.
+/// length. With `new_value` it sums the per-minute `event_value_counts` the same way, unless
+/// the window's whole minutes hold occurrences of the attribute that are not counted by value
+/// (captured attributes, long values): then it counts the window's events.
 pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
     let f = filters(q, hidden_types);
     let mut params = f.params;
@@ -591,41 +602,61 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
     params.push((Box::new(limit), Type::INT8));
     params.push((Box::new(offset), Type::INT8));
     let (lo, hi) = whole_minutes(q.from, q.to);
-    let (lo10, hi10) = whole_spans(lo, hi, TEN_MINUTES);
-    let exact = f.count_key.is_none();
-    let (kind, attribute) = f.count_key.unwrap_or_default();
-    params.push((Box::new(lo), Type::TIMESTAMPTZ));
-    params.push((Box::new(hi), Type::TIMESTAMPTZ));
-    params.push((Box::new(kind), Type::INT2));
-    params.push((Box::new(attribute), Type::TEXT));
-    params.push((Box::new(lo10), Type::TIMESTAMPTZ));
-    params.push((Box::new(hi10), Type::TIMESTAMPTZ));
-    params.push((Box::new(kind + 10), Type::INT2));
-    let (limit_n, offset_n) = (n + 1, n + 2);
-    let (lo, hi, kind, attribute) = (n + 3, n + 4, n + 5, n + 6);
-    let (lo10, hi10, kind10) = (n + 7, n + 8, n + 9);
-    let key = format!("attribute = ${attribute}");
     let events = f.events;
     let edges = f.edges;
     let counts = f.counts;
-    let total = if exact {
-        format!("(SELECT count(*) FROM events WHERE event_time >= $1 AND event_time < $2{events})")
-    } else {
-        format!(
-            "coalesce((SELECT sum(n) FROM event_counts \
-                 WHERE kind = ${kind10} AND {key} \
-                   AND bucket >= ${lo10} AND bucket < ${hi10}{counts}), 0)::bigint \
-               + coalesce((SELECT sum(n) FROM event_counts \
-                 WHERE kind = ${kind} AND {key} \
-                   AND bucket >= ${lo} AND bucket < ${lo10}{counts}), 0)::bigint \
-               + coalesce((SELECT sum(n) FROM event_counts \
-                 WHERE kind = ${kind} AND {key} \
-                   AND bucket >= ${hi10} AND bucket < ${hi}{counts}), 0)::bigint \
-               + (SELECT count(*) FROM events \
-                 WHERE event_time >= $1 AND event_time < ${lo}{edges}) \
-               + (SELECT count(*) FROM events \
-                 WHERE event_time >= ${hi} AND event_time < $2{edges})"
-        )
+    // Parameters after the filters', limit and offset.
+    let mut push = |p: Box<dyn ToSql + Sync + Send>, ty: Type| {
+        params.push((p, ty));
+        params.len()
+    };
+    let (limit_n, offset_n) = (n + 1, n + 2);
+    let lo_n = push(Box::new(lo), Type::TIMESTAMPTZ);
+    let hi_n = push(Box::new(hi), Type::TIMESTAMPTZ);
+    // The partial minutes at the window's ends, row by row.
+    let edge_rows = format!(
+        "(SELECT count(*) FROM events WHERE event_time >= $1 AND event_time < ${lo_n}{edges}) \
+         + (SELECT count(*) FROM events WHERE event_time >= ${hi_n} AND event_time < $2{edges})"
+    );
+    let total = match f.total {
+        TotalFrom::Counts(kind, attribute) => {
+            let (lo10, hi10) = whole_spans(lo, hi, TEN_MINUTES);
+            let kind_n = push(Box::new(kind), Type::INT2);
+            let attribute_n = push(Box::new(attribute), Type::TEXT);
+            let lo10_n = push(Box::new(lo10), Type::TIMESTAMPTZ);
+            let hi10_n = push(Box::new(hi10), Type::TIMESTAMPTZ);
+            let kind10_n = push(Box::new(kind + 10), Type::INT2);
+            let key = format!("attribute = ${attribute_n}");
+            format!(
+                "coalesce((SELECT sum(n) FROM event_counts \
+                     WHERE kind = ${kind10_n} AND {key} \
+                       AND bucket >= ${lo10_n} AND bucket < ${hi10_n}{counts}), 0)::bigint \
+                   + coalesce((SELECT sum(n) FROM event_counts \
+                     WHERE kind = ${kind_n} AND {key} \
+                       AND bucket >= ${lo_n} AND bucket < ${lo10_n}{counts}), 0)::bigint \
+                   + coalesce((SELECT sum(n) FROM event_counts \
+                     WHERE kind = ${kind_n} AND {key} \
+                       AND bucket >= ${hi10_n} AND bucket < ${hi_n}{counts}), 0)::bigint \
+                   + {edge_rows}"
+            )
+        }
+        TotalFrom::Values(attribute, value) => {
+            let attribute_n = push(Box::new(attribute), Type::TEXT);
+            let value_n = push(Box::new(value), Type::TEXT);
+            // Sub-selects run when their branch is taken, so a window without uncounted
+            // occurrences never reads its events for the total.
+            format!(
+                "CASE WHEN EXISTS (SELECT FROM event_counts \
+                     WHERE kind = 3 AND attribute = ${attribute_n} \
+                       AND bucket >= ${lo_n} AND bucket < ${hi_n}{counts}) \
+                   THEN (SELECT count(*) FROM events \
+                     WHERE event_time >= $1 AND event_time < $2{events}) \
+                   ELSE coalesce((SELECT sum(n) FROM event_value_counts \
+                     WHERE attribute = ${attribute_n} AND value = ${value_n} \
+                       AND bucket >= ${lo_n} AND bucket < ${hi_n}{counts}), 0)::bigint \
+                     + {edge_rows} END"
+            )
+        }
     };
     ListSql {
         // The total rides along as a last column: an uncorrelated sub-select that PostgreSQL

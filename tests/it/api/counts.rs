@@ -29,7 +29,30 @@ SELECT gen_random_uuid(),
 FROM generate_series(1, 6000) AS i
 ";
 
-const FILTERS: [&str; 9] = [
+/// 2 000 events from 16:00 whose attributes are mostly watched (they have `old_value`), so
+/// `new_value` totals come from `event_value_counts`; one captured `status` at about 16:55 and
+/// long `note` values make windows that must be counted from the events instead.
+const SEED_WATCHED: &str = "
+INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, changed_by,
+                    source_topic, source_partition, source_offset, source_seq)
+SELECT gen_random_uuid(),
+       CASE WHEN i % 7 = 0 THEN 'StateChangeEvent' ELSE 'StatusChangeEvent' END,
+       (ARRAY['Episode','Encounter','Declaration'])[1 + i % 3],
+       'w' || i,
+       CASE WHEN i = 1000 THEN jsonb_build_object('status', jsonb_build_object('new_value', 'APPROVED'))
+            ELSE CASE i % 4
+            WHEN 0 THEN jsonb_build_object('status', jsonb_build_object('new_value', 'APPROVED', 'old_value', 'NEW'))
+            WHEN 1 THEN jsonb_build_object('status', jsonb_build_object('new_value', 'REJECTED', 'old_value', NULL),
+                                           'ref', jsonb_build_object('new_value', 'Patient/' || (i % 50), 'old_value', NULL))
+            WHEN 2 THEN jsonb_build_object('status', jsonb_build_object('new_value', 'APPROVED', 'old_value', 'REJECTED'),
+                                           'note', jsonb_build_object('new_value', repeat('x', 300), 'old_value', NULL))
+            ELSE jsonb_build_object('status', jsonb_build_object('new_value', 5, 'old_value', 4)) END END,
+       timestamptz '2024-03-01 16:00:00+00' + (i * 3.3 + (i % 11) * 0.29) * interval '1 second',
+       'u', 'seed', 1, i, 0
+FROM generate_series(1, 2000) AS i
+";
+
+const FILTERS: [&str; 13] = [
     "",
     "&event_type=StateChangeEvent",
     "&entity_type=Episode",
@@ -39,6 +62,10 @@ const FILTERS: [&str; 9] = [
     "&attribute_name=status&new_value=APPROVED",
     "&attribute_name=status&new_value=REJECTED&entity_type=Declaration",
     "&attribute_name=note&new_value=null",
+    "&attribute_name=note&new_value=x",
+    "&attribute_name=ref&new_value=Patient/7",
+    "&attribute_name=ref&new_value=Patient/7&event_type=StatusChangeEvent&entity_type=Encounter",
+    "&attribute_name=status&new_value=5",
 ];
 
 /// Windows: sub-minute, exactly on minute boundaries, straddling them, and long.
@@ -57,6 +84,11 @@ fn windows() -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
         (t(7, 30, 0, 0), t(8, 0, 30, 0)),
         (t(8, 0, 0, 0), t(15, 0, 0, 0)),
         (t(14, 50, 0, 0), t(16, 0, 0, 0)),
+        (t(16, 0, 0, 0), t(17, 0, 0, 0)),
+        (t(16, 13, 27, 250_000), t(17, 13, 26, 0)),
+        (t(16, 20, 0, 0), t(16, 50, 0, 0)),
+        (t(16, 20, 10, 0), t(16, 54, 30, 0)),
+        (t(17, 0, 0, 0), t(18, 0, 0, 0)),
     ]
 }
 
@@ -136,6 +168,19 @@ async fn totals_agree_with_a_plain_count_through_every_change() {
     let db = fresh_database().await;
     let client = db.client().await;
     client.batch_execute(SEED).await.unwrap();
+    client.batch_execute(SEED_WATCHED).await.unwrap();
+    // Watched values are counted per value; captured ones and long values are not.
+    let by_value: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(n), 0)::bigint FROM event_value_counts \
+             WHERE attribute = 'status' AND value = 'APPROVED'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // SEED: every fifth of 6 000; SEED_WATCHED: half of 2 000, less the captured one.
+    assert_eq!(by_value, 1200 + 999);
     check_all(&client, "after insert").await;
 
     // The terminator's way: batches of rows by physical position.
@@ -155,7 +200,8 @@ async fn totals_agree_with_a_plain_count_through_every_change() {
     client
         .batch_execute(
             "UPDATE events SET entity_type = 'Episode', \
-                 properties = properties || '{\"priority\": {\"new_value\": \"high\"}}' \
+                 properties = properties || '{\"priority\": {\"new_value\": \"high\"}, \
+                     \"ref\": {\"new_value\": \"Patient/7\", \"old_value\": null}}' \
              WHERE source_offset % 11 = 0",
         )
         .await
@@ -164,7 +210,11 @@ async fn totals_agree_with_a_plain_count_through_every_change() {
 
     // A minute bucket emptied completely leaves no row behind.
     let empty: i64 = client
-        .query_one("SELECT count(*) FROM event_counts WHERE n <= 0", &[])
+        .query_one(
+            "SELECT (SELECT count(*) FROM event_counts WHERE n <= 0) \
+                  + (SELECT count(*) FROM event_value_counts WHERE n <= 0)",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -172,12 +222,17 @@ async fn totals_agree_with_a_plain_count_through_every_change() {
 
     client.batch_execute("TRUNCATE events").await.unwrap();
     let left: i64 = client
-        .query_one("SELECT count(*) FROM event_counts", &[])
+        .query_one(
+            "SELECT (SELECT count(*) FROM event_counts) \
+                  + (SELECT count(*) FROM event_value_counts)",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
     client.batch_execute(SEED).await.unwrap();
+    client.batch_execute(SEED_WATCHED).await.unwrap();
     check_all(&client, "after truncate and reload").await;
 }
 
