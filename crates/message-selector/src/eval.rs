@@ -54,6 +54,14 @@ pub(crate) enum Node {
         list: InList,
         negated: bool,
     },
+    /// `property IN (…)` with a short list of strings only, the common case, evaluated in
+    /// place: a string is in the list or not, and anything else is unknown.
+    InStrings {
+        property: Box<str>,
+        /// Not empty, at most [`LINEAR_IN_LIMIT`] items.
+        strings: Box<[Box<str>]>,
+        negated: bool,
+    },
     Like {
         property: Box<str>,
         /// Boxed: a compiled pattern is large and LIKE is one node kind of many.
@@ -304,10 +312,19 @@ impl Node {
                 identifier,
                 list,
                 negated,
-            } => Node::In {
-                property: identifier.as_str().into(),
-                list: InList::new(list),
-                negated: *negated,
+            } => match strings_only(list) {
+                Some(strings) if !strings.is_empty() && strings.len() <= LINEAR_IN_LIMIT => {
+                    Node::InStrings {
+                        property: identifier.as_str().into(),
+                        strings,
+                        negated: *negated,
+                    }
+                }
+                _ => Node::In {
+                    property: identifier.as_str().into(),
+                    list: InList::new(list),
+                    negated: *negated,
+                },
             },
             Expr::Like {
                 identifier,
@@ -338,6 +355,7 @@ impl Node {
             | Node::CompareProperty { .. }
             | Node::CompareNumber { .. }
             | Node::In { .. }
+            | Node::InStrings { .. }
             | Node::Like { .. }
             | Node::IsNull { .. } => false,
             Node::Not(operand) | Node::Unary(_, operand) => operand.is_constant(),
@@ -398,6 +416,26 @@ impl Node {
             } => match props.get(property) {
                 None => Truth::Unknown,
                 Some(value) => negate_if(list.contains(value), *negated),
+            },
+            Node::InStrings {
+                property,
+                strings,
+                negated,
+            } => match props.get(property) {
+                Some(Value::String(s)) => {
+                    // A loop rather than `Iterator::any`, which was left as a call.
+                    let mut found = false;
+                    for item in strings.iter() {
+                        if str_eq(item, s) {
+                            found = true;
+                            break;
+                        }
+                    }
+                    Truth::from(found != *negated)
+                }
+                // NULL is unknown, and so is comparing a number or boolean with strings
+                // (as `InList::contains` has it for a list without numbers).
+                _ => Truth::Unknown,
             },
             Node::Like {
                 property,
@@ -506,6 +544,16 @@ fn any<P: PropertySource + ?Sized>(children: &[Node], props: &P) -> Truth {
         }
     }
     result
+}
+
+/// The items of an IN list if they are all strings.
+fn strings_only(list: &[OwnedValue]) -> Option<Box<[Box<str>]>> {
+    list.iter()
+        .map(|item| match item {
+            OwnedValue::String(s) => Some(s.as_str().into()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Collects the operands of a chain of one associative operator, left to right.
