@@ -206,16 +206,29 @@ impl LikePattern {
     }
 
     /// Whether the whole of `text` matches the pattern.
-    #[inline]
+    ///
+    /// `prefix%middle%` (URL-like patterns such as `'https://%/CarePlan/%'`) is matched
+    /// inline in the evaluator's loop; a call with its prologue and dispatch cost about
+    /// as much as the search itself. The other shapes are one call away.
+    #[inline(always)]
     pub(crate) fn matches(&self, text: &str) -> bool {
+        match &self.matcher {
+            Matcher::PrefixContains { prefix, middle } => {
+                starts_with(text, prefix) && middle.find(&text.as_bytes()[prefix.len()..]).is_some()
+            }
+            _ => self.matches_other(text),
+        }
+    }
+
+    /// [`LikePattern::matches`] for the shapes other than `prefix%middle%`.
+    #[inline(never)]
+    fn matches_other(&self, text: &str) -> bool {
         match &self.matcher {
             Matcher::Exact(lit) => str_eq(text, lit),
             Matcher::Prefix(lit) => starts_with(text, lit),
             Matcher::Suffix(lit) => ends_with(text, lit),
             Matcher::Contains(middle) => middle.find(text.as_bytes()).is_some(),
-            Matcher::PrefixContains { prefix, middle } => {
-                starts_with(text, prefix) && middle.find(&text.as_bytes()[prefix.len()..]).is_some()
-            }
+            Matcher::PrefixContains { .. } => self.matches(text),
             Matcher::Literals {
                 first,
                 middle,
