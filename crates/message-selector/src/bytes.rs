@@ -99,8 +99,10 @@ mod sse2 {
         /// where a vector would run past their end (which callers avoid).
         #[inline(always)]
         fn candidates(&self, firsts: &[u8], seconds: &[u8], at: usize) -> u32 {
-            let (Some(first), Some(second)) = (firsts.get(at..at + 16), seconds.get(at..at + 16))
-            else {
+            let (Some(first), Some(second)) = (
+                firsts.get(at..).and_then(|f| f.get(..16)),
+                seconds.get(at..).and_then(|s| s.get(..16)),
+            ) else {
                 return 0;
             };
             // SAFETY: SSE2 is available (see `new`). Each load reads the 16 bytes of a
@@ -117,33 +119,73 @@ mod sse2 {
         /// `Some` with the offset of the leftmost occurrence of `needle` (the needle this
         /// was built for) in `haystack`, if any; `None` if the haystack is too short for
         /// a vector, which is left to the caller.
+        ///
+        /// Inlined, this scans up to the first vector with candidates and checks those;
+        /// should none match (rare with rare bytes), the rest of the search is a call.
+        /// Keeping the check out of the scanning loop keeps LLVM from preparing it (the
+        /// needle's length classes) before every search.
         #[inline(always)]
         pub(super) fn find(&self, haystack: &[u8], needle: &[u8]) -> Option<Option<usize>> {
-            // A match starting at `s` ends by the end, `s + needle.len() <= len`, and the
-            // offsets are below `needle.len()`, so `s < last + 16`: vectors at 0, 16, 32, …
-            // below `last`, and then one at `last`, cover every start.
-            let last = haystack.len().checked_sub(self.span)?;
-            let [first, second] = self.offsets;
-            // What the two probes see from starts `0..last + 16`; both lie within the
-            // haystack since `last + 16 + offset <= len`.
-            let reach = last + 16;
-            let firsts = haystack.get(first..first + reach)?;
-            let seconds = haystack.get(second..second + reach)?;
+            let (firsts, seconds, last) = self.probes(haystack)?;
             let mut at = 0;
+            let candidates = loop {
+                if at >= last {
+                    at = last;
+                    break self.candidates(firsts, seconds, at);
+                }
+                let candidates = self.candidates(firsts, seconds, at);
+                if candidates != 0 {
+                    break candidates;
+                }
+                at += 16;
+            };
+            if candidates == 0 {
+                return Some(None);
+            }
+            match verify(haystack, needle, at, candidates) {
+                Some(found) => Some(Some(found)),
+                None if at == last => Some(None),
+                None => Some(self.find_from(haystack, needle, at + 16)),
+            }
+        }
+
+        /// The leftmost occurrence starting at or after `from`, a multiple of 16.
+        #[inline(never)]
+        fn find_from(&self, haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+            let (firsts, seconds, last) = self.probes(haystack)?;
+            let mut at = from;
             while at < last {
                 let candidates = self.candidates(firsts, seconds, at);
                 if candidates != 0 {
                     if let Some(found) = verify(haystack, needle, at, candidates) {
-                        return Some(Some(found));
+                        return Some(found);
                     }
                 }
                 at += 16;
             }
-            let candidates = self.candidates(firsts, seconds, last);
-            if candidates == 0 {
-                return Some(None);
-            }
-            Some(verify(haystack, needle, last, candidates))
+            verify(
+                haystack,
+                needle,
+                last,
+                self.candidates(firsts, seconds, last),
+            )
+        }
+
+        /// The bytes the two probes see from the starts `0..last + 16`, and `last`:
+        /// `None` if the haystack is shorter than [`PackedPair::span`].
+        ///
+        /// A match starting at `s` ends by the end, `s + needle.len() <= len`, and the
+        /// offsets are below `needle.len()`, so `s < last + 16`: vectors at 0, 16, 32, …
+        /// below `last`, and then one at `last`, cover every start.
+        #[inline(always)]
+        fn probes<'h>(&self, haystack: &'h [u8]) -> Option<(&'h [u8], &'h [u8], usize)> {
+            let last = haystack.len().checked_sub(self.span)?;
+            let [first, second] = self.offsets;
+            // Both within the haystack since `last + 16 + offset <= len`.
+            let reach = last + 16;
+            let firsts = haystack.get(first..first + reach)?;
+            let seconds = haystack.get(second..second + reach)?;
+            Some((firsts, seconds, last))
         }
     }
 
