@@ -120,9 +120,9 @@ mod sse2 {
         /// was built for) in `haystack`, if any; `None` if the haystack is too short for
         /// a vector, which is left to the caller.
         ///
-        /// Inlined, this scans up to the first vector with candidates and checks those;
-        /// should none match (rare with rare bytes), the rest of the search is a call.
-        /// Keeping the check out of the scanning loop keeps LLVM from preparing it (the
+        /// Inlined, this scans up to the first vector with candidates and checks the
+        /// first; should it not match (rare with rare bytes), the rest of the search is a
+        /// call. Keeping the check out of any loop keeps LLVM from preparing it (the
         /// needle's length classes) before every search.
         #[inline(always)]
         pub(super) fn find(&self, haystack: &[u8], needle: &[u8]) -> Option<Option<usize>> {
@@ -142,18 +142,36 @@ mod sse2 {
             if candidates == 0 {
                 return Some(None);
             }
-            match verify(haystack, needle, at, candidates) {
-                Some(found) => Some(Some(found)),
-                None if at == last => Some(None),
-                None => Some(self.find_from(haystack, needle, at + 16)),
+            // The first candidate here; any others, and the rest of the haystack, in a call.
+            let start = at + candidates.trailing_zeros() as usize;
+            let Some(text) = haystack.get(start..start + needle.len()) else {
+                // Running past the end, as all later candidates would: no match.
+                return Some(None);
+            };
+            if bytes_eq(text, needle) {
+                return Some(Some(start));
             }
+            Some(self.find_from(haystack, needle, at, candidates & (candidates - 1)))
         }
 
-        /// The leftmost occurrence starting at or after `from`, a multiple of 16.
+        /// The leftmost occurrence among the `candidates` of the vector at `at` (bit `i`
+        /// for `at + i`) and in the vectors after it.
         #[inline(never)]
-        fn find_from(&self, haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+        fn find_from(
+            &self,
+            haystack: &[u8],
+            needle: &[u8],
+            at: usize,
+            candidates: u32,
+        ) -> Option<usize> {
+            if let Some(found) = verify(haystack, needle, at, candidates) {
+                return Some(found);
+            }
             let (firsts, seconds, last) = self.probes(haystack)?;
-            let mut at = from;
+            if at >= last {
+                return None;
+            }
+            let mut at = at + 16;
             while at < last {
                 let candidates = self.candidates(firsts, seconds, at);
                 if candidates != 0 {
