@@ -35,7 +35,15 @@ pub(crate) enum Node {
         op: ComparisonOp,
         literal: OwnedValue,
     },
-    /// `property op number`: the comparison reduced to the orderings it accepts.
+    /// `property op long`: for a long value, the range of longs accepted; otherwise (a
+    /// double value) the orderings accepted.
+    CompareLong {
+        property: Box<str>,
+        literal: i64,
+        range: LongRange,
+        accept: Accept,
+    },
+    /// `property op double`: the comparison reduced to the orderings it accepts.
     CompareNumber {
         property: Box<str>,
         literal: Number,
@@ -142,6 +150,51 @@ impl Accept {
     }
 }
 
+/// The longs that `value op literal` accepts, for a long literal: `lo..=lo + width`, or
+/// every long outside that if `outside`. One subtraction and compare, instead of an
+/// ordering looked up in an [`Accept`] mask.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LongRange {
+    lo: i64,
+    width: u64,
+    outside: bool,
+}
+
+impl LongRange {
+    fn of(op: ComparisonOp, n: i64) -> LongRange {
+        let range = |lo: Option<i64>, hi: Option<i64>| match (lo, hi) {
+            // `lo..=hi` with `hi - lo` as an unsigned distance.
+            (Some(lo), Some(hi)) => LongRange {
+                lo,
+                width: hi.wrapping_sub(lo) as u64,
+                outside: false,
+            },
+            // Nothing (`< i64::MIN`, `> i64::MAX`): everything outside everything.
+            _ => LongRange {
+                lo: i64::MIN,
+                width: u64::MAX,
+                outside: true,
+            },
+        };
+        match op {
+            ComparisonOp::Eq => range(Some(n), Some(n)),
+            ComparisonOp::Ne => LongRange {
+                outside: true,
+                ..range(Some(n), Some(n))
+            },
+            ComparisonOp::Lt => range(Some(i64::MIN), n.checked_sub(1)),
+            ComparisonOp::Le => range(Some(i64::MIN), Some(n)),
+            ComparisonOp::Gt => range(n.checked_add(1), Some(i64::MAX)),
+            ComparisonOp::Ge => range(Some(n), Some(i64::MAX)),
+        }
+    }
+
+    #[inline(always)]
+    fn contains(self, value: i64) -> bool {
+        (value.wrapping_sub(self.lo) as u64 <= self.width) != self.outside
+    }
+}
+
 /// The literals of an IN list, grouped by type.
 #[derive(Debug, Clone)]
 pub(crate) struct InList {
@@ -211,6 +264,12 @@ impl InList {
 impl Node {
     fn compare_number(property: Box<str>, op: ComparisonOp, literal: &OwnedValue) -> Node {
         match Number::of(literal) {
+            Some(Number::Long(n)) => Node::CompareLong {
+                property,
+                literal: n,
+                range: LongRange::of(op, n),
+                accept: Accept::of(op),
+            },
             Some(number) => Node::CompareNumber {
                 property,
                 literal: number,
@@ -353,6 +412,7 @@ impl Node {
             Node::Property(_)
             | Node::StringEquals { .. }
             | Node::CompareProperty { .. }
+            | Node::CompareLong { .. }
             | Node::CompareNumber { .. }
             | Node::In { .. }
             | Node::InStrings { .. }
@@ -400,6 +460,16 @@ impl Node {
                 op,
                 literal,
             } => compare(*op, props.get(property), Some(literal.as_value())),
+            Node::CompareLong {
+                property,
+                literal,
+                range,
+                accept,
+            } => match props.get(property) {
+                Some(Value::Long(v)) => Truth::from(range.contains(v)),
+                Some(Value::Double(v)) => accept.truth(Number::Long(*literal).compare_double(v)),
+                _ => Truth::Unknown,
+            },
             Node::CompareNumber {
                 property,
                 literal,
@@ -659,4 +729,47 @@ fn arithmetic(op: ArithmeticOp, left: Value<'_>, right: Value<'_>) -> Option<Val
         ArithmeticOp::Divide => l / r,
     };
     result.is_finite().then_some(Value::Double(result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ComparisonOp, LongRange};
+
+    #[test]
+    fn long_ranges_agree_with_comparisons() {
+        let edges = [
+            i64::MIN,
+            i64::MIN + 1,
+            -2,
+            -1,
+            0,
+            1,
+            2,
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        for op in [
+            ComparisonOp::Eq,
+            ComparisonOp::Ne,
+            ComparisonOp::Lt,
+            ComparisonOp::Le,
+            ComparisonOp::Gt,
+            ComparisonOp::Ge,
+        ] {
+            for n in edges {
+                let range = LongRange::of(op, n);
+                for v in edges {
+                    let expected = match op {
+                        ComparisonOp::Eq => v == n,
+                        ComparisonOp::Ne => v != n,
+                        ComparisonOp::Lt => v < n,
+                        ComparisonOp::Le => v <= n,
+                        ComparisonOp::Gt => v > n,
+                        ComparisonOp::Ge => v >= n,
+                    };
+                    assert_eq!(range.contains(v), expected, "{v} {op:?} {n}");
+                }
+            }
+        }
+    }
 }

@@ -308,6 +308,33 @@ proptest! {
         prop_assert_eq!(fast.evaluate(&props), slow.evaluate(&props), "{}", fast);
     }
 
+    /// The same for long literals against long and double values, drawn close together
+    /// (and at the ends of the range) so that equal and neighbouring values are common.
+    #[test]
+    fn compiled_long_comparisons_agree_with_the_general_path(
+        op in comparison_op(),
+        literal in prop_oneof![-3i64..4, prop::sample::select(&[i64::MIN, i64::MIN + 1, i64::MAX - 1, i64::MAX][..])],
+        property in prop_oneof![
+            4 => (-3i64..4).prop_map(OwnedValue::Long),
+            1 => prop::sample::select(&[i64::MIN, i64::MIN + 1, i64::MAX - 1, i64::MAX][..])
+                .prop_map(OwnedValue::Long),
+            1 => prop::sample::select(&[-1.5, -1.0, 0.0, 0.5, 1.0, 9.3e18, -9.3e18, f64::NAN][..])
+                .prop_map(OwnedValue::Double),
+        ],
+    ) {
+        let fast = Selector::parse(&format!("a {} {literal}", op.as_str()))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let slow = Selector::parse(&format!("a {} b", op.as_str()))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let props: HashMap<String, OwnedValue> = [
+            ("a".to_owned(), property),
+            ("b".to_owned(), OwnedValue::Long(literal)),
+        ]
+        .into_iter()
+        .collect();
+        prop_assert_eq!(fast.evaluate(&props), slow.evaluate(&props), "{}", fast);
+    }
+
     /// `a IN (x, y, …)` is compiled to specialised nodes (a plain string list among them);
     /// `a = b0 OR a = b1 OR …`, with the items' values in properties `b0`, `b1`, …, goes
     /// through the general comparison, and JMS defines IN as exactly that OR.
