@@ -35,7 +35,15 @@ pub(crate) enum Node {
         op: ComparisonOp,
         literal: OwnedValue,
     },
-    /// `property op number`: the comparison reduced to the orderings it accepts.
+    /// `property op long`: for a long value, the range of longs accepted; otherwise (a
+    /// double value) the orderings accepted.
+    CompareLong {
+        property: Box<str>,
+        literal: i64,
+        range: LongRange,
+        accept: Accept,
+    },
+    /// `property op double`: the comparison reduced to the orderings it accepts.
     CompareNumber {
         property: Box<str>,
         literal: Number,
@@ -52,6 +60,14 @@ pub(crate) enum Node {
     In {
         property: Box<str>,
         list: InList,
+        negated: bool,
+    },
+    /// `property IN (…)` with a short list of strings only, the common case, evaluated in
+    /// place: a string is in the list or not, and anything else is unknown.
+    InStrings {
+        property: Box<str>,
+        /// Not empty, at most [`LINEAR_IN_LIMIT`] items.
+        strings: Box<[Box<str>]>,
         negated: bool,
     },
     Like {
@@ -134,6 +150,51 @@ impl Accept {
     }
 }
 
+/// The longs that `value op literal` accepts, for a long literal: `lo..=lo + width`, or
+/// every long outside that if `outside`. One subtraction and compare, instead of an
+/// ordering looked up in an [`Accept`] mask.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LongRange {
+    lo: i64,
+    width: u64,
+    outside: bool,
+}
+
+impl LongRange {
+    fn of(op: ComparisonOp, n: i64) -> LongRange {
+        let range = |lo: Option<i64>, hi: Option<i64>| match (lo, hi) {
+            // `lo..=hi` with `hi - lo` as an unsigned distance.
+            (Some(lo), Some(hi)) => LongRange {
+                lo,
+                width: hi.wrapping_sub(lo) as u64,
+                outside: false,
+            },
+            // Nothing (`< i64::MIN`, `> i64::MAX`): everything outside everything.
+            _ => LongRange {
+                lo: i64::MIN,
+                width: u64::MAX,
+                outside: true,
+            },
+        };
+        match op {
+            ComparisonOp::Eq => range(Some(n), Some(n)),
+            ComparisonOp::Ne => LongRange {
+                outside: true,
+                ..range(Some(n), Some(n))
+            },
+            ComparisonOp::Lt => range(Some(i64::MIN), n.checked_sub(1)),
+            ComparisonOp::Le => range(Some(i64::MIN), Some(n)),
+            ComparisonOp::Gt => range(n.checked_add(1), Some(i64::MAX)),
+            ComparisonOp::Ge => range(Some(n), Some(i64::MAX)),
+        }
+    }
+
+    #[inline(always)]
+    fn contains(self, value: i64) -> bool {
+        (value.wrapping_sub(self.lo) as u64 <= self.width) != self.outside
+    }
+}
+
 /// The literals of an IN list, grouped by type.
 #[derive(Debug, Clone)]
 pub(crate) struct InList {
@@ -203,6 +264,12 @@ impl InList {
 impl Node {
     fn compare_number(property: Box<str>, op: ComparisonOp, literal: &OwnedValue) -> Node {
         match Number::of(literal) {
+            Some(Number::Long(n)) => Node::CompareLong {
+                property,
+                literal: n,
+                range: LongRange::of(op, n),
+                accept: Accept::of(op),
+            },
             Some(number) => Node::CompareNumber {
                 property,
                 literal: number,
@@ -304,10 +371,19 @@ impl Node {
                 identifier,
                 list,
                 negated,
-            } => Node::In {
-                property: identifier.as_str().into(),
-                list: InList::new(list),
-                negated: *negated,
+            } => match strings_only(list) {
+                Some(strings) if !strings.is_empty() && strings.len() <= LINEAR_IN_LIMIT => {
+                    Node::InStrings {
+                        property: identifier.as_str().into(),
+                        strings,
+                        negated: *negated,
+                    }
+                }
+                _ => Node::In {
+                    property: identifier.as_str().into(),
+                    list: InList::new(list),
+                    negated: *negated,
+                },
             },
             Expr::Like {
                 identifier,
@@ -336,8 +412,10 @@ impl Node {
             Node::Property(_)
             | Node::StringEquals { .. }
             | Node::CompareProperty { .. }
+            | Node::CompareLong { .. }
             | Node::CompareNumber { .. }
             | Node::In { .. }
+            | Node::InStrings { .. }
             | Node::Like { .. }
             | Node::IsNull { .. } => false,
             Node::Not(operand) | Node::Unary(_, operand) => operand.is_constant(),
@@ -382,6 +460,16 @@ impl Node {
                 op,
                 literal,
             } => compare(*op, props.get(property), Some(literal.as_value())),
+            Node::CompareLong {
+                property,
+                literal,
+                range,
+                accept,
+            } => match props.get(property) {
+                Some(Value::Long(v)) => Truth::from(range.contains(v)),
+                Some(Value::Double(v)) => accept.truth(Number::Long(*literal).compare_double(v)),
+                _ => Truth::Unknown,
+            },
             Node::CompareNumber {
                 property,
                 literal,
@@ -398,6 +486,26 @@ impl Node {
             } => match props.get(property) {
                 None => Truth::Unknown,
                 Some(value) => negate_if(list.contains(value), *negated),
+            },
+            Node::InStrings {
+                property,
+                strings,
+                negated,
+            } => match props.get(property) {
+                Some(Value::String(s)) => {
+                    // A loop rather than `Iterator::any`, which was left as a call.
+                    let mut found = false;
+                    for item in strings.iter() {
+                        if str_eq(item, s) {
+                            found = true;
+                            break;
+                        }
+                    }
+                    Truth::from(found != *negated)
+                }
+                // NULL is unknown, and so is comparing a number or boolean with strings
+                // (as `InList::contains` has it for a list without numbers).
+                _ => Truth::Unknown,
             },
             Node::Like {
                 property,
@@ -508,6 +616,16 @@ fn any<P: PropertySource + ?Sized>(children: &[Node], props: &P) -> Truth {
     result
 }
 
+/// The items of an IN list if they are all strings.
+fn strings_only(list: &[OwnedValue]) -> Option<Box<[Box<str>]>> {
+    list.iter()
+        .map(|item| match item {
+            OwnedValue::String(s) => Some(s.as_str().into()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Collects the operands of a chain of one associative operator, left to right.
 fn flatten<'e>(
     expr: &'e Expr,
@@ -611,4 +729,47 @@ fn arithmetic(op: ArithmeticOp, left: Value<'_>, right: Value<'_>) -> Option<Val
         ArithmeticOp::Divide => l / r,
     };
     result.is_finite().then_some(Value::Double(result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ComparisonOp, LongRange};
+
+    #[test]
+    fn long_ranges_agree_with_comparisons() {
+        let edges = [
+            i64::MIN,
+            i64::MIN + 1,
+            -2,
+            -1,
+            0,
+            1,
+            2,
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        for op in [
+            ComparisonOp::Eq,
+            ComparisonOp::Ne,
+            ComparisonOp::Lt,
+            ComparisonOp::Le,
+            ComparisonOp::Gt,
+            ComparisonOp::Ge,
+        ] {
+            for n in edges {
+                let range = LongRange::of(op, n);
+                for v in edges {
+                    let expected = match op {
+                        ComparisonOp::Eq => v == n,
+                        ComparisonOp::Ne => v != n,
+                        ComparisonOp::Lt => v < n,
+                        ComparisonOp::Le => v <= n,
+                        ComparisonOp::Gt => v > n,
+                        ComparisonOp::Ge => v >= n,
+                    };
+                    assert_eq!(range.contains(v), expected, "{v} {op:?} {n}");
+                }
+            }
+        }
+    }
 }

@@ -7,9 +7,7 @@
 //! leftmost occurrence never rules out a match that a later one would allow. The cost is
 //! at most O(text × segment length) per segment, never exponential.
 
-use memchr::memmem::Finder;
-
-use crate::bytes::{ends_with, find, starts_with, str_eq};
+use crate::bytes::{ends_with, find, starts_with, str_eq, Substring};
 
 /// One run of a segment: literal text, or a number of `_` wildcards.
 #[derive(Debug, Clone)]
@@ -124,17 +122,15 @@ enum Matcher {
     Prefix(Box<str>),
     /// `%literal`
     Suffix(Box<str>),
-    /// `%literal%`
-    Contains(Finder<'static>),
+    /// `%literal%`. (A match of a valid UTF-8 needle in valid UTF-8 text starts and ends
+    /// on character boundaries, so byte search is character search here.)
+    Contains(Substring),
     /// `prefix%middle%`, as in `'https://%/CarePlan/%'`.
-    PrefixContains {
-        prefix: Box<str>,
-        middle: Finder<'static>,
-    },
+    PrefixContains { prefix: Box<str>, middle: Substring },
     /// `first%middle…%last` where no segment has `_`.
     Literals {
         first: Box<str>,
-        middle: Box<[Finder<'static>]>,
+        middle: Box<[Substring]>,
         last: Box<str>,
     },
     /// Anything else: `first % middle… % last`, or only `first` when there is no `%`.
@@ -189,14 +185,14 @@ impl LikePattern {
             (Some(f), Some(m), true, Some(l)) => match m.len() {
                 0 if l.is_empty() => Matcher::Prefix(f),
                 0 if f.is_empty() => Matcher::Suffix(l),
-                1 if f.is_empty() && l.is_empty() => Matcher::Contains(finder(&m[0])),
+                1 if f.is_empty() && l.is_empty() => Matcher::Contains(Substring::new(&m[0])),
                 1 if l.is_empty() => Matcher::PrefixContains {
                     prefix: f,
-                    middle: finder(&m[0]),
+                    middle: Substring::new(&m[0]),
                 },
                 _ => Matcher::Literals {
                     first: f,
-                    middle: m.iter().map(|s| finder(s)).collect(),
+                    middle: m.iter().map(|s| Substring::new(s)).collect(),
                     last: l,
                 },
             },
@@ -210,16 +206,29 @@ impl LikePattern {
     }
 
     /// Whether the whole of `text` matches the pattern.
-    #[inline]
+    ///
+    /// `prefix%middle%` (URL-like patterns such as `'https://%/CarePlan/%'`) is matched
+    /// inline in the evaluator's loop; a call with its prologue and dispatch cost about
+    /// as much as the search itself. The other shapes are one call away.
+    #[inline(always)]
     pub(crate) fn matches(&self, text: &str) -> bool {
+        match &self.matcher {
+            Matcher::PrefixContains { prefix, middle } => {
+                starts_with(text, prefix) && middle.find(&text.as_bytes()[prefix.len()..]).is_some()
+            }
+            _ => self.matches_other(text),
+        }
+    }
+
+    /// [`LikePattern::matches`] for the shapes other than `prefix%middle%`.
+    #[inline(never)]
+    fn matches_other(&self, text: &str) -> bool {
         match &self.matcher {
             Matcher::Exact(lit) => str_eq(text, lit),
             Matcher::Prefix(lit) => starts_with(text, lit),
             Matcher::Suffix(lit) => ends_with(text, lit),
             Matcher::Contains(middle) => middle.find(text.as_bytes()).is_some(),
-            Matcher::PrefixContains { prefix, middle } => {
-                starts_with(text, prefix) && middle.find(&text.as_bytes()[prefix.len()..]).is_some()
-            }
+            Matcher::PrefixContains { .. } => self.matches(text),
             Matcher::Literals {
                 first,
                 middle,
@@ -235,12 +244,12 @@ impl LikePattern {
                 let bytes = text.as_bytes();
                 for segment in leading {
                     match segment.find(&bytes[pos..]) {
-                        Some(at) => pos += at + segment.needle().len(),
+                        Some(at) => pos += at + segment.len(),
                         None => return false,
                     }
                 }
                 match final_middle.find(&bytes[pos..]) {
-                    Some(at) => pos += at + final_middle.needle().len(),
+                    Some(at) => pos += at + final_middle.len(),
                     None => return false,
                 }
                 text.len() - pos >= last.len() && ends_with(text, last)
@@ -268,12 +277,6 @@ impl LikePattern {
             }
         }
     }
-}
-
-/// A searcher for `needle`, prepared once when the pattern is compiled. A match of a valid
-/// UTF-8 needle in valid UTF-8 text starts and ends on character boundaries.
-fn finder(needle: &str) -> Finder<'static> {
-    Finder::new(needle.as_bytes()).into_owned()
 }
 
 /// Whether `pattern` ends with an escape character that has nothing to escape.

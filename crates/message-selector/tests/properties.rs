@@ -308,6 +308,78 @@ proptest! {
         prop_assert_eq!(fast.evaluate(&props), slow.evaluate(&props), "{}", fast);
     }
 
+    /// The same for long literals against long and double values, drawn close together
+    /// (and at the ends of the range) so that equal and neighbouring values are common.
+    #[test]
+    fn compiled_long_comparisons_agree_with_the_general_path(
+        op in comparison_op(),
+        literal in prop_oneof![-3i64..4, prop::sample::select(&[i64::MIN, i64::MIN + 1, i64::MAX - 1, i64::MAX][..])],
+        property in prop_oneof![
+            4 => (-3i64..4).prop_map(OwnedValue::Long),
+            1 => prop::sample::select(&[i64::MIN, i64::MIN + 1, i64::MAX - 1, i64::MAX][..])
+                .prop_map(OwnedValue::Long),
+            1 => prop::sample::select(&[-1.5, -1.0, 0.0, 0.5, 1.0, 9.3e18, -9.3e18, f64::NAN][..])
+                .prop_map(OwnedValue::Double),
+        ],
+    ) {
+        let fast = Selector::parse(&format!("a {} {literal}", op.as_str()))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let slow = Selector::parse(&format!("a {} b", op.as_str()))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let props: HashMap<String, OwnedValue> = [
+            ("a".to_owned(), property),
+            ("b".to_owned(), OwnedValue::Long(literal)),
+        ]
+        .into_iter()
+        .collect();
+        prop_assert_eq!(fast.evaluate(&props), slow.evaluate(&props), "{}", fast);
+    }
+
+    /// `a IN (x, y, …)` is compiled to specialised nodes (a plain string list among them);
+    /// `a = b0 OR a = b1 OR …`, with the items' values in properties `b0`, `b1`, …, goes
+    /// through the general comparison, and JMS defines IN as exactly that OR.
+    #[test]
+    fn in_lists_agree_with_ors_of_general_comparisons(
+        items in prop_oneof![
+            3 => prop::collection::vec(string().prop_map(OwnedValue::String), 1..6),
+            1 => prop::collection::vec(in_item(), 1..12),
+        ],
+        property in prop_oneof![
+            4 => value().prop_map(Some),
+            1 => Just(None),
+        ],
+        pick in any::<prop::sample::Index>(),
+        negated in any::<bool>(),
+    ) {
+        let list = Expr::In {
+            identifier: "a".to_owned(),
+            list: items.clone(),
+            negated,
+        };
+        let slots: Vec<String> = (0..items.len()).map(|i| format!("b{i}")).collect();
+        let ors = slots
+            .iter()
+            .map(|slot| format!("a = {slot}"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let ors = if negated { format!("NOT ({ors})") } else { format!("({ors})") };
+        let mut props: HashMap<String, OwnedValue> =
+            slots.iter().cloned().zip(items.iter().cloned()).collect();
+        // Often the property is one of the items, so that the list is also searched
+        // successfully.
+        let value = match property {
+            Some(_) if pick.index(3) == 0 => Some(pick.get(&items).clone()),
+            other => other,
+        };
+        if let Some(value) = value {
+            props.insert("a".to_owned(), value);
+        }
+        let fast = Selector::parse(&list.to_string())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let slow = Selector::parse(&ors).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(fast.evaluate(&props), slow.evaluate(&props), "{} vs {}", fast, ors);
+    }
+
     /// Patterns of literal pieces and `%` only, over texts that contain those pieces, so that
     /// the prefix/contains/suffix matchers are exercised, not only the general one.
     #[test]
