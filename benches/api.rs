@@ -177,45 +177,64 @@ struct Outcome {
     elapsed: Duration,
 }
 
+/// One keep-alive HTTP/1.1 connection per client, sending requests one after another: a lean
+/// load generator (like `wrk`), since it shares the machine's cores with the server and
+/// PostgreSQL.
 async fn load(
-    base: &str,
+    addr: std::net::SocketAddr,
     token: &str,
     paths: Arc<Vec<String>>,
     concurrency: usize,
     duration: Duration,
 ) -> Outcome {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .unwrap_or_default();
+    use http_body_util::BodyExt;
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
-        let http = http.clone();
         let paths = paths.clone();
         let auth = format!("Bearer {token}");
-        let base = base.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
+            let connect = async {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                let (sender, conn) = hyper::client::conn::http1::handshake::<
+                    _,
+                    http_body_util::Empty<bytes::Bytes>,
+                >(hyper_util::rt::TokioIo::new(stream))
+                .await?;
+                tokio::spawn(conn);
+                Ok::<_, BoxError>(sender)
+            };
+            let Ok(mut sender) = connect.await else {
+                return (latencies, 1);
+            };
             let mut i = worker;
             while Instant::now() < deadline {
                 let path = &paths[i % paths.len()];
                 i += concurrency;
                 let t = Instant::now();
-                match http
-                    .get(format!("{base}{path}"))
+                let request = hyper::Request::get(path.as_str())
+                    .header("host", "bench")
                     .header("authorization", &auth)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => {
-                        if r.bytes().await.is_err() {
-                            errors += 1;
+                    .body(http_body_util::Empty::new());
+                let ok = match request {
+                    Ok(request) => match sender.send_request(request).await {
+                        Ok(response) => {
+                            let success = response.status().is_success();
+                            response.into_body().collect().await.is_ok() && success
                         }
+                        Err(_) => false,
+                    },
+                    Err(_) => false,
+                };
+                if !ok {
+                    errors += 1;
+                    if sender.ready().await.is_err() {
+                        break;
                     }
-                    _ => errors += 1,
                 }
                 latencies.push(t.elapsed());
             }
@@ -346,7 +365,7 @@ async fn run() -> Result<(), BoxError> {
         registry,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(api::serve(listener, api::router(state), stop.clone()));
     let token = mint_token(
@@ -429,7 +448,7 @@ async fn run() -> Result<(), BoxError> {
     for (name, paths) in scenarios {
         // Warm-up, then the measured run.
         load(
-            &base,
+            addr,
             &token,
             Arc::new(paths.clone()),
             concurrency,
@@ -438,7 +457,7 @@ async fn run() -> Result<(), BoxError> {
         .await;
         let cpu_before = cpu_time();
         let o = load(
-            &base,
+            addr,
             &token,
             Arc::new(paths),
             concurrency,
