@@ -76,9 +76,15 @@ impl Properties {
         }
     }
 
-    /// Whether a property is present.
-    pub fn contains(&self, name: &str) -> bool {
-        self.position(name).is_some()
+    /// Like [`Properties::insert_if_absent`], building the value only when it is inserted.
+    pub fn insert_if_absent_with(
+        &mut self,
+        name: &'static str,
+        value: impl FnOnce() -> OwnedValue,
+    ) {
+        if self.position(name).is_none() {
+            self.values.push((Cow::Borrowed(name), value()));
+        }
     }
 
     /// Looks a property up.
