@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use message_selector::OwnedValue;
 use serde::Deserialize;
 
-use super::wire::{opt_text, parse_typed, receive_time, OptionTable, Scalar};
+use super::wire::{is_blank, opt_text, parse_typed, receive_time, OptionTable, Scalar};
 use super::{payload, single_attribute, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
 use super::{Decoder, Format};
 use super::{FormatConfigError, RawMessage};
@@ -178,7 +178,7 @@ impl EhealthDkDecoder {
         let header = Header {
             entity_type: self.entity_type(profile),
             resource_reference: prop_text(props, "resourceReference")?
-                .filter(|r| !r.trim().is_empty())
+                .filter(|r| !is_blank(r))
                 .ok_or_else(|| DecodeError::missing("resourceReference"))?,
             version: prop_version(props)?,
             event_type: prop_text(props, "eventType")?
