@@ -49,17 +49,21 @@ pub(crate) struct EsozEvent {
 
 impl EsozEvent {
     pub(crate) fn into_decoded(self, props: &mut Properties) -> Decoded {
-        props.insert_if_absent(
-            "event_type",
-            message_selector::OwnedValue::String(self.event_type.clone()),
-        );
-        props.insert_if_absent(
-            "entity_type",
-            message_selector::OwnedValue::String(self.entity_type.clone()),
-        );
+        use message_selector::OwnedValue;
+        // The usual event type is a constant: the observation borrows it, the property takes
+        // the text.
+        const STATUS_CHANGE_EVENT: &str = "StatusChangeEvent";
+        let event_type = match self.event_type.as_str() {
+            STATUS_CHANGE_EVENT => Cow::Borrowed(STATUS_CHANGE_EVENT),
+            _ => Cow::Owned(self.event_type.clone()),
+        };
+        props.insert_if_absent("event_type", OwnedValue::String(self.event_type));
+        props.insert_if_absent_with("entity_type", || {
+            OwnedValue::String(self.entity_type.clone())
+        });
         Decoded {
             observations: vec![Observation {
-                event_type: Cow::Owned(self.event_type),
+                event_type,
                 entity_type: Cow::Owned(self.entity_type),
                 entity_id: self.entity_id,
                 // The producer emits the current status, including for objects it just created;
