@@ -22,10 +22,11 @@ pub struct SourceRef {
 ///
 /// Names are case-sensitive, as in JMS. Absent names are NULL. A message has a dozen or so
 /// properties, so they live in a small vector in insertion order: lookups are a few length-first
-/// comparisons, with none of a tree's node allocations on the per-message hot path.
+/// comparisons, with none of a tree's node allocations on the per-message hot path. Names the
+/// decoders lift from a body are constants, kept borrowed without an allocation each.
 #[derive(Debug, Clone, Default)]
 pub struct Properties {
-    values: Vec<(String, OwnedValue)>,
+    values: Vec<(Cow<'static, str>, OwnedValue)>,
 }
 
 impl PartialEq for Properties {
@@ -58,7 +59,7 @@ impl Properties {
         let name = name.into();
         match self.position(&name) {
             Some(i) => self.values[i].1 = value,
-            None => self.values.push((name, value)),
+            None => self.values.push((Cow::Owned(name), value)),
         }
     }
 
@@ -67,10 +68,22 @@ impl Properties {
         self.insert(name, OwnedValue::String(value.into()));
     }
 
-    /// Sets a property only when it is not present yet (headers win over body fields).
-    pub fn insert_if_absent(&mut self, name: &str, value: OwnedValue) {
+    /// Sets a property only when it is not present yet (headers win over body fields). The
+    /// name is one of the format's constants.
+    pub fn insert_if_absent(&mut self, name: &'static str, value: OwnedValue) {
         if self.position(name).is_none() {
-            self.values.push((name.to_owned(), value));
+            self.values.push((Cow::Borrowed(name), value));
+        }
+    }
+
+    /// Like [`Properties::insert_if_absent`], building the value only when it is inserted.
+    pub fn insert_if_absent_with(
+        &mut self,
+        name: &'static str,
+        value: impl FnOnce() -> OwnedValue,
+    ) {
+        if self.position(name).is_none() {
+            self.values.push((Cow::Borrowed(name), value()));
         }
     }
 
@@ -95,7 +108,7 @@ impl Properties {
     /// Iterates over all properties in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &OwnedValue)> {
         let mut sorted: Vec<(&str, &OwnedValue)> =
-            self.values.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            self.values.iter().map(|(k, v)| (&**k, v)).collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
         sorted.into_iter()
     }

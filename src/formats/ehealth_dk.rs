@@ -19,8 +19,9 @@ use std::collections::BTreeMap;
 use message_selector::OwnedValue;
 use serde::Deserialize;
 
-use super::wire::{opt_text, parse_typed, receive_time, OptionTable, Scalar};
-use super::{payload, DecodeError, DecodeErrorKind, DecodeNote, Decoded, Decoder, Format};
+use super::wire::{is_blank, opt_text, parse_typed, receive_time, OptionTable, Scalar};
+use super::{payload, single_attribute, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
+use super::{Decoder, Format};
 use super::{FormatConfigError, RawMessage};
 use crate::model::{Observation, ObservationKind, Properties};
 
@@ -100,7 +101,7 @@ impl StatusLookup {
             entity_type: Cow::Owned(self.entity_type),
             entity_id: self.resource_reference,
             kind: self.kind,
-            attributes: BTreeMap::from([(self.attribute, Some(status))]),
+            attributes: single_attribute(self.attribute, Some(status)),
             captured: BTreeMap::new(),
             event_time: self.event_time,
             changed_by: None,
@@ -142,7 +143,7 @@ impl EhealthDkDecoder {
     ) -> Result<(Decoded, Option<StatusLookup>), DecodeError> {
         let bytes = payload(msg)?;
         let wire: WireMessage<'_> = parse_typed(bytes)?;
-        let status = opt_text("status", wire.status)?.map(|s| s.into_owned());
+        let status = opt_text("status", wire.status)?;
         let references = match wire.references {
             None => None,
             Some(refs) => Some(
@@ -158,31 +159,33 @@ impl EhealthDkDecoder {
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
-        for (name, value) in LIFTED.iter().zip(wire.lifted) {
+        for (name, value) in LIFTED.into_iter().zip(wire.lifted) {
             let text = match value {
                 // Some producers write the version as a JSON number.
-                Some(Scalar::Number(n)) => Some(n),
-                other => opt_text(name, other)?.map(|s| s.into_owned()),
+                Some(Scalar::Number(n)) => Some(Cow::Owned(n)),
+                other => opt_text(name, other)?,
             };
             if let Some(text) = text {
-                props.insert_if_absent(name, OwnedValue::String(text));
+                props.insert_if_absent_with(name, || OwnedValue::String(text.into_owned()));
             }
         }
+        // From here on every field is read back from the properties, borrowed.
+        let props: &Properties = props;
         let message_type =
             prop_text(props, "messageType")?.ok_or_else(|| DecodeError::missing("messageType"))?;
         let (profile, suffix) = split_topic(msg.topic);
         let profile = prop_text(props, "resourceProfile")?.unwrap_or(profile);
         let header = Header {
-            entity_type: self.entity_type(&profile),
+            entity_type: self.entity_type(profile),
             resource_reference: prop_text(props, "resourceReference")?
-                .filter(|r| !r.trim().is_empty())
+                .filter(|r| !is_blank(r))
                 .ok_or_else(|| DecodeError::missing("resourceReference"))?,
             version: prop_version(props)?,
             event_type: prop_text(props, "eventType")?
                 .ok_or_else(|| DecodeError::missing("eventType"))?,
             event_time: receive_time(msg),
         };
-        match message_type.as_str() {
+        match message_type {
             "EHealthContextEvent" => {
                 let context = prop_text(props, "context")?
                     .or(suffix)
@@ -224,23 +227,23 @@ impl EhealthDkDecoder {
 
     fn context_event(
         &self,
-        h: Header,
-        context: String,
-        status: Option<String>,
+        h: Header<'_>,
+        context: &str,
+        status: Option<Cow<'_, str>>,
     ) -> Result<(Decoded, Option<StatusLookup>), DecodeError> {
-        let kind = lifecycle_kind(&h.event_type)?;
-        if !self.contexts.contains(&context) {
+        let kind = lifecycle_kind(h.event_type)?;
+        if !self.contexts.iter().any(|c| c == context) {
             return Ok((ignored(), None));
         }
         let value = match (kind, status) {
             (ObservationKind::Deleted, _) => None,
-            (_, Some(status)) => Some(status),
+            (_, Some(status)) => Some(status.into_owned()),
             (kind, None) => {
                 let lookup = StatusLookup {
-                    resource_reference: h.resource_reference,
+                    resource_reference: h.resource_reference.to_owned(),
                     resource_version: h.version,
                     entity_type: h.entity_type,
-                    attribute: context,
+                    attribute: context.to_owned(),
                     kind,
                     event_time: h.event_time,
                 };
@@ -251,17 +254,17 @@ impl EhealthDkDecoder {
                 return Ok((decoded, Some(lookup)));
             }
         };
-        let obs = h.observation(STATUS_EVENT, kind, context, value);
+        let obs = h.observation(STATUS_EVENT, kind, context.to_owned(), value);
         Ok((single(obs), None))
     }
 
     fn reference_event(
         &self,
-        h: Header,
-        element: String,
+        h: Header<'_>,
+        element: &str,
         references: Vec<String>,
     ) -> Result<Decoded, DecodeError> {
-        let change = match h.event_type.as_str() {
+        let change = match h.event_type {
             "reference_added" => "added",
             "reference_removed" => "removed",
             _ => {
@@ -280,18 +283,18 @@ impl EhealthDkDecoder {
         let obs = h.observation(
             "ReferenceChangeEvent",
             ObservationKind::Updated,
-            element,
+            element.to_owned(),
             Some(value),
         );
         Ok(single(obs))
     }
 
-    fn simple_event(&self, h: Header) -> Result<Decoded, DecodeError> {
-        let kind = lifecycle_kind(&h.event_type)?;
+    fn simple_event(&self, h: Header<'_>) -> Result<Decoded, DecodeError> {
+        let kind = lifecycle_kind(h.event_type)?;
         if !self.lifecycle {
             return Ok(ignored());
         }
-        let value = h.event_type.clone();
+        let value = h.event_type.to_owned();
         let obs = h.observation(
             "LifecycleChangeEvent",
             kind,
@@ -320,16 +323,16 @@ impl Decoder for EhealthDkDecoder {
     }
 }
 
-/// What every eHealth message says about its resource.
-struct Header {
+/// What every eHealth message says about its resource (text borrowed from the properties).
+struct Header<'p> {
     entity_type: String,
-    resource_reference: String,
+    resource_reference: &'p str,
     version: Option<i64>,
-    event_type: String,
+    event_type: &'p str,
     event_time: chrono::DateTime<chrono::Utc>,
 }
 
-impl Header {
+impl Header<'_> {
     fn observation(
         self,
         event_type: &'static str,
@@ -340,9 +343,9 @@ impl Header {
         Observation {
             event_type: Cow::Borrowed(event_type),
             entity_type: Cow::Owned(self.entity_type),
-            entity_id: self.resource_reference,
+            entity_id: self.resource_reference.to_owned(),
             kind,
-            attributes: BTreeMap::from([(attribute, value)]),
+            attributes: single_attribute(attribute, value),
             captured: BTreeMap::new(),
             event_time: self.event_time,
             changed_by: None,
@@ -378,18 +381,18 @@ fn lifecycle_kind(event_type: &str) -> Result<ObservationKind, DecodeError> {
 }
 
 /// `[profile].[context]` → (profile, context).
-fn split_topic(topic: &str) -> (String, Option<String>) {
+fn split_topic(topic: &str) -> (&str, Option<&str>) {
     match topic.split_once('.') {
-        Some((profile, rest)) if !rest.is_empty() => (profile.to_owned(), Some(rest.to_owned())),
-        _ => (topic.trim_end_matches('.').to_owned(), None),
+        Some((profile, rest)) if !rest.is_empty() => (profile, Some(rest)),
+        _ => (topic.trim_end_matches('.'), None),
     }
 }
 
-fn prop_text(props: &Properties, name: &str) -> Result<Option<String>, DecodeError> {
+fn prop_text<'p>(props: &'p Properties, name: &str) -> Result<Option<&'p str>, DecodeError> {
     match props.get_owned(name) {
         None => Ok(None),
         Some(OwnedValue::String(s)) if s.is_empty() => Ok(None),
-        Some(OwnedValue::String(s)) => Ok(Some(s.clone())),
+        Some(OwnedValue::String(s)) => Ok(Some(s)),
         Some(_) => Err(DecodeError::invalid(name, "a string")),
     }
 }

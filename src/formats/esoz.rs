@@ -13,7 +13,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::Deserialize;
 
 use super::etf::{self, Term};
-use super::wire::{parse_typed, Scalar};
+use super::wire::{is_blank, parse_typed, Scalar};
 use super::{payload, DecodeError, DecodeErrorKind, Decoded, Decoder, Format, RawMessage};
 use crate::formats::FormatConfigError;
 use crate::model::{Observation, ObservationKind, Properties};
@@ -49,17 +49,21 @@ pub(crate) struct EsozEvent {
 
 impl EsozEvent {
     pub(crate) fn into_decoded(self, props: &mut Properties) -> Decoded {
-        props.insert_if_absent(
-            "event_type",
-            message_selector::OwnedValue::String(self.event_type.clone()),
-        );
-        props.insert_if_absent(
-            "entity_type",
-            message_selector::OwnedValue::String(self.entity_type.clone()),
-        );
+        use message_selector::OwnedValue;
+        // The usual event type is a constant: the observation borrows it, the property takes
+        // the text.
+        const STATUS_CHANGE_EVENT: &str = "StatusChangeEvent";
+        let event_type = match self.event_type.as_str() {
+            STATUS_CHANGE_EVENT => Cow::Borrowed(STATUS_CHANGE_EVENT),
+            _ => Cow::Owned(self.event_type.clone()),
+        };
+        props.insert_if_absent("event_type", OwnedValue::String(self.event_type));
+        props.insert_if_absent_with("entity_type", || {
+            OwnedValue::String(self.entity_type.clone())
+        });
         Decoded {
             observations: vec![Observation {
-                event_type: Cow::Owned(self.event_type),
+                event_type,
                 entity_type: Cow::Owned(self.entity_type),
                 entity_id: self.entity_id,
                 // The producer emits the current status, including for objects it just created;
@@ -175,6 +179,192 @@ impl WireEvent<'_> {
 }
 
 fn decode_etf(bytes: &[u8]) -> Result<EsozEvent, DecodeError> {
+    match read_etf_event(bytes) {
+        Some(event) => Ok(event),
+        None => decode_etf_term(bytes),
+    }
+}
+
+/// The fast path for the usual StatusChangeEvent, read straight from the bytes in one pass: no
+/// term tree, no separate validation. It reads only what it can map without doubt: atom keys
+/// each given once, binary (UTF-8) texts, properties of `%{new_value: v}` maps with distinct
+/// names, and an ISO binary or a `NaiveDateTime`/`DateTime` struct of integers. Anything else,
+/// errors included, gives `None`, and [`decode_etf_term`] decides with its precise reasons; for
+/// every value read here it gives the same event (the tests compare the two).
+fn read_etf_event(bytes: &[u8]) -> Option<EsozEvent> {
+    use etf::Token;
+    /// A key given again: the general path knows which one counts.
+    fn once<T>(slot: &Option<T>) -> Option<()> {
+        slot.is_none().then_some(())
+    }
+    fn text(token: Token<'_>) -> Option<&str> {
+        match token {
+            Token::Binary(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+    let required = |token: Token<'_>| text(token).filter(|t| !is_blank(t)).map(str::to_owned);
+    let mut r = etf::Reader::new(bytes)?;
+    let Token::Map(n) = r.token(0)? else {
+        return None;
+    };
+    let (mut event_type, mut entity_type, mut entity_id) = (None, None, None);
+    let (mut properties, mut event_time, mut changed_by) = (None, None, None);
+    for _ in 0..n {
+        let Token::Atom(key) = r.token(1)? else {
+            return None;
+        };
+        match key {
+            b"event_type" => {
+                once(&event_type)?;
+                event_type = Some(required(r.token(1)?)?);
+            }
+            b"entity_type" => {
+                once(&entity_type)?;
+                entity_type = Some(required(r.token(1)?)?);
+            }
+            b"entity_id" => {
+                once(&entity_id)?;
+                entity_id = Some(required(r.token(1)?)?);
+            }
+            b"properties" => {
+                once(&properties)?;
+                properties = Some(read_etf_properties(&mut r)?);
+            }
+            b"event_time" => {
+                once(&event_time)?;
+                event_time = Some(read_etf_time(&mut r)?);
+            }
+            b"changed_by" => {
+                once(&changed_by)?;
+                changed_by = Some(match r.token(1)? {
+                    Token::Atom(b"nil") => None,
+                    other => Some(text(other)?)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned),
+                });
+            }
+            _ => r.skip(1)?,
+        }
+    }
+    if !r.at_end() {
+        return None;
+    }
+    Some(EsozEvent {
+        event_type: event_type?,
+        entity_type: entity_type?,
+        entity_id: entity_id?,
+        properties: properties?,
+        event_time: event_time?,
+        changed_by: changed_by.flatten(),
+    })
+}
+
+/// `properties` for [`read_etf_event`]: `%{name => %{new_value: v}}`, names distinct.
+fn read_etf_properties(r: &mut etf::Reader<'_>) -> Option<BTreeMap<String, Option<String>>> {
+    use etf::Token;
+    let Token::Map(n) = r.token(1)? else {
+        return None;
+    };
+    if n == 0 {
+        return None;
+    }
+    let mut properties = BTreeMap::new();
+    for _ in 0..n {
+        let name = match r.token(2)? {
+            Token::Binary(b) | Token::Atom(b) => std::str::from_utf8(b).ok()?,
+            _ => return None,
+        };
+        let Token::Map(m) = r.token(2)? else {
+            return None;
+        };
+        let mut new_value = None;
+        for _ in 0..m {
+            match r.token(3)? {
+                Token::Atom(b"new_value") if new_value.is_none() => {
+                    new_value = Some(match r.token(3)? {
+                        Token::Atom(b"nil") => None,
+                        Token::Atom(b) | Token::Binary(b) => {
+                            Some(std::str::from_utf8(b).ok()?.to_owned())
+                        }
+                        Token::Integer(i) => Some(i.to_string()),
+                        _ => return None,
+                    });
+                }
+                Token::Atom(other) if other != b"new_value" => r.skip(3)?,
+                _ => return None,
+            }
+        }
+        if properties.insert(name.to_owned(), new_value?).is_some() {
+            return None;
+        }
+    }
+    Some(properties)
+}
+
+/// `event_time` for [`read_etf_event`]: an ISO 8601 binary or a struct of integer fields.
+fn read_etf_time(r: &mut etf::Reader<'_>) -> Option<DateTime<Utc>> {
+    use etf::Token;
+    let n = match r.token(1)? {
+        Token::Binary(b) => return parse_event_time(std::str::from_utf8(b).ok()?),
+        Token::Map(n) => n,
+        _ => return None,
+    };
+    let mut parts = TimeParts::default();
+    let (mut struct_name, mut micros) = (None, None);
+    for _ in 0..n {
+        let Token::Atom(key) = r.token(2)? else {
+            return None;
+        };
+        let slot = match key {
+            b"__struct__" if struct_name.is_none() => {
+                struct_name = Some(match r.token(2)? {
+                    Token::Atom(b"Elixir.NaiveDateTime") => false,
+                    Token::Atom(b"Elixir.DateTime") => true,
+                    _ => return None,
+                });
+                continue;
+            }
+            b"microsecond" if micros.is_none() => {
+                // `{value, precision}`: only the value counts.
+                let Token::Tuple(k @ 1..) = r.token(2)? else {
+                    return None;
+                };
+                let Token::Integer(value) = r.token(3)? else {
+                    return None;
+                };
+                micros = Some(u32::try_from(value).ok()?);
+                (1..k).try_for_each(|_| r.skip(3))?;
+                continue;
+            }
+            b"year" => &mut parts.year,
+            b"month" => &mut parts.month,
+            b"day" => &mut parts.day,
+            b"hour" => &mut parts.hour,
+            b"minute" => &mut parts.minute,
+            b"second" => &mut parts.second,
+            b"utc_offset" => &mut parts.utc_offset,
+            b"std_offset" => &mut parts.std_offset,
+            b"__struct__" | b"microsecond" => return None,
+            _ => {
+                r.skip(2)?;
+                continue;
+            }
+        };
+        let Token::Integer(value) = r.token(2)? else {
+            return None;
+        };
+        if slot.replace(i64::from(value)).is_some() {
+            return None;
+        }
+    }
+    parts.is_utc_datetime = struct_name?;
+    parts.micros = micros.unwrap_or(0);
+    parts.to_utc()
+}
+
+/// The general path: the whole term decoded (by the direct reader or `eetf`), then mapped.
+fn decode_etf_term(bytes: &[u8]) -> Result<EsozEvent, DecodeError> {
     let Term::Map(map) = etf::decode(bytes)? else {
         return Err(DecodeError::new(
             DecodeErrorKind::UnsupportedType,
@@ -300,7 +490,7 @@ fn required_term_text(field: &str, term: Option<Term<'_>>) -> Result<String, Dec
         Some(_) => Err(()),
     }
     .map_err(|()| DecodeError::invalid(field, "a string"))?;
-    if text.trim().is_empty() {
+    if is_blank(&text) {
         return Err(DecodeError::invalid(field, "a non-empty string"));
     }
     Ok(text)
@@ -345,13 +535,10 @@ fn term_time(term: Term<'_>) -> Result<DateTime<Utc>, DecodeError> {
         Some(Term::Atom(a)) if **a == *b"Elixir.DateTime" => true,
         _ => return Err(bad()),
     };
-    let int = |field: Option<&Term<'_>>| -> Result<i64, DecodeError> {
-        match field {
-            Some(Term::Integer(i)) => Ok(i64::from(*i)),
-            _ => Err(bad()),
-        }
+    let int = |field: Option<&Term<'_>>| match field {
+        Some(Term::Integer(i)) => Some(i64::from(*i)),
+        _ => None,
     };
-    let small = |field| int(field).and_then(|v| u32::try_from(v).map_err(|_| bad()));
     let micros = match fields.microsecond {
         None => 0,
         Some(Term::Tuple(t)) => match t.first() {
@@ -360,22 +547,60 @@ fn term_time(term: Term<'_>) -> Result<DateTime<Utc>, DecodeError> {
         },
         Some(_) => return Err(bad()),
     };
-    let year = i32::try_from(int(fields.year)?).map_err(|_| bad())?;
-    let (month, day) = (small(fields.month)?, small(fields.day)?);
-    let (hour, minute) = (small(fields.hour)?, small(fields.minute)?);
-    let second = small(fields.second)?;
-    let naive = NaiveDate::from_ymd_opt(year, month, day)
-        .and_then(|d| d.and_hms_micro_opt(hour, minute, second, micros))
-        .ok_or_else(bad)?;
-    let mut utc = naive.and_utc();
-    if is_utc_datetime {
-        // DateTime keeps local wall time plus offsets; UTC = local − (utc_offset + std_offset).
-        let offset = int(fields.utc_offset)?.saturating_add(int(fields.std_offset).unwrap_or(0));
-        utc = utc
-            .checked_sub_signed(chrono::TimeDelta::try_seconds(offset).ok_or_else(bad)?)
-            .ok_or_else(bad)?;
+    TimeParts {
+        is_utc_datetime,
+        micros,
+        year: int(fields.year),
+        month: int(fields.month),
+        day: int(fields.day),
+        hour: int(fields.hour),
+        minute: int(fields.minute),
+        second: int(fields.second),
+        utc_offset: int(fields.utc_offset),
+        std_offset: int(fields.std_offset),
     }
-    Ok(utc)
+    .to_utc()
+    .ok_or_else(bad)
+}
+
+/// What an Elixir `NaiveDateTime` or `DateTime` struct says, read by either ETF path. Integer
+/// fields are `None` when absent or not an integer.
+#[derive(Default)]
+struct TimeParts {
+    is_utc_datetime: bool,
+    micros: u32,
+    year: Option<i64>,
+    month: Option<i64>,
+    day: Option<i64>,
+    hour: Option<i64>,
+    minute: Option<i64>,
+    second: Option<i64>,
+    utc_offset: Option<i64>,
+    std_offset: Option<i64>,
+}
+
+impl TimeParts {
+    /// The instant meant, or `None` when the fields do not make one.
+    fn to_utc(&self) -> Option<DateTime<Utc>> {
+        let small = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+        let year = i32::try_from(self.year?).ok()?;
+        let naive = NaiveDate::from_ymd_opt(year, small(self.month)?, small(self.day)?)?
+            .and_hms_micro_opt(
+                small(self.hour)?,
+                small(self.minute)?,
+                small(self.second)?,
+                self.micros,
+            )?;
+        let mut utc = naive.and_utc();
+        if self.is_utc_datetime {
+            // DateTime keeps local wall time plus offsets; UTC = local − (utc_offset + std_offset).
+            let offset = self
+                .utc_offset?
+                .saturating_add(self.std_offset.unwrap_or(0));
+            utc = utc.checked_sub_signed(chrono::TimeDelta::try_seconds(offset)?)?;
+        }
+        Some(utc)
+    }
 }
 
 /// The fields of an Elixir `NaiveDateTime` or `DateTime` struct that `event_time` reads.
@@ -396,7 +621,7 @@ struct TimeFields<'t, 'a> {
 fn required_text(field: &str, value: Option<Scalar<'_>>) -> Result<String, DecodeError> {
     match value {
         None | Some(Scalar::Null) => Err(DecodeError::missing(field)),
-        Some(Scalar::Str(s)) if s.trim().is_empty() => {
+        Some(Scalar::Str(s)) if is_blank(&s) => {
             Err(DecodeError::invalid(field, "a non-empty string"))
         }
         Some(Scalar::Str(s)) => Ok(s.into_owned()),
@@ -418,6 +643,7 @@ pub(crate) fn parse_event_time(s: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn decode(json: &str) -> Result<Decoded, DecodeError> {
         let msg = RawMessage {
@@ -501,6 +727,7 @@ mod tests {
     }
 
     /// A test-only ETF encoder for the terms Elixir producers write.
+    #[derive(Debug, Clone)]
     enum T<'a> {
         Atom(&'a str),
         Bin(&'a str),
@@ -897,6 +1124,255 @@ mod tests {
             let e = decode_bytes(&bytes).unwrap_err().to_string();
             assert!(e.contains(expected), "{expected}: {e}");
             assert!(!e.contains("APPROVED") && !e.contains("df9f70ee"), "{e}");
+        }
+    }
+
+    /// Whether the fast path read the value, checking that the general path reads the same.
+    fn fast_path_agrees(bytes: &[u8]) -> bool {
+        match read_etf_event(bytes) {
+            Some(fast) => {
+                assert_eq!(decode_etf_term(bytes), Ok(fast), "{bytes:?}");
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn the_usual_events_take_the_etf_fast_path() {
+        for legacy in [false, true] {
+            for time in [naive_date_time(), T::Bin("2017-04-20T19:14:13Z")] {
+                assert!(fast_path_agrees(&encode(&seed_event(time), legacy)));
+            }
+        }
+        assert!(fast_path_agrees(&hand_written()));
+    }
+
+    /// Strategies for the parts of an event.
+    struct Pieces {
+        key: BoxedStrategy<T<'static>>,
+        text: BoxedStrategy<T<'static>>,
+        value: BoxedStrategy<T<'static>>,
+        properties: BoxedStrategy<T<'static>>,
+        time: BoxedStrategy<T<'static>>,
+    }
+
+    fn pieces() -> Pieces {
+        use T::*;
+        let name =
+            || prop::sample::select(&["event_type", "status", "employee_id", "new_value", "a"][..]);
+        let text = prop_oneof![
+            4 => prop::sample::select(&["StatusChangeEvent", "E", "", " ", "\u{a0}", "\u{e9}t\u{e9}"][..]).prop_map(Bin),
+            1 => prop::sample::select(&["nil", "true", "false", "x"][..]).prop_map(Atom),
+            1 => any::<i32>().prop_map(Int),
+            1 => Just(Tuple(vec![])),
+        ];
+        let key = move || {
+            prop_oneof![
+                6 => name().prop_map(Atom),
+                1 => name().prop_map(Bin),
+                1 => any::<i32>().prop_map(Int),
+            ]
+        };
+        let value = prop_oneof![
+            4 => text.clone(),
+            1 => (key(), text.clone()).prop_map(|(k, v)| Map(vec![(k, v)])),
+        ];
+        let inner = proptest::collection::vec(
+            (
+                prop_oneof![
+                    6 => Just(Atom("new_value")),
+                    1 => Just(Bin("new_value")),
+                    1 => key(),
+                ],
+                value.clone(),
+            ),
+            0..3,
+        )
+        .prop_map(Map);
+        let properties = prop_oneof![
+            8 => proptest::collection::vec(
+                (prop_oneof![3 => name().prop_map(Bin), 1 => name().prop_map(Atom), 1 => any::<i32>().prop_map(Int)], prop_oneof![6 => inner, 1 => text.clone()]),
+                0..4,
+            )
+            .prop_map(Map),
+            1 => text.clone(),
+        ];
+        let field = prop_oneof![
+            prop::sample::select(
+                &[
+                    "year",
+                    "month",
+                    "day",
+                    "hour",
+                    "minute",
+                    "second",
+                    "utc_offset",
+                    "std_offset",
+                    "calendar",
+                    "__struct__",
+                    "microsecond"
+                ][..]
+            )
+            .prop_map(Atom),
+            Just(Bin("year")),
+        ];
+        let int = prop_oneof![
+            6 => (0..32i32).prop_map(Int),
+            2 => (1990..2030i32).prop_map(Int),
+            1 => any::<i32>().prop_map(Int),
+            1 => Just(Bin("1")),
+        ];
+        let struct_name =
+            prop::sample::select(&["Elixir.NaiveDateTime", "Elixir.DateTime", "Elixir.Date"][..])
+                .prop_map(Atom);
+        let time = prop_oneof![
+            6 => (
+                proptest::collection::vec(
+                    (field, prop_oneof![4 => int.clone(), 1 => struct_name.clone(), 1 => (int.clone(), int.clone()).prop_map(|(a, b)| Tuple(vec![a, b]))]),
+                    0..4,
+                ),
+                struct_name,
+                (
+                    [(1..3000i32), (1..13), (1..32), (0..24), (0..60), (0..61)].map(|valid| {
+                        prop_oneof![9 => valid.prop_map(Int), 1 => int.clone()]
+                    }),
+                ),
+                (0..1_000_000i32, 0..7i32, any::<bool>()),
+                (-50_000..50_000i32, 0..3600i32, any::<bool>()),
+            )
+                .prop_map(|(extra, name, (ymdhms,), (micro, precision, with_micro), (utc, std, with_offsets))| {
+                    let mut pairs = vec![(Atom("__struct__"), name), (Atom("calendar"), Atom("Elixir.Calendar.ISO"))];
+                    for (f, v) in ["year", "month", "day", "hour", "minute", "second"].into_iter().zip(ymdhms) {
+                        pairs.push((Atom(f), v));
+                    }
+                    if with_micro {
+                        pairs.push((Atom("microsecond"), Tuple(vec![Int(micro), Int(precision)])));
+                    }
+                    if with_offsets {
+                        pairs.push((Atom("utc_offset"), Int(utc)));
+                        pairs.push((Atom("std_offset"), Int(std)));
+                    }
+                    pairs.extend(extra);
+                    Map(pairs)
+                }),
+            2 => prop::sample::select(&["2017-04-20T19:14:13Z", "2020-01-02T03:04:05.123456", "soon"][..]).prop_map(Bin),
+            1 => text.clone(),
+        ];
+        Pieces {
+            key: key().boxed(),
+            text: text.boxed(),
+            value: value.boxed(),
+            properties: properties.boxed(),
+            time: time.boxed(),
+        }
+    }
+
+    /// StatusChangeEvent-like terms: the usual shape, with keys missing, repeated, reordered, of
+    /// other types or encodings, and values of every kind the general path maps or refuses.
+    fn event_like() -> impl Strategy<Value = T<'static>> {
+        use T::*;
+        let Pieces {
+            key,
+            text,
+            value,
+            properties,
+            time,
+        } = pieces();
+        let top_key = |k: &'static str| prop_oneof![8 => Just(Atom(k)), 1 => Just(Bin(k))];
+        (
+            proptest::collection::vec(
+                prop_oneof![
+                    (top_key("event_type"), text.clone()),
+                    (top_key("entity_type"), text.clone()),
+                    (top_key("entity_id"), text.clone()),
+                    (top_key("changed_by"), text.clone()),
+                    (top_key("properties"), properties),
+                    (top_key("event_time"), time),
+                    (key, value),
+                ],
+                0..4,
+            ),
+            any::<bool>(),
+        )
+            .prop_map(|(extra, replace)| {
+                let T::Map(mut pairs) = seed_event(naive_date_time()) else {
+                    unreachable!()
+                };
+                if replace {
+                    // Replace rather than repeat: drop the seed's pairs the extra ones name.
+                    pairs.retain(|(k, _)| !extra.iter().any(|(e, _)| same_name(k, e)));
+                }
+                pairs.extend(extra);
+                T::Map(pairs)
+            })
+            .prop_shuffle_pairs()
+    }
+
+    fn same_name(key: &T<'_>, other: &T<'_>) -> bool {
+        match (key, other) {
+            (T::Atom(a), T::Atom(b) | T::Bin(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    trait ShufflePairs: Strategy<Value = T<'static>> + Sized {
+        /// The map's pairs in any order.
+        fn prop_shuffle_pairs(self) -> BoxedStrategy<T<'static>>
+        where
+            Self: 'static,
+        {
+            self.prop_flat_map(|t| match t {
+                T::Map(pairs) => Just(pairs).prop_shuffle().prop_map(T::Map).boxed(),
+                other => Just(other).boxed(),
+            })
+            .boxed()
+        }
+    }
+
+    impl<S: Strategy<Value = T<'static>>> ShufflePairs for S {}
+
+    proptest! {
+        #[test]
+        fn the_etf_fast_path_agrees_with_the_general_path(event in event_like(), legacy in any::<bool>()) {
+            fast_path_agrees(&encode(&event, legacy));
+        }
+
+        #[test]
+        fn the_etf_fast_path_agrees_on_properties_and_times(
+            properties in pieces().properties,
+            time in pieces().time,
+            legacy in any::<bool>(),
+        ) {
+            let T::Map(mut pairs) = seed_event(naive_date_time()) else {
+                unreachable!()
+            };
+            for (k, v) in &mut pairs {
+                match k {
+                    T::Atom("properties") => *v = properties.clone(),
+                    T::Atom("event_time") => *v = time.clone(),
+                    _ => {}
+                }
+            }
+            fast_path_agrees(&encode(&T::Map(pairs), legacy));
+        }
+
+        #[test]
+        fn the_etf_fast_path_agrees_on_damaged_terms(
+            event in event_like(),
+            legacy in any::<bool>(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<bool>(),
+        ) {
+            let mut bytes = encode(&event, legacy);
+            let i = at.index(bytes.len());
+            if cut {
+                bytes.truncate(i);
+            } else {
+                bytes[i] = byte;
+            }
+            fast_path_agrees(&bytes);
         }
     }
 }

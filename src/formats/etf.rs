@@ -299,6 +299,108 @@ impl Term<'_> {
     }
 }
 
+/// One term as [`Reader`] gives it: a scalar, or a container's header whose elements follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Token<'a> {
+    /// An atom in any of its four encodings, checked to be UTF-8.
+    Atom(&'a [u8]),
+    /// A binary.
+    Binary(&'a [u8]),
+    /// SMALL_INTEGER_EXT or INTEGER_EXT.
+    Integer(i32),
+    /// NIL_EXT, the empty list.
+    Nil,
+    /// SMALL_TUPLE_EXT with this many elements.
+    Tuple(usize),
+    /// MAP_EXT with this many key-value pairs.
+    Map(usize),
+}
+
+/// Reads a term token by token, in one pass and without allocating, for callers that map a
+/// known shape straight to their output (the StatusChangeEvent fast path).
+///
+/// It reads only the tags [`read_subset`] reads, and checks what [`validate`] and
+/// [`read_subset`] check: lengths, atom text and nesting. It gives no errors: `None` means
+/// "not read here" (invalid, or outside the subset), and the caller then leaves the whole value
+/// to [`decode`], which decides with its precise reasons. So whatever a caller reads this way,
+/// [`decode`] would read the same, given that the caller also reads every byte, [`Reader::skip`]
+/// included, and checks [`Reader::at_end`].
+pub(crate) struct Reader<'a> {
+    /// The bytes not read yet.
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    /// A reader past the version byte, or `None` without one.
+    pub(crate) fn new(bytes: &'a [u8]) -> Option<Self> {
+        match bytes.split_first() {
+            Some((&VERSION, rest)) => Some(Self { rest }),
+            _ => None,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = self.rest.split_at_checked(n)?;
+        self.rest = tail;
+        Some(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, tail) = self.rest.split_first_chunk::<N>()?;
+        self.rest = tail;
+        Some(*head)
+    }
+
+    fn atom(&mut self, n: usize) -> Option<Token<'a>> {
+        let text = self.take(n)?;
+        (text.is_ascii() || std::str::from_utf8(text).is_ok()).then_some(Token::Atom(text))
+    }
+
+    /// Reads the next term, or its header when it is a container. `depth` is the number of
+    /// containers around it (0 for the value itself); a container needs `depth < MAX_DEPTH`.
+    pub(crate) fn token(&mut self, depth: usize) -> Option<Token<'a>> {
+        let [tag] = self.array()?;
+        match tag {
+            97 => self.array().map(|[i]| Token::Integer(i32::from(i))),
+            98 => self.array().map(|i| Token::Integer(i32::from_be_bytes(i))),
+            106 => Some(Token::Nil),
+            100 | 118 => {
+                let n = u16::from_be_bytes(self.array()?);
+                self.atom(usize::from(n))
+            }
+            115 | 119 => {
+                let [n] = self.array()?;
+                self.atom(usize::from(n))
+            }
+            109 => {
+                let n = usize::try_from(u32::from_be_bytes(self.array()?)).ok()?;
+                self.take(n).map(Token::Binary)
+            }
+            104 if depth < MAX_DEPTH => self.array().map(|[n]| Token::Tuple(usize::from(n))),
+            116 if depth < MAX_DEPTH => {
+                let n = usize::try_from(u32::from_be_bytes(self.array()?)).ok()?;
+                // Every pair takes at least two bytes.
+                (n <= self.rest.len() / 2).then_some(Token::Map(n))
+            }
+            _ => None,
+        }
+    }
+
+    /// Reads past one whole term (checking it as [`Reader::token`] does).
+    pub(crate) fn skip(&mut self, depth: usize) -> Option<()> {
+        match self.token(depth)? {
+            Token::Tuple(n) => (0..n).try_for_each(|_| self.skip(depth + 1)),
+            Token::Map(n) => (0..n * 2).try_for_each(|_| self.skip(depth + 1)),
+            _ => Some(()),
+        }
+    }
+
+    /// Whether every byte has been read (no trailing bytes after the term).
+    pub(crate) fn at_end(&self) -> bool {
+        self.rest.is_empty()
+    }
+}
+
 fn too_deep() -> DecodeError {
     DecodeError::new(
         DecodeErrorKind::InvalidEncoding,
@@ -560,6 +662,25 @@ mod tests {
             let bytes = encoded(&term);
             // The nesting limit applies to both paths alike.
             let _ = both(&bytes);
+        }
+
+        #[test]
+        fn the_token_reader_reads_only_what_decode_reads_directly(
+            term in any_term(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            damage in any::<bool>(),
+        ) {
+            let mut bytes = encoded(&term);
+            if damage {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            let read = Reader::new(&bytes).and_then(|mut r| r.skip(0).map(|()| r.at_end()));
+            if read == Some(true) {
+                prop_assert!(validate(&bytes).is_ok(), "{:?}", bytes);
+                prop_assert!(read_subset(&bytes).is_ok(), "{:?}", bytes);
+            }
         }
 
         #[test]

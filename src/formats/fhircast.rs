@@ -26,8 +26,10 @@ use message_selector::OwnedValue;
 use serde::Deserialize;
 
 use super::esoz::parse_event_time;
-use super::wire::{is_field_name, parse_typed, receive_time, req_text, OptionTable, Scalar};
-use super::{payload, DecodeError, DecodeErrorKind, DecodeNote, Decoded, Decoder, Format};
+use super::wire::Scalar;
+use super::wire::{is_blank, is_field_name, parse_typed, receive_time, req_text, OptionTable};
+use super::{payload, single_attribute, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
+use super::{Decoder, Format};
 use super::{FormatConfigError, RawMessage};
 use crate::model::{Observation, ObservationKind, Properties};
 
@@ -173,7 +175,7 @@ impl Decoder for FhircastDecoder {
             EventName::Close(r) => (false, Some(r)),
             EventName::NoContextChange => (false, None),
         };
-        props.insert_if_absent("hubEvent", OwnedValue::String(name.to_string()));
+        props.insert_if_absent_with("hubEvent", || OwnedValue::String(name.to_string()));
         let topic = req_text("event.hub.topic", event.topic)?;
 
         let mut notes = Vec::new();
@@ -194,9 +196,10 @@ impl Decoder for FhircastDecoder {
             });
         };
         let is_patient = resource.eq_ignore_ascii_case("patient");
-        let entries = read_context(event.context.unwrap_or_default(), open)?;
-        // Each key once, with its value. Context keys are unique (`read_context` checks).
-        let mut values: Vec<(Cow<'_, str>, Option<String>)> = Vec::with_capacity(entries.len() + 4);
+        let mut entries = read_context(event.context.unwrap_or_default(), open)?;
+        // From here on, `entries` holds each key once (`read_context` checks that the context's
+        // keys are unique): an -open sets every key with a resource to it, a -close sets every
+        // key it holds to NULL.
         if open {
             if entries.is_empty() {
                 return Err(DecodeError::invalid(
@@ -204,37 +207,38 @@ impl Decoder for FhircastDecoder {
                     "a non-empty list for an -open event",
                 ));
             }
-            values.extend(entries.into_iter().map(|e| (e.key, e.reference)));
         } else {
             let anchor = entries
                 .iter()
                 .find(|e| {
-                    e.resource_type
-                        .as_deref()
-                        .is_some_and(|t| t.eq_ignore_ascii_case(resource))
+                    e.resource
+                        .as_ref()
+                        .is_some_and(|(t, _)| t.eq_ignore_ascii_case(resource))
                 })
                 .map_or_else(|| Cow::Owned(key_for(resource)), |e| e.key.clone());
             if is_patient {
                 // Every key of the context closes, the anchor among them or beside them.
                 if !entries.iter().any(|e| e.key == anchor) {
-                    values.push((anchor, None));
+                    entries.push(ContextEntry::without_resource(anchor));
                 }
-                values.extend(entries.into_iter().map(|e| (e.key, None)));
             } else {
-                values.push((anchor, None));
+                entries.clear();
+                entries.push(ContextEntry::without_resource(anchor));
             }
         }
         if is_patient {
             for key in PATIENT_DEPENDENT {
-                if !values.iter().any(|(k, _)| k == key) {
-                    values.push((Cow::Borrowed(key), None));
+                if !entries.iter().any(|e| e.key == key) {
+                    entries.push(ContextEntry::without_resource(Cow::Borrowed(key)));
                 }
             }
         }
-        values.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let observations = values
+        entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let observations = entries
             .into_iter()
-            .map(|(key, value)| {
+            .map(|entry| {
+                let value = if open { entry.reference() } else { None };
+                let key = entry.key;
                 let mut entity_id = String::with_capacity(topic.len() + 1 + key.len());
                 entity_id.push_str(&topic);
                 entity_id.push('/');
@@ -244,7 +248,7 @@ impl Decoder for FhircastDecoder {
                     entity_type: Cow::Borrowed("FhircastSession"),
                     entity_id,
                     kind: ObservationKind::Snapshot,
-                    attributes: BTreeMap::from([(key.into_owned(), value)]),
+                    attributes: single_attribute(key.into_owned(), value),
                     captured: BTreeMap::new(),
                     event_time,
                     changed_by: None,
@@ -261,10 +265,29 @@ impl Decoder for FhircastDecoder {
 
 struct ContextEntry<'a> {
     key: Cow<'a, str>,
-    /// Resource type as written, when a resource was given (compare it ignoring ASCII case).
-    resource_type: Option<Cow<'a, str>>,
+    /// Resource type as written (compare it ignoring ASCII case) and id, when a resource was
+    /// given.
+    resource: Option<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+impl<'a> ContextEntry<'a> {
+    fn without_resource(key: Cow<'a, str>) -> Self {
+        Self {
+            key,
+            resource: None,
+        }
+    }
+
     /// `ResourceType/id`, when a resource was given.
-    reference: Option<String>,
+    fn reference(&self) -> Option<String> {
+        self.resource.as_ref().map(|(kind, id)| {
+            let mut reference = String::with_capacity(kind.len() + 1 + id.len());
+            reference.push_str(kind);
+            reference.push('/');
+            reference.push_str(id);
+            reference
+        })
+    }
 }
 
 /// A required text field of context entry `i`; the field's name is only built for an error.
@@ -274,7 +297,7 @@ fn entry_text<'a>(
     value: Option<Scalar<'a>>,
 ) -> Result<Cow<'a, str>, DecodeError> {
     match value {
-        Some(Scalar::Str(s)) if !s.trim().is_empty() => Ok(s),
+        Some(Scalar::Str(s)) if !is_blank(&s) => Ok(s),
         other => req_text(&entry_field(i, name), other),
     }
 }
@@ -302,11 +325,11 @@ fn read_context<'a>(
                 format!("field `{}` repeats an earlier key", entry_field(i, "key")),
             ));
         }
-        let (resource_type, reference) = match entry.resource {
+        let resource = match entry.resource {
             None if resource_required => {
                 return Err(DecodeError::missing(&entry_field(i, "resource")))
             }
-            None => (None, None),
+            None => None,
             Some(r) => {
                 let kind = entry_text(i, "resource.resourceType", r.resource_type)?;
                 if !kind.bytes().all(|b| b.is_ascii_alphabetic()) {
@@ -316,18 +339,10 @@ fn read_context<'a>(
                     ));
                 }
                 let id = entry_text(i, "resource.id", r.id)?;
-                let mut reference = String::with_capacity(kind.len() + 1 + id.len());
-                reference.push_str(&kind);
-                reference.push('/');
-                reference.push_str(&id);
-                (Some(kind), Some(reference))
+                Some((kind, id))
             }
         };
-        entries.push(ContextEntry {
-            key,
-            resource_type,
-            reference,
-        });
+        entries.push(ContextEntry { key, resource });
     }
     Ok(entries)
 }

@@ -87,6 +87,16 @@ pub(crate) fn is_field_name(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
+/// Whether text is empty or only whitespace, i.e. `s.trim().is_empty()`, without walking the
+/// text when it starts with a visible ASCII character (the usual case).
+pub(crate) fn is_blank(s: &str) -> bool {
+    match s.as_bytes().first() {
+        None => true,
+        Some(&b) if b.is_ascii() && !char::from(b).is_whitespace() => false,
+        Some(_) => s.trim().is_empty(),
+    }
+}
+
 /// When the message does not say when the change happened: the Kafka timestamp, else now.
 pub(crate) fn receive_time(msg: &RawMessage<'_>) -> DateTime<Utc> {
     msg.timestamp_ms
@@ -119,7 +129,7 @@ impl<'a> Scalar<'a> {
     /// An identifier: a non-empty string or an integer, as text.
     pub(crate) fn into_id(self) -> Option<Cow<'a, str>> {
         match self {
-            Scalar::Str(s) if !s.trim().is_empty() => Some(s),
+            Scalar::Str(s) if !is_blank(&s) => Some(s),
             Scalar::Number(n) if n.bytes().all(|b| b.is_ascii_digit() || b == b'-') => {
                 Some(Cow::Owned(n))
             }
@@ -199,7 +209,7 @@ pub(crate) fn req_text<'a>(
 ) -> Result<Cow<'a, str>, DecodeError> {
     match value {
         None | Some(Scalar::Null) => Err(DecodeError::missing(field)),
-        Some(Scalar::Str(s)) if s.trim().is_empty() => {
+        Some(Scalar::Str(s)) if is_blank(&s) => {
             Err(DecodeError::invalid(field, "a non-empty string"))
         }
         Some(Scalar::Str(s)) => Ok(s),
@@ -285,6 +295,38 @@ impl<'a> OptionTable<'a> {
                 })
                 .collect(),
             Some(_) => Err(self.wrong(key, "a table of strings")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn blank_is_trimmed_empty() {
+        for s in [
+            "",
+            " ",
+            "\t\n\r",
+            "\x0b",
+            "\x0c",
+            "\u{a0}",
+            "\u{2003} ",
+            "a",
+            " a",
+            "\u{e9}",
+            "\0",
+        ] {
+            assert_eq!(is_blank(s), s.trim().is_empty(), "{s:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn blank_agrees_with_trim(s in "\\PC{0,4}|[ \t\n\x0b\x0c\r\u{85}\u{a0}\u{2000}-\u{200a}a]{0,4}") {
+            prop_assert_eq!(is_blank(&s), s.trim().is_empty());
         }
     }
 }
