@@ -1023,11 +1023,19 @@ mod tests {
         );
         assert!(sql.list.ends_with("LIMIT $7 OFFSET $8"), "{}", sql.list);
         assert!(!sql.list.contains("x'--"));
-        // Values are not counted in event_counts: their total is counted from the events.
+        // Values: their counts, or the events when the window holds uncounted occurrences;
+        // the filters, limit and offset, then the whole minutes, attribute and value.
+        assert_eq!(sql.params.len(), 12);
         assert!(
-            sql.count
-                .contains("count(*) FROM events WHERE event_time >= $1 AND event_time < $2")
-                && !sql.count.contains("event_counts"),
+            sql.count.contains(
+                "EXISTS (SELECT FROM event_counts WHERE kind = 3 AND attribute = $11 \
+                 AND bucket >= $9 AND bucket < $10"
+            ) && sql.count.contains(
+                "THEN (SELECT count(*) FROM events WHERE event_time >= $1 AND event_time < $2"
+            ) && sql.count.contains(
+                "FROM event_value_counts WHERE attribute = $11 AND value = $12 \
+                     AND bucket >= $9 AND bucket < $10"
+            ),
             "{}",
             sql.count
         );
