@@ -168,8 +168,8 @@ pub fn process(rule: &CompiledRule, msg: &Message) -> Processed {
         .into_iter()
         .filter_map(|o| trim(rule, o))
         .collect();
-    if observations.iter().any(has_nul) {
-        return Processed::Invalid(nul_error());
+    if let Some(e) = observations.iter().find_map(unstorable) {
+        return Processed::Invalid(e);
     }
     Processed::Selected {
         observations,
@@ -179,13 +179,49 @@ pub fn process(rule: &CompiledRule, msg: &Message) -> Processed {
 }
 
 /// Applies the rule's watch/capture lists to one observation; `None` when nothing it watches
-/// is left. A NUL character anywhere is an error: PostgreSQL text cannot hold it, so storing
-/// would fail forever and the message is a dead letter.
+/// is left. An observation the EventDB cannot store is an error (see [`unstorable`]): storing
+/// would fail forever, so the message is a dead letter.
 pub fn finish(rule: &CompiledRule, o: Observation) -> Result<Option<Observation>, DecodeError> {
     match trim(rule, o) {
-        Some(o) if has_nul(&o) => Err(nul_error()),
-        other => Ok(other),
+        Some(o) => match unstorable(&o) {
+            Some(e) => Err(e),
+            None => Ok(Some(o)),
+        },
+        None => Ok(None),
     }
+}
+
+/// Longest event type, entity type and attribute name stored, in bytes. They are parts of
+/// B-tree keys (`entity_state`, `event_counts`, `event_value_counts`, the type indexes of
+/// `events`), and a key row may not exceed 2 704 bytes: a longer text would fail every insert
+/// of its batch. The API accepts filter values of at most 256 characters anyway.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest entity id stored, in bytes (part of the `entity_state` key, with the two above).
+pub const MAX_ENTITY_ID_BYTES: usize = 1024;
+
+/// Why the EventDB could not store this observation, if it could not: a NUL character
+/// (PostgreSQL text cannot hold it), or a name or entity id longer than the keys allow.
+fn unstorable(o: &Observation) -> Option<DecodeError> {
+    if has_nul(o) {
+        return Some(nul_error());
+    }
+    let too_long = |field: &str, len: usize, max: usize| {
+        (len > max).then(|| {
+            DecodeError::new(
+                DecodeErrorKind::InvalidField,
+                format!("{field} is {len} bytes long, more than the {max} allowed"),
+            )
+        })
+    };
+    too_long("event type", o.event_type.len(), MAX_NAME_BYTES)
+        .or_else(|| too_long("entity type", o.entity_type.len(), MAX_NAME_BYTES))
+        .or_else(|| too_long("entity id", o.entity_id.len(), MAX_ENTITY_ID_BYTES))
+        .or_else(|| {
+            o.attributes
+                .keys()
+                .chain(o.captured.keys())
+                .find_map(|name| too_long("an attribute name", name.len(), MAX_NAME_BYTES))
+        })
 }
 
 fn trim(rule: &CompiledRule, mut o: Observation) -> Option<Observation> {
@@ -303,5 +339,48 @@ mod tests {
             process(set.get(0).unwrap(), &message(&[], &payload)),
             Processed::Invalid(_)
         ));
+    }
+
+    #[test]
+    fn names_and_ids_longer_than_the_keys_allow_are_dead_letters() {
+        let set = rules(
+            "[[topic]]\nname = \"event_manager_topic\"\nformat = \"esoz\"\ndead_letter_topic = \"d\"\n",
+        );
+        let rule = set.get(0).unwrap();
+        let stored = |payload: &str| match process(rule, &message(&[], payload)) {
+            Processed::Selected { .. } => Ok(()),
+            Processed::Invalid(e) => Err(e.detail),
+            Processed::NotSelected => panic!("selected"),
+        };
+        assert_eq!(stored(ESOZ), Ok(()));
+        // At the limits they are stored.
+        let name = "s".repeat(MAX_NAME_BYTES);
+        assert_eq!(
+            stored(&ESOZ.replace("\"status\"", &format!("\"{name}\""))),
+            Ok(())
+        );
+        let id = "r".repeat(MAX_ENTITY_ID_BYTES);
+        assert_eq!(
+            stored(&ESOZ.replace("\"r1\"", &format!("\"{id}\""))),
+            Ok(())
+        );
+        // One byte more is a dead letter naming the field, without its content.
+        let name = "é".repeat(MAX_NAME_BYTES / 2) + "s";
+        assert_eq!(
+            stored(&ESOZ.replace("\"status\"", &format!("\"{name}\""))),
+            Err("an attribute name is 257 bytes long, more than the 256 allowed".into())
+        );
+        let id = "r".repeat(MAX_ENTITY_ID_BYTES + 1);
+        assert_eq!(
+            stored(&ESOZ.replace("\"r1\"", &format!("\"{id}\""))),
+            Err("entity id is 1025 bytes long, more than the 1024 allowed".into())
+        );
+        let entity_type = "T".repeat(MAX_NAME_BYTES + 1);
+        let payload = ESOZ.replacen("EmployeeRequest", &entity_type, 1);
+        assert!(payload != ESOZ, "the fixture names its entity type");
+        assert_eq!(
+            stored(&payload),
+            Err("entity type is 257 bytes long, more than the 256 allowed".into())
+        );
     }
 }
