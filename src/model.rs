@@ -71,9 +71,7 @@ impl Properties {
     /// Sets a property only when it is not present yet (headers win over body fields). The
     /// name is one of the format's constants.
     pub fn insert_if_absent(&mut self, name: &'static str, value: OwnedValue) {
-        if self.position(name).is_none() {
-            self.values.push((Cow::Borrowed(name), value));
-        }
+        self.insert_if_absent_with(name, || value);
     }
 
     /// Like [`Properties::insert_if_absent`], building the value only when it is inserted.
