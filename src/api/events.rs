@@ -445,8 +445,8 @@ struct Filters {
     params: Vec<Param>,
 }
 
-/// The source of a list's total (see `sql/V4__event_counts.sql` and
-/// `sql/V5__event_value_counts.sql`).
+/// The source of a list's total (see `sql/V4__event_counts.sql`,
+/// `sql/V5__event_value_counts.sql` and `sql/V6__event_value_counts_10min.sql`).
 enum TotalFrom {
     /// `event_counts` of this kind and attribute.
     Counts(i16, String),
@@ -590,7 +590,7 @@ pub fn whole_minutes(from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, 
 /// The count sums the 10-minute counts of `event_counts` over the window's whole 10-minute
 /// spans, the per-minute counts over its other whole minutes (at most 18), and counts the rows
 /// of the partial minutes at both ends: at most two minutes of rows, whatever the window's
-/// length. With `new_value` it sums the per-minute `event_value_counts` the same way, unless
+/// length. With `new_value` it sums the `event_value_counts` of the same spans, unless
 /// the window's whole minutes hold occurrences of the attribute that are not counted by value
 /// (captured attributes, long values): then it counts the window's events.
 pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
@@ -641,8 +641,12 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
             )
         }
         TotalFrom::Values(attribute, value) => {
+            let (lo10, hi10) = whole_spans(lo, hi, TEN_MINUTES);
             let attribute_n = push(Box::new(attribute), Type::TEXT);
             let value_n = push(Box::new(value), Type::TEXT);
+            let lo10_n = push(Box::new(lo10), Type::TIMESTAMPTZ);
+            let hi10_n = push(Box::new(hi10), Type::TIMESTAMPTZ);
+            let key = format!("attribute = ${attribute_n} AND value = ${value_n}");
             // Sub-selects run when their branch is taken, so a window without uncounted
             // occurrences never reads its events for the total.
             format!(
@@ -651,9 +655,15 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
                        AND bucket >= ${lo_n} AND bucket < ${hi_n}{counts}) \
                    THEN (SELECT count(*) FROM events \
                      WHERE event_time >= $1 AND event_time < $2{events}) \
-                   ELSE coalesce((SELECT sum(n) FROM event_value_counts \
-                     WHERE attribute = ${attribute_n} AND value = ${value_n} \
-                       AND bucket >= ${lo_n} AND bucket < ${hi_n}{counts}), 0)::bigint \
+                   ELSE coalesce((SELECT sum(n) FROM event_value_counts_10min \
+                     WHERE {key} \
+                       AND bucket >= ${lo10_n} AND bucket < ${hi10_n}{counts}), 0)::bigint \
+                     + coalesce((SELECT sum(n) FROM event_value_counts \
+                     WHERE {key} \
+                       AND bucket >= ${lo_n} AND bucket < ${lo10_n}{counts}), 0)::bigint \
+                     + coalesce((SELECT sum(n) FROM event_value_counts \
+                     WHERE {key} \
+                       AND bucket >= ${hi10_n} AND bucket < ${hi_n}{counts}), 0)::bigint \
                      + {edge_rows} END"
             )
         }
@@ -1033,8 +1043,11 @@ mod tests {
             ) && sql.count.contains(
                 "THEN (SELECT count(*) FROM events WHERE event_time >= $1 AND event_time < $2"
             ) && sql.count.contains(
+                "FROM event_value_counts_10min WHERE attribute = $11 AND value = $12 \
+                       AND bucket >= $13 AND bucket < $14"
+            ) && sql.count.contains(
                 "FROM event_value_counts WHERE attribute = $11 AND value = $12 \
-                     AND bucket >= $9 AND bucket < $10"
+                       AND bucket >= $9 AND bucket < $13"
             ),
             "{}",
             sql.count

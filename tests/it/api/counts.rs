@@ -169,18 +169,23 @@ async fn totals_agree_with_a_plain_count_through_every_change() {
     let client = db.client().await;
     client.batch_execute(SEED).await.unwrap();
     client.batch_execute(SEED_WATCHED).await.unwrap();
-    // Watched values are counted per value; captured ones and long values are not.
-    let by_value: i64 = client
-        .query_one(
-            "SELECT coalesce(sum(n), 0)::bigint FROM event_value_counts \
-             WHERE attribute = 'status' AND value = 'APPROVED'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    // SEED: every fifth of 6 000; SEED_WATCHED: half of 2 000, less the captured one.
-    assert_eq!(by_value, 1200 + 999);
+    // Watched values are counted per value; captured ones and long values are not. Per minute
+    // and per ten minutes alike.
+    for table in ["event_value_counts", "event_value_counts_10min"] {
+        let by_value: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT coalesce(sum(n), 0)::bigint FROM {table} \
+                     WHERE attribute = 'status' AND value = 'APPROVED'"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        // SEED: every fifth of 6 000; SEED_WATCHED: half of 2 000, less the captured one.
+        assert_eq!(by_value, 1200 + 999, "{table}");
+    }
     check_all(&client, "after insert").await;
 
     // The terminator's way: batches of rows by physical position.
@@ -267,4 +272,48 @@ fn whole_minutes_lie_inside_the_window_on_minute_boundaries() {
         whole_spans(t(9, 14, 0, 0), t(9, 29, 0, 0), ten),
         (t(9, 29, 0, 0), t(9, 29, 0, 0))
     );
+}
+
+/// V6 fills in the ten-minute value counts of the events stored before it from their minutes:
+/// the same rows as the trigger keeps for events stored after it.
+#[tokio::test]
+async fn ten_minute_value_counts_back_fill_like_the_trigger() {
+    let db = fresh_database().await;
+    let client = db.client().await;
+    client.batch_execute(SEED).await.unwrap();
+    client.batch_execute(SEED_WATCHED).await.unwrap();
+    let ten_minute_rows = || async {
+        client
+            .query(
+                "SELECT attribute, value, bucket, event_type, entity_type, n \
+                 FROM event_value_counts_10min ORDER BY 1, 2, 3, 4, 5",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, DateTime<Utc>>(2),
+                    r.get::<_, String>(3),
+                    r.get::<_, String>(4),
+                    r.get::<_, i64>(5),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let by_trigger = ten_minute_rows().await;
+    assert!(by_trigger.len() > 10, "{}", by_trigger.len());
+    client
+        .batch_execute("DELETE FROM event_value_counts_10min")
+        .await
+        .unwrap();
+    let v6 = include_str!("../../../sql/V6__event_value_counts_10min.sql");
+    let back_fill = &v6[v6
+        .rfind("INSERT INTO event_value_counts_10min")
+        .expect("V6 ends with its back-fill")..];
+    client.batch_execute(back_fill).await.unwrap();
+    assert_eq!(ten_minute_rows().await, by_trigger);
 }

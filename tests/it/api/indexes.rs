@@ -129,10 +129,14 @@ async fn every_filter_combination_uses_an_index() {
                     // guesses about JSON keys.
                     assert!(!plan.contains("events_properties_"), "{query}:\n{plan}");
                 }
-                // A value's total reads its per-minute counts by their key.
+                // A value's total reads its per-minute and ten-minute counts by their keys.
                 if attribute.contains("new_value") {
                     for plan in [&count, &generic_count] {
                         assert!(plan.contains("event_value_counts_pkey"), "{query}:\n{plan}");
+                        assert!(
+                            plan.contains("event_value_counts_10min_pkey"),
+                            "{query}:\n{plan}"
+                        );
                     }
                 }
             }
