@@ -299,8 +299,9 @@ pub struct EventView {
     pub changed_by: Option<String>,
 }
 
-/// A JSON document borrowed from a row, as PostgreSQL sent it.
-struct RawJsonRef<'a>(&'a serde_json::value::RawValue);
+/// A JSON document borrowed from a row, as PostgreSQL sent it: `jsonb` output is always valid
+/// JSON, so it is copied into a response as it is, without parsing it again.
+struct RawJsonRef<'a>(&'a str);
 
 impl<'a> tokio_postgres::types::FromSql<'a> for RawJsonRef<'a> {
     fn from_sql(
@@ -312,66 +313,149 @@ impl<'a> tokio_postgres::types::FromSql<'a> for RawJsonRef<'a> {
             (true, Some((1, text))) => text,
             (true, _) => return Err("unsupported jsonb format version".into()),
         };
-        Ok(RawJsonRef(serde_json::from_str(std::str::from_utf8(
-            text,
-        )?)?))
+        Ok(RawJsonRef(std::str::from_utf8(text)?))
     }
 
     tokio_postgres::types::accepts!(JSON, JSONB);
 }
 
-/// One row of [`COLUMNS`] written as an [`EventView`], straight from the driver's buffer.
-struct RowEvent<'a>(&'a Row);
+/// Writes JSON response bodies straight from the driver's row buffers: the same JSON that
+/// serialising an [`EventList`] or [`EventEnvelope`] gives (checked in tests), without building
+/// one first. Strings are escaped by serde_json; ids, timestamps and `properties` (valid JSON
+/// from PostgreSQL) need no escaping and are written directly.
+struct BodyWriter {
+    out: Vec<u8>,
+}
 
-impl Serialize for RowEvent<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{Error, SerializeStruct};
-        let row = self.0;
-        let id: uuid::Uuid = row.try_get(0).map_err(S::Error::custom)?;
-        let event_type: &str = row.try_get(1).map_err(S::Error::custom)?;
-        let entity_type: &str = row.try_get(2).map_err(S::Error::custom)?;
-        let entity_id: &str = row.try_get(3).map_err(S::Error::custom)?;
-        let properties: RawJsonRef<'_> = row.try_get(4).map_err(S::Error::custom)?;
-        let event_time: DateTime<Utc> = row.try_get(5).map_err(S::Error::custom)?;
-        let changed_by: Option<&str> = row.try_get(6).map_err(S::Error::custom)?;
-        let mut event = serializer.serialize_struct("EventView", 7)?;
-        event.serialize_field("id", &id)?;
-        event.serialize_field("event_type", event_type)?;
-        event.serialize_field("entity_type", entity_type)?;
-        event.serialize_field("entity_id", entity_id)?;
-        event.serialize_field("properties", properties.0)?;
-        event.serialize_field("event_time", &event_time)?;
-        event.serialize_field("changed_by", &changed_by)?;
-        event.end()
+impl BodyWriter {
+    fn with_capacity(events: usize) -> Self {
+        Self {
+            out: Vec::with_capacity(128 + events * 384),
+        }
+    }
+
+    fn raw(&mut self, text: &str) {
+        self.out.extend_from_slice(text.as_bytes());
+    }
+
+    fn string(&mut self, s: &str) {
+        serde_json::to_writer(&mut self.out, s).expect("writing into a Vec does not fail");
+    }
+
+    /// One row of [`COLUMNS`] as an [`EventView`] object.
+    fn event(&mut self, row: &Row) -> Result<(), tokio_postgres::Error> {
+        let id: uuid::Uuid = row.try_get(0)?;
+        let event_type: &str = row.try_get(1)?;
+        let entity_type: &str = row.try_get(2)?;
+        let entity_id: &str = row.try_get(3)?;
+        let properties: RawJsonRef<'_> = row.try_get(4)?;
+        let event_time: DateTime<Utc> = row.try_get(5)?;
+        let changed_by: Option<&str> = row.try_get(6)?;
+        self.raw("{\"id\":\"");
+        self.raw(
+            id.hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        );
+        self.raw("\",\"event_type\":");
+        self.string(event_type);
+        self.raw(",\"entity_type\":");
+        self.string(entity_type);
+        self.raw(",\"entity_id\":");
+        self.string(entity_id);
+        self.raw(",\"properties\":");
+        self.raw(properties.0);
+        self.raw(",\"event_time\":\"");
+        write_timestamp(&mut self.out, event_time);
+        self.raw("\",\"changed_by\":");
+        match changed_by {
+            Some(by) => self.string(by),
+            None => self.raw("null"),
+        }
+        self.raw("}");
+        Ok(())
+    }
+
+    /// A list response: `{"data": [events], "paging": {…}}`.
+    fn list(rows: &[Row], paging: &Paging) -> Result<Vec<u8>, tokio_postgres::Error> {
+        let mut w = Self::with_capacity(rows.len());
+        w.raw("{\"data\":[");
+        for (i, row) in rows.iter().enumerate() {
+            if i > 0 {
+                w.raw(",");
+            }
+            w.event(row)?;
+        }
+        w.raw("],\"paging\":");
+        serde_json::to_writer(&mut w.out, paging).expect("writing into a Vec does not fail");
+        w.raw("}");
+        Ok(w.out)
+    }
+
+    /// A get response: `{"data": event}`.
+    fn envelope(row: &Row) -> Result<Vec<u8>, tokio_postgres::Error> {
+        let mut w = Self::with_capacity(1);
+        w.raw("{\"data\":");
+        w.event(row)?;
+        w.raw("}");
+        Ok(w.out)
     }
 }
 
-/// The rows of a page as the `data` array.
-struct RowEvents<'a>(&'a [Row]);
-
-impl Serialize for RowEvents<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(RowEvent))
+/// Appends `t` as chrono's serde format writes it (RFC 3339 in UTC with `Z`, and 0, 3, 6 or 9
+/// fraction digits as the value needs), e.g. `2017-04-20T19:14:13.123456Z`.
+fn write_timestamp(out: &mut Vec<u8>, t: DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // Outside four-digit years (beyond what events carry), chrono writes it.
+        out.extend_from_slice(
+            serde_json::to_string(&t)
+                .expect("a timestamp serialises")
+                .trim_matches('"')
+                .as_bytes(),
+        );
+        return;
     }
+    fn digits(out: &mut Vec<u8>, value: u32, width: u32) {
+        for k in (0..width).rev() {
+            out.push(b'0' + (value / 10_u32.pow(k) % 10) as u8);
+        }
+    }
+    digits(out, year as u32, 4);
+    out.push(b'-');
+    digits(out, t.month(), 2);
+    out.push(b'-');
+    digits(out, t.day(), 2);
+    out.push(b'T');
+    digits(out, t.hour(), 2);
+    out.push(b':');
+    digits(out, t.minute(), 2);
+    out.push(b':');
+    // A leap second is nanosecond ≥ 1 000 000 000 in chrono, written as second 60.
+    let nanos = t.nanosecond();
+    let (second, nanos) = if nanos >= 1_000_000_000 {
+        (t.second() + 1, nanos - 1_000_000_000)
+    } else {
+        (t.second(), nanos)
+    };
+    digits(out, second, 2);
+    if nanos == 0 {
+    } else if nanos % 1_000_000 == 0 {
+        out.push(b'.');
+        digits(out, nanos / 1_000_000, 3);
+    } else if nanos % 1_000 == 0 {
+        out.push(b'.');
+        digits(out, nanos / 1_000, 6);
+    } else {
+        out.push(b'.');
+        digits(out, nanos, 9);
+    }
+    out.push(b'Z');
 }
 
-/// A list response written from the page's rows without building an [`EventList`] first;
-/// the same JSON (checked against the schema of [`EventList`] in tests).
-#[derive(Serialize)]
-struct RowPage<'a> {
-    data: RowEvents<'a>,
-    paging: Paging,
-}
-
-/// A get response in the shape of [`EventEnvelope`], written from the row.
-#[derive(Serialize)]
-struct RowEnvelope<'a> {
-    data: RowEvent<'a>,
-}
-
-/// `body` as a JSON response.
-fn json_response(body: &impl Serialize) -> Result<Response, ApiError> {
-    let bytes = serde_json::to_vec(body).map_err(|e| {
+/// A JSON response body.
+fn json_response(body: Result<Vec<u8>, tokio_postgres::Error>) -> Result<Response, ApiError> {
+    let bytes = body.map_err(|e| {
         tracing::error!(error = %e, "writing a response from event rows failed");
         ApiError::Internal
     })?;
@@ -802,16 +886,13 @@ pub async fn list_events(
         None => sql.total(&client).await?,
     };
     let page_size = i64::from(q.page_size);
-    let page = RowPage {
-        data: RowEvents(&rows),
-        paging: Paging {
-            page_number: q.page,
-            page_size: q.page_size,
-            total_entries,
-            total_pages: (total_entries + page_size - 1) / page_size,
-        },
+    let paging = Paging {
+        page_number: q.page,
+        page_size: q.page_size,
+        total_entries,
+        total_pages: (total_entries + page_size - 1) / page_size,
     };
-    json_response(&page)
+    json_response(BodyWriter::list(&rows, &paging))
 }
 
 /// Gets one event. Unknown and malformed ids, and events of a type the token may not see, are 404.
@@ -851,15 +932,62 @@ pub async fn get_event(
     {
         return Err(ApiError::NotFound);
     }
-    json_response(&RowEnvelope {
-        data: RowEvent(&row),
-    })
+    json_response(BodyWriter::envelope(&row))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn timestamp_text(t: DateTime<Utc>) -> String {
+        let mut out = Vec::new();
+        write_timestamp(&mut out, t);
+        String::from_utf8(out).unwrap()
+    }
+
+    proptest! {
+        /// Timestamps are written exactly as chrono's serde impl writes them, for every
+        /// precision (PostgreSQL's microseconds, and the rest too) and year.
+        #[test]
+        fn timestamps_are_written_like_chrono_writes_them(
+            secs in -62_135_596_800_i64..253_402_300_800,
+            nanos in prop_oneof![
+                Just(0_u32),
+                (0_u32..1_000).prop_map(|ms| ms * 1_000_000),
+                (0_u32..1_000_000).prop_map(|us| us * 1_000),
+                0_u32..1_000_000_000,
+            ],
+            far in proptest::option::weighted(0.05, -8_000_000_000_000_i64..8_000_000_000_000),
+        ) {
+            let t = DateTime::<Utc>::from_timestamp(far.unwrap_or(secs), nanos).unwrap();
+            let chrono = serde_json::to_string(&t).unwrap();
+            prop_assert_eq!(format!("\"{}\"", timestamp_text(t)), chrono);
+        }
+    }
+
+    #[test]
+    fn timestamp_edges() {
+        for t in [
+            DateTime::<Utc>::from_timestamp(0, 0).unwrap(),
+            DateTime::<Utc>::from_timestamp(-62_135_596_800, 0).unwrap(),
+            DateTime::<Utc>::from_timestamp(253_402_300_799, 999_999_999).unwrap(),
+            DateTime::<Utc>::from_timestamp(1_483_228_799, 1_500_000_000).unwrap(),
+            Utc.with_ymd_and_hms(2017, 4, 20, 19, 14, 13).unwrap()
+                + chrono::Duration::microseconds(123_456),
+        ] {
+            let chrono = serde_json::to_string(&t).unwrap();
+            assert_eq!(format!("\"{}\"", timestamp_text(t)), chrono);
+        }
+        assert_eq!(
+            timestamp_text(
+                Utc.with_ymd_and_hms(2017, 4, 20, 19, 14, 13).unwrap()
+                    + chrono::Duration::microseconds(123_456)
+            ),
+            "2017-04-20T19:14:13.123456Z"
+        );
+    }
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap()
@@ -1034,8 +1162,9 @@ mod tests {
         assert!(sql.list.ends_with("LIMIT $7 OFFSET $8"), "{}", sql.list);
         assert!(!sql.list.contains("x'--"));
         // Values: their counts, or the events when the window holds uncounted occurrences;
-        // the filters, limit and offset, then the whole minutes, attribute and value.
-        assert_eq!(sql.params.len(), 12);
+        // the filters, limit and offset, then the whole minutes, attribute, value and the whole
+        // 10-minute spans.
+        assert_eq!(sql.params.len(), 14);
         assert!(
             sql.count.contains(
                 "EXISTS (SELECT FROM event_counts WHERE kind = 3 AND attribute = $11 \

@@ -474,6 +474,86 @@ async fn get_by_id() {
     assert_eq!(body["error"]["type"], "not_found");
 }
 
+/// Events come back exactly as stored, whatever their text holds: the body is written from the
+/// rows directly, so every field is checked here against what PostgreSQL returns.
+#[tokio::test]
+async fn events_are_returned_exactly_as_stored() {
+    let api = TestApi::start().await;
+    let client = api.db().client().await;
+    let tricky = [
+        (
+            "Quote\"Type",
+            "back\\slash\"quote",
+            Some("tab\there\nline\u{1}\u{1f}"),
+            json!({"s": {"new_value": "ü€😀\u{7f}\u{2028}", "old_value": "\"\\/"}, "n": {"new_value": 1.5e300}, "e": {}}),
+            Utc.with_ymd_and_hms(2024, 3, 10, 10, 0, 0).unwrap()
+                + chrono::Duration::microseconds(1),
+        ),
+        (
+            "Plain",
+            "ascii-id",
+            None,
+            json!({"deep": {"new_value": [1, {"a": null}, "x"], "old_value": true}}),
+            Utc.with_ymd_and_hms(2024, 3, 10, 10, 1, 0).unwrap()
+                + chrono::Duration::milliseconds(120),
+        ),
+        (
+            "Ünïcode",
+            "ключ/😀",
+            Some(""),
+            json!({}),
+            Utc.with_ymd_and_hms(2024, 3, 10, 10, 2, 3).unwrap(),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (i, (entity_type, entity_id, changed_by, properties, event_time)) in
+        tricky.iter().enumerate()
+    {
+        let id = Uuid::now_v7();
+        client
+            .execute(
+                "INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
+                 changed_by, source_topic, source_partition, source_offset, source_seq) \
+                 VALUES ($1, 'StatusChangeEvent', $2, $3, $4, $5, $6, 'test', 0, $7, 0)",
+                &[&id, entity_type, entity_id, properties, event_time, changed_by, &(i as i64)],
+            )
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    // What PostgreSQL stored, read back through the driver's own conversions.
+    let mut stored = Vec::new();
+    for id in &ids {
+        let row = client
+            .query_one(
+                "SELECT id, event_type, entity_type, entity_id, properties, event_time, changed_by \
+                 FROM events WHERE id = $1",
+                &[id],
+            )
+            .await
+            .unwrap();
+        stored.push(json!({
+            "id": row.get::<_, Uuid>(0),
+            "event_type": row.get::<_, String>(1),
+            "entity_type": row.get::<_, String>(2),
+            "entity_id": row.get::<_, String>(3),
+            "properties": row.get::<_, Value>(4),
+            "event_time": row.get::<_, DateTime<Utc>>(5),
+            "changed_by": row.get::<_, Option<String>>(6),
+        }));
+    }
+    let (code, body) = api.get(&format!("/api/events?{WINDOW}")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body["data"], Value::Array(stored.clone()));
+    for (id, expected) in ids.iter().zip(&stored) {
+        let (code, body) = api.get(&format!("/api/events/{id}")).await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(body, json!({"data": expected}));
+    }
+    assert_eq!(stored[0]["event_time"], "2024-03-10T10:00:00.000001Z");
+    assert_eq!(stored[1]["event_time"], "2024-03-10T10:01:00.120Z");
+}
+
 #[tokio::test]
 async fn event_type_scopes_filter_the_list_and_hide_events() {
     let mut auth = auth_config();
