@@ -5,6 +5,12 @@
 //! changes, [`store`] writes them exactly once, and [`api`] serves them.
 #![deny(rust_2018_idioms, unreachable_pub, missing_docs)]
 
+/// Every binary built on this library (the service, its tests and its benchmarks) allocates
+/// with mimalloc. Decoding a message and writing an API response make many small, short-lived
+/// allocations, and the glibc allocator spent a fifth of the API's own CPU time on them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod api;
 pub mod app;
 pub mod broker;
