@@ -29,7 +29,7 @@ use serde::Deserialize;
 
 use super::esoz::parse_event_time;
 use super::wire::Scalar;
-use super::wire::{is_blank, is_field_name, parse_typed, receive_time, req_text, OptionTable};
+use super::wire::{is_blank, parse_typed, receive_time, req_text, OptionTable};
 use super::{payload, single_attribute, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
 use super::{Decoder, Format};
 use super::{FormatConfigError, RawMessage};
@@ -384,6 +384,15 @@ fn entry_field(i: usize, name: &str) -> String {
     format!("event.context[{i}].{name}")
 }
 
+/// A context key: a field name without dots, i.e. `is_field_name(key) && !key.contains('.')` in
+/// one pass over the bytes.
+fn is_context_key(key: &str) -> bool {
+    (1..=64).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 fn read_context<'a>(
     wire: Vec<WireContext<'a>>,
     resource_required: bool,
@@ -391,7 +400,7 @@ fn read_context<'a>(
     let mut entries: Vec<ContextEntry<'a>> = Vec::with_capacity(wire.len());
     for (i, entry) in wire.into_iter().enumerate() {
         let key = entry_text(i, "key", entry.key)?;
-        if !is_field_name(&key) || key.contains('.') {
+        if !is_context_key(&key) {
             return Err(DecodeError::invalid(
                 &entry_field(i, "key"),
                 "a context key name (letters, digits, '_' or '-')",
@@ -547,6 +556,14 @@ mod tests {
             "",
         ] {
             assert!(classify(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn context_keys_are_field_names_without_dots(key in "[a-zA-Z0-9_.\\- \u{e9}]{0,66}") {
+            let expected = crate::formats::wire::is_field_name(&key) && !key.contains('.');
+            proptest::prop_assert_eq!(is_context_key(&key), expected);
         }
     }
 
