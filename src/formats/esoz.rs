@@ -16,7 +16,7 @@ use super::etf::{self, Term};
 use super::wire::{is_blank, parse_typed, Scalar};
 use super::{payload, DecodeError, DecodeErrorKind, Decoded, Decoder, Format, RawMessage};
 use crate::formats::FormatConfigError;
-use crate::model::{Observation, ObservationKind, Properties};
+use crate::model::{Attributes, Observation, ObservationKind, Properties};
 
 /// Decoder for the `esoz` format.
 #[derive(Debug, Clone, Default)]
@@ -42,7 +42,7 @@ pub(crate) struct EsozEvent {
     pub(crate) event_type: String,
     pub(crate) entity_type: String,
     pub(crate) entity_id: String,
-    pub(crate) properties: BTreeMap<String, Option<String>>,
+    pub(crate) properties: Attributes,
     pub(crate) event_time: DateTime<Utc>,
     pub(crate) changed_by: Option<String>,
 }
@@ -150,7 +150,7 @@ impl WireEvent<'_> {
         if wire_props.is_empty() {
             return Err(DecodeError::invalid("properties", "a non-empty object"));
         }
-        let mut properties = BTreeMap::new();
+        let mut properties = Attributes::new();
         for (name, prop) in wire_props {
             let value = match prop.new_value {
                 None => {
@@ -261,7 +261,7 @@ fn read_etf_event(bytes: &[u8]) -> Option<EsozEvent> {
 }
 
 /// `properties` for [`read_etf_event`]: `%{name => %{new_value: v}}`, names distinct.
-fn read_etf_properties(r: &mut etf::Reader<'_>) -> Option<BTreeMap<String, Option<String>>> {
+fn read_etf_properties(r: &mut etf::Reader<'_>) -> Option<Attributes> {
     use etf::Token;
     let Token::Map(n) = r.token(1)? else {
         return None;
@@ -269,7 +269,7 @@ fn read_etf_properties(r: &mut etf::Reader<'_>) -> Option<BTreeMap<String, Optio
     if n == 0 {
         return None;
     }
-    let mut properties = BTreeMap::new();
+    let mut properties = Attributes::new();
     for _ in 0..n {
         let name = match r.token(2)? {
             Token::Binary(b) | Token::Atom(b) => std::str::from_utf8(b).ok()?,
@@ -418,7 +418,7 @@ fn decode_etf_term(bytes: &[u8]) -> Result<EsozEvent, DecodeError> {
     if wire_props.is_empty() {
         return Err(DecodeError::invalid("properties", "a non-empty map"));
     }
-    let mut properties = BTreeMap::new();
+    let mut properties = Attributes::new();
     for (key, value) in wire_props {
         let name =
             match key {

@@ -30,10 +30,10 @@ use serde::Deserialize;
 use super::esoz::parse_event_time;
 use super::wire::Scalar;
 use super::wire::{is_blank, parse_typed, receive_time, req_text, OptionTable};
-use super::{payload, single_attribute, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
+use super::{payload, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
 use super::{Decoder, Format};
 use super::{FormatConfigError, RawMessage};
-use crate::model::{Observation, ObservationKind, Properties};
+use crate::model::{Attributes, Observation, ObservationKind, Properties};
 
 /// Keys that only make sense while their patient is open.
 const PATIENT_DEPENDENT: [&str; 3] = ["encounter", "study", "report"];
@@ -322,7 +322,7 @@ impl Decoder for FhircastDecoder {
                     entity_type: Cow::Borrowed("FhircastSession"),
                     entity_id,
                     kind: ObservationKind::Snapshot,
-                    attributes: single_attribute(key.into_owned(), value),
+                    attributes: Attributes::one(key.into_owned(), value),
                     captured: BTreeMap::new(),
                     event_time,
                     changed_by: None,
