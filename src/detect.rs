@@ -243,6 +243,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+    use crate::model::Attributes;
 
     fn t(sec: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_700_000_000 + sec, 0).unwrap()
@@ -259,7 +260,7 @@ mod tests {
             entity_type: "Declaration".into(),
             entity_id: "d1".into(),
             kind,
-            attributes: BTreeMap::from([("status".to_owned(), status.map(str::to_owned))]),
+            attributes: Attributes::from([("status".to_owned(), status.map(str::to_owned))]),
             captured: BTreeMap::from([("employee_id".to_owned(), Some("e1".to_owned()))]),
             event_time: t(time),
             changed_by: Some("u1".into()),

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use chrono::{DateTime, Utc};
 use message_selector::{OwnedValue, PropertySource, Value};
@@ -155,7 +156,7 @@ pub struct Observation {
     /// Created, Updated, Deleted or Snapshot.
     pub kind: ObservationKind,
     /// Watched attributes and their values (`None` = NULL, e.g. a closed FHIRcast context).
-    pub attributes: BTreeMap<String, Option<String>>,
+    pub attributes: Attributes,
     /// Captured attributes stored alongside an event but never compared (e.g. `employee_id`).
     pub captured: BTreeMap<String, Option<String>>,
     /// When the change happened according to the producer.
@@ -164,6 +165,174 @@ pub struct Observation {
     pub changed_by: Option<String>,
     /// Producer-side version for the out-of-order guard, when known.
     pub version: Option<i64>,
+}
+
+/// An observation's watched attributes: each name once, with its value (`None` = NULL), iterated
+/// in name order like a `BTreeMap`. Nearly every observation has exactly one attribute, which is
+/// kept inline: no allocation for it, unlike a map's node.
+#[derive(Clone, Default)]
+pub struct Attributes(Entries);
+
+#[derive(Clone)]
+enum Entries {
+    One([(String, Option<String>); 1]),
+    /// None, or more than one, sorted by name.
+    Many(Vec<(String, Option<String>)>),
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Entries::Many(Vec::new())
+    }
+}
+
+/// Iterator over [`Attributes`] in name order.
+pub type AttributesIter<'a> = std::iter::Map<
+    std::slice::Iter<'a, (String, Option<String>)>,
+    fn(&'a (String, Option<String>)) -> (&'a String, &'a Option<String>),
+>;
+
+impl Attributes {
+    /// No attributes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Exactly one attribute (the usual case), without allocation.
+    pub fn one(name: String, value: Option<String>) -> Self {
+        Self(Entries::One([(name, value)]))
+    }
+
+    fn as_slice(&self) -> &[(String, Option<String>)] {
+        match &self.0 {
+            Entries::One(one) => one,
+            Entries::Many(many) => many,
+        }
+    }
+
+    /// Sets an attribute, returning its previous value if it was present.
+    pub fn insert(&mut self, name: String, value: Option<String>) -> Option<Option<String>> {
+        let at = match self
+            .as_slice()
+            .binary_search_by(|(k, _)| k.as_str().cmp(&name))
+        {
+            Ok(i) => {
+                let slot = match &mut self.0 {
+                    Entries::One(one) => &mut one[i].1,
+                    Entries::Many(many) => &mut many[i].1,
+                };
+                return Some(std::mem::replace(slot, value));
+            }
+            Err(at) => at,
+        };
+        let mut many = match std::mem::take(&mut self.0) {
+            Entries::One([first]) => {
+                let mut many = Vec::with_capacity(2);
+                many.push(first);
+                many
+            }
+            Entries::Many(many) => many,
+        };
+        if many.is_empty() {
+            *self = Self::one(name, value);
+        } else {
+            many.insert(at, (name, value));
+            self.0 = Entries::Many(many);
+        }
+        None
+    }
+
+    /// The value of an attribute, if present.
+    pub fn get(&self, name: &str) -> Option<&Option<String>> {
+        let slice = self.as_slice();
+        slice
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| &slice[i].1)
+    }
+
+    /// Whether an attribute is present.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Attribute names in order.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.as_slice().iter().map(|(k, _)| k)
+    }
+
+    /// Names and values in name order.
+    pub fn iter(&self) -> AttributesIter<'_> {
+        self.as_slice().iter().map(|(k, v)| (k, v))
+    }
+
+    /// Number of attributes.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Whether there are no attributes.
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    /// Keeps only the attributes for which `keep` returns true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&String, &mut Option<String>) -> bool) {
+        match &mut self.0 {
+            Entries::One([(k, v)]) => {
+                if !keep(k, v) {
+                    *self = Self::new();
+                }
+            }
+            Entries::Many(many) => many.retain_mut(|(k, v)| keep(k, v)),
+        }
+    }
+}
+
+impl PartialEq for Attributes {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl fmt::Debug for Attributes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl std::ops::Index<&str> for Attributes {
+    type Output = Option<String>;
+
+    /// The value of a present attribute; panics when it is absent, like a map's index.
+    fn index(&self, name: &str) -> &Option<String> {
+        self.get(name).expect("no such attribute")
+    }
+}
+
+impl<'a> IntoIterator for &'a Attributes {
+    type Item = (&'a String, &'a Option<String>);
+    type IntoIter = AttributesIter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl FromIterator<(String, Option<String>)> for Attributes {
+    fn from_iter<I: IntoIterator<Item = (String, Option<String>)>>(iter: I) -> Self {
+        let mut attributes = Self::new();
+        for (name, value) in iter {
+            attributes.insert(name, value);
+        }
+        attributes
+    }
+}
+
+impl<const N: usize> From<[(String, Option<String>); N]> for Attributes {
+    fn from(entries: [(String, Option<String>); N]) -> Self {
+        entries.into_iter().collect()
+    }
 }
 
 /// A row of the EventDB: one detected status change.
@@ -183,4 +352,42 @@ pub struct Event {
     pub event_time: DateTime<Utc>,
     /// Who made the change.
     pub changed_by: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Attributes behave as the `BTreeMap` they replace: same order, same insert results.
+        #[test]
+        fn attributes_behave_as_a_sorted_map(
+            ops in proptest::collection::vec(
+                ("[a-d]{1,2}", proptest::option::of("[xy]"), 0u8..4),
+                0..12,
+            )
+        ) {
+            let mut attributes = Attributes::new();
+            let mut map = BTreeMap::new();
+            for (name, value, op) in ops {
+                if op == 0 {
+                    let drop_name = name.clone();
+                    attributes.retain(|k, _| *k != drop_name);
+                    map.retain(|k: &String, _| *k != drop_name);
+                } else {
+                    let got = attributes.insert(name.clone(), value.clone());
+                    prop_assert_eq!(got, map.insert(name, value));
+                }
+                prop_assert!(attributes.iter().eq(map.iter()));
+                prop_assert_eq!(attributes.len(), map.len());
+                for probe in ["a", "b", "ab", "dd"] {
+                    prop_assert_eq!(attributes.get(probe), map.get(probe));
+                    prop_assert_eq!(attributes.contains_key(probe), map.contains_key(probe));
+                }
+                let rebuilt: Attributes = map.clone().into_iter().collect();
+                prop_assert_eq!(&rebuilt, &attributes);
+            }
+        }
+    }
 }

@@ -20,10 +20,10 @@ use message_selector::OwnedValue;
 use serde::Deserialize;
 
 use super::wire::{is_blank, opt_text, parse_typed, receive_time, OptionTable, Scalar};
-use super::{payload, single_attribute, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
+use super::{payload, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
 use super::{Decoder, Format};
 use super::{FormatConfigError, RawMessage};
-use crate::model::{Observation, ObservationKind, Properties};
+use crate::model::{Attributes, Observation, ObservationKind, Properties};
 
 /// The message properties of seed 002 lifted from the body when no header carries them.
 const LIFTED: [&str; 10] = [
@@ -101,7 +101,7 @@ impl StatusLookup {
             entity_type: Cow::Owned(self.entity_type),
             entity_id: self.resource_reference,
             kind: self.kind,
-            attributes: single_attribute(self.attribute, Some(status)),
+            attributes: Attributes::one(self.attribute, Some(status)),
             captured: BTreeMap::new(),
             event_time: self.event_time,
             changed_by: None,
@@ -345,7 +345,7 @@ impl Header<'_> {
             entity_type: Cow::Owned(self.entity_type),
             entity_id: self.resource_reference.to_owned(),
             kind,
-            attributes: single_attribute(attribute, value),
+            attributes: Attributes::one(attribute, value),
             captured: BTreeMap::new(),
             event_time: self.event_time,
             changed_by: None,

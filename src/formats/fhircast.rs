@@ -21,17 +21,19 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use message_selector::OwnedValue;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::esoz::parse_event_time;
 use super::wire::Scalar;
-use super::wire::{is_blank, is_field_name, parse_typed, receive_time, req_text, OptionTable};
-use super::{payload, single_attribute, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
+use super::wire::{is_blank, parse_typed, receive_time, req_text, OptionTable};
+use super::{payload, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
 use super::{Decoder, Format};
 use super::{FormatConfigError, RawMessage};
-use crate::model::{Observation, ObservationKind, Properties};
+use crate::model::{Attributes, Observation, ObservationKind, Properties};
 
 /// Keys that only make sense while their patient is open.
 const PATIENT_DEPENDENT: [&str; 3] = ["encounter", "study", "report"];
@@ -53,9 +55,9 @@ impl FhircastDecoder {
 #[derive(Deserialize)]
 struct WireNotification<'a> {
     #[serde(borrow, default)]
-    timestamp: Option<Scalar<'a>>,
+    timestamp: Text<'a>,
     #[serde(borrow, default)]
-    id: Option<Scalar<'a>>,
+    id: Text<'a>,
     #[serde(borrow, default)]
     event: Option<WireEvent<'a>>,
 }
@@ -63,9 +65,9 @@ struct WireNotification<'a> {
 #[derive(Deserialize)]
 struct WireEvent<'a> {
     #[serde(borrow, default, rename = "hub.topic")]
-    topic: Option<Scalar<'a>>,
+    topic: Text<'a>,
     #[serde(borrow, default, rename = "hub.event")]
-    event: Option<Scalar<'a>>,
+    event: Text<'a>,
     #[serde(borrow, default)]
     context: Option<Vec<WireContext<'a>>>,
 }
@@ -73,7 +75,7 @@ struct WireEvent<'a> {
 #[derive(Deserialize)]
 struct WireContext<'a> {
     #[serde(borrow, default)]
-    key: Option<Scalar<'a>>,
+    key: Text<'a>,
     #[serde(borrow, default)]
     resource: Option<WireResource<'a>>,
 }
@@ -81,9 +83,82 @@ struct WireContext<'a> {
 #[derive(Deserialize)]
 struct WireResource<'a> {
     #[serde(borrow, default, rename = "resourceType")]
-    resource_type: Option<Scalar<'a>>,
+    resource_type: Text<'a>,
     #[serde(borrow, default)]
-    id: Option<Scalar<'a>>,
+    id: Text<'a>,
+}
+
+/// A field of which this format only reads text. Unlike `Option<Scalar>` it keeps no number's
+/// digits and has no `Option` layer: absent and `null` mean the same here.
+#[derive(Default)]
+enum Text<'a> {
+    #[default]
+    Missing,
+    Str(Cow<'a, str>),
+    /// A number, boolean, list or object (skipped without allocation).
+    Other,
+}
+
+impl<'a> Text<'a> {
+    /// The field as [`req_text`] and its reasons take it.
+    fn into_scalar(self) -> Option<Scalar<'a>> {
+        match self {
+            Text::Missing => None,
+            Text::Str(s) => Some(Scalar::Str(s)),
+            Text::Other => Some(Scalar::Container),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text::Str(Cow::Owned(v)))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Text::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Text::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Text::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Text::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Text::Missing)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Text::Missing)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                Text::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Text::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Text::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// What an event name means for the context.
@@ -163,12 +238,11 @@ impl Decoder for FhircastDecoder {
     fn decode(&self, msg: &RawMessage<'_>, props: &mut Properties) -> Result<Decoded, DecodeError> {
         let bytes = payload(msg)?;
         let wire: WireNotification<'_> = parse_typed(bytes)?;
-        match wire.id {
-            None | Some(Scalar::Null) | Some(Scalar::Str(_)) => {}
-            Some(_) => return Err(DecodeError::invalid("id", "a string")),
+        if let Text::Other = wire.id {
+            return Err(DecodeError::invalid("id", "a string"));
         }
         let event = wire.event.ok_or_else(|| DecodeError::missing("event"))?;
-        let name = req_text("event.hub.event", event.event)?;
+        let name = required_text("event.hub.event", event.event)?;
         let meaning = classify(&name)?;
         let (open, resource) = match meaning {
             EventName::Open(r) => (true, Some(r)),
@@ -176,11 +250,11 @@ impl Decoder for FhircastDecoder {
             EventName::NoContextChange => (false, None),
         };
         props.insert_if_absent_with("hubEvent", || OwnedValue::String(name.to_string()));
-        let topic = req_text("event.hub.topic", event.topic)?;
+        let topic = required_text("event.hub.topic", event.topic)?;
 
         let mut notes = Vec::new();
         let event_time = match wire.timestamp {
-            Some(Scalar::Str(s)) => parse_event_time(&s),
+            Text::Str(s) => parse_event_time(&s),
             _ => None,
         }
         .unwrap_or_else(|| {
@@ -248,7 +322,7 @@ impl Decoder for FhircastDecoder {
                     entity_type: Cow::Borrowed("FhircastSession"),
                     entity_id,
                     kind: ObservationKind::Snapshot,
-                    attributes: single_attribute(key.into_owned(), value),
+                    attributes: Attributes::one(key.into_owned(), value),
                     captured: BTreeMap::new(),
                     event_time,
                     changed_by: None,
@@ -291,19 +365,32 @@ impl<'a> ContextEntry<'a> {
 }
 
 /// A required text field of context entry `i`; the field's name is only built for an error.
-fn entry_text<'a>(
-    i: usize,
-    name: &str,
-    value: Option<Scalar<'a>>,
-) -> Result<Cow<'a, str>, DecodeError> {
+fn entry_text<'a>(i: usize, name: &str, value: Text<'a>) -> Result<Cow<'a, str>, DecodeError> {
     match value {
-        Some(Scalar::Str(s)) if !is_blank(&s) => Ok(s),
-        other => req_text(&entry_field(i, name), other),
+        Text::Str(s) if !is_blank(&s) => Ok(s),
+        other => req_text(&entry_field(i, name), other.into_scalar()),
+    }
+}
+
+/// A required, non-blank text field, with [`req_text`]'s reasons.
+fn required_text<'a>(field: &str, value: Text<'a>) -> Result<Cow<'a, str>, DecodeError> {
+    match value {
+        Text::Str(s) if !is_blank(&s) => Ok(s),
+        other => req_text(field, other.into_scalar()),
     }
 }
 
 fn entry_field(i: usize, name: &str) -> String {
     format!("event.context[{i}].{name}")
+}
+
+/// A context key: a field name without dots, i.e. `is_field_name(key) && !key.contains('.')` in
+/// one pass over the bytes.
+fn is_context_key(key: &str) -> bool {
+    (1..=64).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn read_context<'a>(
@@ -313,7 +400,7 @@ fn read_context<'a>(
     let mut entries: Vec<ContextEntry<'a>> = Vec::with_capacity(wire.len());
     for (i, entry) in wire.into_iter().enumerate() {
         let key = entry_text(i, "key", entry.key)?;
-        if !is_field_name(&key) || key.contains('.') {
+        if !is_context_key(&key) {
             return Err(DecodeError::invalid(
                 &entry_field(i, "key"),
                 "a context key name (letters, digits, '_' or '-')",
@@ -469,6 +556,16 @@ mod tests {
             "",
         ] {
             assert!(classify(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn context_keys_are_field_names_without_dots(
+            key in "[a-zA-Z0-9_.\\- \u{e9}]{0,66}|[a-z]{62,66}|[a-z]{0,66}[.\u{e9} ][a-z]{0,3}",
+        ) {
+            let expected = crate::formats::wire::is_field_name(&key) && !key.contains('.');
+            proptest::prop_assert_eq!(is_context_key(&key), expected);
         }
     }
 

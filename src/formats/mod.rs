@@ -176,17 +176,6 @@ impl DecodeError {
     }
 }
 
-/// The attributes of an observation about one attribute. (Cheaper than `BTreeMap::from`, which
-/// sorts and deduplicates its input first.)
-pub(crate) fn single_attribute(
-    name: String,
-    value: Option<String>,
-) -> std::collections::BTreeMap<String, Option<String>> {
-    let mut attributes = std::collections::BTreeMap::new();
-    attributes.insert(name, value);
-    attributes
-}
-
 /// Upper bound on a message value any decoder accepts (bytes).
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 

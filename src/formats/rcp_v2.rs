@@ -19,8 +19,8 @@ use super::esoz::parse_event_time;
 use super::wire::{opt_text, parse_typed, req_text, OptionTable, Scalar};
 use super::FormatConfigError;
 use super::RawMessage;
-use super::{payload, single_attribute, DecodeError, DecodeNote, Decoded, Decoder, Format};
-use crate::model::{Observation, ObservationKind, Properties};
+use super::{payload, DecodeError, DecodeNote, Decoded, Decoder, Format};
+use crate::model::{Attributes, Observation, ObservationKind, Properties};
 
 /// Decoder for the `rcp-v2` format.
 ///
@@ -175,7 +175,7 @@ impl Decoder for RcpV2Decoder {
                 entity_type: Cow::Owned(resource.into_owned()),
                 entity_id: target.into_owned(),
                 kind,
-                attributes: single_attribute(attribute.to_owned(), value),
+                attributes: Attributes::one(attribute.to_owned(), value),
                 captured: BTreeMap::new(),
                 event_time,
                 changed_by: changed_by.map(|c| c.into_owned()),

@@ -30,8 +30,8 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 use super::wire::{opt_text, parse_typed, receive_time, req_text, OptionTable, Scalar};
 use super::FormatConfigError;
 use super::RawMessage;
-use super::{payload, single_attribute, DecodeError, DecodeNote, Decoded, Decoder, Format};
-use crate::model::{Observation, ObservationKind, Properties};
+use super::{payload, DecodeError, DecodeNote, Decoded, Decoder, Format};
+use crate::model::{Attributes, Observation, ObservationKind, Properties};
 
 /// Decoder for the `sfs` format.
 ///
@@ -171,7 +171,7 @@ impl Decoder for SfsDecoder {
                 entity_type: Cow::Borrowed(entity_type),
                 entity_id: entity_id.into_owned(),
                 kind: ObservationKind::Updated,
-                attributes: single_attribute("status".to_owned(), Some(status)),
+                attributes: Attributes::one("status".to_owned(), Some(status)),
                 captured,
                 event_time,
                 changed_by: None,

@@ -485,7 +485,7 @@ async fn a_database_outage_pauses_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_entity_through_several_consumers_at_once_changes_once() {
     use event_manager::detect::{ChangeDetector, DetectOptions};
-    use event_manager::model::{Observation, ObservationKind, SourceRef};
+    use event_manager::model::{Attributes, Observation, ObservationKind, SourceRef};
     use event_manager::store::{BatchChanges, NewEvent, OffsetFence};
 
     let db = fresh_database().await;
@@ -494,7 +494,7 @@ async fn the_same_entity_through_several_consumers_at_once_changes_once() {
         entity_type: "Declaration".into(),
         entity_id: "shared".into(),
         kind: ObservationKind::Snapshot,
-        attributes: BTreeMap::from([("status".to_owned(), Some(status.to_owned()))]),
+        attributes: Attributes::from([("status".to_owned(), Some(status.to_owned()))]),
         captured: BTreeMap::new(),
         event_time: t(sec),
         changed_by: None,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{TimeZone, Utc};
 use event_manager::detect::{ChangeDetector, DetectOptions};
-use event_manager::model::{Observation, ObservationKind, SourceRef};
+use event_manager::model::{Attributes, Observation, ObservationKind, SourceRef};
 use event_manager::store::{BatchChanges, NewEvent, OffsetFence, StoreError};
 
 use crate::support::fresh_database;
@@ -15,7 +15,7 @@ fn obs(id: &str, status: &str, sec: i64) -> Observation {
         entity_type: "Declaration".into(),
         entity_id: id.into(),
         kind: ObservationKind::Snapshot,
-        attributes: BTreeMap::from([("status".to_owned(), Some(status.to_owned()))]),
+        attributes: Attributes::from([("status".to_owned(), Some(status.to_owned()))]),
         captured: BTreeMap::new(),
         event_time: Utc.timestamp_opt(1_700_000_000 + sec, 0).unwrap(),
         changed_by: None,
