@@ -697,11 +697,44 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
     let (limit_n, offset_n) = (n + 1, n + 2);
     let lo_n = push(Box::new(lo), Type::TIMESTAMPTZ);
     let hi_n = push(Box::new(hi), Type::TIMESTAMPTZ);
-    // The partial minutes at the window's ends, row by row.
-    let edge_rows = format!(
-        "(SELECT count(*) FROM events WHERE event_time >= $1 AND event_time < ${lo_n}{edges}) \
-         + (SELECT count(*) FROM events WHERE event_time >= ${hi_n} AND event_time < $2{edges})"
-    );
+    // The partial minutes at the window's ends are counted row by row: the part inside the
+    // window, or, when that is the longer part, the minute's count less the part outside (only
+    // when the window holds a whole minute, so that `lo` and `hi` are the edges' boundaries).
+    let whole = lo < hi;
+    let half = chrono::Duration::seconds(30);
+    let first_minute_n = (whole && lo - q.from > half).then(|| {
+        push(
+            Box::new(lo - chrono::Duration::minutes(1)),
+            Type::TIMESTAMPTZ,
+        )
+    });
+    let after_last_n = (whole && q.to - hi > half).then(|| {
+        push(
+            Box::new(hi + chrono::Duration::minutes(1)),
+            Type::TIMESTAMPTZ,
+        )
+    });
+    let rows = |from: &str, to: &str| {
+        format!(
+            "(SELECT count(*) FROM events WHERE event_time >= {from} AND event_time < {to}{edges})"
+        )
+    };
+    // The two edges, given the SQL of one minute's count for a bucket parameter.
+    let edge_rows = |minute_count: &dyn Fn(usize) -> String| {
+        let first = match first_minute_n {
+            Some(m) => format!("({} - {})", minute_count(m), rows(&format!("${m}"), "$1")),
+            None => rows("$1", &format!("${lo_n}")),
+        };
+        let last = match after_last_n {
+            Some(m) => format!(
+                "({} - {})",
+                minute_count(hi_n),
+                rows("$2", &format!("${m}"))
+            ),
+            None => rows(&format!("${hi_n}"), "$2"),
+        };
+        format!("{first} + {last}")
+    };
     let total = match f.total {
         TotalFrom::Counts(kind, attribute) => {
             let (lo10, hi10) = whole_spans(lo, hi, TEN_MINUTES);
@@ -711,6 +744,12 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
             let hi10_n = push(Box::new(hi10), Type::TIMESTAMPTZ);
             let kind10_n = push(Box::new(kind + 10), Type::INT2);
             let key = format!("attribute = ${attribute_n}");
+            let edge_rows = edge_rows(&|bucket_n| {
+                format!(
+                    "coalesce((SELECT sum(n) FROM event_counts \
+                     WHERE kind = ${kind_n} AND {key} AND bucket = ${bucket_n}{counts}), 0)::bigint"
+                )
+            });
             format!(
                 "coalesce((SELECT sum(n) FROM event_counts \
                      WHERE kind = ${kind10_n} AND {key} \
@@ -731,12 +770,21 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
             let lo10_n = push(Box::new(lo10), Type::TIMESTAMPTZ);
             let hi10_n = push(Box::new(hi10), Type::TIMESTAMPTZ);
             let key = format!("attribute = ${attribute_n} AND value = ${value_n}");
+            let edge_rows = edge_rows(&|bucket_n| {
+                format!(
+                    "coalesce((SELECT sum(n) FROM event_value_counts \
+                     WHERE {key} AND bucket = ${bucket_n}{counts}), 0)::bigint"
+                )
+            });
+            // The minutes whose per-value counts are used, edges counted from theirs included.
+            let uncounted_from = first_minute_n.unwrap_or(lo_n);
+            let uncounted_to = after_last_n.unwrap_or(hi_n);
             // Sub-selects run when their branch is taken, so a window without uncounted
             // occurrences never reads its events for the total.
             format!(
                 "CASE WHEN EXISTS (SELECT FROM event_counts \
                      WHERE kind = 3 AND attribute = ${attribute_n} \
-                       AND bucket >= ${lo_n} AND bucket < ${hi_n}{counts}) \
+                       AND bucket >= ${uncounted_from} AND bucket < ${uncounted_to}{counts}) \
                    THEN (SELECT count(*) FROM events \
                      WHERE event_time >= $1 AND event_time < $2{events}) \
                    ELSE coalesce((SELECT sum(n) FROM event_value_counts_10min \

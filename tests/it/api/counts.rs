@@ -89,6 +89,11 @@ fn windows() -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
         (t(16, 20, 0, 0), t(16, 50, 0, 0)),
         (t(16, 20, 10, 0), t(16, 54, 30, 0)),
         (t(17, 0, 0, 0), t(18, 0, 0, 0)),
+        // More than half of the end minutes inside: they are counted as the minute's count less
+        // the rows outside. Minute 16:55 holds SEED_WATCHED's captured `status` (16:55:02.9),
+        // outside the first window and inside the second.
+        (t(16, 55, 20, 0), t(17, 25, 45, 0)),
+        (t(16, 20, 10, 0), t(16, 55, 40, 0)),
     ]
 }
 
