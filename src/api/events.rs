@@ -673,10 +673,12 @@ pub fn whole_minutes(from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, 
 ///
 /// The count sums the 10-minute counts of `event_counts` over the window's whole 10-minute
 /// spans, the per-minute counts over its other whole minutes (at most 18), and counts the rows
-/// of the partial minutes at both ends: at most two minutes of rows, whatever the window's
-/// length. With `new_value` it sums the `event_value_counts` of the same spans, unless
-/// the window's whole minutes hold occurrences of the attribute that are not counted by value
-/// (captured attributes, long values): then it counts the window's events.
+/// of the partial minutes at both ends: the part inside the window, or the minute's count less
+/// the part outside when that is shorter — at most half a minute of rows at each end when the
+/// window holds a whole minute, whatever the window's length. With `new_value` it sums the
+/// `event_value_counts` of the same spans, unless the minutes whose counts it uses hold
+/// occurrences of the attribute that are not counted by value (captured attributes, long
+/// values): then it counts the window's events.
 pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
     let f = filters(q, hidden_types);
     let mut params = f.params;
