@@ -721,63 +721,74 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
             "(SELECT count(*) FROM events WHERE event_time >= {from} AND event_time < {to}{edges})"
         )
     };
-    // The two edges, given the SQL of one minute's count for a bucket parameter.
-    let edge_rows = |minute_count: &dyn Fn(usize) -> String| {
-        let first = match first_minute_n {
-            Some(m) => format!("({} - {})", minute_count(m), rows(&format!("${m}"), "$1")),
-            None => rows("$1", &format!("${lo_n}")),
-        };
-        let last = match after_last_n {
-            Some(m) => format!(
-                "({} - {})",
-                minute_count(hi_n),
-                rows("$2", &format!("${m}"))
-            ),
-            None => rows(&format!("${hi_n}"), "$2"),
-        };
-        format!("{first} + {last}")
-    };
-    let total = match f.total {
+    // The count tables to sum (each a `FROM` source with its key condition), and for values
+    // the attribute whose uncounted occurrences make the events themselves the total.
+    let (lo10, hi10) = whole_spans(lo, hi, TEN_MINUTES);
+    let (ten_minutes, minutes, lo10_n, hi10_n, uncounted_attribute_n) = match f.total {
         TotalFrom::Counts(kind, attribute) => {
-            let (lo10, hi10) = whole_spans(lo, hi, TEN_MINUTES);
             let kind_n = push(Box::new(kind), Type::INT2);
             let attribute_n = push(Box::new(attribute), Type::TEXT);
             let lo10_n = push(Box::new(lo10), Type::TIMESTAMPTZ);
             let hi10_n = push(Box::new(hi10), Type::TIMESTAMPTZ);
             let kind10_n = push(Box::new(kind + 10), Type::INT2);
-            let key = format!("attribute = ${attribute_n}");
-            let edge_rows = edge_rows(&|bucket_n| {
-                format!(
-                    "coalesce((SELECT sum(n) FROM event_counts \
-                     WHERE kind = ${kind_n} AND {key} AND bucket = ${bucket_n}{counts}), 0)::bigint"
-                )
-            });
-            format!(
-                "coalesce((SELECT sum(n) FROM event_counts \
-                     WHERE kind = ${kind10_n} AND {key} \
-                       AND bucket >= ${lo10_n} AND bucket < ${hi10_n}{counts}), 0)::bigint \
-                   + coalesce((SELECT sum(n) FROM event_counts \
-                     WHERE kind = ${kind_n} AND {key} \
-                       AND bucket >= ${lo_n} AND bucket < ${lo10_n}{counts}), 0)::bigint \
-                   + coalesce((SELECT sum(n) FROM event_counts \
-                     WHERE kind = ${kind_n} AND {key} \
-                       AND bucket >= ${hi10_n} AND bucket < ${hi_n}{counts}), 0)::bigint \
-                   + {edge_rows}"
+            (
+                format!("event_counts WHERE kind = ${kind10_n} AND attribute = ${attribute_n}"),
+                format!("event_counts WHERE kind = ${kind_n} AND attribute = ${attribute_n}"),
+                lo10_n,
+                hi10_n,
+                None,
             )
         }
         TotalFrom::Values(attribute, value) => {
-            let (lo10, hi10) = whole_spans(lo, hi, TEN_MINUTES);
             let attribute_n = push(Box::new(attribute), Type::TEXT);
             let value_n = push(Box::new(value), Type::TEXT);
             let lo10_n = push(Box::new(lo10), Type::TIMESTAMPTZ);
             let hi10_n = push(Box::new(hi10), Type::TIMESTAMPTZ);
             let key = format!("attribute = ${attribute_n} AND value = ${value_n}");
-            let edge_rows = edge_rows(&|bucket_n| {
-                format!(
-                    "coalesce((SELECT sum(n) FROM event_value_counts \
-                     WHERE {key} AND bucket = ${bucket_n}{counts}), 0)::bigint"
-                )
-            });
+            (
+                format!("event_value_counts_10min WHERE {key}"),
+                format!("event_value_counts WHERE {key}"),
+                lo10_n,
+                hi10_n,
+                Some(attribute_n),
+            )
+        }
+    };
+    let sum = |source: &str, buckets: String| {
+        format!("coalesce((SELECT sum(n) FROM {source} AND {buckets}{counts}), 0)::bigint")
+    };
+    // The two end minutes (see above).
+    let minute_count = |bucket_n: usize| sum(&minutes, format!("bucket = ${bucket_n}"));
+    let first_edge = match first_minute_n {
+        Some(m) => format!("({} - {})", minute_count(m), rows(&format!("${m}"), "$1")),
+        None => rows("$1", &format!("${lo_n}")),
+    };
+    let last_edge = match after_last_n {
+        Some(m) => format!(
+            "({} - {})",
+            minute_count(hi_n),
+            rows("$2", &format!("${m}"))
+        ),
+        None => rows(&format!("${hi_n}"), "$2"),
+    };
+    let counted = format!(
+        "{} + {} + {} + {first_edge} + {last_edge}",
+        sum(
+            &ten_minutes,
+            format!("bucket >= ${lo10_n} AND bucket < ${hi10_n}")
+        ),
+        sum(
+            &minutes,
+            format!("bucket >= ${lo_n} AND bucket < ${lo10_n}")
+        ),
+        sum(
+            &minutes,
+            format!("bucket >= ${hi10_n} AND bucket < ${hi_n}")
+        ),
+    );
+    let total = match uncounted_attribute_n {
+        None => counted,
+        Some(attribute_n) => {
             // The minutes whose per-value counts are used, edges counted from theirs included.
             let uncounted_from = first_minute_n.unwrap_or(lo_n);
             let uncounted_to = after_last_n.unwrap_or(hi_n);
@@ -789,16 +800,7 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
                        AND bucket >= ${uncounted_from} AND bucket < ${uncounted_to}{counts}) \
                    THEN (SELECT count(*) FROM events \
                      WHERE event_time >= $1 AND event_time < $2{events}) \
-                   ELSE coalesce((SELECT sum(n) FROM event_value_counts_10min \
-                     WHERE {key} \
-                       AND bucket >= ${lo10_n} AND bucket < ${hi10_n}{counts}), 0)::bigint \
-                     + coalesce((SELECT sum(n) FROM event_value_counts \
-                     WHERE {key} \
-                       AND bucket >= ${lo_n} AND bucket < ${lo10_n}{counts}), 0)::bigint \
-                     + coalesce((SELECT sum(n) FROM event_value_counts \
-                     WHERE {key} \
-                       AND bucket >= ${hi10_n} AND bucket < ${hi_n}{counts}), 0)::bigint \
-                     + {edge_rows} END"
+                   ELSE {counted} END"
             )
         }
     };
