@@ -242,7 +242,7 @@ impl Decoder for FhircastDecoder {
             return Err(DecodeError::invalid("id", "a string"));
         }
         let event = wire.event.ok_or_else(|| DecodeError::missing("event"))?;
-        let name = required_text("event.hub.event", event.event)?;
+        let name = req_text("event.hub.event", event.event.into_scalar())?;
         let meaning = classify(&name)?;
         let (open, resource) = match meaning {
             EventName::Open(r) => (true, Some(r)),
@@ -250,7 +250,7 @@ impl Decoder for FhircastDecoder {
             EventName::NoContextChange => (false, None),
         };
         props.insert_if_absent_with("hubEvent", || OwnedValue::String(name.to_string()));
-        let topic = required_text("event.hub.topic", event.topic)?;
+        let topic = req_text("event.hub.topic", event.topic.into_scalar())?;
 
         let mut notes = Vec::new();
         let event_time = match wire.timestamp {
@@ -369,14 +369,6 @@ fn entry_text<'a>(i: usize, name: &str, value: Text<'a>) -> Result<Cow<'a, str>,
     match value {
         Text::Str(s) if !is_blank(&s) => Ok(s),
         other => req_text(&entry_field(i, name), other.into_scalar()),
-    }
-}
-
-/// A required, non-blank text field, with [`req_text`]'s reasons.
-fn required_text<'a>(field: &str, value: Text<'a>) -> Result<Cow<'a, str>, DecodeError> {
-    match value {
-        Text::Str(s) if !is_blank(&s) => Ok(s),
-        other => req_text(field, other.into_scalar()),
     }
 }
 
