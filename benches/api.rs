@@ -444,6 +444,29 @@ async fn run() -> Result<(), BoxError> {
                 .map(|w| format!("/api/events?{w}&attribute_name=status&new_value=APPROVED"))
                 .collect(),
         ),
+        // Not among the common filters: an attribute in 1 event of 1 000, and one captured
+        // identifier value (not counted by value). Both read the whole window row by row (see
+        // `TIME_FIRST_WINDOW_HOURS`), so their cost grows with the events per hour.
+        (
+            "hour window + rare attribute_name",
+            windows
+                .iter()
+                .map(|w| format!("/api/events?{w}&attribute_name=rare_attr"))
+                .collect(),
+        ),
+        (
+            "hour window + employee_id&new_value",
+            windows
+                .iter()
+                .enumerate()
+                .map(|(k, w)| {
+                    format!(
+                        "/api/events?{w}&attribute_name=employee_id&new_value=emp-{}",
+                        k * 157 % 10_000
+                    )
+                })
+                .collect(),
+        ),
         (
             "get by id",
             ids.iter().map(|id| format!("/api/events/{id}")).collect(),
