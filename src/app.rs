@@ -142,6 +142,37 @@ impl App {
         }
     }
 
+    /// Builds the missing indexes of `api.indexed_attributes` in the background: the API and
+    /// the pipeline do not wait, and queries use each index once it is valid.
+    pub fn build_attribute_indexes(&self, shutdown: &CancellationToken) {
+        let attributes = self.config.api.indexed_attributes.clone();
+        if attributes.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                result = store.ensure_attribute_indexes(&attributes) => match result {
+                    Ok(report) => {
+                        for (index, took) in report.built {
+                            tracing::info!(%index, ?took, "attribute index built");
+                        }
+                        if report.skipped_busy {
+                            tracing::info!("another instance is building the attribute indexes");
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "attribute indexes not built; lists filtered on them read whole windows \
+                         until a restart or `event-manager migrate` builds them"
+                    ),
+                },
+            }
+        });
+    }
+
     /// The HTTP router for this application.
     pub fn router(&self) -> axum::Router {
         api::router_with(
@@ -166,6 +197,7 @@ impl App {
         shutdown: CancellationToken,
     ) -> Result<(), AppError> {
         self.migrate(&shutdown).await?;
+        self.build_attribute_indexes(&shutdown);
         let addr = listener.local_addr().map_err(|source| AppError::Http {
             addr: self.config.http.bind,
             source,

@@ -22,6 +22,35 @@ pub struct ApiConfig {
     pub default_page_size: u32,
     /// Largest `page_size` a request may ask for.
     pub max_page_size: u32,
+    /// Attributes that get their own partial B-tree indexes on `events` (by time, and by new
+    /// value and time), built by `run` in the background at start-up: for attributes that are
+    /// rare, or whose single values (identifiers) are looked up. Without them such a filter
+    /// reads every event of the window. A list, or comma-separated in the environment
+    /// (`EM_API__INDEXED_ATTRIBUTES=employee_id,referral_id`).
+    #[serde(deserialize_with = "names")]
+    pub indexed_attributes: Vec<String>,
+}
+
+/// Longest name accepted in `api.indexed_attributes`.
+pub const MAX_INDEXED_ATTRIBUTE_LEN: usize = 64;
+
+/// A list of names, or one string of comma-separated names (as environment variables give it).
+fn names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Names::deserialize(d)? {
+        Names::List(list) => list,
+        Names::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 impl Default for ApiConfig {
@@ -30,6 +59,7 @@ impl Default for ApiConfig {
             events_list_max_period_hours: 1,
             default_page_size: 50,
             max_page_size: 500,
+            indexed_attributes: Vec::new(),
         }
     }
 }
@@ -52,7 +82,34 @@ impl ApiConfig {
                 "must be between 1 and api.max_page_size",
             ));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for name in &self.indexed_attributes {
+            let valid = (1..=MAX_INDEXED_ATTRIBUTE_LEN).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+            if !valid {
+                return Err(invalid(
+                    "api.indexed_attributes",
+                    format!(
+                        "{name:?} is not an attribute name: 1 to {MAX_INDEXED_ATTRIBUTE_LEN} \
+                         ASCII letters, digits, '_', '-', '.' or ':'"
+                    ),
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(invalid(
+                    "api.indexed_attributes",
+                    format!("{name:?} is listed twice"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether `name` has its own indexes (`api.indexed_attributes`).
+    pub fn is_indexed(&self, name: &str) -> bool {
+        self.indexed_attributes.iter().any(|a| a == name)
     }
 
     /// The longest list period.
@@ -228,6 +285,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("auth.hs256_secret"));
+    }
+
+    #[test]
+    fn indexed_attributes_are_names() {
+        let parse = |toml_text: &str| -> ApiConfig { toml::from_str(toml_text).unwrap() };
+        let list = parse(r#"indexed_attributes = ["employee_id", "referral.id"]"#);
+        assert_eq!(list.indexed_attributes, ["employee_id", "referral.id"]);
+        list.validate().unwrap();
+        assert!(list.is_indexed("referral.id") && !list.is_indexed("status"));
+        let text = parse(r#"indexed_attributes = "employee_id, referral.id,""#);
+        assert_eq!(text.indexed_attributes, list.indexed_attributes);
+        for bad in [
+            vec!["it's".to_owned()],
+            vec![String::new()],
+            vec!["a b".to_owned()],
+            vec!["x".repeat(MAX_INDEXED_ATTRIBUTE_LEN + 1)],
+            vec!["status".to_owned(), "status".to_owned()],
+        ] {
+            let api = ApiConfig {
+                indexed_attributes: bad.clone(),
+                ..ApiConfig::default()
+            };
+            let e = api.validate().unwrap_err().to_string();
+            assert!(e.contains("api.indexed_attributes"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The EventDB in PostgreSQL: migrations, the batch transaction (events + entity state +
 //! consumer offsets, atomically), and a private server for demos and tests.
 
+pub mod attribute_indexes;
 mod local_server;
 
 use std::collections::HashMap;

@@ -1,0 +1,172 @@
+//! The partial B-tree indexes of `api.indexed_attributes`.
+//!
+//! Within a short window the list API reads events in time order and checks attribute filters
+//! row by row (see `TIME_FIRST_WINDOW_HOURS` in `api::events`): PostgreSQL keeps no statistics
+//! on JSON keys, so it cannot tell a common attribute from a rare one, and the GIN indexes of
+//! V3 are a disaster for common ones. For an attribute that is rare, or whose single values
+//! are looked up (identifiers), that means reading every event of the window. An operator who
+//! knows such attributes lists them; each then gets two indexes that hold only the events
+//! having it:
+//!
+//! * `(event_time, id) WHERE properties ? 'name'`: `attribute_name` in time order;
+//! * `((properties -> 'name' -> 'new_value'), event_time, id) WHERE properties ? 'name'`:
+//!   `attribute_name` + `new_value` in time order.
+//!
+//! The list query names such an attribute as a literal (`properties ? 'name'`), which is what
+//! lets PostgreSQL use a partial index in a generic plan. The indexes are not migrations: which
+//! attributes deserve them differs per deployment. `run` builds them in the background at
+//! start-up with `CREATE INDEX CONCURRENTLY` (ingestion goes on), one replica at a time; until
+//! one is valid, queries simply do not use it. Indexes of attributes taken off the list stay
+//! until dropped by hand (`DROP INDEX CONCURRENTLY events_attr_…`).
+
+use std::time::{Duration, Instant};
+
+use super::{EventStore, StoreError};
+
+/// Advisory lock key: one replica builds the attribute indexes at a time.
+const INDEX_LOCK: i64 = 0x4556_4D49_4E44_4558; // "EVMINDEX"
+
+/// The SQL string literal of `text` (standard-conforming strings: quotes doubled).
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// One index of an indexed attribute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributeIndex {
+    /// Index name (at most 63 bytes, unique per attribute).
+    pub name: String,
+    /// `CREATE INDEX CONCURRENTLY …` statement.
+    pub definition: String,
+}
+
+/// The two indexes of `attribute`: by time, then by new value and time.
+pub fn attribute_indexes(attribute: &str) -> [AttributeIndex; 2] {
+    // A readable part of the name and a hash of the whole, so that names that read alike
+    // (`a.b`, `a_b`) or are long still get distinct index names.
+    let readable: String = attribute
+        .chars()
+        .take(30)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let hash = attribute.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193) // FNV-1a
+    });
+    let base = format!("events_attr_{readable}_{hash:08x}");
+    let name = literal(attribute);
+    [
+        AttributeIndex {
+            name: format!("{base}_time"),
+            definition: format!(
+                "CREATE INDEX CONCURRENTLY {base}_time ON events (event_time, id) \
+                 WHERE properties ? {name}"
+            ),
+        },
+        AttributeIndex {
+            name: format!("{base}_value"),
+            definition: format!(
+                "CREATE INDEX CONCURRENTLY {base}_value \
+                 ON events ((properties -> {name} -> 'new_value'), event_time, id) \
+                 WHERE properties ? {name}"
+            ),
+        },
+    ]
+}
+
+/// What [`EventStore::ensure_attribute_indexes`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IndexReport {
+    /// Indexes built, with the time each took.
+    pub built: Vec<(String, Duration)>,
+    /// Whether another replica held the build lock, so nothing was checked.
+    pub skipped_busy: bool,
+}
+
+impl EventStore {
+    /// Builds the missing indexes of `attributes` (and rebuilds any left invalid by an
+    /// interrupted build). Returns at once when another replica is building them.
+    pub async fn ensure_attribute_indexes(
+        &self,
+        attributes: &[String],
+    ) -> Result<IndexReport, StoreError> {
+        let mut report = IndexReport::default();
+        if attributes.is_empty() {
+            return Ok(report);
+        }
+        let client = self.client().await?;
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&INDEX_LOCK])
+            .await?
+            .get(0);
+        if !locked {
+            report.skipped_busy = true;
+            return Ok(report);
+        }
+        let result = async {
+            for attribute in attributes {
+                for index in attribute_indexes(attribute) {
+                    // NULL: no such index; false: a concurrent build that did not finish.
+                    let valid: Option<bool> = client
+                        .query_one(
+                            "SELECT (SELECT indisvalid FROM pg_index \
+                              WHERE indexrelid = to_regclass($1))",
+                            &[&index.name],
+                        )
+                        .await?
+                        .get(0);
+                    match valid {
+                        Some(true) => continue,
+                        Some(false) => {
+                            client
+                                .batch_execute(&format!("DROP INDEX CONCURRENTLY {}", index.name))
+                                .await?;
+                        }
+                        None => {}
+                    }
+                    let started = Instant::now();
+                    client.batch_execute(&index.definition).await?;
+                    report.built.push((index.name, started.elapsed()));
+                }
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&INDEX_LOCK])
+            .await?;
+        result.map(|()| report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_short_distinct_and_quoted() {
+        let [time, value] = attribute_indexes("employee_id");
+        assert!(time.name.starts_with("events_attr_employee_id_"));
+        assert!(time.name.ends_with("_time") && value.name.ends_with("_value"));
+        assert!(time
+            .definition
+            .ends_with("ON events (event_time, id) WHERE properties ? 'employee_id'"));
+        assert!(value
+            .definition
+            .contains("((properties -> 'employee_id' -> 'new_value')"));
+        let long = "x".repeat(64);
+        for index in attribute_indexes(&long) {
+            assert!(index.name.len() <= 63, "{}", index.name);
+        }
+        assert_ne!(
+            attribute_indexes("a.b")[0].name,
+            attribute_indexes("a_b")[0].name
+        );
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+}
