@@ -324,12 +324,68 @@ async fn ten_thousand_messages_over_six_partitions_give_exactly_the_expected_row
     let total: usize = stream.iter().map(Vec::len).sum();
     produce_all(&s.producer(), &stream).await;
 
-    let running = start(s.config(&s.db.url)).await;
+    // The captured identifier gets its own indexes, built in the background while the
+    // pipeline ingests (as `run` does).
+    let mut config = s.config(&s.db.url);
+    config.api.indexed_attributes = vec!["employee_id".into()];
+    let running = start(config).await;
+    running.app.build_attribute_indexes(&running.stop);
     wait_for(Duration::from_secs(120), || async {
         s.db.stored_offsets_total().await == total as i64
     })
     .await;
+    let indexes = event_manager::store::attribute_indexes::attribute_indexes("employee_id");
+    wait_for(Duration::from_secs(60), || async {
+        let mut valid = 0;
+        for index in &indexes {
+            valid += count(
+                &s.db,
+                &format!(
+                    "SELECT count(*) FROM pg_index WHERE indexrelid = to_regclass('{}') \
+                     AND indisvalid",
+                    index.name
+                ),
+            )
+            .await;
+        }
+        valid == 2
+    })
+    .await;
     running.stop().await;
+    // Complete despite the writes during the build: the value index finds what a scan finds.
+    let client = s.db.client().await;
+    client
+        .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        .await
+        .unwrap();
+    let plan: Vec<String> = client
+        .query(
+            "EXPLAIN SELECT count(*) FROM events WHERE properties ? 'employee_id' \
+             AND properties -> 'employee_id' -> 'new_value' = '\"emp-e7\"'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(plan.join("\n").contains(&indexes[1].name), "{plan:?}");
+    let by_index: i64 = client
+        .query_one(
+            "SELECT count(*) FROM events WHERE properties ? 'employee_id' \
+             AND properties -> 'employee_id' -> 'new_value' IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let by_scan = count(
+        &s.db,
+        "SELECT count(*) FROM events WHERE properties -> 'employee_id' -> 'new_value' IS NOT NULL",
+    )
+    .await;
+    assert!(by_scan > 0);
+    assert_eq!(by_index, by_scan);
 
     let stored = stored_rows(&s.db).await;
     assert_eq!(stored.len(), expected.len());

@@ -193,3 +193,96 @@ async fn every_filter_combination_uses_an_index() {
         .get(0);
     assert_eq!(n, 50);
 }
+
+/// With `api.indexed_attributes`, a filter on such an attribute reads its partial indexes
+/// (`store::attribute_indexes`) in every window, and never the GIN indexes.
+#[tokio::test]
+async fn indexed_attributes_use_their_own_indexes() {
+    let db = fresh_database().await;
+    let client = db.client().await;
+    client.batch_execute(SEED).await.unwrap();
+    let attributes = vec!["rare_attr".to_owned(), "status".to_owned()];
+    let report = db
+        .store
+        .ensure_attribute_indexes(&attributes)
+        .await
+        .unwrap();
+    assert_eq!(report.built.len(), 4, "{report:?}");
+    client.batch_execute("VACUUM ANALYZE events").await.unwrap();
+    let [rare_time, rare_value] =
+        event_manager::store::attribute_indexes::attribute_indexes("rare_attr").map(|i| i.name);
+    let [_, status_value] =
+        event_manager::store::attribute_indexes::attribute_indexes("status").map(|i| i.name);
+
+    let config = ApiConfig {
+        indexed_attributes: attributes.clone(),
+        ..ApiConfig::default()
+    };
+    let window = "date=2024-01-10T10:00:00Z&date_to=2024-01-10T11:00:00Z";
+    for (filter, page_index, count_index) in [
+        ("&attribute_name=rare_attr", Some(&rare_time), None),
+        (
+            "&attribute_name=rare_attr&new_value=x7",
+            Some(&rare_value),
+            // Not watched: counted from the events, through the same index.
+            Some(&rare_value),
+        ),
+        // In nearly every event: its index or the time range's, as the planner likes.
+        ("&attribute_name=status", None, None),
+        // The entity type's index may lead.
+        ("&attribute_name=status&entity_type=Episode", None, None),
+        (
+            "&attribute_name=status&new_value=APPROVED",
+            Some(&status_value),
+            None,
+        ),
+    ] {
+        let query = format!("{window}{filter}");
+        let (list, count) = generic_plans(&client, &query, &config).await;
+        for plan in [&list, &count] {
+            assert!(!plan.contains("Seq Scan on events"), "{query}:\n{plan}");
+            assert!(!plan.contains("events_properties_"), "{query}:\n{plan}");
+        }
+        if let Some(index) = page_index {
+            assert!(list.contains(index.as_str()), "{query}:\n{list}");
+        }
+        if let Some(index) = count_index {
+            assert!(count.contains(index.as_str()), "{query}:\n{count}");
+        }
+    }
+    // A long window too (planned for its values).
+    let config = ApiConfig {
+        events_list_max_period_hours: 24 * 366,
+        ..config
+    };
+    for (filter, index) in [
+        ("&attribute_name=rare_attr", &rare_time),
+        ("&attribute_name=rare_attr&new_value=x7", &rare_value),
+    ] {
+        let query = format!("date=2024-01-01&date_to=2024-12-31{filter}");
+        let (list, _) = plans(&client, &query, &config).await;
+        assert!(list.contains(index.as_str()), "{query}:\n{list}");
+    }
+
+    // Built once; an index left invalid by an interrupted build is built again.
+    let again = db
+        .store
+        .ensure_attribute_indexes(&attributes)
+        .await
+        .unwrap();
+    assert!(again.built.is_empty() && !again.skipped_busy, "{again:?}");
+    client
+        .execute(
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = to_regclass($1)",
+            &[&rare_value],
+        )
+        .await
+        .unwrap();
+    let rebuilt = db
+        .store
+        .ensure_attribute_indexes(&attributes)
+        .await
+        .unwrap();
+    let names: Vec<&str> = rebuilt.built.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, [rare_value.as_str()]);
+}
