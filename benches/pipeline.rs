@@ -3,7 +3,9 @@
 //! ~5 MiB per partition). Reports stored messages per second and peak memory.
 //!
 //! `cargo bench --bench pipeline` (env: `EM_BENCH_MESSAGES`, default 100000 per run;
-//! `DATABASE_URL` to use an existing server, else a private one is started).
+//! `DATABASE_URL` to use an existing server, else a private one is started;
+//! `EM_BENCH_INDEXED_ATTRIBUTES=employee_id,status` to ingest with those attributes' own
+//! indexes, `api.indexed_attributes`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,9 +61,26 @@ async fn run_once(base_url: &str, partitions: i32, messages: u64, batch_size: us
     config.pipeline.topics_dir = topics.path().to_owned();
     config.pipeline.batch_size = batch_size;
     config.pipeline.batch_linger = Duration::from_millis(50);
+    config.api.indexed_attributes = std::env::var("EM_BENCH_INDEXED_ATTRIBUTES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
 
     let app = App::build(config).unwrap();
     app.migrate(&CancellationToken::new()).await.unwrap();
+    // Built before the run (the table is empty), so that every write maintains them.
+    for (index, _) in app
+        .store
+        .ensure_attribute_indexes(&app.config.api.indexed_attributes)
+        .await
+        .unwrap()
+        .built
+    {
+        println!("  with index {index}");
+    }
     let metrics = app.pipeline_metrics.clone();
     let stop = CancellationToken::new();
     let handle = pipeline::start(
