@@ -606,15 +606,18 @@ fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
         );
     }
     // An attribute of `api.indexed_attributes` is named as a literal, so that the partial
-    // indexes of `store::attribute_indexes` (`WHERE properties ? 'name'`) serve the rows of any
-    // window. `properties -> name -> 'new_value' = '"value"'` is true exactly when
+    // indexes of `store::attribute_indexes` (`WHERE jsonb_exists(properties, 'name')`) serve the
+    // rows of any window. `properties -> name -> 'new_value' = '"value"'` is true exactly when
     // `properties @> {name: {new_value: value}}` is (tests/it/api/counts.rs runs every request
     // both ways, over string, number, null, array and non-object values).
     let indexed = |name: &str| {
         let name = crate::store::attribute_indexes::literal(name);
         (
-            format!(" AND properties ? {name}"),
-            format!(" AND properties ? {name} AND properties -> {name} -> 'new_value' = $?::jsonb"),
+            format!(" AND jsonb_exists(properties, {name})"),
+            format!(
+                " AND jsonb_exists(properties, {name}) \
+                 AND properties -> {name} -> 'new_value' = $?::jsonb"
+            ),
         )
     };
     match &q.attribute {
@@ -1320,7 +1323,7 @@ mod tests {
         // total are checked row by row with the containment document ($3).
         assert!(
             sql.list.contains(
-                "AND properties ? 'employee_id' \
+                "AND jsonb_exists(properties, 'employee_id') \
                  AND properties -> 'employee_id' -> 'new_value' = $4::jsonb ORDER BY"
             ),
             "{}",
@@ -1345,7 +1348,8 @@ mod tests {
         );
         let sql = list_sql(&parse("attribute_name=employee_id"), Vec::new());
         assert!(
-            sql.list.contains("AND properties ? 'employee_id' ORDER BY"),
+            sql.list
+                .contains("AND jsonb_exists(properties, 'employee_id') ORDER BY"),
             "{}",
             sql.list
         );

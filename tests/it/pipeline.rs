@@ -360,7 +360,7 @@ async fn ten_thousand_messages_over_six_partitions_give_exactly_the_expected_row
         .unwrap();
     let plan: Vec<String> = client
         .query(
-            "EXPLAIN SELECT count(*) FROM events WHERE properties ? 'employee_id' \
+            "EXPLAIN SELECT count(*) FROM events WHERE jsonb_exists(properties, 'employee_id') \
              AND properties -> 'employee_id' -> 'new_value' = '\"emp-e7\"'",
             &[],
         )
@@ -372,7 +372,7 @@ async fn ten_thousand_messages_over_six_partitions_give_exactly_the_expected_row
     assert!(plan.join("\n").contains(&indexes[1].name), "{plan:?}");
     let by_index: i64 = client
         .query_one(
-            "SELECT count(*) FROM events WHERE properties ? 'employee_id' \
+            "SELECT count(*) FROM events WHERE jsonb_exists(properties, 'employee_id') \
              AND properties -> 'employee_id' -> 'new_value' IS NOT NULL",
             &[],
         )
