@@ -20,8 +20,9 @@
 //! time range then, as for other attributes. The indexes are not migrations: which
 //! attributes deserve them differs per deployment. `run` builds them in the background at
 //! start-up with `CREATE INDEX CONCURRENTLY` (ingestion goes on), one replica at a time; until
-//! one is valid, queries simply do not use it. Indexes of attributes taken off the list stay
-//! until dropped by hand (`DROP INDEX CONCURRENTLY events_attr_…`).
+//! one is valid, queries simply do not use it. Indexes of attributes taken off the list, and
+//! indexes whose definition a release changed (their names differ), stay until dropped by hand
+//! (`DROP INDEX CONCURRENTLY events_attr_…`).
 
 use std::time::{Duration, Instant};
 
@@ -38,16 +39,20 @@ pub fn literal(text: &str) -> String {
 /// One index of an indexed attribute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttributeIndex {
-    /// Index name (at most 63 bytes, unique per attribute).
+    /// Index name (at most 63 bytes): `events_attr_<attribute>_<hash of the definition>_<kind>`.
     pub name: String,
     /// `CREATE INDEX CONCURRENTLY …` statement.
     pub definition: String,
 }
 
 /// The two indexes of `attribute`: by time, then by new value and time.
+///
+/// An index is found again by its name alone, so the name ends with a hash of what it indexes:
+/// should a release change a definition, the new index gets a new name and is built, instead of
+/// the old one being taken for it.
 pub fn attribute_indexes(attribute: &str) -> [AttributeIndex; 2] {
-    // A readable part of the name and a hash of the whole, so that names that read alike
-    // (`a.b`, `a_b`) or are long still get distinct index names.
+    // A readable part of the name; the hash tells apart names that read alike (`a.b`, `a_b`)
+    // or are long.
     let readable: String = attribute
         .chars()
         .take(30)
@@ -59,28 +64,26 @@ pub fn attribute_indexes(attribute: &str) -> [AttributeIndex; 2] {
             }
         })
         .collect();
-    let hash = attribute.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193) // FNV-1a
-    });
-    let base = format!("events_attr_{readable}_{hash:08x}");
     let name = literal(attribute);
+    let predicate = format!("WHERE jsonb_exists(properties, {name})");
     [
-        AttributeIndex {
-            name: format!("{base}_time"),
-            definition: format!(
-                "CREATE INDEX CONCURRENTLY {base}_time ON events (event_time, id) \
-                 WHERE jsonb_exists(properties, {name})"
-            ),
-        },
-        AttributeIndex {
-            name: format!("{base}_value"),
-            definition: format!(
-                "CREATE INDEX CONCURRENTLY {base}_value \
-                 ON events ((properties -> {name} -> 'new_value'), event_time, id) \
-                 WHERE jsonb_exists(properties, {name})"
-            ),
-        },
+        ("time", "(event_time, id)".to_owned()),
+        (
+            "value",
+            format!("((properties -> {name} -> 'new_value'), event_time, id)"),
+        ),
     ]
+    .map(|(kind, columns)| {
+        let body = format!("ON events {columns} {predicate}");
+        let hash = body.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193) // FNV-1a
+        });
+        let index = format!("events_attr_{readable}_{hash:08x}_{kind}");
+        AttributeIndex {
+            definition: format!("CREATE INDEX CONCURRENTLY {index} {body}"),
+            name: index,
+        }
+    })
 }
 
 /// What [`EventStore::ensure_attribute_indexes`] did.
