@@ -352,13 +352,9 @@ async fn run() -> Result<(), BoxError> {
     let end = Utc::now();
     seed(&url, n, per_hour, end).await?;
     // Attributes with their own indexes (`api.indexed_attributes`), comma-separated.
-    let indexed: Vec<String> = std::env::var("EM_BENCH_INDEXED_ATTRIBUTES")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let indexed = event_manager::api::config::split_names(
+        &std::env::var("EM_BENCH_INDEXED_ATTRIBUTES").unwrap_or_default(),
+    );
     for (index, took) in store.ensure_attribute_indexes(&indexed).await?.built {
         println!("  index {index} built in {took:.1?}");
     }

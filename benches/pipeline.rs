@@ -61,13 +61,9 @@ async fn run_once(base_url: &str, partitions: i32, messages: u64, batch_size: us
     config.pipeline.topics_dir = topics.path().to_owned();
     config.pipeline.batch_size = batch_size;
     config.pipeline.batch_linger = Duration::from_millis(50);
-    config.api.indexed_attributes = std::env::var("EM_BENCH_INDEXED_ATTRIBUTES")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    config.api.indexed_attributes = event_manager::api::config::split_names(
+        &std::env::var("EM_BENCH_INDEXED_ATTRIBUTES").unwrap_or_default(),
+    );
 
     let app = App::build(config).unwrap();
     app.migrate(&CancellationToken::new()).await.unwrap();

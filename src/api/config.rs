@@ -44,13 +44,18 @@ fn names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
     }
     Ok(match Names::deserialize(d)? {
         Names::List(list) => list,
-        Names::Text(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        Names::Text(text) => split_names(&text),
     })
+}
+
+/// The names of a comma-separated list, trimmed, empty ones left out: how an environment
+/// variable gives `api.indexed_attributes`.
+pub fn split_names(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 impl Default for ApiConfig {
