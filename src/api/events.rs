@@ -610,20 +610,16 @@ fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
     // rows of any window. `properties -> name -> 'new_value' = '"value"'` is true exactly when
     // `properties @> {name: {new_value: value}}` is (tests/it/api/counts.rs runs every request
     // both ways, over string, number, null, array and non-object values).
-    let indexed = |name: &str| {
-        let name = crate::store::attribute_indexes::literal(name);
-        (
-            format!(" AND jsonb_exists(properties, {name})"),
-            format!(
-                " AND jsonb_exists(properties, {name}) \
-                 AND properties -> {name} -> 'new_value' = $?::jsonb"
-            ),
+    let has_attribute = |name: &str| {
+        format!(
+            " AND jsonb_exists(properties, {})",
+            crate::store::attribute_indexes::literal(name)
         )
     };
     match &q.attribute {
         Some(AttributeFilter::Exists(name)) => {
             f.total = TotalFrom::Counts(1, name.clone());
-            let own_index = q.attribute_indexed.then(|| indexed(name).0);
+            let own_index = q.attribute_indexed.then(|| has_attribute(name));
             push(
                 &mut f,
                 (own_index.as_deref().unwrap_or(exists), ROW_CHECKED.0, ""),
@@ -640,9 +636,14 @@ fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
             let document = Box::new(serde_json::Value::Object(outer));
             if q.attribute_indexed {
                 push(&mut f, ("", ROW_CHECKED.1, ""), document, Type::JSONB);
+                let clause = format!(
+                    "{} AND properties -> {} -> 'new_value' = $?::jsonb",
+                    has_attribute(name),
+                    crate::store::attribute_indexes::literal(name)
+                );
                 push(
                     &mut f,
-                    (&indexed(name).1, "", ""),
+                    (&clause, "", ""),
                     Box::new(serde_json::Value::String(value.clone())),
                     Type::JSONB,
                 );
