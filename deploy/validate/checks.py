@@ -218,16 +218,20 @@ def metrics_in_code():
                 labels = re.search(r"&\[([^\]]*)\]", rest[:end if end >= 0 else 600])
                 metrics[literal.group(1)] = set(re.findall(r'"([a-z_]+)"', labels.group(1))) if labels else set()
             elif helper:
-                # A helper `let NAME = |param: &str, …| … format!("event_manager_{param}")`: its
-                # call sites name the metrics, `NAME("x", "help", &["label", …])`.
+                # A helper, `let NAME = |param: &str, …|` or `fn NAME(param: &str, …)`, that
+                # builds `format!("event_manager_{param}")`: its call sites name the metrics,
+                # `NAME("x", "help", &["label", …])`.
                 before = text[:m.start()]
-                defined = list(re.finditer(r"let\s+(\w+)\s*=\s*\|\s*" + helper.group(1) + r"\s*:", before))
+                param = helper.group(1)
+                defined = list(re.finditer(r"(?:let\s+(\w+)\s*=\s*\|[^|]*?|fn\s+(\w+)\s*(?:<[^>]*>)?\([^)]*?)\b"
+                                           + param + r"\s*:", before))
                 if not defined:
                     unreadable.append(f"{path.relative_to(REPO)}:{line}")
                     continue
-                name = defined[-1].group(1)
-                for call in re.finditer(r"\b" + name + r'\(\s*"([a-z0-9_]+)",\s*"[^"]*",\s*&\[([^\]]*)\]', text):
-                    metrics["event_manager_" + call.group(1)] = set(re.findall(r'"([a-z_]+)"', call.group(2)))
+                name = defined[-1].group(1) or defined[-1].group(2)
+                calls = re.finditer(r"\b" + name + r'\((?:[^;"]*?,)?\s*"([a-z0-9_]+)",\s*"[^"]*"(?:,\s*&\[([^\]]*)\])?', text)
+                for call in calls:
+                    metrics["event_manager_" + call.group(1)] = set(re.findall(r'"([a-z_]+)"', call.group(2) or ""))
             else:
                 unreadable.append(f"{path.relative_to(REPO)}:{line}")
     return metrics, unreadable
