@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
-use crate::model::{Observation, ObservationKind, SourceRef};
+use crate::model::{Observation, ObservationKind, Scope, SourceRef};
 
 /// Identifies one watched attribute of one entity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,6 +35,8 @@ pub struct AttributeState {
     /// Where the message that last wrote this state was read; `None` for state written before
     /// positions were recorded.
     pub source: Option<SourceRef>,
+    /// The anchor the value was set under ([`Scope::SetUnder`]), if any.
+    pub set_by: Option<String>,
 }
 
 /// What happened to one attribute of an observation.
@@ -211,6 +213,10 @@ impl ChangeDetector {
             event_time: obs.event_time,
             deleted,
             source: Some(at.clone()),
+            set_by: match &obs.scope {
+                Scope::SetUnder(anchor) => Some(anchor.clone()),
+                Scope::Unscoped | Scope::OnlyUnder(_) => None,
+            },
         };
         let first = |kind: ObservationKind| {
             let outcome = match (kind, self.options.first_seen) {
@@ -219,6 +225,12 @@ impl ChangeDetector {
             };
             (outcome, Some(fresh(new_value.clone(), false)))
         };
+        if let Scope::OnlyUnder(anchor) = &obs.scope {
+            if prior.and_then(|p| p.set_by.as_ref()) != Some(anchor) {
+                // Not set under that anchor (or never set): not this observation's to change.
+                return (Outcome::Unchanged, None);
+            }
+        }
         let Some(prior) = prior else {
             return match obs.kind {
                 ObservationKind::Deleted => (Outcome::Tombstoned, Some(fresh(None, true))),
@@ -246,12 +258,10 @@ impl ChangeDetector {
         }
         if prior.value == *new_value {
             // Nothing changed, but remember the newer version so that older messages
-            // arriving later are recognised as stale.
-            let newer = is_newer(obs, prior);
-            return (
-                Outcome::Unchanged,
-                newer.then(|| fresh(new_value.clone(), false)),
-            );
+            // arriving later are recognised as stale, and the anchor the value is now set under.
+            let next = fresh(new_value.clone(), false);
+            let remember = is_newer(obs, prior) || next.set_by != prior.set_by;
+            return (Outcome::Unchanged, remember.then_some(next));
         }
         (Outcome::Changed, Some(fresh(new_value.clone(), false)))
     }
@@ -316,6 +326,7 @@ mod tests {
             event_time: t(time),
             changed_by: Some("u1".into()),
             version,
+            scope: Scope::Unscoped,
         }
     }
 
@@ -364,6 +375,50 @@ mod tests {
             };
             let d = detector.detect(&steps[1], &other, &mut states);
             assert_eq!(d.outcomes, vec![Outcome::Changed]);
+        }
+    }
+
+    #[test]
+    fn a_scoped_close_changes_only_what_its_anchor_set() {
+        let scoped = |status: Option<&str>, time: i64, scope: Scope| Observation {
+            scope,
+            ..obs(Snapshot, status, time, None)
+        };
+        let report = || "DiagnosticReport/r1".to_owned();
+        let study = || "ImagingStudy/s1".to_owned();
+        // Set under the report's open (the value was already there): the close closes it.
+        let (d, states) = run(
+            ChangeDetector::default(),
+            &[
+                scoped(Some("s1"), 0, Scope::SetUnder(study())),
+                scoped(Some("s1"), 0, Scope::SetUnder(report())),
+                scoped(None, 5, Scope::OnlyUnder(report())),
+            ],
+        );
+        assert_eq!(d[1].outcomes, vec![Outcome::Unchanged]);
+        assert_eq!(d[1].dirty, vec![key()], "the new anchor is remembered");
+        assert_eq!(
+            d[2].event.as_ref().expect("closed").properties["status"],
+            serde_json::json!({"new_value": null, "old_value": "s1"})
+        );
+        assert_eq!(states[&key()].set_by, None);
+        // Set under another anchor, or never set: the close leaves it.
+        for steps in [
+            vec![
+                scoped(Some("s1"), 0, Scope::SetUnder(study())),
+                scoped(None, 5, Scope::OnlyUnder(report())),
+            ],
+            vec![scoped(None, 5, Scope::OnlyUnder(report()))],
+        ] {
+            let (d, states) = run(ChangeDetector::default(), &steps);
+            let last = d.last().unwrap();
+            assert_eq!(last.event, None);
+            assert_eq!(last.outcomes, vec![Outcome::Unchanged]);
+            assert!(last.dirty.is_empty());
+            assert_eq!(
+                states.get(&key()).map(|s| s.value.as_deref()),
+                (steps.len() == 2).then_some(Some("s1"))
+            );
         }
     }
 

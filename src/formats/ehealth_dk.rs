@@ -23,7 +23,7 @@ use super::wire::{is_blank, opt_text, parse_typed, receive_time, OptionTable, Sc
 use super::{payload, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
 use super::{Decoder, Format};
 use super::{FormatConfigError, RawMessage};
-use crate::model::{Attributes, Observation, ObservationKind, Properties};
+use crate::model::{Attributes, Observation, ObservationKind, Properties, Scope};
 
 /// The message properties of seed 002 lifted from the body when no header carries them.
 const LIFTED: [&str; 10] = [
@@ -106,6 +106,7 @@ impl StatusLookup {
             event_time: self.event_time,
             changed_by: None,
             version: self.resource_version,
+            scope: Scope::Unscoped,
         }
     }
 }
@@ -350,6 +351,7 @@ impl Header<'_> {
             event_time: self.event_time,
             changed_by: None,
             version: self.version,
+            scope: Scope::Unscoped,
         }
     }
 }

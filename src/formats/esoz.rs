@@ -16,7 +16,7 @@ use super::etf::{self, Term};
 use super::wire::{is_blank, parse_typed, Scalar};
 use super::{payload, DecodeError, DecodeErrorKind, Decoded, Decoder, Format, RawMessage};
 use crate::formats::FormatConfigError;
-use crate::model::{Attributes, Observation, ObservationKind, Properties};
+use crate::model::{Attributes, Observation, ObservationKind, Properties, Scope};
 
 /// Decoder for the `esoz` format.
 #[derive(Debug, Clone, Default)]
@@ -75,6 +75,7 @@ impl EsozEvent {
                 event_time: self.event_time,
                 changed_by: self.changed_by,
                 version: None,
+                scope: Scope::Unscoped,
             }],
             notes: Vec::new(),
         }

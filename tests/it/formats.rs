@@ -394,6 +394,85 @@ async fn fhircast_context_switches_in_order_with_lenient_timestamps() {
     );
 }
 
+/// Closing an anchor context closes what its open set: a study the report's open set closes
+/// with the report, also when the close lists it only to identify the report; keys the open did
+/// not set stay, even when the close lists them, and so does the session's patient; a patient
+/// close still closes everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhircast_closing_an_anchor_closes_the_keys_its_open_set() {
+    let mut e = env().await;
+    let t = "fhircast.events";
+    let note = |minute: u32, event: &str, context: &[(&str, &str, &str)]| {
+        let context: Vec<Value> = context
+            .iter()
+            .map(
+                |(key, kind, id)| json!({"key": key, "resource": {"resourceType": kind, "id": id}}),
+            )
+            .collect();
+        json!({"timestamp": format!("2024-05-01T08:{minute:02}:00Z"), "id": "n",
+               "event": {"hub.topic": "sess-2", "hub.event": event, "context": context}})
+        .to_string()
+        .into_bytes()
+    };
+    let patient = ("patient", "Patient", "p1");
+    let encounter = ("encounter", "Encounter", "e1");
+    let report = |id| ("report", "DiagnosticReport", id);
+    let study = |id| ("study", "ImagingStudy", id);
+    let steps = [
+        note(0, "Patient-open", &[patient]),
+        note(1, "Encounter-open", &[encounter, patient]),
+        note(
+            2,
+            "DiagnosticReport-open",
+            &[report("r1"), patient, study("s1")],
+        ),
+        // Lists the study (set by the open) and the encounter (not set by it) to identify r1.
+        note(
+            3,
+            "DiagnosticReport-close",
+            &[report("r1"), patient, study("s1"), encounter],
+        ),
+        note(4, "ImagingStudy-open", &[study("s2"), patient]),
+        note(5, "DiagnosticReport-open", &[report("r2"), patient]),
+        // Lists a study the report's open did not set: it stays.
+        note(
+            6,
+            "DiagnosticReport-close",
+            &[report("r2"), patient, study("s2")],
+        ),
+        note(7, "Patient-close", &[patient]),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        e.send(t, &[], step, i as i64).await;
+    }
+    let got: Vec<(String, Value)> = e
+        .run()
+        .await
+        .into_iter()
+        .filter(|(_, _, id, _)| id.starts_with("sess-2/"))
+        .map(|(_, _, id, properties)| (id, properties))
+        .collect();
+    let change = |key: &str, new: Option<&str>, old: Option<&str>| {
+        (format!("sess-2/{key}"), change(key, json!(new), json!(old)))
+    };
+    assert_eq!(
+        got,
+        vec![
+            change("encounter", Some("Encounter/e1"), None),
+            change("report", Some("DiagnosticReport/r1"), None),
+            change("study", Some("ImagingStudy/s1"), None),
+            change("report", None, Some("DiagnosticReport/r1")),
+            change("study", None, Some("ImagingStudy/s1")),
+            change("study", Some("ImagingStudy/s2"), None),
+            change("report", Some("DiagnosticReport/r2"), None),
+            change("report", None, Some("DiagnosticReport/r2")),
+            change("encounter", None, Some("Encounter/e1")),
+            change("patient", None, Some("Patient/p1")),
+            change("study", None, Some("ImagingStudy/s2")),
+        ]
+    );
+}
+
 fn etf_event(entity_id: &str, status: &str, second: u8, old_atoms: bool) -> Vec<u8> {
     let status = eetf::Term::from(eetf::Binary::from(status.as_bytes()));
     etf_change(

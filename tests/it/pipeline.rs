@@ -553,7 +553,7 @@ async fn a_database_outage_pauses_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_entity_through_several_consumers_at_once_changes_once() {
     use event_manager::detect::{ChangeDetector, DetectOptions};
-    use event_manager::model::{Attributes, Observation, ObservationKind, SourceRef};
+    use event_manager::model::{Attributes, Observation, ObservationKind, Scope, SourceRef};
     use event_manager::store::{BatchChanges, NewEvent, OffsetFence};
 
     let db = fresh_database().await;
@@ -567,6 +567,7 @@ async fn the_same_entity_through_several_consumers_at_once_changes_once() {
         event_time: t(sec),
         changed_by: None,
         version: None,
+        scope: Scope::Unscoped,
     };
     let store = Arc::new(db.store.clone());
     let apply = |partition: i32, o: Observation| {

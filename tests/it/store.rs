@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{TimeZone, Utc};
 use event_manager::detect::{ChangeDetector, DetectOptions};
-use event_manager::model::{Attributes, Observation, ObservationKind, SourceRef};
+use event_manager::model::{Attributes, Observation, ObservationKind, Scope, SourceRef};
 use event_manager::store::{BatchChanges, NewEvent, OffsetFence, StoreError};
 
 use crate::support::fresh_database;
@@ -20,6 +20,7 @@ fn obs(id: &str, status: &str, sec: i64) -> Observation {
         event_time: Utc.timestamp_opt(1_700_000_000 + sec, 0).unwrap(),
         changed_by: None,
         version: None,
+        scope: Scope::Unscoped,
     }
 }
 
