@@ -48,8 +48,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum SelectorCommand {
     /// Evaluate a selector against message properties given as a JSON object: strings are
-    /// strings, integers longs, other numbers doubles, booleans booleans, null is NULL. Prints
-    /// `true` when a message with these properties would be selected, else `false`.
+    /// strings, integers longs, other numbers doubles, booleans booleans, null is NULL (`/`
+    /// divides in double: `5 / 2 = 2.5`). Prints `true` when a message with these properties
+    /// would be selected, else `false`.
     Eval {
         /// Message properties, e.g. '{"messageType": "EHealthContextEvent", "resourceVersion": 3}'.
         #[arg(long)]

@@ -52,6 +52,9 @@ fn selector_eval_prints_true_or_false_and_explains_three_values() {
         ),
         ("resourceVersion BETWEEN 4 AND 9", "false", "false"),
         ("resourceVersion / 0 > 1", "false", "unknown"),
+        // Division is in double whatever the operand types, as the reference brokers do.
+        ("resourceVersion / 2 = 1.5", "true", "true"),
+        ("resourceVersion / 2 = 1", "false", "false"),
     ];
     for (selector, plain, explained) in cases {
         let (code, out, err) = eval(props, selector, false);
