@@ -66,8 +66,9 @@ impl EsozEvent {
                 event_type,
                 entity_type: Cow::Owned(self.entity_type),
                 entity_id: self.entity_id,
-                // The producer emits the current status, including for objects it just created;
-                // only a difference from the last known value is a change (seed 003: "not new").
+                // The message states the entity's status now. ESOZ publishes only changes, so
+                // the rule's default `first_seen = "event"` makes a first status an event with
+                // `old_value: null`; later messages are compared with the known value.
                 kind: ObservationKind::Snapshot,
                 attributes: self.properties,
                 captured: BTreeMap::new(),
