@@ -9,7 +9,8 @@
 //! Mapping: entity type from the FHIR profile (`resourceProfile`, else the topic's first
 //! segment; a URL profile → its last path segment; option `entity_types` renames), entity id =
 //! `resourceReference`, version = `resourceVersion`. Context events: attribute = the context
-//! (only `contexts`, default `["status"]`), value = `status`. Reference events give a
+//! (only `contexts`, default `["status"]`), value = the body's `status`, else a `status` header
+//! (any case), else unknown (a FHIR look-up may learn it). Reference events give a
 //! `ReferenceChangeEvent` only with `references = true`; simple events give attribute
 //! `lifecycle` only with `lifecycle = true`.
 
@@ -191,6 +192,12 @@ impl EhealthDkDecoder {
                 let context = prop_text(props, "context")?
                     .or(suffix)
                     .ok_or_else(|| DecodeError::missing("context"))?;
+                // A bridge that forwards the JMS message as headers may carry the status there,
+                // with a stub body; the body's status wins.
+                let status = match status {
+                    Some(status) => Some(status),
+                    None => header_status(props)?.map(Cow::Borrowed),
+                };
                 self.context_event(header, context, status)
             }
             "EHealthReferenceEvent" => {
@@ -399,6 +406,20 @@ fn prop_text<'p>(props: &'p Properties, name: &str) -> Result<Option<&'p str>, D
     }
 }
 
+/// The `status` header, in that spelling or any other case of it (`Status`, `STATUS`).
+fn header_status(props: &Properties) -> Result<Option<&str>, DecodeError> {
+    if props.get_owned("status").is_some() {
+        return prop_text(props, "status");
+    }
+    match props
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("status"))
+    {
+        Some((name, _)) => prop_text(props, name),
+        None => Ok(None),
+    }
+}
+
 fn prop_version(props: &Properties) -> Result<Option<i64>, DecodeError> {
     match props.get_owned("resourceVersion") {
         None => Ok(None),
@@ -512,6 +533,46 @@ mod tests {
             assert!(props.get_owned(name).is_some(), "{name} not lifted");
         }
         assert_eq!(props.get_str("messageVersion"), Some("1.0"));
+    }
+
+    #[test]
+    fn a_status_header_stands_in_for_a_missing_body_status() {
+        for name in ["status", "Status", "STATUS"] {
+            let mut props = Properties::new();
+            props.insert_str(name, "on-hold");
+            let (d, lookup) = decode_with(
+                "",
+                "ehealth-careplan.status",
+                "context_missing_status",
+                &mut props,
+            )
+            .unwrap();
+            assert_eq!(lookup, None, "{name}");
+            assert_eq!(
+                d.observations[0].attributes["status"].as_deref(),
+                Some("on-hold")
+            );
+        }
+        // The body wins when both carry one.
+        let mut props = Properties::new();
+        props.insert_str("status", "on-hold");
+        let (d, _) =
+            decode_with("", "ehealth-careplan.status", "context_updated", &mut props).unwrap();
+        assert_eq!(
+            d.observations[0].attributes["status"].as_deref(),
+            Some("active")
+        );
+        // Neither: the FHIR look-up, as before.
+        let (d, lookup) = decode_with(
+            "",
+            "ehealth-careplan.status",
+            "context_missing_status",
+            &mut Properties::new(),
+        )
+        .unwrap();
+        assert!(d.observations.is_empty());
+        assert_eq!(d.notes, vec![DecodeNote::MissingStatus]);
+        assert!(lookup.is_some());
     }
 
     #[test]

@@ -156,6 +156,26 @@ async fn ehealth_dk_context_events_as_sent_by_real_producers() {
     )
     .await; // change
     e.send(topic, &headers, b"{\"messageType\": 5}", 6).await; // dead letter
+                                                               // A bridge forwarding the JMS message as headers: the status in a header, a stub body.
+    let with_status = |status: &'static str| {
+        let mut h = headers.to_vec();
+        h.push(("status", status));
+        h
+    };
+    e.send(
+        topic,
+        &with_status("revoked"),
+        &context("updated", "5", None),
+        7,
+    )
+    .await; // change, from the header
+    e.send(
+        topic,
+        &with_status("draft"),
+        &context("updated", "6", Some("revoked")),
+        8,
+    )
+    .await; // the body wins: unchanged
     let events = e.run().await;
     assert_eq!(
         events,
@@ -171,6 +191,12 @@ async fn ehealth_dk_context_events_as_sent_by_real_producers() {
                 "CarePlan".into(),
                 reference.into(),
                 change("status", json!("completed"), json!("active"))
+            ),
+            (
+                "StatusChangeEvent".into(),
+                "CarePlan".into(),
+                reference.into(),
+                change("status", json!("revoked"), json!("completed"))
             ),
         ]
     );
