@@ -1,5 +1,5 @@
 //! Assembly of the `run` command: store, migrations, metrics, pipeline and HTTP server, with
-//! ordered shutdown. `demo` and the tests use the same pieces.
+//! a shutdown bounded by one grace period. `demo` and the tests use the same pieces.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -189,8 +189,9 @@ impl App {
         )
     }
 
-    /// Runs the pipeline and the HTTP server on `listener` until `shutdown`, then stops them in
-    /// order: the consumer finishes and commits its batch, then the server drains.
+    /// Runs the pipeline, the terminator and the HTTP server on `listener` until `shutdown`,
+    /// then stops them together within one `pipeline.shutdown_grace`: the consumer finishes and
+    /// commits its batch, the terminator ends its run, the server drains.
     pub async fn run(
         self,
         listener: TcpListener,
@@ -217,26 +218,47 @@ impl App {
         let terminator = self.start_terminator(&shutdown).await?;
 
         shutdown.cancelled().await;
+        // Everything stops at once, against one deadline: the consumer finishes and commits its
+        // batch, a terminator run ends at its next batch boundary, the server finishes the
+        // requests in flight. What has not stopped by then is abandoned with the process.
+        http_stop.cancel();
         let grace = self.config.pipeline.shutdown_grace;
-        if tokio::time::timeout(grace, pipeline.stopped())
-            .await
-            .is_err()
-        {
-            tracing::warn!(?grace, "consumer did not stop within the grace period");
-        }
-        if let Some(terminator) = terminator {
-            match tokio::time::timeout(grace, terminator.stop()).await {
+        let deadline = tokio::time::Instant::now() + grace;
+        let consumer = async {
+            if tokio::time::timeout_at(deadline, pipeline.stopped())
+                .await
+                .is_err()
+            {
+                tracing::warn!(?grace, "consumer did not stop within the grace period");
+            }
+        };
+        let terminator = async {
+            let Some(terminator) = terminator else {
+                return;
+            };
+            match tokio::time::timeout_at(deadline, terminator.stop()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "terminator schedule did not stop cleanly")
                 }
                 Err(_) => tracing::warn!(?grace, "terminator did not stop within the grace period"),
             }
-        }
-        http_stop.cancel();
-        if let Ok(Ok(Err(source))) = tokio::time::timeout(Duration::from_secs(5), server).await {
-            return Err(AppError::Http { addr, source });
-        }
+        };
+        let http = async {
+            match tokio::time::timeout_at(deadline, server).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "http server task failed");
+                    Ok(())
+                }
+                Err(_) => {
+                    tracing::warn!(?grace, "http server did not drain within the grace period");
+                    Ok(())
+                }
+            }
+        };
+        let ((), (), http) = tokio::join!(consumer, terminator, http);
+        http.map_err(|source| AppError::Http { addr, source })?;
         tracing::info!("stopped");
         Ok(())
     }

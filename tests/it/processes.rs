@@ -180,3 +180,105 @@ async fn sigterm_with_the_broker_gone_exits_within_the_grace_period() {
         "run must exit within 30 s of SIGTERM even without a broker"
     );
 }
+
+/// On SIGTERM the consumer, the terminator and the HTTP server stop together within one
+/// `pipeline.shutdown_grace`. Here none of them can stop by itself: the test holds an exclusive
+/// lock on `events`, so the consumer's batch, a terminator run and an API request all wait on it.
+/// Waited for one after another (grace for the consumer, grace for the terminator, then the
+/// server) the exit would take over twice the grace; together it takes one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_consumer_terminator_and_http_together_within_one_grace() {
+    use tokio::io::AsyncWriteExt;
+
+    const GRACE: Duration = Duration::from_secs(8);
+    let db = fresh_database().await;
+    let topics = topics_dir();
+    let broker = event_manager::broker::EmbeddedBroker::start(1).unwrap();
+    broker.create_topic("event_manager_topic", 1).unwrap();
+    broker.create_topic("event_manager_topic.dlq", 1).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+
+    let mut locker = db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    let child = Command::new(BIN)
+        .arg("run")
+        .env("EM_PIPELINE__TOPICS_DIR", topics.path())
+        .env(
+            "EM_PIPELINE__SHUTDOWN_GRACE",
+            format!("{}s", GRACE.as_secs()),
+        )
+        .env("EM_PIPELINE__BATCH_LINGER", "20ms")
+        .env("EM_KAFKA__BOOTSTRAP_SERVERS", broker.bootstrap_servers())
+        .env("EM_KAFKA__GROUP_ID", "grace-group")
+        .env("EM_HTTP__BIND", format!("127.0.0.1:{port}"))
+        .env("EM_TERMINATOR__SCHEDULE", "* * * * * *")
+        .env("EM_TERMINATOR__EVENT_MAX_TIME", "1s")
+        .env("DATABASE_URL", &db.url)
+        .env("EM_LOG__LEVEL", "warn")
+        .env("EM_AUTH__DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn run");
+    let mut run = Proc(child);
+
+    // The consumer: a first status, whose event insert waits.
+    let producer = producer(&broker.bootstrap_servers());
+    let sample = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esoz/status_change_seed.json"),
+    )
+    .unwrap();
+    produce(&producer, 0, Some("k"), &sample).await;
+    // The server: a request in flight, whose query waits (polling until the server listens).
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut request = loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(stream) => break stream,
+            Err(e) => assert!(Instant::now() < until, "the server does not listen: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    request
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(60), || async {
+        let waiting: Vec<String> = db
+            .client()
+            .await
+            .query(
+                "SELECT query FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let any = |what: &str| waiting.iter().any(|q| q.contains(what));
+        // The consumer's insert, the terminator's delete and the API's page query.
+        any("INSERT INTO events") && any("DELETE FROM events") && any("LIMIT")
+    })
+    .await;
+
+    run.signal(libc::SIGTERM);
+    let took = run
+        .wait_exit(GRACE * 4)
+        .expect("run exits after SIGTERM although nothing could stop by itself");
+    assert!(
+        took < GRACE * 2,
+        "stopped in {took:?}: the components were waited for one after another, not together \
+         within one grace of {GRACE:?}"
+    );
+    drop(request);
+    lock.rollback().await.unwrap();
+}
