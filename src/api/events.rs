@@ -10,8 +10,9 @@
 //! a space is accepted), or without a zone and then UTC (`2017-04-20T19:14:13`,
 //! `2017-04-20 19:14:13`, fractions allowed), or a plain date (`2017-04-20`, midnight UTC).
 //!
-//! Unknown parameters, repeated parameters and empty values are rejected with 422 naming the
-//! parameter: a misspelt filter must not silently widen the result.
+//! Unknown parameters, repeated parameters, empty values and values whose percent-encoded bytes
+//! are not UTF-8 are rejected with 422 naming the parameter: a misspelt filter must not silently
+//! widen the result, nor a mangled one silently change it.
 
 use std::collections::BTreeMap;
 
@@ -95,7 +96,7 @@ pub fn parse_query(
 ) -> Result<EventsQuery, ApiError> {
     let mut invalid = Vec::new();
     let mut values: BTreeMap<&'static str, String> = BTreeMap::new();
-    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+    for (key, value) in query_pairs(raw.unwrap_or_default()) {
         let Some(name) = PARAMETERS.iter().copied().find(|p| *p == key) else {
             invalid.push(InvalidParameter::new(
                 truncate(&key),
@@ -108,6 +109,14 @@ pub fn parse_query(
             invalid.push(InvalidParameter::new(name, "given more than once"));
             continue;
         }
+        let Some(value) = value else {
+            invalid.push(InvalidParameter::new(
+                name,
+                "must be UTF-8 (the percent-encoded bytes are not)",
+            ));
+            values.insert(name, String::new());
+            continue;
+        };
         if value.is_empty() {
             invalid.push(InvalidParameter::new(name, "must not be empty"));
         } else if value.chars().any(char::is_control) {
@@ -121,7 +130,7 @@ pub fn parse_query(
                 format!("must be at most {MAX_TEXT_LEN} characters"),
             ));
         }
-        values.insert(name, value.into_owned());
+        values.insert(name, value);
     }
     let failed: std::collections::BTreeSet<String> =
         invalid.iter().map(|p| p.parameter.clone()).collect();
@@ -239,6 +248,22 @@ pub fn parse_query(
             })
         }
     }
+}
+
+/// The `name=value` pairs of a query string (`application/x-www-form-urlencoded`: `+` is a
+/// space, `%XX` a byte). A value whose bytes are not UTF-8 is `None`: replacing them with U+FFFD
+/// would answer a different question than the one asked. Names are only compared, so lossy.
+fn query_pairs(raw: &str) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+    fn decode(s: &str) -> Vec<u8> {
+        percent_encoding::percent_decode(s.replace('+', " ").as_bytes()).collect()
+    }
+    raw.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (
+            String::from_utf8_lossy(&decode(name)).into_owned(),
+            String::from_utf8(decode(value)).ok(),
+        )
+    })
 }
 
 fn shift(
@@ -1221,6 +1246,18 @@ mod tests {
         assert_eq!(
             invalid_params(&format!("entity_type={long}")),
             ["entity_type"]
+        );
+        // Percent-encoded bytes must be UTF-8; they are never replaced by U+FFFD.
+        for bad in ["%ff%fe", "%c0%80", "%ed%a0%80", "a%80", "%f4%90%80%80", "%e2%82"] {
+            assert_eq!(
+                invalid_params(&format!("event_type={bad}")),
+                ["event_type"],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse("event_type=%C3%BC%EF%BF%BD+x").unwrap().event_type.as_deref(),
+            Some("ü\u{fffd} x")
         );
         // Every problem is reported at once.
         assert_eq!(
