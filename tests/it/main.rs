@@ -9,6 +9,7 @@ mod formats;
 mod pipeline;
 mod processes;
 mod replay;
+mod schemathesis;
 mod store;
 mod terminator;
 mod webhooks;
