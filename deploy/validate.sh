@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Offline validation of deploy/: manifests against Kubernetes and CRD schemas, alert rules with
-# promtool (syntax and unit tests), the dashboard's JSON and queries, and the names that must
-# agree between code and manifests. Not part of CI (it needs tools CI does not promise).
+# Offline validation of deploy/, run by .ci/run: every kustomization rendered and checked against
+# the Kubernetes and CRD schemas (strict: unknown fields fail), the alert rules with promtool
+# (syntax and unit tests), the dashboard's queries, and everything that must agree between the
+# code and the manifests, taken from the code: the binary checks each rendered configuration
+# (`event-manager config check`) and reports its port, pools, grace and topic rules; topic rules
+# come from topics/, metric names and label values from src/. Finally a defect is planted in a
+# copy for each check, which must reject it.
 #
 #   deploy/validate.sh           check everything; exit 1 if anything fails
 #   deploy/validate.sh --write   first regenerate base/prometheusrule.yaml from prometheus/rules.yml
 #
-# Needs: python3 (>= 3.11), node + npm, promtool (Debian: apt-get install prometheus), and for
-# rendering the kustomizations `kubectl` (built-in kustomize) or `kustomize`; without either the
-# base manifest files are validated one by one. Python and npm tools are installed, at the
-# versions pinned in deploy/validate/, into deploy/.tools (or $EM_VALIDATE_TOOLS).
+# Needs: cargo (builds the binary), python3 (>= 3.11, with venv), node + npm, promtool (Debian:
+# apt-get install prometheus), and `kubectl` (built-in kustomize) or `kustomize`; without either,
+# kustomize is built with Go from the Go module proxy. Python and npm tools are installed at the
+# versions pinned in deploy/validate/ into deploy/.tools (or $EM_VALIDATE_TOOLS), and reused.
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
@@ -17,6 +21,8 @@ VALIDATE=deploy/validate
 TOOLS=${EM_VALIDATE_TOOLS:-deploy/.tools}
 # Oldest supported (preStop sleep needs 1.30) and newest known to kubernetes-validate.
 K8S_VERSIONS=${EM_VALIDATE_K8S_VERSIONS:-"1.30.0 1.37.0"}
+# Used only where neither kubectl nor kustomize is installed.
+KUSTOMIZE_MODULE=sigs.k8s.io/kustomize/kustomize/v5@v5.8.0
 failed=()
 passed=()
 
@@ -54,73 +60,103 @@ setup_node() {
     cp "$VALIDATE/crds.mjs" "$TOOLS/npm/crds.mjs"
     (cd "$TOOLS/npm" && npm ls --depth=0 2>/dev/null | sed -n 's/^[├└]── /  /p')
 }
+KUSTOMIZE=()
+setup_kustomize() {
+    if command -v kubectl >/dev/null 2>&1; then
+        KUSTOMIZE=(kubectl kustomize)
+    elif command -v kustomize >/dev/null 2>&1; then
+        KUSTOMIZE=(kustomize build)
+    else
+        if [[ ! -x $TOOLS/bin/kustomize ]]; then
+            need go "Go, to build kustomize" || return 1
+            echo "  building $KUSTOMIZE_MODULE"
+            GOBIN="$(pwd)/$TOOLS/bin" go install "$KUSTOMIZE_MODULE" || return 1
+        fi
+        KUSTOMIZE=("$TOOLS/bin/kustomize" build)
+    fi
+    echo "  rendering with: ${KUSTOMIZE[*]} ($("${KUSTOMIZE[0]}" version 2>/dev/null | grep -i kustomize | head -1 || true))"
+}
+BIN=${EM_VALIDATE_BIN:-}
+setup_binary() {
+    if [[ -z $BIN ]]; then
+        need cargo "Rust" && cargo build --quiet --bin event-manager || return 1
+        BIN="$(pwd)/${CARGO_TARGET_DIR:-target}/debug/event-manager"
+    fi
+    echo "  $("$BIN" --version)"
+}
 record "python tools" setup_python
 record "node tools" setup_node
 record "promtool" need promtool "apt-get install prometheus"
 command -v promtool >/dev/null && echo "  $(promtool --version 2>&1 | head -1)"
+record "kustomize" setup_kustomize
+record "event-manager binary" setup_binary
 PY="$TOOLS/venv/bin/python"
 [[ -x $PY ]] || PY=python3
+checks() { "$PY" "$VALIDATE/checks.py" "$@"; }
 
 if [[ ${1:-} == --write ]]; then
     section "regenerate PrometheusRule from rules.yml"
-    "$PY" "$VALIDATE/checks.py" sync-rules --write
+    checks sync-rules --write
 fi
 
 section "PrometheusRule embeds deploy/prometheus/rules.yml"
-record "rules sync" "$PY" "$VALIDATE/checks.py" sync-rules
+record "rules sync" checks sync-rules
 
-section "promtool check rules / test rules"
+section "alerts: promtool check rules / test rules, runbooks"
 record "promtool check rules" promtool check rules deploy/prometheus/rules.yml
 record "promtool test rules" promtool test rules deploy/prometheus/rules.test.yml
+record "alert runbooks and tests" checks alerts
 
 section "Grafana dashboard"
 dashboard=deploy/grafana/event-manager-dashboard.json
 record "dashboard JSON" python3 -m json.tool "$dashboard" /dev/null && echo "  ok   $dashboard is valid JSON"
 check_dashboard_queries() {
-    "$PY" "$VALIDATE/checks.py" dashboard-rules "$TOOLS/dashboard-queries.yml" &&
+    checks dashboard-rules "$TOOLS/dashboard-queries.yml" &&
         promtool check rules "$TOOLS/dashboard-queries.yml"
 }
 record "dashboard queries" check_dashboard_queries
 
-section "render kustomizations"
-render() {
-    local out="$TOOLS/rendered/$(basename "$1").yaml"
-    mkdir -p "$TOOLS/rendered"
-    if command -v kubectl >/dev/null; then
-        kubectl kustomize "$1" >"$out"
-    else
-        kustomize build "$1" >"$out"
-    fi && echo "  ok   $1 -> $out ($(grep -c '^kind:' "$out") objects)"
-}
-manifests=()
-if [[ ${EM_VALIDATE_RENDER:-1} != 0 ]] && { command -v kubectl || command -v kustomize; } >/dev/null; then
-    for dir in deploy/kustomize/base deploy/kustomize/overlays/*/; do
-        dir=${dir%/}
-        if record "render $dir" render "$dir"; then
-            manifests+=("$TOOLS/rendered/$(basename "$dir").yaml")
-        fi
-    done
-else
-    echo "  no kubectl/kustomize (or EM_VALIDATE_RENDER=0): validating the base files as they are"
-    echo "  (generated ConfigMaps and overlays are not checked)"
-    for f in deploy/kustomize/base/*.yaml; do
-        [[ $(basename "$f") == kustomization.yaml ]] || manifests+=("$f")
-    done
-fi
+section "metrics of alerts and dashboard (src/)"
+record "metric names and labels" checks metrics
 
-section "Kubernetes schemas (kubernetes-validate, strict)"
-for version in $K8S_VERSIONS; do
-    record "kubernetes $version" "$PY" "$VALIDATE/checks.py" k8s "$version" \
-        "$TOOLS/custom-resources.json" "${manifests[@]}"
+section "topic rules (topics/)"
+record "topic rules" checks topics
+
+section "render kustomizations"
+RENDERED="$TOOLS/rendered"
+rm -rf "$RENDERED" && mkdir -p "$RENDERED"
+render() {
+    local out="$RENDERED/$2.yaml"
+    "${KUSTOMIZE[@]}" "$1" >"$out" && echo "  ok   $1 -> $out ($(grep -c '^kind:' "$out") objects)"
+}
+renderings=()
+for dir in deploy/kustomize/base deploy/kustomize/overlays/*/; do
+    dir=${dir%/}
+    name=$(basename "$dir")
+    if [[ ${#KUSTOMIZE[@]} -gt 0 ]] && record "render $dir" render "$dir" "$name"; then
+        renderings+=("$name")
+    fi
 done
 
-section "custom resources (KEDA, prometheus-operator schemas)"
+section "Kubernetes schemas (kubernetes-validate, strict)"
+files=("${renderings[@]/#/$RENDERED/}")
+files=("${files[@]/%/.yaml}")
+for version in $K8S_VERSIONS; do
+    record "kubernetes $version" checks k8s "$version" "$TOOLS/custom-resources.json" "${files[@]}"
+done
+
+section "custom resources (KEDA, prometheus-operator schemas, strict)"
 record "CRD schemas" node "$TOOLS/npm/crds.mjs" "$TOOLS/custom-resources.json"
 
-section "consistency with code and config"
-record "consistency" "$PY" "$VALIDATE/checks.py" consistency
+for name in "${renderings[@]}"; do
+    section "$name: configuration, ports, shutdown, KEDA, connections (event-manager config check)"
+    record "$name agrees with the code" checks rendering "$BIN" "$name" "$RENDERED/$name.yaml"
+done
+
+section "planted defects: each check rejects one"
+record "planted defects" checks planted "$BIN" "$RENDERED" node "$TOOLS"
 
 section "summary"
-echo "  passed: ${#passed[@]}   failed: ${#failed[@]}"
 for name in "${failed[@]}"; do echo "  FAILED: $name"; done
+echo "validate: ${#passed[@]} passed, ${#failed[@]} failed"
 [[ ${#failed[@]} -eq 0 ]]

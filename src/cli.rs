@@ -42,14 +42,28 @@ pub enum Command {
     Terminate(TerminateArgs),
     /// Mint a development bearer token signed with `auth.hs256_secret`; prints only the token.
     Token(TokenArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `config` sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check the configuration as `run` does before it connects: the file, the `EM_…`
+    /// overrides, the topic rules and the token keys. Connects to nothing. Valid: prints as JSON
+    /// the values a deployment must agree with (HTTP port, Kafka group, database connections,
+    /// shutdown grace, topic rules, webhook topics). Invalid: names the key or file, exits 1.
+    Check,
 }
 
 /// `selector` sub-commands.
 #[derive(Debug, Subcommand)]
 pub enum SelectorCommand {
     /// Evaluate a selector against message properties given as a JSON object: strings are
-    /// strings, integers longs, other numbers doubles, booleans booleans, null is NULL. Prints
-    /// `true` when a message with these properties would be selected, else `false`.
+    /// strings, integers longs, other numbers doubles, booleans booleans, null is NULL (`/`
+    /// divides in double: `5 / 2 = 2.5`). Prints `true` when a message with these properties
+    /// would be selected, else `false`.
     Eval {
         /// Message properties, e.g. '{"messageType": "EHealthContextEvent", "resourceVersion": 3}'.
         #[arg(long)]
@@ -219,8 +233,61 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::api::auth::mint_token(&config.auth, &scopes, args.ttl, &args.subject)?;
             println!("{token}");
         }
+        Command::Config(ConfigCommand::Check) => {
+            let config = Config::load(cli.config.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&config_check(config)?)?);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `config check`: assembles the application as `run` does, without connecting anywhere, and
+/// reports the values that manifests and alerts depend on.
+fn config_check(config: Config) -> anyhow::Result<serde_json::Value> {
+    let app = crate::app::App::build(config)?;
+    app.config.auth.require_key()?;
+    let rules: Vec<serde_json::Value> = app
+        .rules
+        .rules()
+        .iter()
+        .map(|compiled| {
+            let rule = &compiled.rule;
+            serde_json::json!({
+                "file": rule.file.file_name().map(|f| f.to_string_lossy()),
+                "name": rule.name,
+                "pattern": rule.pattern,
+                "partitions": rule.partitions,
+                "dead_letter_topic": rule.dead_letter_topic,
+            })
+        })
+        .collect();
+    let webhooks = &app.config.webhooks;
+    let webhook_topics: Vec<serde_json::Value> = [
+        ("sfs", &webhooks.sfs.topic),
+        ("fhircast", &webhooks.fhircast.topic),
+    ]
+    .into_iter()
+    .map(|(bridge, topic)| {
+        serde_json::json!({
+            "bridge": bridge,
+            "topic": topic,
+            "read_by_rule": app.rules.index_for(topic).is_some(),
+        })
+    })
+    .collect();
+    Ok(serde_json::json!({
+        "http_port": app.config.http.bind.port(),
+        "kafka_bootstrap_servers": app.config.kafka.bootstrap_servers,
+        "kafka_group_id": app.config.kafka.group_id,
+        "database_pool_size": app.config.database.pool_size,
+        // Every pool's upper bound: what one replica may hold open at once.
+        "database_connections": app.store.pool().status().max_size
+            + app.store.api_pool().status().max_size,
+        "shutdown_grace_seconds": app.config.pipeline.shutdown_grace.as_secs_f64(),
+        "terminator_enabled": app.config.terminator.enabled,
+        "topic_rules": rules,
+        "webhook_topics": webhook_topics,
+    }))
 }
 
 fn parse_time(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {

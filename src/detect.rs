@@ -1,12 +1,14 @@
-//! Change detection (DESIGN.md §3): compares each watched attribute of an observation with the
-//! entity's last known value and decides whether a status change happened. Pure: no I/O.
+//! Change detection (docs/architecture.md, "Change detection"): compares each watched attribute
+//! of an observation with the entity's last known value and decides whether a status change
+//! happened. Pure: no I/O.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
-use crate::model::{Observation, ObservationKind};
+use crate::model::{Observation, ObservationKind, Scope, SourceRef};
 
 /// Identifies one watched attribute of one entity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,6 +32,11 @@ pub struct AttributeState {
     pub event_time: DateTime<Utc>,
     /// Whether the entity was deleted.
     pub deleted: bool,
+    /// Where the message that last wrote this state was read; `None` for state written before
+    /// positions were recorded.
+    pub source: Option<SourceRef>,
+    /// The anchor the value was set under ([`Scope::SetUnder`]), if any.
+    pub set_by: Option<String>,
 }
 
 /// What happened to one attribute of an observation.
@@ -88,11 +95,37 @@ pub struct Detection {
     pub dirty: Vec<StateKey>,
 }
 
+/// What a created or snapshot observation of an attribute without known state records (topic
+/// rule key `first_seen`). An `updated` observation is an event either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstSeen {
+    /// An event with `old_value: null`: the producer publishes only changes, so its first
+    /// message about an entity is a change too.
+    Event,
+    /// The state is stored as a baseline and no event is recorded: the producer states the
+    /// current value, also of objects it just created.
+    #[default]
+    Baseline,
+}
+
+impl FirstSeen {
+    /// The name used in topic rules.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirstSeen::Event => "event",
+            FirstSeen::Baseline => "baseline",
+        }
+    }
+}
+
 /// Detection settings of a topic rule.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DetectOptions {
     /// Record an event when an entity is deleted.
     pub emit_deleted: bool,
+    /// What the first created or snapshot observation of an attribute records.
+    pub first_seen: FirstSeen,
 }
 
 /// Applies observations to known state, in message order.
@@ -107,10 +140,17 @@ impl ChangeDetector {
         Self { options }
     }
 
-    /// Detects the changes an observation makes against `states`, updating `states` in place.
+    /// The settings it was built with.
+    pub fn options(&self) -> DetectOptions {
+        self.options
+    }
+
+    /// Detects the changes an observation of the message read at `at` makes against `states`,
+    /// updating `states` in place.
     pub fn detect(
         &self,
         obs: &Observation,
+        at: &SourceRef,
         states: &mut HashMap<StateKey, AttributeState>,
     ) -> Detection {
         let mut detection = Detection::default();
@@ -122,7 +162,7 @@ impl ChangeDetector {
                 attribute: attribute.clone(),
             };
             let prior = states.get(&key);
-            let (outcome, next) = self.judge(obs, prior, new_value);
+            let (outcome, next) = self.judge(obs, at, prior, new_value);
             if outcome == Outcome::Changed
                 || (outcome == Outcome::Tombstoned
                     && self.options.emit_deleted
@@ -163,6 +203,7 @@ impl ChangeDetector {
     fn judge(
         &self,
         obs: &Observation,
+        at: &SourceRef,
         prior: Option<&AttributeState>,
         new_value: &Option<String>,
     ) -> (Outcome, Option<AttributeState>) {
@@ -171,18 +212,36 @@ impl ChangeDetector {
             version: obs.version,
             event_time: obs.event_time,
             deleted,
+            source: Some(at.clone()),
+            set_by: match &obs.scope {
+                Scope::SetUnder(anchor) => Some(anchor.clone()),
+                Scope::Unscoped | Scope::OnlyUnder(_) => None,
+            },
         };
+        let first = |kind: ObservationKind| {
+            let outcome = match (kind, self.options.first_seen) {
+                (ObservationKind::Updated, _) | (_, FirstSeen::Event) => Outcome::Changed,
+                (_, FirstSeen::Baseline) => Outcome::Baseline,
+            };
+            (outcome, Some(fresh(new_value.clone(), false)))
+        };
+        if let Scope::OnlyUnder(anchor) = &obs.scope {
+            if prior.and_then(|p| p.set_by.as_ref()) != Some(anchor) {
+                // Not set under that anchor (or never set): not this observation's to change.
+                return (Outcome::Unchanged, None);
+            }
+        }
         let Some(prior) = prior else {
             return match obs.kind {
-                ObservationKind::Created | ObservationKind::Snapshot => {
-                    (Outcome::Baseline, Some(fresh(new_value.clone(), false)))
-                }
-                ObservationKind::Updated => {
-                    (Outcome::Changed, Some(fresh(new_value.clone(), false)))
-                }
                 ObservationKind::Deleted => (Outcome::Tombstoned, Some(fresh(None, true))),
+                kind => first(kind),
             };
         };
+        if is_read_again(at, prior) {
+            // Already applied: judged again against later state it could look like a change
+            // (at an equal event time), so it is a no-op whatever it says.
+            return (Outcome::Unchanged, None);
+        }
         if is_older(obs, prior) {
             return (Outcome::Stale, None);
         }
@@ -195,24 +254,26 @@ impl ChangeDetector {
         }
         if prior.deleted {
             // A deleted entity seen again starts over, like a first sight.
-            return match obs.kind {
-                ObservationKind::Updated => {
-                    (Outcome::Changed, Some(fresh(new_value.clone(), false)))
-                }
-                _ => (Outcome::Baseline, Some(fresh(new_value.clone(), false))),
-            };
+            return first(obs.kind);
         }
         if prior.value == *new_value {
             // Nothing changed, but remember the newer version so that older messages
-            // arriving later are recognised as stale.
-            let newer = is_newer(obs, prior);
-            return (
-                Outcome::Unchanged,
-                newer.then(|| fresh(new_value.clone(), false)),
-            );
+            // arriving later are recognised as stale, and the anchor the value is now set under.
+            let next = fresh(new_value.clone(), false);
+            let remember = is_newer(obs, prior) || next.set_by != prior.set_by;
+            return (Outcome::Unchanged, remember.then_some(next));
         }
         (Outcome::Changed, Some(fresh(new_value.clone(), false)))
     }
+}
+
+/// A message read again (a replay): on the partition that wrote the state, at or before the
+/// message that wrote it. Offsets of a partition are never reused, which the events' unique
+/// source coordinates rely on too.
+fn is_read_again(at: &SourceRef, prior: &AttributeState) -> bool {
+    prior.source.as_ref().is_some_and(|source| {
+        at.offset <= source.offset && at.partition == source.partition && at.topic == source.topic
+    })
 }
 
 /// An observation is older than the known state when its version is lower than or equal to the
@@ -265,6 +326,7 @@ mod tests {
             event_time: t(time),
             changed_by: Some("u1".into()),
             version,
+            scope: Scope::Unscoped,
         }
     }
 
@@ -275,9 +337,89 @@ mod tests {
         let mut states = HashMap::new();
         let out = steps
             .iter()
-            .map(|o| detector.detect(o, &mut states))
+            .enumerate()
+            .map(|(offset, o)| detector.detect(o, &at(offset as i64), &mut states))
             .collect();
         (out, states)
+    }
+
+    fn at(offset: i64) -> SourceRef {
+        SourceRef {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+        }
+    }
+
+    #[test]
+    fn a_message_read_again_is_a_no_op_even_at_an_equal_time() {
+        let steps = [
+            obs(Snapshot, Some("active"), 0, None),
+            obs(Snapshot, Some("active"), 4, None),
+            obs(Snapshot, Some("draft"), 4, None),
+        ];
+        for detector in [ChangeDetector::default(), first_event()] {
+            let (_, mut states) = run(detector, &steps);
+            let before = states.clone();
+            // A replay from offset 0: each message again, against the final state.
+            for (offset, o) in steps.iter().enumerate() {
+                let d = detector.detect(o, &at(offset as i64), &mut states);
+                assert_eq!(d.event, None, "offset {offset}");
+                assert_eq!(d.outcomes, vec![Outcome::Unchanged]);
+            }
+            assert_eq!(states, before);
+            // The same message on another partition or topic is not a re-read.
+            let other = SourceRef {
+                partition: 1,
+                ..at(1)
+            };
+            let d = detector.detect(&steps[1], &other, &mut states);
+            assert_eq!(d.outcomes, vec![Outcome::Changed]);
+        }
+    }
+
+    #[test]
+    fn a_scoped_close_changes_only_what_its_anchor_set() {
+        let scoped = |status: Option<&str>, time: i64, scope: Scope| Observation {
+            scope,
+            ..obs(Snapshot, status, time, None)
+        };
+        let report = || "DiagnosticReport/r1".to_owned();
+        let study = || "ImagingStudy/s1".to_owned();
+        // Set under the report's open (the value was already there): the close closes it.
+        let (d, states) = run(
+            ChangeDetector::default(),
+            &[
+                scoped(Some("s1"), 0, Scope::SetUnder(study())),
+                scoped(Some("s1"), 0, Scope::SetUnder(report())),
+                scoped(None, 5, Scope::OnlyUnder(report())),
+            ],
+        );
+        assert_eq!(d[1].outcomes, vec![Outcome::Unchanged]);
+        assert_eq!(d[1].dirty, vec![key()], "the new anchor is remembered");
+        assert_eq!(
+            d[2].event.as_ref().expect("closed").properties["status"],
+            serde_json::json!({"new_value": null, "old_value": "s1"})
+        );
+        assert_eq!(states[&key()].set_by, None);
+        // Set under another anchor, or never set: the close leaves it.
+        for steps in [
+            vec![
+                scoped(Some("s1"), 0, Scope::SetUnder(study())),
+                scoped(None, 5, Scope::OnlyUnder(report())),
+            ],
+            vec![scoped(None, 5, Scope::OnlyUnder(report()))],
+        ] {
+            let (d, states) = run(ChangeDetector::default(), &steps);
+            let last = d.last().unwrap();
+            assert_eq!(last.event, None);
+            assert_eq!(last.outcomes, vec![Outcome::Unchanged]);
+            assert!(last.dirty.is_empty());
+            assert_eq!(
+                states.get(&key()).map(|s| s.value.as_deref()),
+                (steps.len() == 2).then_some(Some("s1"))
+            );
+        }
     }
 
     fn key() -> StateKey {
@@ -317,6 +459,69 @@ mod tests {
         assert_eq!(
             e.properties["employee_id"],
             serde_json::json!({"new_value": "e1"})
+        );
+    }
+
+    fn first_event() -> ChangeDetector {
+        ChangeDetector::new(DetectOptions {
+            first_seen: FirstSeen::Event,
+            ..DetectOptions::default()
+        })
+    }
+
+    #[test]
+    fn first_seen_event_makes_a_first_created_or_snapshot_an_event_with_null_old_value() {
+        for kind in [Created, Snapshot, Updated] {
+            let (d, states) = run(first_event(), &[obs(kind, Some("active"), 0, None)]);
+            assert_eq!(d[0].outcomes, vec![Outcome::Changed], "{kind:?}");
+            let e = d[0].event.as_ref().expect("an event");
+            assert_eq!(
+                e.properties["status"],
+                serde_json::json!({"new_value": "active", "old_value": null})
+            );
+            assert_eq!(
+                e.properties["employee_id"],
+                serde_json::json!({"new_value": "e1"})
+            );
+            assert_eq!(states[&key()].value.as_deref(), Some("active"));
+        }
+    }
+
+    #[test]
+    fn first_seen_event_repeats_are_no_ops_and_older_messages_stale() {
+        let (d, _) = run(
+            first_event(),
+            &[
+                obs(Snapshot, Some("active"), 10, None),
+                obs(Snapshot, Some("active"), 10, None),
+                obs(Snapshot, Some("draft"), 5, None),
+                obs(Snapshot, Some("terminated"), 20, None),
+            ],
+        );
+        assert_eq!(d[1].outcomes, vec![Outcome::Unchanged]);
+        assert_eq!(d[1].event, None);
+        assert_eq!(d[2].outcomes, vec![Outcome::Stale]);
+        assert_eq!(d[2].event, None);
+        assert_eq!(
+            d[3].event.as_ref().expect("a change").properties["status"],
+            serde_json::json!({"new_value": "terminated", "old_value": "active"})
+        );
+    }
+
+    #[test]
+    fn first_seen_event_after_a_deletion_starts_over_with_null_old_value() {
+        let (d, _) = run(
+            first_event(),
+            &[
+                obs(Snapshot, Some("active"), 0, None),
+                obs(Deleted, None, 10, None),
+                obs(Created, Some("draft"), 20, None),
+            ],
+        );
+        assert_eq!(d[2].outcomes, vec![Outcome::Changed]);
+        assert_eq!(
+            d[2].event.as_ref().expect("an event").properties["status"],
+            serde_json::json!({"new_value": "draft", "old_value": null})
         );
     }
 
@@ -417,7 +622,10 @@ mod tests {
         assert!(states[&key()].deleted);
 
         let (d, _) = run(
-            ChangeDetector::new(DetectOptions { emit_deleted: true }),
+            ChangeDetector::new(DetectOptions {
+                emit_deleted: true,
+                ..DetectOptions::default()
+            }),
             &steps,
         );
         let e = d[1].event.as_ref().unwrap();
@@ -427,7 +635,10 @@ mod tests {
         );
 
         let (d, states) = run(
-            ChangeDetector::new(DetectOptions { emit_deleted: true }),
+            ChangeDetector::new(DetectOptions {
+                emit_deleted: true,
+                ..DetectOptions::default()
+            }),
             &[obs(Deleted, None, 5, None)],
         );
         assert_eq!(d[0].event, None);

@@ -165,6 +165,23 @@ pub struct Observation {
     pub changed_by: Option<String>,
     /// Producer-side version for the out-of-order guard, when known.
     pub version: Option<i64>,
+    /// Which context sets the values, or which context's values it closes (FHIRcast anchors).
+    pub scope: Scope,
+}
+
+/// How an observation's values belong to a context that can later close them together: a
+/// FHIRcast open sets its keys under its anchor resource, and closing the anchor closes the keys
+/// that open set. Every other format leaves it [`Scope::Unscoped`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// The values stand alone.
+    #[default]
+    Unscoped,
+    /// The values are set under this anchor (`ResourceType/id`), remembered with them in state.
+    SetUnder(String),
+    /// The values apply only to attributes last set under this anchor; for any other attribute
+    /// the observation changes nothing.
+    OnlyUnder(String),
 }
 
 /// An observation's watched attributes: each name once, with its value (`None` = NULL), iterated

@@ -9,6 +9,7 @@
 //! watch = ["status", "is_suspended"]    # optional; default: every attribute the decoder reports
 //! capture = ["employee_id"]             # stored with an event, never compared
 //! emit_deleted = false
+//! first_seen = "event"                  # or "baseline"; default per format (see README)
 //! partitions = 6                        # topic size when dev-broker / demo create it
 //! [topic.headers]                       # header typing for selectors (default: string)
 //! resourceVersion = "long"
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::ConfigError;
+use crate::detect::FirstSeen;
 use crate::formats::Format;
 
 /// How a Kafka header is typed for selectors.
@@ -65,6 +67,10 @@ pub struct TopicRule {
     /// Record an event when an entity is deleted.
     #[serde(default)]
     pub emit_deleted: bool,
+    /// What the first created or snapshot observation of an attribute records; absent = the
+    /// format's default ([`Format::default_first_seen`]).
+    #[serde(default)]
+    pub first_seen: Option<FirstSeen>,
     /// Partition count used when dev-broker or demo create the topic.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
@@ -220,6 +226,7 @@ mod tests {
             ("[[topic]]\nname = \"x\"\nformat = \"xml\"\ndead_letter_topic = \"d\"\n", "unknown variant"),
             ("[[topic]]\nname = \"x\"\nformat = \"esoz\"\ndead_letter_topic = \"d\"\nbogus = 1\n", "bogus"),
             ("[[topic]]\nformat = \"esoz\"\ndead_letter_topic = \"d\"\n", "one of `name` or `pattern`"),
+            ("[[topic]]\nname = \"x\"\nformat = \"esoz\"\ndead_letter_topic = \"d\"\nfirst_seen = \"never\"\n", "unknown variant `never`, expected `event` or `baseline`"),
         ];
         for (text, expected) in cases {
             let dir = tempfile::tempdir().unwrap();
@@ -227,6 +234,20 @@ mod tests {
             let e = load_topic_rules(dir.path()).unwrap_err().to_string();
             assert!(e.contains("t.toml") && e.contains(expected), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn first_seen_is_read_and_absent_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "t.toml",
+            "[[topic]]\nname = \"a\"\nformat = \"esoz\"\ndead_letter_topic = \"a.dlq\"\nfirst_seen = \"baseline\"\n\
+             [[topic]]\nname = \"b\"\nformat = \"esoz\"\ndead_letter_topic = \"b.dlq\"\n",
+        );
+        let rules = load_topic_rules(dir.path()).unwrap();
+        assert_eq!(rules[0].first_seen, Some(FirstSeen::Baseline));
+        assert_eq!(rules[1].first_seen, None);
     }
 
     #[test]

@@ -140,16 +140,20 @@ impl SampleSource for EsozSamples {
         let roll = rng.below(100);
         let changed_by = rng.uuid();
         if self.entities.is_empty() || roll < 25 || self.entities.len() < 20 {
-            // A new entity: its first status is a baseline, not an event.
+            // An entity not seen before. ESOZ publishes changes only, not the creation, so its
+            // first message is a transition out of the initial status: an event with
+            // `old_value: null`.
             let kind = rng.below(ESOZ_LIFECYCLES.len());
+            let statuses = ESOZ_LIFECYCLES[kind].2.len();
+            let status = 1 + rng.below(statuses - 1);
             let e = EsozEntity {
                 kind,
                 id: rng.uuid(),
-                status: 0,
+                status,
                 time: now,
                 employee_id: rng.uuid(),
             };
-            let sample = self.message(&e, 0, now, &changed_by);
+            let sample = self.message(&e, status, now, &changed_by);
             if self.entities.len() >= 5000 {
                 let i = rng.below(self.entities.len());
                 self.entities.swap_remove(i);

@@ -9,7 +9,8 @@
 //! Mapping: entity type from the FHIR profile (`resourceProfile`, else the topic's first
 //! segment; a URL profile → its last path segment; option `entity_types` renames), entity id =
 //! `resourceReference`, version = `resourceVersion`. Context events: attribute = the context
-//! (only `contexts`, default `["status"]`), value = `status`. Reference events give a
+//! (only `contexts`, default `["status"]`), value = the body's `status`, else a `status` header
+//! (any case), else unknown (a FHIR look-up may learn it). Reference events give a
 //! `ReferenceChangeEvent` only with `references = true`; simple events give attribute
 //! `lifecycle` only with `lifecycle = true`.
 
@@ -23,7 +24,7 @@ use super::wire::{is_blank, opt_text, parse_typed, receive_time, OptionTable, Sc
 use super::{payload, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
 use super::{Decoder, Format};
 use super::{FormatConfigError, RawMessage};
-use crate::model::{Attributes, Observation, ObservationKind, Properties};
+use crate::model::{Attributes, Observation, ObservationKind, Properties, Scope};
 
 /// The message properties of seed 002 lifted from the body when no header carries them.
 const LIFTED: [&str; 10] = [
@@ -106,6 +107,7 @@ impl StatusLookup {
             event_time: self.event_time,
             changed_by: None,
             version: self.resource_version,
+            scope: Scope::Unscoped,
         }
     }
 }
@@ -190,6 +192,12 @@ impl EhealthDkDecoder {
                 let context = prop_text(props, "context")?
                     .or(suffix)
                     .ok_or_else(|| DecodeError::missing("context"))?;
+                // A bridge that forwards the JMS message as headers may carry the status there,
+                // with a stub body; the body's status wins.
+                let status = match status {
+                    Some(status) => Some(status),
+                    None => header_status(props)?.map(Cow::Borrowed),
+                };
                 self.context_event(header, context, status)
             }
             "EHealthReferenceEvent" => {
@@ -350,6 +358,7 @@ impl Header<'_> {
             event_time: self.event_time,
             changed_by: None,
             version: self.version,
+            scope: Scope::Unscoped,
         }
     }
 }
@@ -394,6 +403,20 @@ fn prop_text<'p>(props: &'p Properties, name: &str) -> Result<Option<&'p str>, D
         Some(OwnedValue::String(s)) if s.is_empty() => Ok(None),
         Some(OwnedValue::String(s)) => Ok(Some(s)),
         Some(_) => Err(DecodeError::invalid(name, "a string")),
+    }
+}
+
+/// The `status` header, in that spelling or any other case of it (`Status`, `STATUS`).
+fn header_status(props: &Properties) -> Result<Option<&str>, DecodeError> {
+    if props.get_owned("status").is_some() {
+        return prop_text(props, "status");
+    }
+    match props
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("status"))
+    {
+        Some((name, _)) => prop_text(props, name),
+        None => Ok(None),
     }
 }
 
@@ -510,6 +533,46 @@ mod tests {
             assert!(props.get_owned(name).is_some(), "{name} not lifted");
         }
         assert_eq!(props.get_str("messageVersion"), Some("1.0"));
+    }
+
+    #[test]
+    fn a_status_header_stands_in_for_a_missing_body_status() {
+        for name in ["status", "Status", "STATUS"] {
+            let mut props = Properties::new();
+            props.insert_str(name, "on-hold");
+            let (d, lookup) = decode_with(
+                "",
+                "ehealth-careplan.status",
+                "context_missing_status",
+                &mut props,
+            )
+            .unwrap();
+            assert_eq!(lookup, None, "{name}");
+            assert_eq!(
+                d.observations[0].attributes["status"].as_deref(),
+                Some("on-hold")
+            );
+        }
+        // The body wins when both carry one.
+        let mut props = Properties::new();
+        props.insert_str("status", "on-hold");
+        let (d, _) =
+            decode_with("", "ehealth-careplan.status", "context_updated", &mut props).unwrap();
+        assert_eq!(
+            d.observations[0].attributes["status"].as_deref(),
+            Some("active")
+        );
+        // Neither: the FHIR look-up, as before.
+        let (d, lookup) = decode_with(
+            "",
+            "ehealth-careplan.status",
+            "context_missing_status",
+            &mut Properties::new(),
+        )
+        .unwrap();
+        assert!(d.observations.is_empty());
+        assert_eq!(d.notes, vec![DecodeNote::MissingStatus]);
+        assert!(lookup.is_some());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::etf::{self, Term};
 use super::wire::{is_blank, parse_typed, Scalar};
 use super::{payload, DecodeError, DecodeErrorKind, Decoded, Decoder, Format, RawMessage};
 use crate::formats::FormatConfigError;
-use crate::model::{Attributes, Observation, ObservationKind, Properties};
+use crate::model::{Attributes, Observation, ObservationKind, Properties, Scope};
 
 /// Decoder for the `esoz` format.
 #[derive(Debug, Clone, Default)]
@@ -66,14 +66,16 @@ impl EsozEvent {
                 event_type,
                 entity_type: Cow::Owned(self.entity_type),
                 entity_id: self.entity_id,
-                // The producer emits the current status, including for objects it just created;
-                // only a difference from the last known value is a change (seed 003: "not new").
+                // The message states the entity's status now. ESOZ publishes only changes, so
+                // the rule's default `first_seen = "event"` makes a first status an event with
+                // `old_value: null`; later messages are compared with the known value.
                 kind: ObservationKind::Snapshot,
                 attributes: self.properties,
                 captured: BTreeMap::new(),
                 event_time: self.event_time,
                 changed_by: self.changed_by,
                 version: None,
+                scope: Scope::Unscoped,
             }],
             notes: Vec::new(),
         }

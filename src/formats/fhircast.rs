@@ -1,4 +1,4 @@
-//! FHIRcast notifications (seed 004):
+//! FHIRcast notifications:
 //! `{timestamp, id, event: {hub.topic, hub.event, context: [{key, resource}]}}`.
 //!
 //! Each context key of a session is an entity: entity type `FhircastSession`, entity id
@@ -6,13 +6,17 @@
 //! Snapshot, because FHIRcast events are complete statements, never deltas. So that an older
 //! notification cannot undo a newer one, the event time is the notification's `timestamp`.
 //!
-//! - `X-open` sets every key of its context. A `Patient-open` also sets the keys that hang off a
-//!   patient (`encounter`, `study`, `report`) to NULL unless its context gives them: the new
-//!   patient replaces the whole patient context.
-//! - `X-close` sets X's key to NULL (the context entry whose resource is an X, else the usual key
-//!   for X). A `Patient-close` also sets to NULL every other key of its context and the
-//!   patient-dependent keys. Other keys of a non-patient close (e.g. the `patient` of a
-//!   `DiagnosticReport-close`) only identify the closed resource and stay as they are.
+//! - `X-open` sets every key of its context, under its anchor (the entry whose resource is an X,
+//!   remembered with each key's state as `set_by`). A `Patient-open` also sets the keys that hang
+//!   off a patient (`encounter`, `study`, `report`) to NULL unless its context gives them: the
+//!   new patient replaces the whole patient context.
+//! - `X-close` sets X's key to NULL (the anchor's key, else the usual key for X), and with it
+//!   every other key the matching open set: each key of the close's context and each
+//!   patient-dependent key becomes NULL only where its state was set under the same anchor
+//!   ([`Scope::OnlyUnder`]). So a `study` the `DiagnosticReport-open` set closes with the report
+//!   even when the close lists it only to identify the report, while keys the open did not set
+//!   stay, and so does the session's `patient`. A `Patient-close` sets to NULL every key of its
+//!   context and every patient-dependent key.
 //! - `-update`, `-select`, wildcard names, the key-less standard events (`syncerror`,
 //!   `heartbeat`, `userlogout`, `userhibernate`) and proprietary reverse-domain events are
 //!   accepted and ignored ([`DecodeNote::Ignored`]): they do not change context.
@@ -33,7 +37,7 @@ use super::wire::{is_blank, parse_typed, receive_time, req_text, OptionTable};
 use super::{payload, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
 use super::{Decoder, Format};
 use super::{FormatConfigError, RawMessage};
-use crate::model::{Attributes, Observation, ObservationKind, Properties};
+use crate::model::{Attributes, Observation, ObservationKind, Properties, Scope};
 
 /// Keys that only make sense while their patient is open.
 const PATIENT_DEPENDENT: [&str; 3] = ["encounter", "study", "report"];
@@ -270,49 +274,67 @@ impl Decoder for FhircastDecoder {
             });
         };
         let is_patient = resource.eq_ignore_ascii_case("patient");
-        let mut entries = read_context(event.context.unwrap_or_default(), open)?;
-        // From here on, `entries` holds each key once (`read_context` checks that the context's
-        // keys are unique): an -open sets every key with a resource to it, a -close sets every
-        // key it holds to NULL.
+        let entries = read_context(event.context.unwrap_or_default(), open)?;
+        if open && entries.is_empty() {
+            return Err(DecodeError::invalid(
+                "event.context",
+                "a non-empty list for an -open event",
+            ));
+        }
+        // `entries` holds each key once (`read_context` checks that the context's keys are
+        // unique). The anchor is the entry whose resource is of the event's type.
+        let anchor = entries.iter().position(|e| {
+            e.resource
+                .as_ref()
+                .is_some_and(|(t, _)| t.eq_ignore_ascii_case(resource))
+        });
+        let anchor_ref = anchor.and_then(|i| entries[i].reference());
+        let anchor_key =
+            anchor.map_or_else(|| Cow::Owned(key_for(resource)), |i| entries[i].key.clone());
+        let mut changes: Vec<(Cow<'_, str>, Option<String>, Scope)> =
+            Vec::with_capacity(entries.len() + 3);
         if open {
-            if entries.is_empty() {
-                return Err(DecodeError::invalid(
-                    "event.context",
-                    "a non-empty list for an -open event",
-                ));
+            // Every key of the context is set under the anchor, so that its close closes them.
+            let scope = anchor_ref.map_or(Scope::Unscoped, Scope::SetUnder);
+            for entry in entries {
+                let value = entry.reference();
+                changes.push((entry.key, value, scope.clone()));
             }
-        } else {
-            let anchor = entries
-                .iter()
-                .find(|e| {
-                    e.resource
-                        .as_ref()
-                        .is_some_and(|(t, _)| t.eq_ignore_ascii_case(resource))
-                })
-                .map_or_else(|| Cow::Owned(key_for(resource)), |e| e.key.clone());
             if is_patient {
-                // Every key of the context closes, the anchor among them or beside them.
-                if !entries.iter().any(|e| e.key == anchor) {
-                    entries.push(ContextEntry::without_resource(anchor));
+                add_absent(&mut changes, PATIENT_DEPENDENT, || scope.clone());
+            }
+        } else if is_patient {
+            // Every key of the context closes, the anchor among them or beside them, and every
+            // key that hangs off the patient.
+            for entry in entries {
+                changes.push((entry.key, None, Scope::Unscoped));
+            }
+            add_absent(&mut changes, [anchor_key], || Scope::Unscoped);
+            add_absent(&mut changes, PATIENT_DEPENDENT, || Scope::Unscoped);
+        } else {
+            // The anchor closes; so does every other key its matching open set, whether the close
+            // lists it (often only to identify the anchor) or not: the keys of the close and the
+            // usual associated keys, each only where that open set it. The patient stays.
+            changes.push((anchor_key.clone(), None, Scope::Unscoped));
+            if let Some(anchor_ref) = anchor_ref {
+                let only = || Scope::OnlyUnder(anchor_ref.clone());
+                for entry in entries {
+                    let patient = entry.key == "patient"
+                        || entry
+                            .resource
+                            .as_ref()
+                            .is_some_and(|(t, _)| t.eq_ignore_ascii_case("patient"));
+                    if entry.key != anchor_key && !patient {
+                        changes.push((entry.key, None, only()));
+                    }
                 }
-            } else {
-                entries.clear();
-                entries.push(ContextEntry::without_resource(anchor));
+                add_absent(&mut changes, PATIENT_DEPENDENT, only);
             }
         }
-        if is_patient {
-            for key in PATIENT_DEPENDENT {
-                if !entries.iter().any(|e| e.key == key) {
-                    entries.push(ContextEntry::without_resource(Cow::Borrowed(key)));
-                }
-            }
-        }
-        entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        let observations = entries
+        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let observations = changes
             .into_iter()
-            .map(|entry| {
-                let value = if open { entry.reference() } else { None };
-                let key = entry.key;
+            .map(|(key, value, scope)| {
                 let mut entity_id = String::with_capacity(topic.len() + 1 + key.len());
                 entity_id.push_str(&topic);
                 entity_id.push('/');
@@ -327,6 +349,7 @@ impl Decoder for FhircastDecoder {
                     event_time,
                     changed_by: None,
                     version: None,
+                    scope,
                 }
             })
             .collect();
@@ -337,6 +360,20 @@ impl Decoder for FhircastDecoder {
     }
 }
 
+/// Adds a NULL for each of `keys` that `changes` does not hold yet.
+fn add_absent<'a, K: Into<Cow<'a, str>>>(
+    changes: &mut Vec<(Cow<'a, str>, Option<String>, Scope)>,
+    keys: impl IntoIterator<Item = K>,
+    scope: impl Fn() -> Scope,
+) {
+    for key in keys {
+        let key = key.into();
+        if !changes.iter().any(|(k, _, _)| *k == key) {
+            changes.push((key, None, scope()));
+        }
+    }
+}
+
 struct ContextEntry<'a> {
     key: Cow<'a, str>,
     /// Resource type as written (compare it ignoring ASCII case) and id, when a resource was
@@ -344,14 +381,7 @@ struct ContextEntry<'a> {
     resource: Option<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
-impl<'a> ContextEntry<'a> {
-    fn without_resource(key: Cow<'a, str>) -> Self {
-        Self {
-            key,
-            resource: None,
-        }
-    }
-
+impl ContextEntry<'_> {
     /// `ResourceType/id`, when a resource was given.
     fn reference(&self) -> Option<String> {
         self.resource.as_ref().map(|(kind, id)| {
@@ -473,14 +503,69 @@ mod tests {
         );
     }
 
+    fn scopes(d: &Decoded) -> Vec<(&str, &Scope)> {
+        d.observations
+            .iter()
+            .map(|o| (o.attributes.keys().next().unwrap().as_str(), &o.scope))
+            .collect()
+    }
+
     #[test]
     fn closes_set_null() {
         let d = decode("patient_close").unwrap();
         assert!(context(&d).iter().all(|(_, v)| v.is_none()));
         assert_eq!(d.observations.len(), 4);
-        // A study close (any case) closes the study only; the patient stays open.
+        assert!(d.observations.iter().all(|o| o.scope == Scope::Unscoped));
+        // A study close (any case) closes the study, and the keys that hang off a patient where
+        // the study's open set them; the patient stays open.
         let d = decode("imagingstudy_close").unwrap();
-        assert_eq!(context(&d), [("study".to_owned(), None)]);
+        assert!(context(&d).iter().all(|(_, v)| v.is_none()));
+        let study = || Scope::OnlyUnder("ImagingStudy/8i7tbu6fby5ftfbku6fniuf".into());
+        assert_eq!(
+            scopes(&d),
+            [
+                ("encounter", &study()),
+                ("report", &study()),
+                ("study", &Scope::Unscoped)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_anchor_open_sets_its_keys_under_the_anchor_and_its_close_closes_them() {
+        let report = || "DiagnosticReport/40012366".to_owned();
+        let d = decode("diagnosticreport_open").unwrap();
+        assert_eq!(
+            context(&d),
+            [
+                (
+                    "patient".to_owned(),
+                    Some("Patient/ewUbXT9RWEbSj5wPEdgRaBw3")
+                ),
+                ("report".to_owned(), Some("DiagnosticReport/40012366")),
+                (
+                    "study".to_owned(),
+                    Some("ImagingStudy/8i7tbu6fby5ftfbku6fniuf")
+                ),
+            ]
+        );
+        assert!(d
+            .observations
+            .iter()
+            .all(|o| o.scope == Scope::SetUnder(report())));
+        // The close lists the patient and the study to identify the report: the study closes
+        // where the report's open set it, the patient is not touched.
+        let d = decode("diagnosticreport_close").unwrap();
+        assert!(context(&d).iter().all(|(_, v)| v.is_none()));
+        let only = Scope::OnlyUnder(report());
+        assert_eq!(
+            scopes(&d),
+            [
+                ("encounter", &only),
+                ("report", &Scope::Unscoped),
+                ("study", &only)
+            ]
+        );
     }
 
     #[test]

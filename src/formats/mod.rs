@@ -11,6 +11,7 @@ mod wire;
 
 use serde::{Deserialize, Serialize};
 
+use crate::detect::FirstSeen;
 use crate::model::{Observation, Properties};
 
 pub use ehealth_dk::{EhealthDkDecoder, StatusLookup};
@@ -62,6 +63,19 @@ impl Format {
             Format::RcpV2 => "rcp-v2",
             Format::Sfs => "sfs",
             Format::Fhircast => "fhircast",
+        }
+    }
+
+    /// What the first observation of an attribute records unless the topic rule says
+    /// otherwise: ESOZ services publish only changes, so their first message about an entity
+    /// is an event; the other formats state the current value (a DK or RCP `created`, a
+    /// FHIRcast open of an empty context), which is a baseline.
+    pub fn default_first_seen(self) -> FirstSeen {
+        match self {
+            Format::Esoz => FirstSeen::Event,
+            Format::EhealthDk | Format::RcpV2 | Format::Sfs | Format::Fhircast => {
+                FirstSeen::Baseline
+            }
         }
     }
 }

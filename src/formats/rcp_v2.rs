@@ -20,7 +20,7 @@ use super::wire::{opt_text, parse_typed, req_text, OptionTable, Scalar};
 use super::FormatConfigError;
 use super::RawMessage;
 use super::{payload, DecodeError, DecodeNote, Decoded, Decoder, Format};
-use crate::model::{Attributes, Observation, ObservationKind, Properties};
+use crate::model::{Attributes, Observation, ObservationKind, Properties, Scope};
 
 /// Decoder for the `rcp-v2` format.
 ///
@@ -180,6 +180,7 @@ impl Decoder for RcpV2Decoder {
                 event_time,
                 changed_by: changed_by.map(|c| c.into_owned()),
                 version: None,
+                scope: Scope::Unscoped,
             }],
             notes: Vec::new(),
         })

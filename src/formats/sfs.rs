@@ -31,7 +31,7 @@ use super::wire::{opt_text, parse_typed, receive_time, req_text, OptionTable, Sc
 use super::FormatConfigError;
 use super::RawMessage;
 use super::{payload, DecodeError, DecodeNote, Decoded, Decoder, Format};
-use crate::model::{Attributes, Observation, ObservationKind, Properties};
+use crate::model::{Attributes, Observation, ObservationKind, Properties, Scope};
 
 /// Decoder for the `sfs` format.
 ///
@@ -176,6 +176,7 @@ impl Decoder for SfsDecoder {
                 event_time,
                 changed_by: None,
                 version: None,
+                scope: Scope::Unscoped,
             }
         };
         let object = || wire.object.ok_or_else(|| DecodeError::missing("object"));

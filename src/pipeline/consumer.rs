@@ -826,7 +826,7 @@ fn detect_batch(
         };
         let mut seq = 0;
         for obs in &item.observations {
-            let detection = rule.detector.detect(obs, states);
+            let detection = rule.detector.detect(obs, &item.source, states);
             for outcome in &detection.outcomes {
                 *tally.outcomes.entry(*outcome).or_default() += 1;
             }

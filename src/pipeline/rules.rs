@@ -120,6 +120,9 @@ impl CompiledRule {
             decoder,
             detector: ChangeDetector::new(DetectOptions {
                 emit_deleted: rule.emit_deleted,
+                first_seen: rule
+                    .first_seen
+                    .unwrap_or_else(|| rule.format.default_first_seen()),
             }),
             matcher,
             watch,
@@ -226,5 +229,46 @@ impl RuleSet {
     /// The rule at `index`.
     pub fn get(&self, index: usize) -> Option<&CompiledRule> {
         self.rules.get(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::load_topic_rules;
+    use crate::detect::FirstSeen;
+
+    #[test]
+    fn first_seen_defaults_per_format_and_a_rule_overrides_it() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("topics");
+        let mut rules = load_topic_rules(&dir).unwrap();
+        let shipped = RuleSet::compile(rules.clone()).unwrap();
+        for rule in shipped.rules() {
+            let expected = match rule.rule.format {
+                crate::formats::Format::Esoz => FirstSeen::Event,
+                _ => FirstSeen::Baseline,
+            };
+            assert_eq!(
+                rule.detector.options().first_seen,
+                expected,
+                "{}",
+                rule.rule.label()
+            );
+        }
+        for rule in &mut rules {
+            rule.first_seen = Some(match rule.format {
+                crate::formats::Format::Esoz => FirstSeen::Baseline,
+                _ => FirstSeen::Event,
+            });
+        }
+        let overridden = RuleSet::compile(rules).unwrap();
+        for rule in overridden.rules() {
+            assert_eq!(
+                Some(rule.detector.options().first_seen),
+                rule.rule.first_seen
+            );
+        }
     }
 }

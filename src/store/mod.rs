@@ -366,13 +366,22 @@ impl EventStore {
             let select = tx
                 .prepare_cached(
                     "SELECT s.entity_type, s.entity_id, s.attribute, s.value, s.version, \
-                            s.event_time, s.deleted \
+                            s.event_time, s.deleted, s.source_topic, s.source_partition, \
+                            s.source_offset, s.set_by \
                      FROM entity_state s \
                      JOIN UNNEST($1::text[], $2::text[]) AS q(entity_type, entity_id) \
                        ON s.entity_type = q.entity_type AND s.entity_id = q.entity_id",
                 )
                 .await?;
             for row in tx.query(&select, &[&types, &ids]).await? {
+                let source = match (row.get(7), row.get(8), row.get(9)) {
+                    (Some(topic), Some(partition), Some(offset)) => Some(SourceRef {
+                        topic,
+                        partition,
+                        offset,
+                    }),
+                    _ => None,
+                };
                 states.insert(
                     StateKey {
                         entity_type: row.get(0),
@@ -384,6 +393,8 @@ impl EventStore {
                         version: row.get(4),
                         event_time: row.get(5),
                         deleted: row.get(6),
+                        source,
+                        set_by: row.get(10),
                     },
                 );
             }
@@ -472,6 +483,10 @@ async fn upsert_states(
     let mut versions = Vec::with_capacity(n);
     let mut times = Vec::with_capacity(n);
     let mut deleted = Vec::with_capacity(n);
+    let mut topics = Vec::with_capacity(n);
+    let mut partitions = Vec::with_capacity(n);
+    let mut offsets = Vec::with_capacity(n);
+    let mut set_by = Vec::with_capacity(n);
     for (k, s) in states {
         entity_types.push(k.entity_type.as_str());
         entity_ids.push(k.entity_id.as_str());
@@ -480,15 +495,23 @@ async fn upsert_states(
         versions.push(s.version);
         times.push(s.event_time);
         deleted.push(s.deleted);
+        topics.push(s.source.as_ref().map(|at| at.topic.as_str()));
+        partitions.push(s.source.as_ref().map(|at| at.partition));
+        offsets.push(s.source.as_ref().map(|at| at.offset));
+        set_by.push(s.set_by.as_deref());
     }
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO entity_state (entity_type, entity_id, attribute, value, version, event_time, deleted) \
+            "INSERT INTO entity_state (entity_type, entity_id, attribute, value, version, event_time, deleted, \
+                                       source_topic, source_partition, source_offset, set_by) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-                                  $6::timestamptz[], $7::bool[]) \
+                                  $6::timestamptz[], $7::bool[], $8::text[], $9::int[], $10::bigint[], \
+                                  $11::text[]) \
              ON CONFLICT (entity_type, entity_id, attribute) DO UPDATE SET \
                value = EXCLUDED.value, version = EXCLUDED.version, event_time = EXCLUDED.event_time, \
-               deleted = EXCLUDED.deleted, updated_at = now()",
+               deleted = EXCLUDED.deleted, source_topic = EXCLUDED.source_topic, \
+               source_partition = EXCLUDED.source_partition, source_offset = EXCLUDED.source_offset, \
+               set_by = EXCLUDED.set_by, updated_at = now()",
         )
         .await?;
     Ok(tx
@@ -502,6 +525,10 @@ async fn upsert_states(
                 &versions,
                 &times,
                 &deleted,
+                &topics,
+                &partitions,
+                &offsets,
+                &set_by,
             ],
         )
         .await?)

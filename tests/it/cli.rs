@@ -52,6 +52,9 @@ fn selector_eval_prints_true_or_false_and_explains_three_values() {
         ),
         ("resourceVersion BETWEEN 4 AND 9", "false", "false"),
         ("resourceVersion / 0 > 1", "false", "unknown"),
+        // Division is in double whatever the operand types, as the reference brokers do.
+        ("resourceVersion / 2 = 1.5", "true", "true"),
+        ("resourceVersion / 2 = 1", "false", "false"),
     ];
     for (selector, plain, explained) in cases {
         let (code, out, err) = eval(props, selector, false);
@@ -128,4 +131,75 @@ fn a_bad_config_value_stops_start_up_naming_the_key() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pipeline.batch_size"), "{err}");
+}
+
+fn config_check(env: &[(&str, &str)]) -> (i32, String, String) {
+    let topics = concat!(env!("CARGO_MANIFEST_DIR"), "/topics");
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .env_clear()
+        .env("EM_PIPELINE__TOPICS_DIR", topics)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run event-manager");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const TOKEN_KEY: (&str, &str) = (
+    "EM_AUTH__HS256_SECRET",
+    "config-check-test-key-of-at-least-32-bytes",
+);
+
+#[test]
+fn config_check_reports_what_deployments_depend_on() {
+    let (code, out, err) = config_check(&[
+        TOKEN_KEY,
+        ("EM_DATABASE__POOL_SIZE", "5"),
+        ("EM_HTTP__BIND", "0.0.0.0:9123"),
+        ("EM_KAFKA__GROUP_ID", "group-under-test"),
+        ("EM_PIPELINE__SHUTDOWN_GRACE", "12s"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
+    assert_eq!(report["http_port"], 9123);
+    assert_eq!(report["kafka_group_id"], "group-under-test");
+    assert_eq!(report["database_pool_size"], 5);
+    // Two pools of pool_size each: ingestion and the query API.
+    assert_eq!(report["database_connections"], 10);
+    assert_eq!(report["shutdown_grace_seconds"], 12.0);
+    let rules = report["topic_rules"].as_array().unwrap();
+    assert!(rules.iter().any(|r| r["name"] == "event_manager_topic"
+        && r["file"] == "esoz.toml"
+        && r["partitions"] == 6));
+    for bridge in report["webhook_topics"].as_array().unwrap() {
+        assert_eq!(bridge["read_by_rule"], true, "{bridge}");
+    }
+    assert!(
+        !out.contains(TOKEN_KEY.1),
+        "the check printed the token key"
+    );
+}
+
+#[test]
+fn config_check_names_the_key_and_says_when_no_rule_reads_a_bridge_topic() {
+    let (code, out, err) = config_check(&[TOKEN_KEY, ("EM_PIPELINE__NOPE", "1")]);
+    assert_ne!(code, 0);
+    assert_eq!(out, "");
+    assert!(err.contains("nope"), "{err}");
+    // `run` refuses to start without a token key, so the check does too.
+    let (code, _, err) = config_check(&[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("auth.hs256_secret"), "{err}");
+    let (code, out, err) = config_check(&[TOKEN_KEY, ("EM_WEBHOOKS__SFS__TOPIC", "unread.topic")]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sfs = &report["webhook_topics"][0];
+    assert_eq!(
+        (&sfs["bridge"], &sfs["read_by_rule"]),
+        (&"sfs".into(), &false.into())
+    );
 }

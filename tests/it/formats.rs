@@ -156,6 +156,26 @@ async fn ehealth_dk_context_events_as_sent_by_real_producers() {
     )
     .await; // change
     e.send(topic, &headers, b"{\"messageType\": 5}", 6).await; // dead letter
+                                                               // A bridge forwarding the JMS message as headers: the status in a header, a stub body.
+    let with_status = |status: &'static str| {
+        let mut h = headers.to_vec();
+        h.push(("status", status));
+        h
+    };
+    e.send(
+        topic,
+        &with_status("revoked"),
+        &context("updated", "5", None),
+        7,
+    )
+    .await; // change, from the header
+    e.send(
+        topic,
+        &with_status("draft"),
+        &context("updated", "6", Some("revoked")),
+        8,
+    )
+    .await; // the body wins: unchanged
     let events = e.run().await;
     assert_eq!(
         events,
@@ -171,6 +191,12 @@ async fn ehealth_dk_context_events_as_sent_by_real_producers() {
                 "CarePlan".into(),
                 reference.into(),
                 change("status", json!("completed"), json!("active"))
+            ),
+            (
+                "StatusChangeEvent".into(),
+                "CarePlan".into(),
+                reference.into(),
+                change("status", json!("revoked"), json!("completed"))
             ),
         ]
     );
@@ -394,7 +420,105 @@ async fn fhircast_context_switches_in_order_with_lenient_timestamps() {
     );
 }
 
+/// Closing an anchor context closes what its open set: a study the report's open set closes
+/// with the report, also when the close lists it only to identify the report; keys the open did
+/// not set stay, even when the close lists them, and so does the session's patient; a patient
+/// close still closes everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhircast_closing_an_anchor_closes_the_keys_its_open_set() {
+    let mut e = env().await;
+    let t = "fhircast.events";
+    let note = |minute: u32, event: &str, context: &[(&str, &str, &str)]| {
+        let context: Vec<Value> = context
+            .iter()
+            .map(
+                |(key, kind, id)| json!({"key": key, "resource": {"resourceType": kind, "id": id}}),
+            )
+            .collect();
+        json!({"timestamp": format!("2024-05-01T08:{minute:02}:00Z"), "id": "n",
+               "event": {"hub.topic": "sess-2", "hub.event": event, "context": context}})
+        .to_string()
+        .into_bytes()
+    };
+    let patient = ("patient", "Patient", "p1");
+    let encounter = ("encounter", "Encounter", "e1");
+    let report = |id| ("report", "DiagnosticReport", id);
+    let study = |id| ("study", "ImagingStudy", id);
+    let steps = [
+        note(0, "Patient-open", &[patient]),
+        note(1, "Encounter-open", &[encounter, patient]),
+        note(
+            2,
+            "DiagnosticReport-open",
+            &[report("r1"), patient, study("s1")],
+        ),
+        // Lists the study (set by the open) and the encounter (not set by it) to identify r1.
+        note(
+            3,
+            "DiagnosticReport-close",
+            &[report("r1"), patient, study("s1"), encounter],
+        ),
+        note(4, "ImagingStudy-open", &[study("s2"), patient]),
+        note(5, "DiagnosticReport-open", &[report("r2"), patient]),
+        // Lists a study the report's open did not set: it stays.
+        note(
+            6,
+            "DiagnosticReport-close",
+            &[report("r2"), patient, study("s2")],
+        ),
+        note(7, "Patient-close", &[patient]),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        e.send(t, &[], step, i as i64).await;
+    }
+    let got: Vec<(String, Value)> = e
+        .run()
+        .await
+        .into_iter()
+        .filter(|(_, _, id, _)| id.starts_with("sess-2/"))
+        .map(|(_, _, id, properties)| (id, properties))
+        .collect();
+    let change = |key: &str, new: Option<&str>, old: Option<&str>| {
+        (format!("sess-2/{key}"), change(key, json!(new), json!(old)))
+    };
+    assert_eq!(
+        got,
+        vec![
+            change("encounter", Some("Encounter/e1"), None),
+            change("report", Some("DiagnosticReport/r1"), None),
+            change("study", Some("ImagingStudy/s1"), None),
+            change("report", None, Some("DiagnosticReport/r1")),
+            change("study", None, Some("ImagingStudy/s1")),
+            change("study", Some("ImagingStudy/s2"), None),
+            change("report", Some("DiagnosticReport/r2"), None),
+            change("report", None, Some("DiagnosticReport/r2")),
+            change("encounter", None, Some("Encounter/e1")),
+            change("patient", None, Some("Patient/p1")),
+            change("study", None, Some("ImagingStudy/s2")),
+        ]
+    );
+}
+
 fn etf_event(entity_id: &str, status: &str, second: u8, old_atoms: bool) -> Vec<u8> {
+    let status = eetf::Term::from(eetf::Binary::from(status.as_bytes()));
+    etf_change(
+        ("StatusChangeEvent", "Declaration", "status"),
+        entity_id,
+        status,
+        second,
+        old_atoms,
+    )
+}
+
+/// An ESOZ change as the Elixir producers encode it: `(event_type, entity_type, attribute)`,
+/// the attribute's new value as a term, the event time's second.
+fn etf_change(
+    (event_type, entity_type, attribute): (&str, &str, &str),
+    entity_id: &str,
+    value: eetf::Term,
+    second: u8,
+    old_atoms: bool,
+) -> Vec<u8> {
     use eetf::{Atom, Binary, FixInteger, Map, Term, Tuple};
     let atom = |s: &str| Term::from(Atom::from(s));
     let bin = |s: &str| Term::from(Binary::from(s.as_bytes()));
@@ -414,12 +538,12 @@ fn etf_event(entity_id: &str, status: &str, second: u8, old_atoms: bool) -> Vec<
         ),
     ]);
     let properties = Map::from([(
-        bin("status"),
-        Term::from(Map::from([(atom("new_value"), bin(status))])),
+        bin(attribute),
+        Term::from(Map::from([(atom("new_value"), value)])),
     )]);
     let event = Map::from([
-        (atom("event_type"), bin("StatusChangeEvent")),
-        (atom("entity_type"), bin("Declaration")),
+        (atom("event_type"), bin(event_type)),
+        (atom("entity_type"), bin(entity_type)),
         (atom("entity_id"), bin(entity_id)),
         (atom("properties"), Term::from(properties)),
         (atom("event_time"), Term::from(time)),
@@ -499,29 +623,68 @@ async fn esoz_json_and_erlang_terms_mixed_on_event_manager_topic() {
         .to_string()
         .into_bytes()
     };
-    e.send(t, &[], &etf_event("d1", "active", 0, true), 0).await; // ETF, ATOM_EXT: baseline
+    let legal_entity = ("StateChangeEvent", "LegalEntity", "is_suspended");
+    let suspended = |b: bool| eetf::Term::from(eetf::Atom::from(if b { "true" } else { "false" }));
+    e.send(t, &[], &etf_event("d1", "active", 0, true), 0).await; // ETF, ATOM_EXT: first status
     e.send(t, &[], &json_event("d1", "terminated", 1), 1).await; // JSON: change
     e.send(t, &[], &etf_event("d1", "closed", 2, false), 2)
         .await; // ETF, SMALL_ATOM_UTF8: change
     e.send(t, &[], &etf_event("d1", "closed", 2, false), 3)
         .await; // repeat
     e.send(t, &[], &[131, 116, 0, 0, 0], 4).await; // truncated ETF: dead letter
+    e.send(t, &[], &json_event("d2", "active", 3), 5).await; // JSON: first status
+    e.send(
+        t,
+        &[],
+        &etf_change(legal_entity, "le1", suspended(true), 4, false),
+        6,
+    )
+    .await; // ETF StateChangeEvent: first state
+    e.send(
+        t,
+        &[],
+        &etf_change(legal_entity, "le1", suspended(true), 5, false),
+        7,
+    )
+    .await; // repeat
+    let state_json = json!({"event_type": "StateChangeEvent", "entity_type": "LegalEntity",
+        "entity_id": "le2", "properties": {"is_suspended": {"new_value": false}},
+        "event_time": "2024-05-01T08:00:06Z", "changed_by": null});
+    e.send(t, &[], state_json.to_string().as_bytes(), 8).await; // JSON StateChangeEvent: first
     let events = e.run().await;
+    let event = |event_type: &str, entity_type: &str, id: &str, properties: Value| {
+        (
+            event_type.to_owned(),
+            entity_type.to_owned(),
+            id.to_owned(),
+            properties,
+        )
+    };
+    let status = |id: &str, new: &str, old: Value| {
+        event(
+            "StatusChangeEvent",
+            "Declaration",
+            id,
+            change("status", json!(new), old),
+        )
+    };
+    let suspension = |id: &str, new: &str| {
+        event(
+            "StateChangeEvent",
+            "LegalEntity",
+            id,
+            change("is_suspended", json!(new), Value::Null),
+        )
+    };
     assert_eq!(
         events,
         vec![
-            (
-                "StatusChangeEvent".into(),
-                "Declaration".into(),
-                "d1".into(),
-                change("status", json!("terminated"), json!("active"))
-            ),
-            (
-                "StatusChangeEvent".into(),
-                "Declaration".into(),
-                "d1".into(),
-                change("status", json!("closed"), json!("terminated"))
-            ),
+            status("d1", "active", Value::Null),
+            status("d1", "terminated", json!("active")),
+            status("d1", "closed", json!("terminated")),
+            status("d2", "active", Value::Null),
+            suspension("le1", "true"),
+            suspension("le2", "false"),
         ]
     );
     let times: Vec<chrono::DateTime<Utc>> =
@@ -533,11 +696,39 @@ async fn esoz_json_and_erlang_terms_mixed_on_event_manager_topic() {
             .iter()
             .map(|r| r.get(0))
             .collect();
-    assert_eq!(
-        times,
-        [
-            Utc.with_ymd_and_hms(2024, 5, 1, 8, 0, 1).unwrap(),
-            Utc.with_ymd_and_hms(2024, 5, 1, 8, 0, 2).unwrap()
-        ]
-    );
+    let at = |second| Utc.with_ymd_and_hms(2024, 5, 1, 8, 0, second).unwrap();
+    assert_eq!(times, [at(0), at(1), at(2), at(3), at(4), at(6)]);
+}
+
+/// The sample StatusChangeEvent of the ESOZ documentation on an empty EventDB is one event from
+/// NULL; the producer sending it again and a replay from the earliest offset add nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_esoz_sample_on_an_empty_eventdb_is_one_event_from_null() {
+    let mut e = env().await;
+    let t = "event_manager_topic";
+    let sample = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esoz/status_change_seed.json"),
+    )
+    .unwrap();
+    e.send(t, &[], &sample, 0).await;
+    let expected = vec![(
+        "StatusChangeEvent".to_owned(),
+        "EmployeeRequest".to_owned(),
+        "df9f70ee-4b12-4740-b0f5-bb5aea116863".to_owned(),
+        json!({
+            "status": {"new_value": "APPROVED", "old_value": null},
+            "employee_id": {"new_value": "e1453f4c-1077-4e85-8c98-c13ffca0063e"},
+        }),
+    )];
+    assert_eq!(e.run().await, expected);
+
+    e.send(t, &[], &sample, 1).await; // sent again by the producer
+    assert_eq!(e.run().await, expected);
+
+    e.db.store
+        .set_offsets("formats", &[(t.to_owned(), 0, 0)])
+        .await
+        .unwrap();
+    assert_eq!(e.db.stored_offsets_total().await, 0);
+    assert_eq!(e.run().await, expected);
 }

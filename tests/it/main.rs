@@ -1,4 +1,5 @@
-//! Integration tests: one binary, one PostgreSQL server, a database per test.
+//! Integration tests: one binary, one PostgreSQL server (a database per test) and one Apache
+//! Kafka broker (topics and groups per test).
 
 mod support;
 
@@ -8,6 +9,7 @@ mod fhir_lookup;
 mod formats;
 mod pipeline;
 mod processes;
+mod real_kafka;
 mod replay;
 mod schemathesis;
 mod store;

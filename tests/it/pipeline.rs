@@ -155,7 +155,8 @@ fn esoz(
 /// Keyed messages of one partition, in order.
 pub(crate) type Partition = Vec<(String, Vec<u8>)>;
 
-/// An expected row of `events`, as the test's own model of DESIGN.md §3 predicts it.
+/// An expected row of `events`, as the test's own model of change detection
+/// (docs/architecture.md) predicts it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Row {
     partition: i32,
@@ -235,40 +236,45 @@ pub(crate) fn scripted_stream(total: usize) -> (Vec<Partition>, Vec<Row>) {
         let payload = esoz(entity_type, &id, &value, t(time), employee.as_deref());
         let offset = per_partition[partition as usize].len() as i64;
         per_partition[partition as usize].push((id.clone(), payload));
-        if let Some((old, old_time)) = prior {
-            let entry = &mut known.iter_mut().find(|(k, _)| *k == id).expect("known").1;
-            if time < old_time {
-                continue; // stale
+        // ESOZ publishes changes only: an entity's first status is an event from NULL.
+        let old_value = match prior {
+            None => Value::Null,
+            Some((old, old_time)) => {
+                let entry = &mut known.iter_mut().find(|(k, _)| *k == id).expect("known").1;
+                if time < old_time {
+                    continue; // stale
+                }
+                if status == old {
+                    entry.time = entry.time.max(time);
+                    continue; // unchanged
+                }
+                entry.value = status;
+                entry.time = time;
+                json!(statuses[old])
             }
-            if status == old {
-                entry.time = entry.time.max(time);
-                continue; // unchanged
-            }
-            entry.value = status;
-            entry.time = time;
-            let attr = if entity_type == "LegalEntity" {
-                "is_suspended"
-            } else {
-                "status"
-            };
-            let mut props = BTreeMap::new();
-            props.insert(
-                attr.to_owned(),
-                json!({ "new_value": statuses[status], "old_value": statuses[old] }),
-            );
-            if let Some(e) = &employee {
-                props.insert("employee_id".to_owned(), json!({ "new_value": e }));
-            }
-            expected.push(Row {
-                partition,
-                offset,
-                entity_type: entity_type.to_owned(),
-                entity_id: id.clone(),
-                properties: serde_json::to_string(&props).unwrap(),
-                event_time: t(time),
-                changed_by: Some(format!("user-{id}")),
-            });
+        };
+        let attr = if entity_type == "LegalEntity" {
+            "is_suspended"
+        } else {
+            "status"
+        };
+        let mut props = BTreeMap::new();
+        props.insert(
+            attr.to_owned(),
+            json!({ "new_value": statuses[status], "old_value": old_value }),
+        );
+        if let Some(e) = &employee {
+            props.insert("employee_id".to_owned(), json!({ "new_value": e }));
         }
+        expected.push(Row {
+            partition,
+            offset,
+            entity_type: entity_type.to_owned(),
+            entity_id: id.clone(),
+            properties: serde_json::to_string(&props).unwrap(),
+            event_time: t(time),
+            changed_by: Some(format!("user-{id}")),
+        });
     }
     expected.sort();
     (per_partition, expected)
@@ -392,13 +398,18 @@ async fn ten_thousand_messages_over_six_partitions_give_exactly_the_expected_row
     for (got, want) in stored.iter().zip(&expected) {
         assert_eq!(got, want);
     }
-    // Every entity has a baseline; no event for a first-seen status.
+    // ESOZ's first status of every entity is an event from NULL, and only that one.
     let first_seen_events = count(
         &s.db,
         "SELECT count(*) FROM events e WHERE e.properties -> (CASE WHEN e.entity_type = 'LegalEntity' THEN 'is_suspended' ELSE 'status' END) ->> 'old_value' IS NULL",
     )
     .await;
-    assert_eq!(first_seen_events, 0);
+    let entities = count(&s.db, "SELECT count(DISTINCT entity_id) FROM events").await;
+    assert_eq!(first_seen_events, entities);
+    assert!(
+        entities > 1000,
+        "the stream has many new entities: {entities}"
+    );
     assert!(
         expected.len() > 3000,
         "the stream has enough changes: {}",
@@ -451,7 +462,8 @@ async fn malformed_messages_go_to_the_dead_letter_topic_with_the_reason() {
     })
     .await;
     running.stop().await;
-    assert_eq!(count(&s.db, "SELECT count(*) FROM events").await, 1);
+    // The first status and the change of d1; the bad messages in between lose nothing.
+    assert_eq!(count(&s.db, "SELECT count(*) FROM events").await, 2);
 
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", s.broker.bootstrap_servers())
@@ -541,7 +553,7 @@ async fn a_database_outage_pauses_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_entity_through_several_consumers_at_once_changes_once() {
     use event_manager::detect::{ChangeDetector, DetectOptions};
-    use event_manager::model::{Attributes, Observation, ObservationKind, SourceRef};
+    use event_manager::model::{Attributes, Observation, ObservationKind, Scope, SourceRef};
     use event_manager::store::{BatchChanges, NewEvent, OffsetFence};
 
     let db = fresh_database().await;
@@ -555,6 +567,7 @@ async fn the_same_entity_through_several_consumers_at_once_changes_once() {
         event_time: t(sec),
         changed_by: None,
         version: None,
+        scope: Scope::Unscoped,
     };
     let store = Arc::new(db.store.clone());
     let apply = |partition: i32, o: Observation| {
@@ -572,18 +585,19 @@ async fn the_same_entity_through_several_consumers_at_once_changes_once() {
                     }],
                     &[("Declaration".into(), "shared".into())],
                     |states| {
-                        let d = detector.detect(&o, states);
+                        let source = SourceRef {
+                            topic: "t".into(),
+                            partition,
+                            offset: 0,
+                        };
+                        let d = detector.detect(&o, &source, states);
                         BatchChanges {
                             events: d
                                 .event
                                 .into_iter()
                                 .map(|event| NewEvent {
                                     event,
-                                    source: SourceRef {
-                                        topic: "t".into(),
-                                        partition,
-                                        offset: 0,
-                                    },
+                                    source: source.clone(),
                                     seq: 0,
                                 })
                                 .collect(),

@@ -1,10 +1,10 @@
 //! The batch transaction against real PostgreSQL: fences, state and events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{TimeZone, Utc};
 use event_manager::detect::{ChangeDetector, DetectOptions};
-use event_manager::model::{Attributes, Observation, ObservationKind, SourceRef};
+use event_manager::model::{Attributes, Observation, ObservationKind, Scope, SourceRef};
 use event_manager::store::{BatchChanges, NewEvent, OffsetFence, StoreError};
 
 use crate::support::fresh_database;
@@ -20,6 +20,7 @@ fn obs(id: &str, status: &str, sec: i64) -> Observation {
         event_time: Utc.timestamp_opt(1_700_000_000 + sec, 0).unwrap(),
         changed_by: None,
         version: None,
+        scope: Scope::Unscoped,
     }
 }
 
@@ -40,7 +41,12 @@ async fn apply(
         .apply_batch("g", &[fence], &entities, |states| {
             let mut changes = BatchChanges::default();
             for (i, o) in observations.iter().enumerate() {
-                let d = detector.detect(o, states);
+                let at = SourceRef {
+                    topic: topic.clone(),
+                    partition: 0,
+                    offset: first + i as i64,
+                };
+                let d = detector.detect(o, &at, states);
                 if let Some(event) = d.event {
                     changes.events.push(NewEvent {
                         event,
@@ -134,4 +140,241 @@ async fn baseline_then_change_then_fenced_zombie() {
         .await
         .unwrap();
     assert_eq!(offsets[&("t".to_owned(), 0)], 4);
+}
+
+/// ESOZ messages through the shipped rule's decoder and detector into the real store, once as
+/// one batch and once cut into batches at random places: the same events, whatever the cuts.
+/// On the partition a message older than one already read for its entity is stale, whichever
+/// came first (also when the newer one was the entity's first status); the first status of an
+/// entity is an event with `old_value: null`; a replay from offset 0 stores nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn esoz_events_do_not_depend_on_batch_boundaries() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let db = fresh_database().await;
+    let rules = shipped_rules();
+    let rule = rules
+        .get(rules.index_for("event_manager_topic").unwrap())
+        .unwrap();
+
+    // Per message: entity, status, event time (few values, so that repeats, equal times and
+    // late messages are common); per gap between messages: whether a batch ends there.
+    let strategy = (
+        prop::collection::vec((0usize..2, 0usize..3, 0i64..5), 1..16),
+        prop::collection::vec(any::<bool>(), 16),
+    );
+    let handle = tokio::runtime::Handle::current();
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = tokio::task::block_in_place(|| {
+        runner.run(&strategy, |(messages, cuts)| {
+            let n = case.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            handle.block_on(async {
+                let whole = format!("p{n}-whole");
+                let split = format!("p{n}-split");
+                let mut batches = Vec::new();
+                let mut start = 0;
+                for (end, _) in cuts
+                    .iter()
+                    .enumerate()
+                    .take(messages.len())
+                    .skip(1)
+                    .filter(|(_, cut)| **cut)
+                {
+                    batches.push(start..end);
+                    start = end;
+                }
+                batches.push(start..messages.len());
+
+                let everything = 0..messages.len();
+                let all = std::slice::from_ref(&everything);
+                apply_esoz(&db, rule, &whole, &messages, all, None).await;
+                let inserted = apply_esoz(&db, rule, &split, &messages, &batches, None).await;
+                let events = stored_status_changes(&db, &split).await;
+                prop_assert_eq!(
+                    &events,
+                    &stored_status_changes(&db, &whole).await,
+                    "batches {:?}",
+                    batches
+                );
+                prop_assert_eq!(inserted, events.len() as u64);
+
+                // The rules, independently of the detector's code.
+                let mut newest: HashMap<usize, (i64, usize)> = HashMap::new();
+                for (offset, &(entity, status, time)) in messages.iter().enumerate() {
+                    let event = events.get(&(offset as i64));
+                    match newest.get(&entity) {
+                        None => prop_assert_eq!(
+                            event,
+                            Some(&change(STATUSES[status], None)),
+                            "the first status of an entity is an event"
+                        ),
+                        Some(&(latest, _)) if time < latest => {
+                            prop_assert_eq!(event, None, "older than a message read before")
+                        }
+                        Some(&(_, known)) if known == status => {
+                            prop_assert_eq!(event, None, "a repeat")
+                        }
+                        Some(&(_, known)) => prop_assert_eq!(
+                            event,
+                            Some(&change(STATUSES[status], Some(STATUSES[known])))
+                        ),
+                    }
+                    if newest
+                        .get(&entity)
+                        .is_none_or(|&(latest, _)| time >= latest)
+                    {
+                        newest.insert(entity, (time, status));
+                    }
+                }
+
+                // A replay from offset 0: every message is read again, nothing is written.
+                db.store
+                    .set_offsets("g", &[(split.clone(), 0, 0)])
+                    .await
+                    .unwrap();
+                let again = apply_esoz(&db, rule, &split, &messages, all, Some(0)).await;
+                prop_assert_eq!(again, 0);
+                prop_assert_eq!(&stored_status_changes(&db, &split).await, &events);
+                Ok(())
+            })
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+const STATUSES: [&str; 3] = ["NEW", "APPROVED", "REJECTED"];
+
+fn shipped_rules() -> event_manager::pipeline::RuleSet {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("topics");
+    event_manager::pipeline::RuleSet::compile(
+        event_manager::config::load_topic_rules(&dir).unwrap(),
+    )
+    .unwrap()
+}
+
+fn change(new: &str, old: Option<&str>) -> serde_json::Value {
+    serde_json::json!({ "new_value": new, "old_value": old })
+}
+
+/// Applies ESOZ messages `(entity, status, second)` at offsets 0.. of partition 0 of `topic`
+/// (entity ids are prefixed with the topic), batch by batch, the first batch expecting the
+/// stored offset `first_expected`. Returns how many events were inserted.
+async fn apply_esoz(
+    db: &crate::support::TestDatabase,
+    rule: &event_manager::pipeline::rules::CompiledRule,
+    topic: &str,
+    messages: &[(usize, usize, i64)],
+    batches: &[std::ops::Range<usize>],
+    first_expected: Option<i64>,
+) -> u64 {
+    use event_manager::pipeline::process::{process, Message, Processed};
+
+    let mut expected = first_expected;
+    let mut inserted = 0;
+    for batch in batches {
+        let mut observations = Vec::new();
+        for offset in batch.clone() {
+            let (entity, status, second) = messages[offset];
+            let payload = serde_json::json!({
+                "event_type": "StatusChangeEvent",
+                "entity_type": "EmployeeRequest",
+                "entity_id": format!("{topic}-e{entity}"),
+                "properties": {"status": {"new_value": STATUSES[status]}},
+                "event_time": format!("2024-05-01T08:00:0{second}Z"),
+                "changed_by": null,
+            });
+            let msg = Message {
+                topic: "event_manager_topic".into(),
+                partition: 0,
+                offset: offset as i64,
+                key: None,
+                payload: Some(payload.to_string().into_bytes()),
+                headers: Vec::new(),
+                timestamp_ms: None,
+            };
+            let Processed::Selected {
+                observations: o, ..
+            } = process(rule, &msg)
+            else {
+                panic!("every message is selected");
+            };
+            observations.push((offset as i64, o));
+        }
+        let entities: Vec<(String, String)> = observations
+            .iter()
+            .flat_map(|(_, o)| o)
+            .map(|o| (o.entity_type.to_string(), o.entity_id.clone()))
+            .collect();
+        let fence = OffsetFence {
+            topic: topic.to_owned(),
+            partition: 0,
+            expected,
+            next: batch.end as i64,
+        };
+        inserted += db
+            .store
+            .apply_batch("g", &[fence], &entities, |states| {
+                let mut changes = BatchChanges::default();
+                let mut dirty = Vec::new();
+                for (offset, obs) in &observations {
+                    for o in obs {
+                        let source = SourceRef {
+                            topic: topic.to_owned(),
+                            partition: 0,
+                            offset: *offset,
+                        };
+                        let d = rule.detector.detect(o, &source, states);
+                        if let Some(event) = d.event {
+                            changes.events.push(NewEvent {
+                                event,
+                                source,
+                                seq: 0,
+                            });
+                        }
+                        dirty.extend(d.dirty);
+                    }
+                }
+                dirty.sort();
+                dirty.dedup();
+                changes.states = dirty
+                    .into_iter()
+                    .map(|k| {
+                        let state = states[&k].clone();
+                        (k, state)
+                    })
+                    .collect();
+                changes
+            })
+            .await
+            .unwrap()
+            .events_inserted;
+        expected = Some(batch.end as i64);
+    }
+    inserted
+}
+
+/// The `status` change of every event stored from `topic`, by source offset.
+async fn stored_status_changes(
+    db: &crate::support::TestDatabase,
+    topic: &str,
+) -> HashMap<i64, serde_json::Value> {
+    db.client()
+        .await
+        .query(
+            "SELECT source_offset, properties -> 'status' FROM events WHERE source_topic = $1",
+            &[&topic],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }

@@ -702,8 +702,10 @@ fn equality(op: ComparisonOp, equal: bool) -> Truth {
     }
 }
 
-/// Arithmetic with Java numeric promotion. Long overflow, division by zero and non-finite
-/// double results are NULL (unknown) rather than wrapping, panicking or producing infinity.
+/// Arithmetic with Java numeric promotion, except that `/` always divides in double, as
+/// ActiveMQ, Artemis, Qpid and RabbitMQ evaluate it (`5 / 2` is `2.5`). Long overflow,
+/// division by zero and non-finite double results are NULL (unknown) rather than wrapping,
+/// panicking or producing infinity.
 fn arithmetic(op: ArithmeticOp, left: Value<'_>, right: Value<'_>) -> Option<Value<'static>> {
     let (l, r) = match (left, right) {
         (Value::Long(l), Value::Long(r)) => {
@@ -711,8 +713,7 @@ fn arithmetic(op: ArithmeticOp, left: Value<'_>, right: Value<'_>) -> Option<Val
                 ArithmeticOp::Add => l.checked_add(r),
                 ArithmeticOp::Subtract => l.checked_sub(r),
                 ArithmeticOp::Multiply => l.checked_mul(r),
-                // None for a zero divisor and for i64::MIN / -1.
-                ArithmeticOp::Divide => l.checked_div(r),
+                ArithmeticOp::Divide => return divide(l as f64, r as f64),
             };
             return result.map(Value::Long);
         }
@@ -725,9 +726,17 @@ fn arithmetic(op: ArithmeticOp, left: Value<'_>, right: Value<'_>) -> Option<Val
         ArithmeticOp::Add => l + r,
         ArithmeticOp::Subtract => l - r,
         ArithmeticOp::Multiply => l * r,
-        ArithmeticOp::Divide if r == 0.0 => return None,
-        ArithmeticOp::Divide => l / r,
+        ArithmeticOp::Divide => return divide(l, r),
     };
+    result.is_finite().then_some(Value::Double(result))
+}
+
+/// Double division; a zero divisor or a result that is not finite is NULL (unknown).
+fn divide(l: f64, r: f64) -> Option<Value<'static>> {
+    if r == 0.0 {
+        return None;
+    }
+    let result = l / r;
     result.is_finite().then_some(Value::Double(result))
 }
 

@@ -25,7 +25,8 @@
 //! * Absent properties are `NULL`; comparisons and arithmetic involving `NULL` are unknown,
 //!   and `AND`, `OR` and `NOT` follow SQL-92 three-valued logic.
 //! * Types are never converted: a string is not a number, a number is not a boolean.
-//!   Longs and doubles compare and combine with numeric promotion to double.
+//!   Longs and doubles compare and combine with numeric promotion to double; `/` always
+//!   divides in double (`5 / 2` is `2.5`), as the reference JMS brokers do.
 //!   Comparing unlike types is unknown, as are `<`, `<=`, `>`, `>=` on strings or booleans
 //!   and arithmetic on non-numbers.
 //! * Long overflow, division by zero and arithmetic results that are not finite are

@@ -380,6 +380,51 @@ proptest! {
         prop_assert_eq!(fast.evaluate(&props), slow.evaluate(&props), "{} vs {}", fast, ors);
     }
 
+    /// `/` divides in double whatever the operand types (as the reference brokers do), while
+    /// `+ - *` of two longs stay exact long arithmetic; a zero divisor, an overflow or a
+    /// result that is not finite is unknown.
+    #[test]
+    fn arithmetic_agrees_with_the_reference_brokers(
+        op in arithmetic_op(),
+        left in prop_oneof![long().prop_map(OwnedValue::Long), finite_double().prop_map(OwnedValue::Double)],
+        right in prop_oneof![long().prop_map(OwnedValue::Long), finite_double().prop_map(OwnedValue::Double)],
+    ) {
+        let as_f64 = |v: &OwnedValue| match *v {
+            OwnedValue::Long(n) => n as f64,
+            OwnedValue::Double(d) => d,
+            _ => unreachable!("numbers only"),
+        };
+        let double = |d: f64| d.is_finite().then_some(OwnedValue::Double(d));
+        let (l, r) = (as_f64(&left), as_f64(&right));
+        let expected = match (op, &left, &right) {
+            (ArithmeticOp::Divide, _, _) if r == 0.0 => None,
+            (ArithmeticOp::Divide, _, _) => double(l / r),
+            (ArithmeticOp::Add, OwnedValue::Long(a), OwnedValue::Long(b)) => a.checked_add(*b).map(OwnedValue::Long),
+            (ArithmeticOp::Subtract, OwnedValue::Long(a), OwnedValue::Long(b)) => a.checked_sub(*b).map(OwnedValue::Long),
+            (ArithmeticOp::Multiply, OwnedValue::Long(a), OwnedValue::Long(b)) => a.checked_mul(*b).map(OwnedValue::Long),
+            (ArithmeticOp::Add, _, _) => double(l + r),
+            (ArithmeticOp::Subtract, _, _) => double(l - r),
+            (ArithmeticOp::Multiply, _, _) => double(l * r),
+            (other, _, _) => return Err(TestCaseError::fail(format!("no reference for {other:?}"))),
+        };
+        let mut props: HashMap<String, OwnedValue> =
+            [("a".to_owned(), left.clone()), ("b".to_owned(), right.clone())].into_iter().collect();
+        // `c` holds the expected result with its type; an unknown result leaves `c` absent.
+        let typed = Selector::parse(&format!("a {} b = c", op.as_str()))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        match expected {
+            Some(value) => {
+                props.insert("c".to_owned(), value);
+                prop_assert_eq!(typed.evaluate(&props), Truth::True, "{:?} {} {:?}", left, op.as_str(), right);
+            }
+            None => {
+                let compared = Selector::parse(&format!("a {op} b = 0 OR a {op} b <> 0", op = op.as_str()))
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(compared.evaluate(&props), Truth::Unknown, "{:?} {} {:?}", left, op.as_str(), right);
+            }
+        }
+    }
+
     /// Patterns of literal pieces and `%` only, over texts that contain those pieces, so that
     /// the prefix/contains/suffix matchers are exercised, not only the general one.
     #[test]

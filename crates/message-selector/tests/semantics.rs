@@ -234,8 +234,9 @@ fn arithmetic_and_promotion() {
         ("n + 1 = 6", T),
         ("n - 10 = -5", T),
         ("n * 3 = 15", T),
-        ("n / 2 = 2", T),
-        ("-7 / 2 = -3", T),
+        ("n / 2 = 2.5", T),
+        ("n / 2 = 2", F),
+        ("-7 / 2 = -3.5", T),
         ("n / 2.0 = 2.5", T),
         ("n + d = 7.5", T),
         ("d * 2 = 5", T),
@@ -264,6 +265,32 @@ fn division_by_zero_is_unknown() {
     ]);
 }
 
+/// ActiveMQ, Artemis, Qpid and RabbitMQ divide in double whatever the operand types;
+/// `+ - *` keep integer arithmetic for two longs.
+#[test]
+fn division_is_in_double_for_any_operand_types() {
+    check(&[
+        ("5 / 2 = 2.5", T),
+        ("5 / 2 = 2", F),
+        ("5 / 2 > 2", T),
+        ("n / 2 = 2.5", T),
+        ("n / 2 BETWEEN 2.4 AND 2.6", T),
+        ("n / 5 = 1", T),
+        ("n / 5 = 1.0", T),
+        ("1 / 3 > 0.33 AND 1 / 3 < 0.34", T),
+        ("-7 / 2 = -3.5", T),
+        ("7 / -2 = -3.5", T),
+        ("n / 2 * 2 = 5", T),
+        ("n / 2 + 1 = 3.5", T),
+        ("n / d = 2", T),
+        ("5 * 2 = 10", T),
+        ("7 - 2 = 5", T),
+        ("9223372036854775807 / 1 = 9223372036854775807.0", T),
+        ("s / 2 = 1", U),
+        ("missing / 2 = 1", U),
+    ]);
+}
+
 #[test]
 fn overflow_is_unknown() {
     check(&[
@@ -271,11 +298,14 @@ fn overflow_is_unknown() {
         ("big + 1 < 0", U),
         ("min - 1 < 0", U),
         ("big * 2 > 0", U),
-        ("min / -1 > 0", U),
+        ("min * -1 > 0", U),
         ("-min > 0", U),
         ("big - 1 = 9223372036854775806", T),
         ("min + 1 = -9223372036854775807", T),
         ("big + 1.0 > 0", T),
+        // Division is in double, so `i64::MIN / -1` does not overflow.
+        ("min / -1 = 9223372036854775808.0", T),
+        ("1E308 / 1E-308 > 0", U),
         ("1E308 * 10 > 0", U),
         ("-1E308 * 10 < 0", U),
         ("NOT big + 1 > 0", U),

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::sync::OnceLock;
 
 use event_manager::config::DatabaseConfig;
