@@ -416,16 +416,14 @@ pub fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
     if !DATE_REGEX.is_match(s) {
         return None;
     }
-    let Some((date, time)) = s.split_at_checked(10) else {
-        return None;
-    };
+    let (date, time) = s.split_at_checked(10)?;
     let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
     let Some(time) = time.get(1..) else {
         return date.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
     };
     // The pattern leaves a zone as the tail after `HH:MM[:SS[.f]]`: `Z`, or a sign (a space
     // being a decoded `+`) and `HH:MM`.
-    let (clock, zone) = match time.find(|c: char| matches!(c, 'Z' | 'z' | '+' | '-' | ' ')) {
+    let (clock, zone) = match time.find(['Z', 'z', '+', '-', ' ']) {
         Some(at) => time.split_at(at),
         None => (time, ""),
     };
