@@ -3,7 +3,9 @@
 //!
 //! Only the algorithms of the configured key kinds are accepted (HS256 for a secret, RS256 for
 //! RSA keys, ES256 for P-256 keys); each key is tried only with its own algorithm, so a token
-//! cannot switch an RSA public key into an HMAC secret, and `alg: none` never parses.
+//! cannot switch an RSA public key into an HMAC secret, and `alg: none` never parses. A header
+//! with `crit` is refused: this server implements no JWS extension, and RFC 7515 §4.1.11 makes
+//! a token with a critical extension the recipient does not understand invalid.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -166,6 +168,7 @@ impl Authenticator {
 
     fn verify(&self, token: &str) -> Result<Map<String, Value>, ApiError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| malformed())?;
+        refuse_critical_extensions(token)?;
         let candidates: Vec<&VerifyingKey> = self
             .keys
             .iter()
@@ -268,6 +271,23 @@ fn load_jwks(path: &Path) -> Result<Vec<VerifyingKey>, ConfigError> {
         return Err(invalid(KEY, "the key set is empty"));
     }
     Ok(keys)
+}
+
+/// Refuses a token whose JOSE header has a `crit` member: none of its possible extensions is
+/// understood here (an empty or malformed `crit` is invalid as well).
+fn refuse_critical_extensions(token: &str) -> Result<(), ApiError> {
+    use base64::Engine as _;
+    let encoded = token.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| malformed())?;
+    let header: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|_| malformed())?;
+    if header.contains_key("crit") {
+        return Err(invalid_token(
+            "the token's header lists critical extensions (crit), and none is supported".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Scopes from `scope` (a space-separated string, RFC 8693) and `scp` (an array or a string).

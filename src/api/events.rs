@@ -8,17 +8,19 @@
 //!
 //! Dates are RFC 3339 (`2017-04-20T19:14:13Z`, `…+02:00`; a `+` that the query string decoded to
 //! a space is accepted), or without a zone and then UTC (`2017-04-20T19:14:13`,
-//! `2017-04-20 19:14:13`, fractions allowed), or a plain date (`2017-04-20`, midnight UTC).
+//! `2017-04-20 19:14:13`, fractions allowed), or a plain date (`2017-04-20`, midnight UTC):
+//! exactly what [`DATE_PATTERN`] matches, which the OpenAPI document publishes.
 //!
-//! Unknown parameters, repeated parameters and empty values are rejected with 422 naming the
-//! parameter: a misspelt filter must not silently widen the result.
+//! Unknown parameters, repeated parameters, empty values and values whose percent-encoded bytes
+//! are not UTF-8 are rejected with 422 naming the parameter: a misspelt filter must not silently
+//! widen the result, nor a mangled one silently change it.
 
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
@@ -33,6 +35,28 @@ use super::ApiState;
 pub const MAX_PAGE: u32 = 1_000_000;
 /// Longest text filter value accepted, in characters.
 pub const MAX_TEXT_LEN: usize = 256;
+
+/// `date` and `date_to`: a calendar date (`YYYY-MM-DD`, only days that exist), optionally a time
+/// (`T`, `t` or a space, `HH:MM`, optional `:SS` and 1–9 fraction digits) and a zone (`Z`, `z`
+/// or `±HH:MM`, where a space stands for a `+` that arrived unencoded). Without a zone the time
+/// is UTC; without a time it is midnight UTC. The OpenAPI document publishes this pattern, so
+/// that clients and fuzzers generate exactly the dates the server accepts.
+pub const DATE_PATTERN: &str = concat!(
+    "^(?:[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])",
+    "|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))",
+    "|(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)-02-29)",
+    "(?:[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\\.[0-9]{1,9})?)?",
+    "(?:[Zz]|[+ -](?:[01][0-9]|2[0-3]):[0-5][0-9])?)?$",
+);
+
+/// Text filters (`event_type`, `entity_type`, `attribute_name`, `new_value`): no control
+/// characters (Unicode category Cc), as published in the OpenAPI document; length is bounded
+/// separately (1 to [`MAX_TEXT_LEN`] characters).
+pub const TEXT_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
+
+static DATE_REGEX: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(DATE_PATTERN).expect("DATE_PATTERN is a valid regex (unit-tested)")
+});
 
 /// The seed's message for a period that is too long.
 pub fn period_message(hours: u32) -> String {
@@ -95,7 +119,7 @@ pub fn parse_query(
 ) -> Result<EventsQuery, ApiError> {
     let mut invalid = Vec::new();
     let mut values: BTreeMap<&'static str, String> = BTreeMap::new();
-    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+    for (key, value) in query_pairs(raw.unwrap_or_default()) {
         let Some(name) = PARAMETERS.iter().copied().find(|p| *p == key) else {
             invalid.push(InvalidParameter::new(
                 truncate(&key),
@@ -108,6 +132,14 @@ pub fn parse_query(
             invalid.push(InvalidParameter::new(name, "given more than once"));
             continue;
         }
+        let Some(value) = value else {
+            invalid.push(InvalidParameter::new(
+                name,
+                "must be UTF-8 (the percent-encoded bytes are not)",
+            ));
+            values.insert(name, String::new());
+            continue;
+        };
         if value.is_empty() {
             invalid.push(InvalidParameter::new(name, "must not be empty"));
         } else if value.chars().any(char::is_control) {
@@ -121,7 +153,7 @@ pub fn parse_query(
                 format!("must be at most {MAX_TEXT_LEN} characters"),
             ));
         }
-        values.insert(name, value.into_owned());
+        values.insert(name, value);
     }
     let failed: std::collections::BTreeSet<String> =
         invalid.iter().map(|p| p.parameter.clone()).collect();
@@ -150,8 +182,8 @@ pub fn parse_query(
 
     let mut number = |name: &'static str, max: u32, default: u32| match get(name) {
         None => Some(default),
-        Some(v) => match v.parse::<u32>() {
-            Ok(n) if (1..=max).contains(&n) => Some(n),
+        Some(v) => match parse_count(v) {
+            Some(n) if n <= max => Some(n),
             _ => {
                 invalid.push(InvalidParameter::new(
                     name,
@@ -241,6 +273,22 @@ pub fn parse_query(
     }
 }
 
+/// The `name=value` pairs of a query string (`application/x-www-form-urlencoded`: `+` is a
+/// space, `%XX` a byte). A value whose bytes are not UTF-8 is `None`: replacing them with U+FFFD
+/// would answer a different question than the one asked. Names are only compared, so lossy.
+fn query_pairs(raw: &str) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+    fn decode(s: &str) -> Vec<u8> {
+        percent_encoding::percent_decode(s.replace('+', " ").as_bytes()).collect()
+    }
+    raw.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (
+            String::from_utf8_lossy(&decode(name)).into_owned(),
+            String::from_utf8(decode(value)).ok(),
+        )
+    })
+}
+
 fn shift(
     at: DateTime<Utc>,
     by: chrono::Duration,
@@ -258,32 +306,151 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// Parses a date as documented in the module.
-pub fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
-    }
-    // `+02:00` in an unencoded query string arrives as ` 02:00`.
-    if let Some((head, zone)) = s.rsplit_once(' ') {
-        if head.len() > 10 && zone.starts_with(|c: char| c.is_ascii_digit()) {
-            if let Ok(t) = DateTime::parse_from_rfc3339(&format!("{head}+{zone}")) {
-                return Some(t.with_timezone(&Utc));
+/// Writes the rules [`parse_query`] enforces into the OpenAPI operation of `GET /api/events`:
+/// per parameter as JSON Schema (length, pattern, bounds, with `api.max_page_size` and
+/// `api.default_page_size` as configured), and the rules between parameters, which JSON Schema
+/// cannot state, in the descriptions. Generated clients and fuzzers then send what the server
+/// accepts.
+pub fn document_list_rules(operation: &mut serde_json::Value, config: &ApiConfig) {
+    use serde_json::json;
+    let hours = config.events_list_max_period_hours;
+    let date_grammar = "a date `2017-04-20` (midnight UTC), or a date and time \
+        `2017-04-20T19:14:13` (also `t` or a space for `T`; seconds and 1-9 fraction digits \
+        optional) in UTC, or with a zone `Z` or `+02:00` (a space for an unencoded `+`)";
+    let text = json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_TEXT_LEN,
+        "pattern": TEXT_PATTERN,
+    });
+    let text_rule = format!("1 to {MAX_TEXT_LEN} characters, no control characters.");
+    let rules: [(&str, String, serde_json::Value); 8] = [
+        (
+            "date",
+            format!(
+                "Window start, inclusive: {date_grammar}. Not after `date_to`; at most {hours} \
+                 hours (`api.events_list_max_period_hours`) before it. Without `date_to` the \
+                 window is {hours} hours from `date`."
+            ),
+            json!({"type": "string", "pattern": DATE_PATTERN}),
+        ),
+        (
+            "date_to",
+            format!(
+                "Window end, exclusive, in the same formats as `date`. Without `date` the \
+                 window is {hours} hours up to `date_to`; without both, the last {hours} hours."
+            ),
+            json!({"type": "string", "pattern": DATE_PATTERN}),
+        ),
+        (
+            "event_type",
+            format!("Only this event type. {text_rule}"),
+            text.clone(),
+        ),
+        (
+            "entity_type",
+            format!("Only this entity type. {text_rule}"),
+            text.clone(),
+        ),
+        (
+            "attribute_name",
+            format!("Only events whose properties have this attribute. {text_rule}"),
+            text.clone(),
+        ),
+        (
+            "new_value",
+            format!(
+                "Only events where the attribute `attribute_name` has this `new_value`; \
+                 only together with `attribute_name`. {text_rule}"
+            ),
+            text,
+        ),
+        (
+            "page",
+            "Page number, from 1 (decimal digits, no sign or leading zero).".into(),
+            json!({"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}),
+        ),
+        (
+            "page_size",
+            format!(
+                "Events per page, at most `api.max_page_size` (here {}), default \
+                 `api.default_page_size` (decimal digits, no sign or leading zero).",
+                config.max_page_size
+            ),
+            json!({"type": "integer", "minimum": 1, "maximum": config.max_page_size,
+                   "default": config.default_page_size}),
+        ),
+    ];
+    if let Some(parameters) = operation
+        .get_mut("parameters")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for parameter in parameters {
+            let name = parameter.get("name").and_then(serde_json::Value::as_str);
+            if let Some((_, description, schema)) = rules.iter().find(|(n, ..)| Some(*n) == name) {
+                parameter["description"] = json!(description);
+                parameter["schema"] = schema.clone();
             }
         }
     }
-    for format in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-    ] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(s, format) {
-            return Some(t.and_utc());
-        }
+    operation["description"] = json!(format!(
+        "Events of the window `date <= event_time < date_to`, ordered by `event_time`, then \
+         `id`. Every rule of the parameters is checked, and a request that breaks any is 422 \
+         naming each offending parameter: also unknown parameters (a misspelt filter never \
+         widens the result), a parameter given twice, percent-encoded bytes that are not \
+         UTF-8, `new_value` without `attribute_name`, `date` after `date_to`, and `date` and \
+         `date_to` more than {hours} hours apart. Events of a type whose scope \
+         (`auth.event_type_scopes`) the token lacks are left out, and asking for such a type \
+         with `event_type` is 403."
+    ));
+}
+
+/// A page number or size: decimal digits without sign or leading zero, at least 1.
+fn parse_count(s: &str) -> Option<u32> {
+    let plain = s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
+    s.parse().ok().filter(|_| plain)
+}
+
+/// Parses a date of [`DATE_PATTERN`].
+pub fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
+    if !DATE_REGEX.is_match(s) {
+        return None;
     }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
+    let (date, time) = s.split_at_checked(10)?;
+    let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    let Some(time) = time.get(1..) else {
+        return date.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    };
+    // The pattern leaves a zone as the tail after `HH:MM[:SS[.f]]`: `Z`, or a sign (a space
+    // being a decoded `+`) and `HH:MM`.
+    let (clock, zone) = match time.find(['Z', 'z', '+', '-', ' ']) {
+        Some(at) => time.split_at(at),
+        None => (time, ""),
+    };
+    let format = if clock.len() == 5 {
+        "%H:%M"
+    } else {
+        "%H:%M:%S%.f"
+    };
+    let local = date.and_time(chrono::NaiveTime::parse_from_str(clock, format).ok()?);
+    let offset_seconds = match zone.as_bytes() {
+        [] | [b'Z' | b'z'] => 0,
+        [sign, h1, h2, b':', m1, m2] => {
+            let digit = |b: &u8| i32::from(b - b'0');
+            let magnitude = (digit(h1) * 10 + digit(h2)) * 3600 + (digit(m1) * 10 + digit(m2)) * 60;
+            if *sign == b'-' {
+                -magnitude
+            } else {
+                magnitude
+            }
+        }
+        _ => return None,
+    };
+    let offset = chrono::FixedOffset::east_opt(offset_seconds)?;
+    local
+        .and_local_timezone(offset)
+        .single()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// One event, exactly as stored.
@@ -925,14 +1092,15 @@ impl ListSql {
     path = "/api/events",
     tag = "events",
     params(
-        ("date" = Option<String>, Query, description = "Window start, inclusive (RFC 3339, UTC date-time or date)."),
-        ("date_to" = Option<String>, Query, description = "Window end, exclusive. At most EVENTS_LIST_MAX_PERIOD_HOURS after `date`."),
-        ("event_type" = Option<String>, Query, description = "Only this event type."),
-        ("entity_type" = Option<String>, Query, description = "Only this entity type."),
-        ("attribute_name" = Option<String>, Query, description = "Only events whose properties have this attribute."),
-        ("new_value" = Option<String>, Query, description = "With attribute_name: only events where that attribute's new_value equals this."),
-        ("page" = Option<u32>, Query, description = "Page number, from 1.", minimum = 1, maximum = 1000000),
-        ("page_size" = Option<u32>, Query, description = "Events per page (default api.default_page_size, at most api.max_page_size).", minimum = 1),
+        // Their rules and descriptions are written by `document_list_rules`.
+        ("date" = Option<String>, Query),
+        ("date_to" = Option<String>, Query),
+        ("event_type" = Option<String>, Query),
+        ("entity_type" = Option<String>, Query),
+        ("attribute_name" = Option<String>, Query),
+        ("new_value" = Option<String>, Query),
+        ("page" = Option<u32>, Query),
+        ("page_size" = Option<u32>, Query),
     ),
     responses(
         (status = 200, description = "A page of events.", body = EventList),
@@ -984,7 +1152,7 @@ pub async fn list_events(
     get,
     path = "/api/events/{id}",
     tag = "events",
-    params(("id" = String, Path, description = "Event id (UUID).")),
+    params(("id" = uuid::Uuid, Path, description = "Event id (a UUID; anything else is 404).")),
     responses(
         (status = 200, description = "The event.", body = EventEnvelope),
         (status = 401, description = "Missing or invalid bearer token.", body = ErrorBody),
@@ -1160,18 +1328,83 @@ mod tests {
             assert_eq!(parse_instant(s), Some(expected), "{s}");
         }
         assert_eq!(parse_instant("2017-04-20"), Some(t("2017-04-20T00:00:00Z")));
+        assert_eq!(
+            parse_instant("2017-04-20T21:14+02:00"),
+            Some(t("2017-04-20T19:14:00Z"))
+        );
+        assert_eq!(
+            parse_instant("2017-04-20 19:14:13.123456789-00:30"),
+            Some(t("2017-04-20T19:44:13.123456789Z"))
+        );
+        assert_eq!(parse_instant("2024-02-29"), Some(t("2024-02-29T00:00:00Z")));
+        assert_eq!(parse_instant("2000-02-29"), Some(t("2000-02-29T00:00:00Z")));
         for s in [
             "2017-13-01",
             "yesterday",
             "2017-04-20T25:00:00Z",
             "1492715653",
             "'; DROP TABLE events; --",
+            "2017-4-20",
+            "+2017-04-20",
+            "12017-04-20",
+            "2017-04-31",
+            "2023-02-29",
+            "1900-02-29",
+            "2017-04-20T19:14:60Z",
+            "2017-04-20T19:14:13.Z",
+            "2017-04-20T19:14:13.1234567890Z",
+            "2017-04-20T19:14:13+24:00",
+            "2017-04-20T19",
+            "2017-04-20T",
+            "2017-04-20\n",
+            " 2017-04-20",
+            "２０１７-04-20",
         ] {
             assert_eq!(parse_instant(s), None, "{s}");
         }
         // An encoded `+` survives the query-string decoding.
         let q = parse("date=2017-04-20T21%3A14%3A13%2B02%3A00").unwrap();
         assert_eq!(q.from, expected);
+    }
+
+    proptest! {
+        /// Every date the published pattern admits is one the server reads, and the server
+        /// reads no other: the OpenAPI document and the parser cannot drift apart.
+        #[test]
+        fn the_date_pattern_is_what_the_parser_accepts(
+            s in "[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]{1,10})?)?([Zz]|[+ -][0-9]{2}:[0-9]{2})?)?"
+        ) {
+            prop_assert_eq!(DATE_REGEX.is_match(&s), parse_instant(&s).is_some(), "{}", s);
+        }
+    }
+
+    #[test]
+    fn the_date_pattern_admits_exactly_the_calendar_days() {
+        for year in [
+            0, 4, 100, 400, 1900, 1996, 2000, 2023, 2024, 2100, 9996, 9999,
+        ] {
+            for month in 0..=13 {
+                for day in 0..=32 {
+                    let s = format!("{year:04}-{month:02}-{day:02}");
+                    let real = NaiveDate::from_ymd_opt(year, month, day).is_some();
+                    assert_eq!(DATE_REGEX.is_match(&s), real, "{s}");
+                    assert_eq!(parse_instant(&s).is_some(), real, "{s}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_text_pattern_is_the_control_character_rule() {
+        let pattern = regex::Regex::new(TEXT_PATTERN).unwrap();
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            assert_eq!(
+                pattern.is_match(c.encode_utf8(&mut [0; 4])),
+                !c.is_control(),
+                "U+{:04X}",
+                c as u32
+            );
+        }
     }
 
     #[test]
@@ -1206,6 +1439,9 @@ mod tests {
         ] {
             assert_eq!(invalid_params(bad), ["page"], "{bad}");
         }
+        for bad in ["page=%2B3", "page=03", "page=3%20", "page=%203", "page=3e0"] {
+            assert_eq!(invalid_params(bad), ["page"], "{bad}");
+        }
         for bad in ["page_size=0", "page_size=501", "page_size=ten"] {
             assert_eq!(invalid_params(bad), ["page_size"], "{bad}");
         }
@@ -1221,6 +1457,28 @@ mod tests {
         assert_eq!(
             invalid_params(&format!("entity_type={long}")),
             ["entity_type"]
+        );
+        // Percent-encoded bytes must be UTF-8; they are never replaced by U+FFFD.
+        for bad in [
+            "%ff%fe",
+            "%c0%80",
+            "%ed%a0%80",
+            "a%80",
+            "%f4%90%80%80",
+            "%e2%82",
+        ] {
+            assert_eq!(
+                invalid_params(&format!("event_type={bad}")),
+                ["event_type"],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse("event_type=%C3%BC%EF%BF%BD+x")
+                .unwrap()
+                .event_type
+                .as_deref(),
+            Some("ü\u{fffd} x")
         );
         // Every problem is reported at once.
         assert_eq!(

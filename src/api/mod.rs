@@ -70,7 +70,7 @@ pub fn router_with(state: ApiState, extra: Router) -> Router {
             state.auth.clone(),
             auth::require_read_scope,
         ));
-    let document = Arc::new(openapi::document());
+    let document = Arc::new(openapi::document(&state.api));
     let http_metrics = state.http_metrics.clone();
     Router::new()
         .merge(events)

@@ -3,6 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::config::ApiConfig;
 use super::error::{ErrorBody, ErrorDetail, InvalidParameter};
 use super::events::{EventEnvelope, EventList, EventView, Paging};
 use super::{Health, ReadinessReport};
@@ -53,10 +54,14 @@ impl Modify for BearerJwt {
     }
 }
 
-/// The document as JSON.
-pub fn document() -> serde_json::Value {
-    serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|e| {
+/// The document as JSON, with the rules of the events API as configured by `api`.
+pub fn document(api: &ApiConfig) -> serde_json::Value {
+    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot serialise the OpenAPI document");
         serde_json::Value::Null
-    })
+    });
+    if let Some(list) = document.pointer_mut("/paths/~1api~1events/get") {
+        super::events::document_list_rules(list, api);
+    }
+    document
 }

@@ -354,6 +354,12 @@ async fn every_validation_error_is_422_naming_the_parameter() {
         ("entity_type=a&entity_type=b", "entity_type"),
         ("evnt_type=StatusChangeEvent", "evnt_type"),
         ("attribute_name=%00", "attribute_name"),
+        // Percent-encoded bytes that are not UTF-8: invalid, overlong, a surrogate, a lone
+        // continuation byte.
+        ("event_type=%ff%fe", "event_type"),
+        ("entity_type=%c0%80", "entity_type"),
+        ("attribute_name=status&new_value=%ed%a0%80", "new_value"),
+        ("date=2024-03-10%80", "date"),
     ];
     for (query, parameter) in cases {
         let (code, body) = api.get(&format!("/api/events?{query}")).await;

@@ -11,6 +11,7 @@ mod pipeline;
 mod processes;
 mod real_kafka;
 mod replay;
+mod schemathesis;
 mod store;
 mod terminator;
 mod webhooks;

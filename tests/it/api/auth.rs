@@ -288,3 +288,35 @@ fn token_command_prints_only_a_token_the_api_accepts() {
     assert!(output.stdout.is_empty());
     assert!(String::from_utf8_lossy(&output.stderr).contains("auth.hs256_secret"));
 }
+
+/// A correctly signed HS256 token whose header is exactly `header`.
+fn hs256_with_header(header: &Value, claims: &Value) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let message = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    format!("{message}.{signature}")
+}
+
+#[tokio::test]
+async fn critical_header_extensions_are_401() {
+    // RFC 7515 §4.1.11: a `crit` extension the recipient does not understand (and this server
+    // understands none) makes the token invalid, however well it is signed.
+    let api = TestApi::start().await;
+    let c = claims("event:read", 60);
+    let plain = hs256_with_header(&json!({"alg": "HS256", "typ": "JWT"}), &c);
+    let (code, body) = api.get_as("/api/events", Some(&plain)).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    for crit in [json!(["x"]), json!(["exp"]), json!([]), json!("x")] {
+        let token = hs256_with_header(&json!({"alg": "HS256", "crit": crit, "x": 1}), &c);
+        assert_401(&api, Some(&token), true).await;
+    }
+}

@@ -151,3 +151,49 @@ async fn the_schema_rejects_what_the_api_never_sends() {
     wrong["data"]["entity_id"] = json!(1);
     assert!(!validator.is_valid(&wrong));
 }
+
+#[tokio::test]
+async fn the_document_states_the_configured_limits_of_the_list() {
+    let config = event_manager::config::ApiConfig {
+        max_page_size: 20,
+        default_page_size: 5,
+        events_list_max_period_hours: 6,
+        ..Default::default()
+    };
+    let api = TestApi::start_with(config, super::auth_config()).await;
+    let (_, doc) = api.get_as("/openapi.json", None).await;
+    let list = &doc["paths"]["/api/events"]["get"];
+    let parameter = |name: &str| {
+        list["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not documented"))
+            .clone()
+    };
+    assert_eq!(parameter("page_size")["schema"]["maximum"], 20);
+    assert_eq!(parameter("page_size")["schema"]["default"], 5);
+    assert_eq!(parameter("page")["schema"]["maximum"], 1_000_000);
+    for name in ["event_type", "entity_type", "attribute_name", "new_value"] {
+        let schema = &parameter(name)["schema"];
+        assert_eq!(schema["minLength"], 1, "{name}");
+        assert_eq!(schema["maxLength"], 256, "{name}");
+        assert!(schema["pattern"].is_string(), "{name}");
+    }
+    for name in ["date", "date_to"] {
+        assert_eq!(
+            parameter(name)["schema"]["pattern"],
+            event_manager::api::events::DATE_PATTERN,
+            "{name}"
+        );
+    }
+    let description = list["description"].as_str().unwrap();
+    assert!(description.contains("6 hours"), "{description}");
+    assert!(description.contains("unknown parameters"), "{description}");
+    // A request the document allows at the limit is accepted, one past it is not.
+    let (code, _) = api.get("/api/events?page_size=20").await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = api.get("/api/events?page_size=21").await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+}
