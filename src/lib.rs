@@ -20,6 +20,7 @@ pub mod demo;
 pub mod detect;
 pub mod formats;
 pub mod health;
+pub mod kafka;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -10,12 +10,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::Config;
+use crate::kafka::{self, Role};
 use crate::store::{EventStore, StoreError};
 
 /// Where to replay from.
@@ -68,12 +68,8 @@ pub async fn plan(
     partitions: &[i32],
     target: ReplayTarget,
 ) -> Result<Vec<PartitionPlan>, ReplayError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set("group.id", format!("{group_id}-replay-probe"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()?;
+    let consumer: BaseConsumer =
+        kafka::client_config(&config.kafka, Role::ReplayProbe { group_id }).create()?;
     let topic_owned = topic.to_owned();
     let chosen = partitions.to_vec();
     let (consumer, mut plans) = tokio::task::spawn_blocking(move || {

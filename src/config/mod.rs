@@ -288,7 +288,7 @@ impl Config {
             ));
         }
         for key in self.kafka.properties.keys() {
-            if RESERVED_KAFKA_PROPERTIES.contains(&key.as_str()) {
+            if crate::kafka::is_protected(key) {
                 return Err(ConfigError::invalid(
                     &format!("kafka.properties.{key}"),
                     "is managed by event-manager (exactly-once relies on it) and cannot be overridden",
@@ -347,16 +347,6 @@ impl Config {
         Ok(())
     }
 }
-
-/// librdkafka settings the pipeline sets itself.
-const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "group.id",
-    "bootstrap.servers",
-    "partition.assignment.strategy",
-    "isolation.level",
-];
 
 /// `EM_` variables that are not configuration keys (`EM_CONFIG` names the file).
 const NOT_KEYS: &[&str] = &["EM_CONFIG"];

@@ -7,7 +7,6 @@ pub mod feed;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::net::TcpListener;
@@ -92,7 +91,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
 
     let formats: Vec<_> = rules.iter().map(|r| r.format).collect();
     let feed = tokio::spawn(produce_feed(
-        config.kafka.bootstrap_servers.clone(),
+        config.kafka.clone(),
         feed::sources_for(&formats),
         args.rate,
         shutdown.clone(),
@@ -130,7 +129,7 @@ fn demo_token(auth: &mut crate::config::AuthConfig) -> anyhow::Result<String> {
 }
 
 async fn produce_feed(
-    bootstrap: String,
+    kafka: crate::config::KafkaConfig,
     mut sources: Vec<Box<dyn feed::SampleSource>>,
     rate: u32,
     shutdown: CancellationToken,
@@ -138,11 +137,8 @@ async fn produce_feed(
     if sources.is_empty() {
         return Ok(());
     }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()?;
+    let producer: FutureProducer =
+        crate::kafka::client_config(&kafka, crate::kafka::Role::DemoFeed).create()?;
     let mut rng = feed::Rng::new(0x5eed);
     let per_tick = (rate / 10).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(100));

@@ -10,7 +10,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message as _};
@@ -32,6 +31,7 @@ use crate::config::Config;
 use crate::detect::{Outcome, StateKey};
 use crate::formats::StatusLookup;
 use crate::health::Readiness;
+use crate::kafka::{self, Role};
 use crate::metrics::PipelineMetrics;
 use crate::model::{Observation, SourceRef};
 use crate::store::{backoff, BatchChanges, EventStore, NewEvent, OffsetFence, StoreError};
@@ -223,38 +223,10 @@ pub(crate) fn build(
         shutdown: shutdown.clone(),
         max_backoff: config.pipeline.max_retry_backoff,
     };
-    let mut cc = ClientConfig::new();
-    for (k, v) in &config.kafka.properties {
-        cc.set(k, v);
-    }
-    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set("group.id", &config.kafka.group_id)
-        .set("client.id", format!("{}-consumer", config.kafka.client_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", &config.kafka.auto_offset_reset)
-        .set(
-            "session.timeout.ms",
-            config.kafka.session_timeout.as_millis().to_string(),
-        )
-        .set("statistics.interval.ms", "5000");
-    let consumer: BaseConsumer<PipelineContext> = cc.create_with_context(context)?;
-
-    let mut pc = ClientConfig::new();
-    for (k, v) in &config.kafka.properties {
-        pc.set(k, v);
-    }
-    pc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set(
-            "client.id",
-            format!("{}-dead-letters", config.kafka.client_id),
-        )
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", "30000");
-    let producer: FutureProducer = pc.create()?;
+    let consumer: BaseConsumer<PipelineContext> =
+        kafka::client_config(&config.kafka, Role::Consumer).create_with_context(context)?;
+    let producer: FutureProducer =
+        kafka::client_config(&config.kafka, Role::DeadLetterProducer).create()?;
 
     let lookup_client = FhirStatusClient::from_config(&config.fhir)?;
     let lookup_concurrency = config.fhir.concurrency;

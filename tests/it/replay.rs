@@ -130,3 +130,35 @@ async fn replay_by_time_finds_the_first_message_at_or_after_it() {
         "offsets are clamped to what the broker retains"
     );
 }
+
+/// `replay` builds its Kafka client from `kafka.properties` like every other client (so it can
+/// reach a secured cluster): a property it would have ignored now takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_applies_kafka_properties() {
+    let s = setup().await;
+    let mut config = s.config(&s.db.url);
+    let plan = |config: event_manager::config::Config| {
+        let store = s.db.store.clone();
+        async move {
+            replay::plan(
+                &config,
+                &store,
+                "test-group",
+                TOPIC,
+                &[],
+                ReplayTarget::Earliest,
+            )
+            .await
+        }
+    };
+    assert!(plan(config.clone()).await.is_ok());
+    config
+        .kafka
+        .properties
+        .insert("security.protocol".into(), "carrier-pigeon".into());
+    let err = plan(config).await.unwrap_err().to_string();
+    assert!(
+        err.contains("security.protocol") && err.contains("carrier-pigeon"),
+        "{err}"
+    );
+}

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::Config;
+use crate::kafka::{self, Role};
 
 /// Why a message was not acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -41,22 +41,11 @@ impl BridgeProducer {
     /// Creates the producer (it connects lazily).
     pub fn new(config: &Config) -> Result<Self, KafkaError> {
         let timeout = config.webhooks.produce_timeout;
-        let mut pc = ClientConfig::new();
-        for (k, v) in &config.kafka.properties {
-            pc.set(k, v);
-        }
-        pc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-            .set("client.id", format!("{}-webhooks", config.kafka.client_id))
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", timeout.as_millis().to_string())
-            .set(
-                "request.timeout.ms",
-                timeout.as_millis().clamp(100, 30_000).to_string(),
-            );
+        let role = Role::WebhookProducer {
+            produce_timeout: timeout,
+        };
         Ok(Self {
-            producer: pc.create()?,
+            producer: kafka::client_config(&config.kafka, role).create()?,
             timeout,
         })
     }
