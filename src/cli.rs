@@ -246,6 +246,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn config_check(config: Config) -> anyhow::Result<serde_json::Value> {
     let app = crate::app::App::build(config)?;
     app.config.auth.require_key()?;
+    // The Kafka security files (password, certificates) are read as `run` reads them.
+    crate::kafka::client_config(&app.config.kafka, crate::kafka::Role::Consumer)?;
     let rules: Vec<serde_json::Value> = app
         .rules
         .rules()

@@ -1,6 +1,7 @@
 //! Liveness and readiness facts shared by the pipeline (which updates them) and the API.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
 
 /// What `/readyz` reports on.
 #[derive(Debug, Default)]
@@ -9,6 +10,7 @@ pub struct Readiness {
     consumer_assigned: AtomicBool,
     consumer_required: AtomicBool,
     broker_metadata_at_ms: AtomicI64,
+    kafka_error: Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -50,6 +52,22 @@ impl Readiness {
     pub fn broker_metadata_age_ms(&self) -> Option<i64> {
         let at = self.broker_metadata_at_ms.load(Ordering::Relaxed);
         (at > 0).then(|| chrono::Utc::now().timestamp_millis() - at)
+    }
+
+    /// Records why the consumer cannot connect to Kafka (`None`: it can, or no failure is known).
+    pub fn set_kafka_error(&self, cause: Option<String>) {
+        *self
+            .kafka_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = cause;
+    }
+
+    /// Why the consumer cannot connect to Kafka, if it cannot.
+    pub fn kafka_error(&self) -> Option<String> {
+        self.kafka_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether a consumer runs in this process.

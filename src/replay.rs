@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -68,8 +68,11 @@ pub async fn plan(
     partitions: &[i32],
     target: ReplayTarget,
 ) -> Result<Vec<PartitionPlan>, ReplayError> {
-    let consumer: BaseConsumer =
-        kafka::client_config(&config.kafka, Role::ReplayProbe { group_id }).create()?;
+    let consumer = kafka::probe_consumer(
+        &config.kafka,
+        Role::ReplayProbe { group_id },
+        &kafka::ConnectionReporter::new(&config.kafka),
+    )?;
     let topic_owned = topic.to_owned();
     let chosen = partitions.to_vec();
     let (consumer, mut plans) = tokio::task::spawn_blocking(move || {
@@ -150,7 +153,7 @@ pub async fn apply(
 /// Asks the broker first; brokers that cannot answer by time (e.g. the embedded one) are searched
 /// by reading message timestamps (binary search; Kafka timestamps are assumed non-decreasing).
 fn offset_for_time(
-    consumer: &BaseConsumer,
+    consumer: &kafka::ProbeConsumer,
     topic: &str,
     partition: i32,
     low: i64,
@@ -185,7 +188,7 @@ fn offset_for_time(
 
 /// Reads the first message at or after `offset`: its offset and timestamp.
 fn read_at(
-    consumer: &BaseConsumer,
+    consumer: &kafka::ProbeConsumer,
     topic: &str,
     partition: i32,
     offset: i64,

@@ -156,6 +156,9 @@ pub struct ReadinessReport {
     pub broker_metadata_fresh: bool,
     /// Age of the newest broker metadata, when any was fetched.
     pub broker_metadata_age_ms: Option<i64>,
+    /// Why the consumer cannot connect to Kafka (e.g. `authentication failed: …`, `unknown CA:
+    /// …`), while it cannot; the same words as the log line.
+    pub kafka_error: Option<String>,
 }
 
 /// Liveness: the process serves HTTP.
@@ -182,7 +185,8 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readines
     let age = readiness.broker_metadata_age_ms();
     let broker_metadata_fresh = !readiness.consumer_required()
         || age.is_some_and(|ms| ms < BROKER_METADATA_MAX_AGE.as_millis() as i64);
-    let ready = database && consumer_assigned && broker_metadata_fresh;
+    let kafka_error = readiness.kafka_error();
+    let ready = database && consumer_assigned && broker_metadata_fresh && kafka_error.is_none();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -196,6 +200,7 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readines
             consumer_assigned,
             broker_metadata_fresh,
             broker_metadata_age_ms: age,
+            kafka_error,
         }),
     )
 }

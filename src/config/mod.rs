@@ -111,8 +111,26 @@ pub struct KafkaConfig {
     pub session_timeout: Duration,
     /// Where a group with no stored offset starts: `earliest` or `latest`.
     pub auto_offset_reset: String,
-    /// Extra librdkafka properties passed through unchanged (e.g. `security.protocol`).
+    /// How the connection is secured: `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`
+    /// (unset: librdkafka's default, plaintext, unless `kafka.properties` says otherwise).
+    pub security_protocol: Option<crate::kafka::SecurityProtocol>,
+    /// SASL mechanism and credentials.
+    pub sasl: crate::kafka::SaslConfig,
+    /// CA and client certificate files.
+    pub tls: crate::kafka::TlsConfig,
+    /// Extra librdkafka properties passed through unchanged (e.g. `ssl.key.password`).
     pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// The security settings, for [`crate::kafka::client_config`].
+    pub fn security(&self) -> crate::kafka::Security<'_> {
+        crate::kafka::Security {
+            protocol: self.security_protocol,
+            sasl: &self.sasl,
+            tls: &self.tls,
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -123,6 +141,9 @@ impl Default for KafkaConfig {
             client_id: "event-manager".into(),
             session_timeout: Duration::from_secs(10),
             auto_offset_reset: "earliest".into(),
+            security_protocol: None,
+            sasl: crate::kafka::SaslConfig::default(),
+            tls: crate::kafka::TlsConfig::default(),
             properties: BTreeMap::new(),
         }
     }
@@ -295,6 +316,7 @@ impl Config {
                 ));
             }
         }
+        self.kafka.security().validate(&self.kafka.properties)?;
         if !self.database.url.starts_with("postgres://")
             && !self.database.url.starts_with("postgresql://")
         {
@@ -303,11 +325,9 @@ impl Config {
                 "must be a postgres:// or postgresql:// URL",
             ));
         }
-        if self.database.url.parse::<tokio_postgres::Config>().is_err() {
-            return Err(ConfigError::invalid(
-                "database.url",
-                "is not a valid PostgreSQL URL",
-            ));
+        // The TLS parameters are checked here, their files when the store connects.
+        if let Err(reason) = crate::store::tls::parse_url(&self.database.url) {
+            return Err(ConfigError::invalid("database.url", reason));
         }
         if !(1..=1024).contains(&self.database.pool_size) {
             return Err(ConfigError::invalid(

@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -137,8 +137,11 @@ async fn produce_feed(
     if sources.is_empty() {
         return Ok(());
     }
-    let producer: FutureProducer =
-        crate::kafka::client_config(&kafka, crate::kafka::Role::DemoFeed).create()?;
+    let producer = crate::kafka::producer(
+        &kafka,
+        crate::kafka::Role::DemoFeed,
+        &crate::kafka::ConnectionReporter::new(&kafka),
+    )?;
     let mut rng = feed::Rng::new(0x5eed);
     let per_tick = (rate / 10).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(100));

@@ -1,14 +1,32 @@
 //! The one place that makes Kafka clients. Every client the binary creates — the pipeline's
 //! consumer and dead-letter producer, the webhook bridges' producer, `replay`'s probe and the
-//! demo's feed — gets its `rdkafka::ClientConfig` from [`client_config`], so that
-//! `kafka.properties` (security settings among them) reach each of them, and the settings
-//! exactly-once relies on cannot be overridden by any.
+//! demo's feed — gets its `rdkafka::ClientConfig` from [`client_config`], so that the security
+//! settings (`kafka.security_protocol`, `kafka.sasl.*`, `kafka.tls.*`, see [`security`]) and
+//! `kafka.properties` reach each of them, and the settings exactly-once relies on cannot be
+//! overridden by any. Their connection errors are logged once per cause ([`connection`]).
+
+pub mod connection;
+pub mod security;
 
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaConfig;
+
+pub use connection::{Cause, ClientErrors, ConnectionReporter};
+pub use security::{
+    PasswordFile, SaslConfig, Security, SecurityProtocol, TlsConfig, SASL_MECHANISMS,
+};
+
+/// A producer made by [`producer`].
+pub type Producer = FutureProducer<ClientErrors>;
+
+/// A consumer made by [`probe_consumer`] (no group membership of its own).
+pub type ProbeConsumer = BaseConsumer<ClientErrors>;
 
 /// librdkafka properties event-manager sets itself, which `kafka.properties` may not set: the
 /// consumer's exactly-once relies on them (offsets are stored in PostgreSQL, never by Kafka
@@ -64,14 +82,40 @@ impl Role<'_> {
     }
 }
 
-/// The client configuration for `role`: `kafka.properties` (without the protected ones), then
-/// the brokers, the client id and the role's own settings, which win.
-pub fn client_config(kafka: &KafkaConfig, role: Role<'_>) -> ClientConfig {
+/// A producer for `role`, whose connection errors `reporter` logs.
+pub fn producer(
+    kafka: &KafkaConfig,
+    role: Role<'_>,
+    reporter: &ConnectionReporter,
+) -> Result<Producer, KafkaError> {
+    client_config(kafka, role)?.create_with_context(ClientErrors(reporter.clone()))
+}
+
+/// A consumer for `role` that is not the pipeline's (e.g. `replay`'s probe).
+pub fn probe_consumer(
+    kafka: &KafkaConfig,
+    role: Role<'_>,
+    reporter: &ConnectionReporter,
+) -> Result<ProbeConsumer, KafkaError> {
+    client_config(kafka, role)?.create_with_context(ClientErrors(reporter.clone()))
+}
+
+/// The client configuration for `role`: `kafka.properties` (without the protected ones), the
+/// security settings, then the brokers, the client id and the role's own settings, which win.
+/// Fails, naming the key, when a file of the security settings cannot be read.
+pub fn client_config(kafka: &KafkaConfig, role: Role<'_>) -> Result<ClientConfig, KafkaError> {
     let mut cc = ClientConfig::new();
     for (key, value) in &kafka.properties {
         if !is_protected(key) {
             cc.set(key, value);
         }
+    }
+    let security = kafka
+        .security()
+        .properties()
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+    for (key, value) in security {
+        cc.set(key, value.expose());
     }
     cc.set("bootstrap.servers", &kafka.bootstrap_servers).set(
         "client.id",
@@ -114,7 +158,7 @@ pub fn client_config(kafka: &KafkaConfig, role: Role<'_>) -> ClientConfig {
             cc.set("enable.idempotence", "true").set("linger.ms", "5");
         }
     }
-    cc
+    Ok(cc)
 }
 
 #[cfg(test)]
@@ -150,7 +194,7 @@ mod tests {
             .properties
             .insert("enable.auto.commit".into(), "true".into());
         for role in roles() {
-            let cc = client_config(&kafka, role);
+            let cc = client_config(&kafka, role).unwrap();
             assert_eq!(cc.get("security.protocol"), Some("sasl_ssl"), "{role:?}");
             assert_eq!(cc.get("sasl.mechanism"), Some("SCRAM-SHA-512"), "{role:?}");
             assert_eq!(cc.get("bootstrap.servers"), Some("b1:9092,b2:9092"));
@@ -162,21 +206,66 @@ mod tests {
     }
 
     #[test]
+    fn every_role_applies_the_security_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not read here").unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "from-the-file\n").unwrap();
+        let kafka = KafkaConfig {
+            security_protocol: Some(SecurityProtocol::SaslSsl),
+            sasl: SaslConfig {
+                mechanism: Some("SCRAM-SHA-512".into()),
+                username: Some("em".into()),
+                password_file: Some(password),
+                ..SaslConfig::default()
+            },
+            tls: TlsConfig {
+                ca_file: Some(ca.clone()),
+                ..TlsConfig::default()
+            },
+            ..KafkaConfig::default()
+        };
+        for role in roles() {
+            let cc = client_config(&kafka, role).unwrap();
+            assert_eq!(cc.get("security.protocol"), Some("sasl_ssl"), "{role:?}");
+            assert_eq!(cc.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+            assert_eq!(cc.get("sasl.username"), Some("em"));
+            assert_eq!(cc.get("sasl.password"), Some("from-the-file"));
+            assert_eq!(cc.get("ssl.ca.location"), ca.to_str());
+        }
+        let missing = KafkaConfig {
+            tls: TlsConfig {
+                ca_file: Some(dir.path().join("absent.pem")),
+                ..TlsConfig::default()
+            },
+            ..kafka
+        };
+        let err = client_config(&missing, Role::Consumer)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kafka.tls.ca_file") && err.contains("absent.pem"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn role_settings_win_over_kafka_properties() {
         let mut kafka = KafkaConfig::default();
         kafka.properties.insert("acks".into(), "1".into());
         kafka
             .properties
             .insert("statistics.interval.ms".into(), "0".into());
-        let consumer = client_config(&kafka, Role::Consumer);
+        let consumer = client_config(&kafka, Role::Consumer).unwrap();
         assert_eq!(consumer.get("group.id"), Some("event-manager"));
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
         assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
         assert_eq!(consumer.get("statistics.interval.ms"), Some("5000"));
-        let dead_letters = client_config(&kafka, Role::DeadLetterProducer);
+        let dead_letters = client_config(&kafka, Role::DeadLetterProducer).unwrap();
         assert_eq!(dead_letters.get("acks"), Some("all"));
         assert_eq!(dead_letters.get("enable.idempotence"), Some("true"));
-        let probe = client_config(&kafka, Role::ReplayProbe { group_id: "g" });
+        let probe = client_config(&kafka, Role::ReplayProbe { group_id: "g" }).unwrap();
         assert_eq!(probe.get("group.id"), Some("g-replay-probe"));
         assert_eq!(probe.get("enable.auto.commit"), Some("false"));
     }

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message as _};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::Producer as _;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
@@ -50,8 +50,10 @@ fn lock(owned: &Owned) -> MutexGuard<'_, HashMap<Tp, Option<i64>>> {
     owned.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// librdkafka callbacks: rebalances (seek to stored offsets), statistics (lag), errors.
+/// librdkafka callbacks: rebalances (seek to stored offsets), statistics (lag), errors (one log
+/// line per cause, and `/readyz` false naming it, see src/kafka/connection.rs).
 pub(crate) struct PipelineContext {
+    connection: kafka::ConnectionReporter,
     runtime: tokio::runtime::Handle,
     store: EventStore,
     group_id: String,
@@ -80,11 +82,25 @@ impl ClientContext for PipelineContext {
         }
         if stats.brokers.values().any(|b| b.state == "UP") {
             self.readiness.touch_broker_metadata();
+            self.connection.connected();
+            self.readiness.set_kafka_error(None);
+        }
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if let Some(cause) = self.connection.log(level, fac, message) {
+            self.readiness.set_kafka_error(Some(cause.to_string()));
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "kafka client error");
+        // Transient failures (a broker restarting, an idle connection closed) are left to the
+        // assignment and metadata checks of `/readyz`; a misconfiguration is named there.
+        if let Some(cause) = self.connection.report(&error, reason) {
+            if cause.is_misconfiguration() {
+                self.readiness.set_kafka_error(Some(cause.to_string()));
+            }
+        }
     }
 }
 
@@ -184,7 +200,9 @@ impl PipelineContext {
 /// Everything the consumer thread needs.
 pub(crate) struct ConsumerLoop {
     pub(crate) consumer: BaseConsumer<PipelineContext>,
-    pub(crate) producer: FutureProducer,
+    pub(crate) producer: kafka::Producer,
+    /// `kafka.sasl.password_file`, read again while idle so a rotated password is used.
+    pub(crate) password_file: Option<kafka::PasswordFile>,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) store: EventStore,
     pub(crate) rules: Arc<RuleSet>,
@@ -213,7 +231,9 @@ pub(crate) fn build(
     shutdown: CancellationToken,
 ) -> Result<ConsumerLoop, PipelineError> {
     let owned: Owned = Arc::default();
+    let connection = kafka::ConnectionReporter::new(&config.kafka);
     let context = PipelineContext {
+        connection: connection.clone(),
         runtime: runtime.clone(),
         store: store.clone(),
         group_id: config.kafka.group_id.clone(),
@@ -224,9 +244,8 @@ pub(crate) fn build(
         max_backoff: config.pipeline.max_retry_backoff,
     };
     let consumer: BaseConsumer<PipelineContext> =
-        kafka::client_config(&config.kafka, Role::Consumer).create_with_context(context)?;
-    let producer: FutureProducer =
-        kafka::client_config(&config.kafka, Role::DeadLetterProducer).create()?;
+        kafka::client_config(&config.kafka, Role::Consumer)?.create_with_context(context)?;
+    let producer = kafka::producer(&config.kafka, Role::DeadLetterProducer, &connection)?;
 
     let lookup_client = FhirStatusClient::from_config(&config.fhir)?;
     let lookup_concurrency = config.fhir.concurrency;
@@ -240,6 +259,7 @@ pub(crate) fn build(
     Ok(ConsumerLoop {
         consumer,
         producer,
+        password_file: kafka::PasswordFile::watch(&config.kafka.sasl),
         runtime,
         store,
         rules,
@@ -294,6 +314,7 @@ impl ConsumerLoop {
         while !self.shutdown.is_cancelled() {
             let batch = self.collect();
             if batch.is_empty() {
+                self.refresh_password();
                 if last_check.elapsed() >= POSITION_CHECK_INTERVAL {
                     self.check_positions();
                     last_check = Instant::now();
@@ -306,6 +327,28 @@ impl ConsumerLoop {
         self.consumer.unsubscribe();
         // A final poll serves the revocation callback of the unsubscribe.
         let _ = self.consumer.poll(Duration::from_millis(100));
+    }
+
+    /// Hands a changed `kafka.sasl.password_file` to the consumer and the dead-letter producer.
+    fn refresh_password(&self) {
+        let Some(watch) = &self.password_file else {
+            return;
+        };
+        let Some(password) = watch.changed() else {
+            return;
+        };
+        let applied = watch
+            .apply(self.consumer.client(), &password)
+            .and_then(|()| watch.apply(self.producer.client(), &password));
+        match applied {
+            Ok(()) => tracing::info!(
+                "kafka.sasl.password_file changed: the new password is used from the next \
+                 authentication"
+            ),
+            Err(error) => {
+                tracing::error!(%error, "kafka.sasl.password_file changed but was refused")
+            }
+        }
     }
 
     fn collect(&self) -> Vec<Message> {
@@ -340,6 +383,22 @@ impl ConsumerLoop {
                             .unwrap_or_default(),
                         timestamp_ms: m.timestamp().to_millis(),
                     });
+                }
+                // Connection failures are logged once per cause by the context (see
+                // src/kafka/connection.rs); the consumer repeats them at every poll.
+                Some(Err(e))
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::AllBrokersDown
+                                | RDKafkaErrorCode::BrokerTransportFailure
+                                | RDKafkaErrorCode::SSL
+                                | RDKafkaErrorCode::Authentication
+                                | RDKafkaErrorCode::Resolve
+                        )
+                    ) =>
+                {
+                    tracing::debug!(error = %e, "consume error");
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consume error"),
             }

@@ -36,8 +36,8 @@ pub struct DeadLetter {
 }
 
 /// Produces dead letters and waits for the broker's acknowledgement.
-pub async fn deliver(
-    producer: &FutureProducer,
+pub async fn deliver<C: rdkafka::ClientContext + 'static>(
+    producer: &FutureProducer<C>,
     letter: &DeadLetter,
     timeout: Duration,
 ) -> Result<(), rdkafka::error::KafkaError> {

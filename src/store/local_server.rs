@@ -62,9 +62,29 @@ struct RunAs {
     gid: u32,
 }
 
+/// A server certificate and key (PEM) for a private server with `ssl=on`.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The certificate chain.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerTls { .. }")
+    }
+}
+
 impl LocalPostgres {
     /// Creates a cluster in a fresh temporary directory and starts it on a free port.
     pub fn start() -> Result<Self, LocalPostgresError> {
+        Self::start_with(None)
+    }
+
+    /// Like [`Self::start`], with TLS on (`ssl=on`) with `tls`'s certificate when given.
+    pub fn start_with(tls: Option<&ServerTls>) -> Result<Self, LocalPostgresError> {
         let bin = find_bin_dir().ok_or(LocalPostgresError::BinariesNotFound)?;
         let run_as = run_as()?;
         let base = std::env::temp_dir().join("event-manager-pg");
@@ -97,10 +117,28 @@ impl LocalPostgres {
             ));
         }
 
+        let mut settings = Vec::new();
+        if let Some(tls) = tls {
+            for (name, pem) in [("server.crt", &tls.cert_pem), ("server.key", &tls.key_pem)] {
+                let path = dir.join(name);
+                std::fs::write(&path, pem).map_err(|e| step("writing the TLS files", e))?;
+                // PostgreSQL refuses a key file others may read.
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| step("writing the TLS files", e))?;
+                chown(&path, run_as)?;
+            }
+            settings.push("ssl=on".to_owned());
+            settings.push(format!(
+                "ssl_cert_file={}",
+                dir.join("server.crt").display()
+            ));
+            settings.push(format!("ssl_key_file={}", dir.join("server.key").display()));
+        }
+
         let mut last_error = None;
         for _ in 0..3 {
             let port = free_port()?;
-            match Self::launch(&bin, &dir, &data, port, run_as) {
+            match Self::launch(&bin, &dir, &data, port, run_as, &settings) {
                 Ok((stop, keeper)) => {
                     return Ok(Self {
                         dir,
@@ -122,6 +160,7 @@ impl LocalPostgres {
         data: &Path,
         port: u16,
         run_as: Option<RunAs>,
+        settings: &[String],
     ) -> Result<(mpsc::Sender<()>, thread::JoinHandle<()>), LocalPostgresError> {
         let log_path = dir.join("postgres.log");
         let log = std::fs::File::create(&log_path).map_err(|e| step("creating the log", e))?;
@@ -146,6 +185,7 @@ impl LocalPostgres {
                 "-c",
                 "shared_buffers=128MB",
             ])
+            .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);

@@ -3,19 +3,20 @@
 
 pub mod attribute_indexes;
 mod local_server;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::DatabaseConfig;
 use crate::detect::{AttributeState, DetectedEvent, StateKey};
 use crate::model::SourceRef;
 
-pub use local_server::{LocalPostgres, LocalPostgresError};
+pub use local_server::{LocalPostgres, LocalPostgresError, ServerTls};
 
 mod embedded {
     refinery::embed_migrations!("sql");
@@ -134,12 +135,13 @@ impl std::fmt::Debug for EventStore {
 
 impl EventStore {
     /// Builds the connection pools (connections are opened lazily): one for ingestion, the
-    /// terminator and migrations, one of the same size for the query API.
+    /// terminator and migrations, one of the same size for the query API. Every connection of
+    /// the binary is made here, over TLS as the URL's `sslmode` says ([`tls`]).
     pub fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
-        let mut pg: tokio_postgres::Config = config
-            .url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+        let (mut pg, tls_settings) = tls::parse_url(&config.url)
+            .map_err(|e| StoreError::Config(format!("database.url: {e}")))?;
+        let tls = tls::connector(&tls_settings)
+            .map_err(|e| StoreError::Config(format!("database.url: {e}")))?;
         pg.connect_timeout(config.connect_timeout);
         if pg.get_application_name().is_none() {
             pg.application_name("event-manager");
@@ -149,7 +151,7 @@ impl EventStore {
         // request). Settings in the URL's `options` win.
         let options = with_default_setting(pg.get_options().unwrap_or_default(), "jit", "off");
         pg.options(&options);
-        let pool = build_pool(pg.clone(), config)?;
+        let pool = build_pool(pg.clone(), tls.clone(), config)?;
         // The API's prepared statements run their generic plan from the first execution
         // instead of being planned again every time (PostgreSQL keeps custom plans when their
         // estimated cost is lower, which for short LIMIT queries is always; planning cost as
@@ -162,7 +164,7 @@ impl EventStore {
             "plan_cache_mode",
             "force_generic_plan",
         ));
-        let api_pool = build_pool(pg, config)?;
+        let api_pool = build_pool(pg, tls, config)?;
         Ok(Self { pool, api_pool })
     }
 
@@ -545,15 +547,33 @@ fn with_default_setting(options: &str, name: &str, value: &str) -> String {
 }
 
 async fn checkout(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
-    pool.get()
-        .await
-        .map_err(|e| StoreError::Pool(e.to_string()))
+    pool.get().await.map_err(|e| {
+        // tokio-postgres's error display stops at "error performing TLS handshake"; the cause
+        // (rustls's words) is its source.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let more = cause.to_string();
+            if !text.contains(&more) {
+                text = format!("{text}: {more}");
+            }
+            source = cause.source();
+        }
+        match tls::explain(&text) {
+            Some(why) => StoreError::Pool(format!("{why} ({text})")),
+            None => StoreError::Pool(text),
+        }
+    })
 }
 
-fn build_pool(pg: tokio_postgres::Config, config: &DatabaseConfig) -> Result<Pool, StoreError> {
+fn build_pool(
+    pg: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    config: &DatabaseConfig,
+) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

@@ -14,4 +14,6 @@ mod replay;
 mod schemathesis;
 mod store;
 mod terminator;
+mod tls_kafka;
+mod tls_postgres;
 mod webhooks;

@@ -22,6 +22,7 @@ async fn the_broker_prints_its_facts_then_serves_a_producer_and_a_consumer() {
             "PLAINTEXT",
             "SSL",
             "SASL_SSL",
+            "SSL_SERVER_AUTH",
             "CA_FILE",
             "CLIENT_CERT",
             "CLIENT_KEY",
@@ -31,7 +32,7 @@ async fn the_broker_prints_its_facts_then_serves_a_producer_and_a_consumer() {
         broker.lines()
     );
     let l = broker.listeners();
-    for addr in [&l.plaintext, &l.ssl, &l.sasl_ssl] {
+    for addr in [&l.plaintext, &l.ssl, &l.sasl_ssl, &l.ssl_server_auth] {
         assert!(addr.starts_with("127.0.0.1:"), "{addr}");
         std::net::TcpStream::connect(addr.as_str())
             .unwrap_or_else(|e| panic!("{addr} accepts connections: {e}"));

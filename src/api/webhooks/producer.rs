@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureRecord, Producer as _};
 
 use crate::config::Config;
 use crate::kafka::{self, Role};
@@ -25,7 +25,9 @@ pub enum ProduceError {
 
 /// An idempotent producer with a bounded wait for acknowledgements.
 pub struct BridgeProducer {
-    producer: FutureProducer,
+    producer: kafka::Producer,
+    /// `kafka.sasl.password_file`, read again before sends so a rotated password is used.
+    password_file: Option<kafka::PasswordFile>,
     timeout: Duration,
 }
 
@@ -45,13 +47,25 @@ impl BridgeProducer {
             produce_timeout: timeout,
         };
         Ok(Self {
-            producer: kafka::client_config(&config.kafka, role).create()?,
+            producer: kafka::producer(
+                &config.kafka,
+                role,
+                &kafka::ConnectionReporter::new(&config.kafka),
+            )?,
+            password_file: kafka::PasswordFile::watch(&config.kafka.sasl),
             timeout,
         })
     }
 
     /// Produces one message keyed by `key` and waits until the broker acknowledged it.
     pub async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), ProduceError> {
+        if let Some(watch) = &self.password_file {
+            if let Some(password) = watch.changed() {
+                if let Err(error) = watch.apply(self.producer.client(), &password) {
+                    tracing::error!(%error, "kafka.sasl.password_file changed but was refused");
+                }
+            }
+        }
         let record = FutureRecord::to(topic).key(key).payload(payload);
         let delivery = self
             .producer

@@ -1,5 +1,5 @@
-//! The real Apache Kafka of the tests: `scripts/real-kafka` (one KRaft node with PLAINTEXT, SSL
-//! and SASL_SSL listeners), started once per test binary and shared, with topics and group ids of
+//! The real Apache Kafka of the tests: `scripts/real-kafka` (one KRaft node with PLAINTEXT, SSL,
+//! SASL_SSL and SSL_SERVER_AUTH listeners), started once per test binary and shared, with topics and group ids of
 //! their own per test so that tests stay parallel. Tests that crash, stop or freeze a broker start
 //! a private one ([`RealKafka::start_private`]).
 //!
@@ -32,6 +32,8 @@ pub struct Listeners {
     pub ssl: String,
     /// `host:port` of the SASL_SSL listener (SCRAM-SHA-512).
     pub sasl_ssl: String,
+    /// `host:port` of an SSL listener that asks for no client certificate.
+    pub ssl_server_auth: String,
     /// The CA that signed the broker's and the client's certificates (PEM).
     pub ca_file: PathBuf,
     /// A client certificate for the SSL listener (PEM).
@@ -71,6 +73,7 @@ impl Listeners {
             plaintext: one("PLAINTEXT")?,
             ssl: one("SSL")?,
             sasl_ssl: one("SASL_SSL")?,
+            ssl_server_auth: one("SSL_SERVER_AUTH")?,
             ca_file: one("CA_FILE")?.into(),
             client_cert: one("CLIENT_CERT")?.into(),
             client_key: one("CLIENT_KEY")?.into(),
