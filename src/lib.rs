@@ -14,7 +14,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod api;
 pub mod app;
 pub mod broker;
-pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod detect;

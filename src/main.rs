@@ -1,5 +1,7 @@
 //! The `event-manager` binary: parses the command line and hands over to the library.
 
+mod cli;
+
 fn main() -> std::process::ExitCode {
-    event_manager::cli::main()
+    cli::main()
 }
