@@ -94,7 +94,7 @@ impl App {
         let pipeline_metrics = PipelineMetrics::register(&registry)?;
         let terminator_metrics = TerminatorMetrics::register(&registry)?;
         let bridges = Arc::new(
-            Bridges::new(&config, WebhookMetrics::register(&registry)?)
+            Bridges::new(&config.webhooks, &config.kafka, WebhookMetrics::register(&registry)?)
                 .map_err(AppError::Producer)?,
         );
         let http_metrics = HttpMetrics::register(&registry)?;

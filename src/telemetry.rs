@@ -1,9 +1,37 @@
 //! Logging set-up. Logs never carry message bodies, patient references or tokens: callers log
 //! coordinates (topic, partition, offset) and reason codes only.
 
+use serde::Deserialize;
 use tracing_subscriber::{fmt, EnvFilter};
 
-use crate::config::{LogConfig, LogFormat};
+/// Logging settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` (production) or `text`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `event_manager=debug,rdkafka=warn`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
 
 /// Installs the global subscriber. `RUST_LOG` overrides the configured level.
 pub fn init(config: &LogConfig) {

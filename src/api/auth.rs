@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use super::config::{invalid, AuthConfig, READ_SCOPE};
 use super::error::ApiError;
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Who is calling, as far as the token says.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,8 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::config::{ConfigError, Secret};
+use crate::config_error::ConfigError;
+use crate::secret::Secret;
 use crate::formats::{DecodeError, DecodeErrorKind, StatusLookup};
 
 /// `[fhir]`: where and how statuses are looked up. Disabled while `servers` is empty.

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Secret};
+use crate::config_error::ConfigError;
+use crate::secret::Secret;
 use crate::formats::MAX_PAYLOAD_BYTES;
 
 /// `[webhooks]`: the HTTP bridges that produce into Kafka.
