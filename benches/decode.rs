@@ -83,7 +83,7 @@ fn decode(c: &mut Criterion) {
             "esoz_json",
             Format::Esoz,
             "event_manager_topic",
-            fixture("esoz", "status_change_seed"),
+            fixture("esoz", "status_change_sample"),
         ),
         ("esoz_etf", Format::Esoz, "event_manager_topic", esoz_etf()),
         (

@@ -889,7 +889,7 @@ mod tests {
     #[test]
     fn etf_gives_the_same_observation_as_json() {
         let json =
-            std::fs::read(crate::formats::testing::dir("esoz").join("status_change_seed.json"))
+            std::fs::read(crate::formats::testing::dir("esoz").join("status_change_sample.json"))
                 .unwrap();
         let from_json = decode_bytes(&json).unwrap();
         for legacy in [false, true] {

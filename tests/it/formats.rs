@@ -707,7 +707,7 @@ async fn the_esoz_sample_on_an_empty_eventdb_is_one_event_from_null() {
     let mut e = env().await;
     let t = "event_manager_topic";
     let sample = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esoz/status_change_seed.json"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esoz/status_change_sample.json"),
     )
     .unwrap();
     e.send(t, &[], &sample, 0).await;
