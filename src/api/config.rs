@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::config_error::ConfigError;
 
-/// The scope every caller of the events API needs (seed 003: `scope = 'event:read'`).
+/// The scope every caller of the events API needs (docs/architecture.md, "ESOZ Event Manager").
 pub const READ_SCOPE: &str = "event:read";
 
 /// HTTP server settings.
@@ -32,7 +32,7 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Longest period one list request may cover, in hours (seed 003:
+    /// Longest period one list request may cover, in hours (ESOZ's
     /// `EVENTS_LIST_MAX_PERIOD_HOURS`, also accepted as that plain environment variable).
     pub events_list_max_period_hours: u32,
     /// Page size when the request gives none.
