@@ -129,11 +129,6 @@ impl Authenticator {
         })
     }
 
-    /// Whether requests pass without a token.
-    pub fn is_disabled(&self) -> bool {
-        self.disabled
-    }
-
     /// Checks the `Authorization` header and returns the caller.
     pub fn authenticate(&self, authorization: Option<&HeaderValue>) -> Result<Principal, ApiError> {
         if self.disabled {

@@ -234,11 +234,6 @@ impl FhirStatusClient {
         }))
     }
 
-    /// Most look-ups in flight at once.
-    pub fn concurrency(&self) -> usize {
-        self.config.concurrency
-    }
-
     /// The reachable URL of a reference's version, or why it may not be read.
     pub fn url_for(&self, lookup: &StatusLookup) -> Result<String, LookupError> {
         rewrite(&self.config.servers, &lookup.history_url()).ok_or_else(|| {
