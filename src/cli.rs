@@ -141,7 +141,10 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", crate::error_report::describe(e.as_ref()));
+            eprintln!(
+                "error: {}",
+                event_manager::error_report::describe(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
@@ -200,8 +203,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .flat_map(|s| s.split_whitespace())
                 .map(str::to_owned)
                 .collect();
-            let token =
-                event_manager::api::auth::mint_token(&config.auth, &scopes, args.ttl, &args.subject)?;
+            let token = event_manager::api::auth::mint_token(
+                &config.auth,
+                &scopes,
+                args.ttl,
+                &args.subject,
+            )?;
             println!("{token}");
         }
         Command::Config(ConfigCommand::Check) => {
@@ -407,7 +414,8 @@ async fn terminate(
     dry_run: bool,
 ) -> anyhow::Result<event_manager::terminator::TerminationReport> {
     let store = event_manager::store::EventStore::connect(&config.database)?;
-    let metrics = event_manager::metrics::TerminatorMetrics::register(&prometheus::Registry::new())?;
+    let metrics =
+        event_manager::metrics::TerminatorMetrics::register(&prometheus::Registry::new())?;
     let terminator = event_manager::terminator::Terminator::new(store, config.terminator, metrics);
     let shutdown = event_manager::shutdown::on_signal();
     Ok(terminator.run_once(dry_run, &shutdown).await?)

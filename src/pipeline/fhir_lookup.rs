@@ -14,8 +14,8 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::config_error::ConfigError;
-use crate::secret::Secret;
 use crate::formats::{DecodeError, DecodeErrorKind, StatusLookup};
+use crate::secret::Secret;
 
 /// `[fhir]`: where and how statuses are looked up. Disabled while `servers` is empty.
 #[derive(Debug, Clone, Deserialize)]

@@ -78,7 +78,15 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> Result<PipelineHandle, PipelineError> {
     let runtime = tokio::runtime::Handle::current();
-    let consumer = consumer::build(&config.into(), runtime, store, rules, metrics, readiness, shutdown)?;
+    let consumer = consumer::build(
+        &config.into(),
+        runtime,
+        store,
+        rules,
+        metrics,
+        readiness,
+        shutdown,
+    )?;
     let thread = std::thread::Builder::new()
         .name("consumer".into())
         .spawn(move || consumer.run())?;

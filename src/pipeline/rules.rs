@@ -238,8 +238,8 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::pipeline::topics::load_topic_rules;
     use crate::detect::FirstSeen;
+    use crate::pipeline::topics::load_topic_rules;
 
     #[test]
     fn first_seen_defaults_per_format_and_a_rule_overrides_it() {

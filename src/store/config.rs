@@ -32,9 +32,7 @@ impl Default for DatabaseConfig {
 impl DatabaseConfig {
     /// Checks values serde cannot check, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.url.starts_with("postgres://")
-            && !self.url.starts_with("postgresql://")
-        {
+        if !self.url.starts_with("postgres://") && !self.url.starts_with("postgresql://") {
             return Err(ConfigError::invalid(
                 "database.url",
                 "must be a postgres:// or postgresql:// URL",

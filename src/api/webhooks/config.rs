@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config_error::ConfigError;
-use crate::secret::Secret;
 use crate::formats::MAX_PAYLOAD_BYTES;
+use crate::secret::Secret;
 
 /// `[webhooks]`: the HTTP bridges that produce into Kafka.
 #[derive(Debug, Clone, Deserialize)]
