@@ -7,6 +7,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use event_manager::formats::{decoder_for, Format, RawMessage};
 use event_manager::model::Properties;
 
+/// As the service (src/main.rs): measured with the allocator it runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn fixture(format: &str, name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -15,7 +19,8 @@ fn fixture(format: &str, name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The seed's StatusChangeEvent as `:erlang.term_to_binary/1` writes it (OTP ≥ 26 atoms).
+/// ESOZ's documented sample StatusChangeEvent as `:erlang.term_to_binary/1` writes it (OTP ≥ 26
+/// atoms).
 fn esoz_etf() -> Vec<u8> {
     fn atom(out: &mut Vec<u8>, a: &str) {
         out.extend_from_slice(&[119, a.len() as u8]);
@@ -83,7 +88,7 @@ fn decode(c: &mut Criterion) {
             "esoz_json",
             Format::Esoz,
             "event_manager_topic",
-            fixture("esoz", "status_change_seed"),
+            fixture("esoz", "status_change_sample"),
         ),
         ("esoz_etf", Format::Esoz, "event_manager_topic", esoz_etf()),
         (

@@ -1,5 +1,6 @@
 //! Bearer-token authentication (RFC 6750) with JWTs verified against the configured keys, the
-//! scope checks of seed 003, and minting of development tokens.
+//! scope checks of the ESOZ Event Manager (docs/architecture.md, "ESOZ Event Manager"), and
+//! minting of development tokens.
 //!
 //! Only the algorithms of the configured key kinds are accepted (HS256 for a secret, RS256 for
 //! RSA keys, ES256 for P-256 keys); each key is tried only with its own algorithm, so a token
@@ -23,7 +24,7 @@ use serde_json::{Map, Value};
 
 use super::config::{invalid, AuthConfig, READ_SCOPE};
 use super::error::ApiError;
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Who is calling, as far as the token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,11 +127,6 @@ impl Authenticator {
             leeway: config.leeway,
             event_type_scopes: config.event_type_scopes.clone(),
         })
-    }
-
-    /// Whether requests pass without a token.
-    pub fn is_disabled(&self) -> bool {
-        self.disabled
     }
 
     /// Checks the `Authorization` header and returns the caller.

@@ -15,7 +15,9 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
-use crate::config::KafkaConfig;
+mod config;
+
+pub use config::KafkaConfig;
 
 pub use connection::{Cause, ClientErrors, ConnectionReporter};
 pub use security::{

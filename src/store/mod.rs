@@ -2,6 +2,7 @@
 //! consumer offsets, atomically), and a private server for demos and tests.
 
 pub mod attribute_indexes;
+mod config;
 mod local_server;
 pub mod tls;
 
@@ -12,10 +13,10 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::DatabaseConfig;
 use crate::detect::{AttributeState, DetectedEvent, StateKey};
 use crate::model::SourceRef;
 
+pub use config::DatabaseConfig;
 pub use local_server::{LocalPostgres, LocalPostgresError, ServerTls};
 
 mod embedded {
@@ -40,10 +41,16 @@ pub enum StoreError {
         partition: i32,
     },
     /// No connection could be had.
-    #[error("database unavailable: {0}")]
-    Pool(String),
+    #[error("database unavailable: {message}")]
+    Pool {
+        /// What went wrong, with its causes.
+        message: String,
+        /// Whether waiting may help (an outage), unlike a refusal (unknown database, wrong
+        /// password).
+        transient: bool,
+    },
     /// A statement failed.
-    #[error("database error: {0}")]
+    #[error("database error: {}", crate::error_report::describe(.0))]
     Db(#[from] tokio_postgres::Error),
     /// Migrations failed.
     #[error("migration failed: {0}")]
@@ -57,18 +64,22 @@ impl StoreError {
     /// Whether the batch can simply be retried later (outage, deadlock, serialization).
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Pool(_) => true,
-            StoreError::Db(e) => match e.code() {
-                None => true, // connection-level failure
-                Some(code) => {
-                    let c = code.code();
-                    c.starts_with("08") // connection exception
-                        || c.starts_with("40") // deadlock, serialization failure
-                        || c.starts_with("53") // insufficient resources
-                        || c.starts_with("57") // admin shutdown, cannot connect now
-                }
-            },
+            StoreError::Pool { transient, .. } => *transient,
+            StoreError::Db(e) => transient_pg_error(e),
             _ => false,
+        }
+    }
+}
+
+/// Whether a driver error may go away by itself: a connection-level failure, or a SQLSTATE of
+/// connection exception, deadlock or serialization failure, insufficient resources, or the
+/// server shutting down or starting up.
+fn transient_pg_error(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") || c.starts_with("40") || c.starts_with("53") || c.starts_with("57")
         }
     }
 }
@@ -205,7 +216,7 @@ impl EventStore {
         let result = embedded::migrations::runner()
             .run_async(client_ref)
             .await
-            .map_err(|e| StoreError::Migration(e.to_string()));
+            .map_err(|e| StoreError::Migration(crate::error_report::describe(&e)));
         client
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
             .await?;
@@ -548,20 +559,17 @@ fn with_default_setting(options: &str, name: &str, value: &str) -> String {
 
 async fn checkout(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
     pool.get().await.map_err(|e| {
-        // tokio-postgres's error display stops at "error performing TLS handshake"; the cause
-        // (rustls's words) is its source.
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            let more = cause.to_string();
-            if !text.contains(&more) {
-                text = format!("{text}: {more}");
-            }
-            source = cause.source();
-        }
-        match tls::explain(&text) {
-            Some(why) => StoreError::Pool(format!("{why} ({text})")),
-            None => StoreError::Pool(text),
+        let message = crate::error_report::describe(&e);
+        StoreError::Pool {
+            // A TLS failure is named in terms of the URL's parameters (see tls::explain).
+            message: match tls::explain(&message) {
+                Some(why) => format!("{why} ({message})"),
+                None => message,
+            },
+            transient: match &e {
+                deadpool_postgres::PoolError::Backend(pg) => transient_pg_error(pg),
+                _ => true,
+            },
         }
     })
 }
@@ -592,4 +600,24 @@ fn build_pool(
 pub fn backoff(attempt: u32, max: Duration) -> Duration {
     let ms = 100u64.saturating_mul(1u64 << attempt.min(16));
     Duration::from_millis(ms).min(max)
+}
+
+/// The one way to wait while the EventDB is unavailable: [`backoff`] up to `max_backoff`
+/// before the next attempt, cut short by shutdown.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Longest wait between two attempts.
+    pub max_backoff: Duration,
+    /// Ends a wait early.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl RetryPolicy {
+    /// Waits before the attempt after `attempt`; `false` when shutdown was requested first.
+    pub async fn wait(&self, attempt: u32) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(backoff(attempt, self.max_backoff)) => true,
+        }
+    }
 }

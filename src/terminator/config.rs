@@ -1,4 +1,5 @@
-//! The `[terminator]` configuration section (retention of the EventDB, seed 003). Defaults:
+//! The `[terminator]` configuration section (retention of the EventDB as ESOZ defines it,
+//! docs/architecture.md "ESOZ Event Manager"). Defaults:
 //!
 //! ```toml
 //! [terminator]
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Advisory lock key the replicas contend for: "EVTERMIN".
 pub const DEFAULT_LOCK_KEY: i64 = 0x4556_5445_524D_494E;
@@ -171,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_the_seed() {
+    fn defaults_follow_esoz_termination() {
         let c = load("").unwrap();
         assert!(c.enabled);
         assert_eq!(c.schedule, "0 0 3 * * *");

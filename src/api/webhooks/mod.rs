@@ -1,6 +1,6 @@
 //! Webhook bridges: HTTP endpoints that authenticate and validate events and produce them into
-//! Kafka, answering only after the broker acknowledged (DESIGN.md §7). The pipeline then reads
-//! them like any other topic.
+//! Kafka, answering only after the broker acknowledged (docs/architecture.md, "Data flow"). The
+//! pipeline then reads them like any other topic.
 //!
 //! - `POST /webhooks/sfs` — Smart Flow Sheet events ([`sfs`]).
 //! - `GET|POST /webhooks/fhircast` — the FHIRcast subscriber callback ([`fhircast`]).
@@ -11,6 +11,7 @@ pub mod config;
 pub mod fhircast;
 pub mod producer;
 pub mod sfs;
+mod unique_keys;
 
 use std::fmt;
 use std::sync::Arc;
@@ -25,7 +26,8 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use self::config::WebhooksConfig;
 use self::producer::{BridgeProducer, ProduceError};
-use crate::config::Config;
+use self::unique_keys::ParseError;
+use crate::kafka::KafkaConfig;
 use crate::metrics::WebhookMetrics;
 
 /// Shared state of the bridges.
@@ -51,16 +53,17 @@ impl fmt::Debug for Bridges {
 impl Bridges {
     /// Builds the bridges; the idempotent producer is created only when a bridge is configured.
     pub fn new(
-        config: &Config,
+        config: &WebhooksConfig,
+        kafka: &KafkaConfig,
         metrics: WebhookMetrics,
     ) -> Result<Self, rdkafka::error::KafkaError> {
-        let producer = if config.webhooks.any_configured() {
-            Some(BridgeProducer::new(config)?)
+        let producer = if config.any_configured() {
+            Some(BridgeProducer::new(config, kafka)?)
         } else {
             None
         };
         Ok(Self {
-            config: config.webhooks.clone(),
+            config: config.clone(),
             producer,
             metrics,
         })
@@ -187,7 +190,8 @@ impl IntoResponse for Rejection {
     }
 }
 
-/// Checks the content type, reads the body within the limit and parses a JSON object.
+/// Checks the content type, reads the body within the limit and parses a JSON object in which
+/// no key appears twice in one object (an authentication field given twice is ambiguous).
 async fn read_json_object(
     config: &WebhooksConfig,
     headers: &HeaderMap,
@@ -225,18 +229,18 @@ async fn read_json_object(
     let bytes = axum::body::to_bytes(body, config.max_body_bytes)
         .await
         .map_err(|_| too_large())?;
-    match serde_json::from_slice::<Value>(&bytes) {
+    let invalid =
+        |message: String| Rejection::new(StatusCode::BAD_REQUEST, "invalid_json", message);
+    match unique_keys::parse(&bytes) {
         Ok(Value::Object(map)) => Ok((bytes, map)),
         Ok(_) => Err(Rejection::bad("the body must be a JSON object")),
-        Err(e) => Err(Rejection::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!(
-                "the body is not valid JSON (line {}, column {})",
-                e.line(),
-                e.column()
-            ),
-        )),
+        Err(ParseError::Duplicate { key, line, column }) => Err(invalid(format!(
+            "the body repeats the key `{key}` in one object (line {line}, column {column}); \
+             duplicated keys are ambiguous and refused"
+        ))),
+        Err(ParseError::Syntax { line, column }) => Err(invalid(format!(
+            "the body is not valid JSON (line {line}, column {column})"
+        ))),
     }
 }
 
