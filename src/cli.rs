@@ -332,6 +332,12 @@ async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
             p.partition, p.low, p.high, stored, p.target
         );
     }
+    if plans
+        .iter()
+        .any(|p| p.time_lookup == Some(replay::TimeLookup::Search))
+    {
+        println!("the broker cannot look up offsets by time: found by reading message timestamps");
+    }
     if args.dry_run {
         println!("dry run: nothing changed");
         return Ok(());

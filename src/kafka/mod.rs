@@ -64,10 +64,22 @@ impl Role<'_> {
     }
 }
 
-/// The client configuration for `role`: `kafka.properties` (without the protected ones), then
-/// the brokers, the client id and the role's own settings, which win.
+/// How often the consumer refreshes topic metadata unless `kafka.properties` says otherwise:
+/// a topic created to match a rule's `pattern`, or partitions added to a subscribed topic, are
+/// consumed within this time without a restart (librdkafka's own default is 5 minutes).
+pub const CONSUMER_METADATA_REFRESH_MS: &str = "30000";
+
+/// The client configuration for `role`: defaults `kafka.properties` may change, then
+/// `kafka.properties` (without the protected ones), then the brokers, the client id and the
+/// role's own settings, which win.
 pub fn client_config(kafka: &KafkaConfig, role: Role<'_>) -> ClientConfig {
     let mut cc = ClientConfig::new();
+    if role == Role::Consumer {
+        cc.set(
+            "topic.metadata.refresh.interval.ms",
+            CONSUMER_METADATA_REFRESH_MS,
+        );
+    }
     for (key, value) in &kafka.properties {
         if !is_protected(key) {
             cc.set(key, value);
@@ -84,6 +96,10 @@ pub fn client_config(kafka: &KafkaConfig, role: Role<'_>) -> ClientConfig {
                 .set("enable.auto.offset.store", "false")
                 .set("partition.assignment.strategy", "cooperative-sticky")
                 .set("isolation.level", "read_committed")
+                // Where a partition starts when PostgreSQL stores no offset for it, and where it
+                // continues when the stored offset is no longer in the log (retention removed it:
+                // `earliest` continues at the log start, and the consumer counts and warns about
+                // the gap; `latest` skips to the end).
                 .set("auto.offset.reset", &kafka.auto_offset_reset)
                 .set(
                     "session.timeout.ms",

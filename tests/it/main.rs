@@ -14,4 +14,5 @@ mod replay;
 mod schemathesis;
 mod store;
 mod terminator;
+mod topology;
 mod webhooks;
