@@ -15,7 +15,8 @@ fn fixture(format: &str, name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The seed's StatusChangeEvent as `:erlang.term_to_binary/1` writes it (OTP ≥ 26 atoms).
+/// ESOZ's documented sample StatusChangeEvent as `:erlang.term_to_binary/1` writes it (OTP ≥ 26
+/// atoms).
 fn esoz_etf() -> Vec<u8> {
     fn atom(out: &mut Vec<u8>, a: &str) {
         out.extend_from_slice(&[119, a.len() as u8]);
@@ -83,7 +84,7 @@ fn decode(c: &mut Criterion) {
             "esoz_json",
             Format::Esoz,
             "event_manager_topic",
-            fixture("esoz", "status_change_seed"),
+            fixture("esoz", "status_change_sample"),
         ),
         ("esoz_etf", Format::Esoz, "event_manager_topic", esoz_etf()),
         (

@@ -1,8 +1,8 @@
 //! event-manager: Kafka → message selector → change detection → EventDB (PostgreSQL).
 //!
-//! The module tree follows the data flow of DESIGN.md §1: [`formats`] decode messages into
-//! [`model::Observation`]s, the topic's selector filters them, [`detect`] finds real status
-//! changes, [`store`] writes them exactly once, and [`api`] serves them.
+//! The module tree follows the data flow of docs/architecture.md ("Data flow"): [`formats`]
+//! decode messages into [`model::Observation`]s, the topic's selector filters them, [`detect`]
+//! finds real status changes, [`store`] writes them exactly once, and [`api`] serves them.
 #![deny(rust_2018_idioms, unreachable_pub, missing_docs)]
 
 /// Every binary built on this library (the service, its tests and its benchmarks) allocates

@@ -1,5 +1,6 @@
 //! Bearer-token authentication (RFC 6750) with JWTs verified against the configured keys, the
-//! scope checks of seed 003, and minting of development tokens.
+//! scope checks of the ESOZ Event Manager (docs/architecture.md, "ESOZ Event Manager"), and
+//! minting of development tokens.
 //!
 //! Only the algorithms of the configured key kinds are accepted (HS256 for a secret, RS256 for
 //! RSA keys, ES256 for P-256 keys); each key is tried only with its own algorithm, so a token

@@ -8,14 +8,14 @@ use serde::Deserialize;
 
 use crate::config::ConfigError;
 
-/// The scope every caller of the events API needs (seed 003: `scope = 'event:read'`).
+/// The scope every caller of the events API needs (docs/architecture.md, "ESOZ Event Manager").
 pub const READ_SCOPE: &str = "event:read";
 
 /// Events API settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Longest period one list request may cover, in hours (seed 003:
+    /// Longest period one list request may cover, in hours (ESOZ's
     /// `EVENTS_LIST_MAX_PERIOD_HOURS`, also accepted as that plain environment variable).
     pub events_list_max_period_hours: u32,
     /// Page size when the request gives none.

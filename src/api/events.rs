@@ -1,10 +1,10 @@
 //! `GET /api/events` and `GET /api/events/{id}`: query parsing (pure), SQL, and handlers.
 //!
-//! Period (seed 003, `EVENTS_LIST_MAX_PERIOD_HOURS`): the list covers the half-open window
-//! `date <= event_time < date_to` — `date` inclusive, `date_to` exclusive, so consecutive windows
-//! tile without overlap. Without dates the window is the last period up to now; with one date it
-//! is one period from `date` or up to `date_to`; with both their distance may not exceed the
-//! period (else 422 with the seed's message).
+//! Period (ESOZ's `EVENTS_LIST_MAX_PERIOD_HOURS`, docs/architecture.md "ESOZ Event Manager"):
+//! the list covers the half-open window `date <= event_time < date_to` — `date` inclusive,
+//! `date_to` exclusive, so consecutive windows tile without overlap. Without dates the window is
+//! the last period up to now; with one date it is one period from `date` or up to `date_to`;
+//! with both their distance may not exceed the period (else 422 with ESOZ's message).
 //!
 //! Dates are RFC 3339 (`2017-04-20T19:14:13Z`, `…+02:00`; a `+` that the query string decoded to
 //! a space is accepted), or without a zone and then UTC (`2017-04-20T19:14:13`,
@@ -58,7 +58,7 @@ static DATE_REGEX: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(
     regex::Regex::new(DATE_PATTERN).expect("DATE_PATTERN is a valid regex (unit-tested)")
 });
 
-/// The seed's message for a period that is too long.
+/// ESOZ's message for a period that is too long (docs/architecture.md, "ESOZ Event Manager").
 pub fn period_message(hours: u32) -> String {
     format!(
         "Period must be less than or equal to {hours} hours. Please set allowed period to the query"

@@ -13,7 +13,7 @@ use super::{Health, ReadinessReport};
 #[openapi(
     info(
         title = "event-manager",
-        description = "Status-change events of the EventDB (ESOZ Event Manager, seed 003)."
+        description = "Status-change events of the EventDB (modelled on the ESOZ Event Manager)."
     ),
     paths(
         super::events::list_events,

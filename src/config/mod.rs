@@ -2,7 +2,7 @@
 //!
 //! Environment overrides name a key path with `__` between levels, e.g.
 //! `EM_KAFKA__BOOTSTRAP_SERVERS=broker:9092` or `EM_PIPELINE__BATCH_SIZE=500`. `DATABASE_URL`
-//! is accepted for `database.url` and `EVENTS_LIST_MAX_PERIOD_HOURS` (the name seed 003 uses) for
+//! is accepted for `database.url` and `EVENTS_LIST_MAX_PERIOD_HOURS` (the name ESOZ uses) for
 //! `api.events_list_max_period_hours`; the `EM_…` form wins when both are set. Values are read
 //! as TOML scalars when they parse as one
 //! (numbers, booleans), else as strings.
@@ -454,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_period_variable_is_accepted_and_em_form_wins() {
+    fn esoz_period_variable_is_accepted_and_em_form_wins() {
         let c = load("", &[("EVENTS_LIST_MAX_PERIOD_HOURS", "6")]).unwrap();
         assert_eq!(c.api.events_list_max_period_hours, 6);
         let c = load(

@@ -440,7 +440,7 @@ impl SampleSource for RcpV2Samples {
 
 /// Smart Flow Sheet webhook events as the bridge produces them (the clinic API key is not on
 /// the topic): discharges (single and batched), medical records, inventory imports, and event
-/// types the seed does not list.
+/// types SFS's documentation does not list.
 #[derive(Debug, Default)]
 pub struct SfsSamples;
 

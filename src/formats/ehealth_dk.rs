@@ -1,5 +1,6 @@
-//! Danish eHealth broker events (seed 002): EHealthContextEvent on `[profile].[context]`,
-//! EHealthReferenceEvent on `[profile].[element]` and EHealthSimpleEvent on `[profile]`.
+//! Danish eHealth broker events (docs/architecture.md, "Danish eHealth"): EHealthContextEvent
+//! on `[profile].[context]`, EHealthReferenceEvent on `[profile].[element]` and
+//! EHealthSimpleEvent on `[profile]`.
 //!
 //! The message properties (`messageType`, `resourceReference`, …) usually arrive as Kafka headers,
 //! which the pipeline has put into the properties before decoding; the same names in the JSON
@@ -26,7 +27,7 @@ use super::{Decoder, Format};
 use super::{FormatConfigError, RawMessage};
 use crate::model::{Attributes, Observation, ObservationKind, Properties, Scope};
 
-/// The message properties of seed 002 lifted from the body when no header carries them.
+/// The broker's documented message properties, lifted from the body when no header carries them.
 const LIFTED: [&str; 10] = [
     "messageType",
     "messageVersion",

@@ -1,7 +1,7 @@
-//! ESOZ (Ukrainian eHealth) StatusChangeEvent, as in seed 003:
+//! ESOZ (Ukrainian eHealth) StatusChangeEvent (docs/architecture.md, "ESOZ Event Manager"):
 //! `{id?, event_type, entity_type, entity_id, properties: {X: {new_value}}, event_time, changed_by}`.
 //!
-//! Two wire encodings give the same observation: JSON as in the seed, and the Erlang External
+//! Two wire encodings give the same observation: JSON as documented, and the Erlang External
 //! Term Format the Elixir producers really send (`:erlang.term_to_binary(event)`, first byte
 //! 131): a map with atom keys, string-keyed `properties` of `%{new_value: v}` maps, `nil`/`true`/
 //! `false` atoms, and `event_time` as a `NaiveDateTime` struct meaning UTC (or an ISO string).
@@ -705,7 +705,7 @@ mod tests {
     }
 
     #[test]
-    fn decodes_the_seed_example() {
+    fn decodes_the_documented_sample() {
         let d = decode(r#"{ "id": "df9f70ee-4b12-4740-b0f5-bb5aea116863", "event_type": "StatusChangeEvent", "entity_type": "EmployeeRequest", "entity_id": "df9f70ee-4b12-4740-b0f5-bb5aea116863", "properties": { "status": { "new_value": "APPROVED" }, "employee_id": { "new_value": "e1453f4c-1077-4e85-8c98-c13ffca0063e" } }, "event_time": "2017-04-20T19:14:13Z", "changed_by": "df9f70ee-4b12-4740-b0f5-bb5aea116863" }"#).unwrap();
         let o = &d.observations[0];
         assert_eq!(o.event_type, "StatusChangeEvent");
@@ -841,7 +841,7 @@ mod tests {
         ])
     }
 
-    fn seed_event(event_time: T<'static>) -> T<'static> {
+    fn sample_event(event_time: T<'static>) -> T<'static> {
         use T::*;
         Map(vec![
             (Atom("event_type"), Bin("StatusChangeEvent")),
@@ -889,12 +889,12 @@ mod tests {
     #[test]
     fn etf_gives_the_same_observation_as_json() {
         let json =
-            std::fs::read(crate::formats::testing::dir("esoz").join("status_change_seed.json"))
+            std::fs::read(crate::formats::testing::dir("esoz").join("status_change_sample.json"))
                 .unwrap();
         let from_json = decode_bytes(&json).unwrap();
         for legacy in [false, true] {
             for time in [naive_date_time(), T::Bin("2017-04-20T19:14:13Z")] {
-                let bytes = encode(&seed_event(time), legacy);
+                let bytes = encode(&sample_event(time), legacy);
                 assert_eq!(
                     decode_bytes(&bytes).unwrap(),
                     from_json,
@@ -1055,7 +1055,7 @@ mod tests {
     #[test]
     fn etf_repeated_keys_numbers_and_key_encodings() {
         use T::*;
-        let T::Map(mut pairs) = seed_event(naive_date_time()) else {
+        let T::Map(mut pairs) = sample_event(naive_date_time()) else {
             unreachable!()
         };
         pairs.retain(|(k, _)| !matches!(k, Atom("properties")));
@@ -1130,7 +1130,7 @@ mod tests {
     fn etf_event_shape_errors_name_the_field() {
         use T::*;
         let with = |key: &'static str, value: T<'static>| {
-            let T::Map(mut pairs) = seed_event(naive_date_time()) else {
+            let T::Map(mut pairs) = sample_event(naive_date_time()) else {
                 unreachable!()
             };
             pairs.retain(|(k, _)| !matches!(k, Atom(a) if *a == key));
@@ -1189,7 +1189,7 @@ mod tests {
     fn the_usual_events_take_the_etf_fast_path() {
         for legacy in [false, true] {
             for time in [naive_date_time(), T::Bin("2017-04-20T19:14:13Z")] {
-                assert!(fast_path_agrees(&encode(&seed_event(time), legacy)));
+                assert!(fast_path_agrees(&encode(&sample_event(time), legacy)));
             }
         }
         assert!(fast_path_agrees(&hand_written()));
@@ -1343,11 +1343,11 @@ mod tests {
             any::<bool>(),
         )
             .prop_map(|(extra, replace)| {
-                let T::Map(mut pairs) = seed_event(naive_date_time()) else {
+                let T::Map(mut pairs) = sample_event(naive_date_time()) else {
                     unreachable!()
                 };
                 if replace {
-                    // Replace rather than repeat: drop the seed's pairs the extra ones name.
+                    // Replace rather than repeat: drop the sample's pairs the extra ones name.
                     pairs.retain(|(k, _)| !extra.iter().any(|(e, _)| same_name(k, e)));
                 }
                 pairs.extend(extra);
@@ -1406,7 +1406,7 @@ mod tests {
             time in pieces().time,
             legacy in any::<bool>(),
         ) {
-            let T::Map(mut pairs) = seed_event(naive_date_time()) else {
+            let T::Map(mut pairs) = sample_event(naive_date_time()) else {
                 unreachable!()
             };
             for (k, v) in &mut pairs {

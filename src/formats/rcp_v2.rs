@@ -1,4 +1,4 @@
-//! RCP v2 emulated events (seed 000): the envelope
+//! RCP v2 emulated events (docs/architecture.md, "RCP v2"): the envelope
 //! `{group, namespace, uid, date, resource, type, target, data, metadata: {trace_id}}`.
 //!
 //! `resource` → entity type, `target` → entity id, `date` → event time, `type` → kind

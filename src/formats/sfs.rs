@@ -1,4 +1,5 @@
-//! Smart Flow Sheet webhook events (seed 001): `{clinicApiKey, eventType, object}`.
+//! Smart Flow Sheet webhook events (docs/architecture.md, "Smart Flow Sheet"):
+//! `{clinicApiKey, eventType, object}`.
 //!
 //! Mapping (all observations are Updated `StatusChangeEvent`s; SFS events carry no time, so the
 //! event time is the Kafka timestamp):

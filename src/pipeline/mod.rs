@@ -1,4 +1,5 @@
-//! The pipeline of DESIGN.md §1: consume → decode → select → detect → store → commit.
+//! The pipeline (docs/architecture.md, "Data flow"): consume → decode → select → detect →
+//! store → commit.
 
 mod consumer;
 pub mod dead_letter;

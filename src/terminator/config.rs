@@ -1,4 +1,5 @@
-//! The `[terminator]` configuration section (retention of the EventDB, seed 003). Defaults:
+//! The `[terminator]` configuration section (retention of the EventDB as ESOZ defines it,
+//! docs/architecture.md "ESOZ Event Manager"). Defaults:
 //!
 //! ```toml
 //! [terminator]
@@ -171,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_the_seed() {
+    fn defaults_follow_esoz_termination() {
         let c = load("").unwrap();
         assert!(c.enabled);
         assert_eq!(c.schedule, "0 0 3 * * *");

@@ -1,4 +1,5 @@
-//! The terminator: retention of the EventDB (seed 003 "Event termination", DESIGN.md §8).
+//! The terminator: retention of the EventDB (ESOZ's "Event termination", docs/architecture.md
+//! "ESOZ Event Manager").
 //!
 //! One run, in this order:
 //! 1. **age** — events whose `inserted_at` is older than `event_max_time` are deleted;

@@ -271,7 +271,7 @@ async fn list_filters_and_their_combinations() {
 }
 
 #[tokio::test]
-async fn period_rule_of_the_seed() {
+async fn period_rule_of_esoz() {
     let api = TestApi::start().await;
     let now = Utc::now();
     let ids = insert(

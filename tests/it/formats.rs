@@ -707,7 +707,7 @@ async fn the_esoz_sample_on_an_empty_eventdb_is_one_event_from_null() {
     let mut e = env().await;
     let t = "event_manager_topic";
     let sample = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esoz/status_change_seed.json"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esoz/status_change_sample.json"),
     )
     .unwrap();
     e.send(t, &[], &sample, 0).await;
@@ -731,4 +731,44 @@ async fn the_esoz_sample_on_an_empty_eventdb_is_one_event_from_null() {
         .unwrap();
     assert_eq!(e.db.stored_offsets_total().await, 0);
     assert_eq!(e.run().await, expected);
+}
+
+/// The demo's ESOZ feed: every entity it introduces is stored with its first status as an event
+/// from NULL, exactly once, whatever repeats and late messages follow (docs/architecture.md,
+/// "The first status of an entity").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_feed_stores_the_first_status_of_every_esoz_entity() {
+    use event_manager::demo::feed::{sources_for, Rng};
+    use event_manager::formats::Format;
+    use std::collections::BTreeSet;
+
+    let mut e = env().await;
+    let mut rng = Rng::new(7);
+    let mut source = sources_for(&[Format::Esoz])
+        .pop()
+        .expect("an ESOZ sample source");
+    let start = Utc.timestamp_millis_opt(T0).unwrap();
+    let mut introduced = BTreeSet::new();
+    for i in 0..200 {
+        let sample = source.next(&mut rng, start + chrono::Duration::seconds(i));
+        let body: Value = serde_json::from_slice(&sample.payload).unwrap();
+        if let Some(id) = body["entity_id"].as_str() {
+            introduced.insert(id.to_owned());
+        }
+        e.send(&sample.topic, &[], &sample.payload, i).await;
+    }
+    assert!(introduced.len() >= 20, "{} entities", introduced.len());
+
+    let mut from_null = BTreeSet::new();
+    for (_, _, id, properties) in e.run().await {
+        let first = properties
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|p| p.get("old_value") == Some(&Value::Null));
+        if first {
+            assert!(from_null.insert(id.clone()), "{id}: two events from NULL");
+        }
+    }
+    assert_eq!(from_null, introduced);
 }

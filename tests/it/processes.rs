@@ -354,7 +354,7 @@ async fn sigterm_stops_consumer_terminator_and_http_together_within_one_grace() 
     // The consumer: a first status, whose event insert waits.
     let producer = producer(&broker.bootstrap_servers());
     let sample = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esoz/status_change_seed.json"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esoz/status_change_sample.json"),
     )
     .unwrap();
     produce(&producer, "event_manager_topic", 0, Some("k"), &sample).await;

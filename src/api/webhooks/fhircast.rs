@@ -1,4 +1,4 @@
-//! The FHIRcast subscriber callback `/webhooks/fhircast` (seed 004).
+//! The FHIRcast subscriber callback `/webhooks/fhircast` (docs/architecture.md, "FHIRcast").
 //!
 //! - `GET` — the hub's intent verification: `hub.mode` `subscribe`|`unsubscribe` with
 //!   `hub.topic` and `hub.challenge` is answered with the challenge (200, text/plain) for a

@@ -1,6 +1,6 @@
 //! Webhook bridges: HTTP endpoints that authenticate and validate events and produce them into
-//! Kafka, answering only after the broker acknowledged (DESIGN.md §7). The pipeline then reads
-//! them like any other topic.
+//! Kafka, answering only after the broker acknowledged (docs/architecture.md, "Data flow"). The
+//! pipeline then reads them like any other topic.
 //!
 //! - `POST /webhooks/sfs` — Smart Flow Sheet events ([`sfs`]).
 //! - `GET|POST /webhooks/fhircast` — the FHIRcast subscriber callback ([`fhircast`]).

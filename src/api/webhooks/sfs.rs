@@ -1,4 +1,5 @@
-//! `POST /webhooks/sfs`: Smart Flow Sheet webhook events (seed 001).
+//! `POST /webhooks/sfs`: Smart Flow Sheet webhook events (docs/architecture.md, "Smart Flow
+//! Sheet").
 //!
 //! The Event object `{clinicApiKey, eventType, object}` is authenticated by its `clinicApiKey`
 //! (compared in constant time with `[webhooks.sfs] clinics`), validated, and produced to the
