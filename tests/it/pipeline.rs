@@ -606,6 +606,12 @@ async fn malformed_messages_go_to_the_dead_letter_topic_with_the_reason() {
             letters.push((m.payload().map(<[u8]>::to_vec), headers));
         }
     }
+    let events = count(&s.db, "SELECT count(*) FROM events").await;
+    println!(
+        "dead letters: sent 4, expected 2 events and 2 dead letters, found {events} events and {} \
+         dead letters",
+        letters.len()
+    );
     assert_eq!(letters.len(), 2);
     let (payload, h) = &letters[0];
     assert_eq!(payload.as_deref(), Some(&b"{not json"[..]));
