@@ -7,7 +7,7 @@
 //! `EM_BENCH_SECONDS` (default 10) per scenario, printing p50/p99 latency, requests/s and the
 //! CPU time per request of this process (server and load generator) and PostgreSQL.
 //!
-//! Runs on `DATABASE_URL` when set (the seeded database `em_bench_<events>` is reused by later
+//! Runs on `DATABASE_URL` when set (the database it fills, `em_bench_<events>`, is reused by later
 //! runs), else on a private throwaway PostgreSQL.
 //!
 //! `EM_BENCH_ONLY=<text>` runs only the scenarios whose name contains the text.
@@ -398,7 +398,7 @@ async fn run() -> Result<(), BoxError> {
         "bench",
     )?;
 
-    // Hour windows spread over the seeded span, so caches see more than one window.
+    // Hour windows spread over the filled span, so caches see more than one window.
     let span_hours = (n / per_hour).max(1) as i64;
     let windows: Vec<String> = (0..64)
         .map(|k| {

@@ -170,7 +170,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::error_report::describe(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,7 @@
 //! Liveness and readiness facts shared by the pipeline (which updates them) and the API.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
 
 /// What `/readyz` reports on.
 #[derive(Debug, Default)]
@@ -10,6 +11,8 @@ pub struct Readiness {
     consumer_required: AtomicBool,
     broker_metadata_at_ms: AtomicI64,
     broker_up: AtomicBool,
+    /// Why the last readiness check of the database failed, to log each new cause once.
+    database_check_error: Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -62,6 +65,28 @@ impl Readiness {
     pub fn broker_metadata_age_ms(&self) -> Option<i64> {
         let at = self.broker_metadata_at_ms.load(Ordering::Relaxed);
         (at > 0).then(|| chrono::Utc::now().timestamp_millis() - at)
+    }
+
+    /// Records the outcome of a readiness check of the database: a failure's cause is logged
+    /// when it differs from the previous check's, so that probes do not repeat it every time.
+    pub fn database_checked(&self, outcome: Result<(), String>) {
+        let mut last = self
+            .database_check_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match outcome {
+            Ok(()) => {
+                if last.take().is_some() {
+                    tracing::info!("readiness: the database answers again");
+                }
+            }
+            Err(cause) => {
+                if last.as_deref() != Some(cause.as_str()) {
+                    tracing::warn!(%cause, "not ready: the database check failed");
+                    *last = Some(cause);
+                }
+            }
+        }
     }
 
     /// Whether a consumer runs in this process.

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod detect;
+pub mod error_report;
 pub mod formats;
 pub mod health;
 pub mod kafka;

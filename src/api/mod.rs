@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, Method, StatusCode};
-use axum::middleware::{from_fn_with_state, Next};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{from_fn_with_state, map_response, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -88,6 +88,28 @@ pub fn router_with(state: ApiState, extra: Router) -> Router {
         .merge(extra)
         .fallback(not_found)
         .layer(from_fn_with_state(http_metrics, record_request))
+        .layer(map_response(content_headers))
+}
+
+/// Every response, errors and the extractors' own rejections included, tells browsers not to
+/// sniff its type, and text says its charset (docs/architecture.md, "Hostile input").
+async fn content_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    let text_without_charset = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .filter(|v| v.starts_with("text/") && !v.contains("charset="));
+    if let Some(value) = text_without_charset {
+        if let Ok(value) = HeaderValue::from_str(&format!("{value}; charset=utf-8")) {
+            headers.insert(header::CONTENT_TYPE, value);
+        }
+    }
+    response
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled.
@@ -174,11 +196,16 @@ pub async fn healthz() -> Json<Health> {
         (status = 503, description = "Not ready.", body = ReadinessReport),
     ))]
 pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<ReadinessReport>) {
-    let database = matches!(
-        tokio::time::timeout(READINESS_DB_TIMEOUT, state.store.ping()).await,
-        Ok(Ok(()))
-    );
     let readiness = &state.readiness;
+    let check = match tokio::time::timeout(READINESS_DB_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(crate::error_report::describe(&e)),
+        Err(_) => Err(format!(
+            "the database did not answer within {READINESS_DB_TIMEOUT:?}"
+        )),
+    };
+    let database = check.is_ok();
+    readiness.database_checked(check);
     let consumer_assigned = readiness.consumer_assigned();
     let age = readiness.broker_metadata_age_ms();
     let broker_metadata_fresh = !readiness.consumer_required()

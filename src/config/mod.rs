@@ -206,6 +206,10 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `event_manager=debug,rdkafka=warn`.
     pub level: String,
+    /// Lets the PostgreSQL, Kafka and HTTP client libraries log below `info`, where they print
+    /// bound parameters, messages and bodies: patient data reaches the logs. For debugging a
+    /// driver on test data only (README, "Security notes").
+    pub unsafe_payloads: bool,
 }
 
 impl Default for LogConfig {
@@ -213,6 +217,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Json,
             level: "info".into(),
+            unsafe_payloads: false,
         }
     }
 }

@@ -39,10 +39,16 @@ pub enum StoreError {
         partition: i32,
     },
     /// No connection could be had.
-    #[error("database unavailable: {0}")]
-    Pool(String),
+    #[error("database unavailable: {message}")]
+    Pool {
+        /// What went wrong, with its causes.
+        message: String,
+        /// Whether waiting may help (an outage), unlike a refusal (unknown database, wrong
+        /// password).
+        transient: bool,
+    },
     /// A statement failed.
-    #[error("database error: {0}")]
+    #[error("database error: {}", crate::error_report::describe(.0))]
     Db(#[from] tokio_postgres::Error),
     /// Migrations failed.
     #[error("migration failed: {0}")]
@@ -56,18 +62,22 @@ impl StoreError {
     /// Whether the batch can simply be retried later (outage, deadlock, serialization).
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Pool(_) => true,
-            StoreError::Db(e) => match e.code() {
-                None => true, // connection-level failure
-                Some(code) => {
-                    let c = code.code();
-                    c.starts_with("08") // connection exception
-                        || c.starts_with("40") // deadlock, serialization failure
-                        || c.starts_with("53") // insufficient resources
-                        || c.starts_with("57") // admin shutdown, cannot connect now
-                }
-            },
+            StoreError::Pool { transient, .. } => *transient,
+            StoreError::Db(e) => transient_pg_error(e),
             _ => false,
+        }
+    }
+}
+
+/// Whether a driver error may go away by itself: a connection-level failure, or a SQLSTATE of
+/// connection exception, deadlock or serialization failure, insufficient resources, or the
+/// server shutting down or starting up.
+fn transient_pg_error(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") || c.starts_with("40") || c.starts_with("53") || c.starts_with("57")
         }
     }
 }
@@ -203,7 +213,7 @@ impl EventStore {
         let result = embedded::migrations::runner()
             .run_async(client_ref)
             .await
-            .map_err(|e| StoreError::Migration(e.to_string()));
+            .map_err(|e| StoreError::Migration(crate::error_report::describe(&e)));
         client
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
             .await?;
@@ -545,9 +555,13 @@ fn with_default_setting(options: &str, name: &str, value: &str) -> String {
 }
 
 async fn checkout(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
-    pool.get()
-        .await
-        .map_err(|e| StoreError::Pool(e.to_string()))
+    pool.get().await.map_err(|e| StoreError::Pool {
+        message: crate::error_report::describe(&e),
+        transient: match &e {
+            deadpool_postgres::PoolError::Backend(pg) => transient_pg_error(pg),
+            _ => true,
+        },
+    })
 }
 
 fn build_pool(pg: tokio_postgres::Config, config: &DatabaseConfig) -> Result<Pool, StoreError> {

@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod fhir_lookup;
 mod formats;
+mod hardening;
 mod pipeline;
 mod processes;
 mod real_kafka;

@@ -332,6 +332,63 @@ async fn refused_sfs_requests_name_the_problem_and_produce_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_with_a_duplicated_key_are_refused_by_both_bridges() {
+    let b = bridge();
+    let app = App::build(b.config(None)).unwrap();
+    let (base, stop) = serve(&app).await;
+    let http = reqwest::Client::new();
+    let post = |path: &'static str, body: String| {
+        http.post(format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let sfs = [
+        (
+            format!(
+                r#"{{"clinicApiKey":"wrong","clinicApiKey":"{CLINIC_KEY}","eventType":"x","object":{{}}}}"#
+            ),
+            "clinicApiKey",
+        ),
+        (
+            format!(
+                r#"{{"clinicApiKey":"{CLINIC_KEY}","eventType":"x","object":{{"hospitalizationId":"a","hospitalizationId":"b"}}}}"#
+            ),
+            "hospitalizationId",
+        ),
+    ];
+    for (body, key) in sfs {
+        let (status, kind, message) = error_of(post("/webhooks/sfs", body).await.unwrap()).await;
+        assert_eq!((status, kind.as_str()), (400, "invalid_json"), "{message}");
+        assert!(message.contains(&format!("`{key}`")), "{message}");
+        assert!(!message.contains(CLINIC_KEY), "{message}");
+    }
+    let fhircast = [
+        (
+            r#"{"id":"n","event":{"hub.topic":"session-x","hub.topic":"session-a","hub.event":"Patient-open","context":[]}}"#,
+            "hub.topic",
+        ),
+        (
+            r#"{"id":"n","id":"m","event":{"hub.topic":"session-a","hub.event":"Patient-open","context":[]}}"#,
+            "id",
+        ),
+        (
+            r#"{"id":"n","event":{"hub.topic":"session-a","hub.event":"Patient-open","context":[{"key":"patient","key":"encounter"}]}}"#,
+            "key",
+        ),
+    ];
+    for (body, key) in fhircast {
+        let (status, kind, message) =
+            error_of(post("/webhooks/fhircast", body.to_owned()).await.unwrap()).await;
+        assert_eq!((status, kind.as_str()), (400, "invalid_json"), "{message}");
+        assert!(message.contains(&format!("`{key}`")), "{message}");
+    }
+    assert_eq!(b.produced(SFS_TOPIC), 0, "nothing produced");
+    assert_eq!(b.produced(FHIRCAST_TOPIC), 0, "nothing produced");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_broker_gives_503_with_retry_after() {
     let b = bridge();
     let mut config = b.config(None);
@@ -406,6 +463,94 @@ async fn fhircast_intent_verification_echoes_the_challenge_for_known_topics_only
         if status != 200 {
             let text = response.text().await.unwrap();
             assert!(!text.contains("meu3we"), "{query}: {text}");
+        }
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenges_are_bounded_tokens_and_every_response_forbids_sniffing() {
+    let b = bridge();
+    let mut config = b.config(None);
+    // Nothing listens there: /readyz answers 503 quickly.
+    config.database.url = "postgres://nobody@127.0.0.1:1/none".into();
+    let app = App::build(config).unwrap();
+    let (base, stop) = serve(&app).await;
+    let http = reqwest::Client::new();
+    let verify = |challenge: &str| {
+        http.get(format!("{base}/webhooks/fhircast"))
+            .query(&[
+                ("hub.mode", "subscribe"),
+                ("hub.topic", "session-a"),
+                ("hub.challenge", challenge),
+            ])
+            .send()
+    };
+    let longest = "c".repeat(256);
+    for good in ["meu3we944ix80ox", "a.b_c~d-e+f/g=", longest.as_str()] {
+        let response = verify(good).await.unwrap();
+        assert_eq!(response.status(), 200, "{good}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(response.text().await.unwrap(), good);
+    }
+    let too_long = "c".repeat(257);
+    for bad in [
+        "<script>alert(1)</script>",
+        "<html>",
+        "a b",
+        "é",
+        "a\"b",
+        too_long.as_str(),
+    ] {
+        let (status, kind, message) = error_of(verify(bad).await.unwrap()).await;
+        assert_eq!((status, kind.as_str()), (400, "invalid_event"), "{bad}");
+        assert!(message.contains("`hub.challenge`"), "{message}");
+        assert!(!message.contains(bad), "not reflected: {message}");
+    }
+
+    let sfs = format!("{base}/webhooks/sfs");
+    let fhircast = format!("{base}/webhooks/fhircast");
+    let responses = [
+        ("healthz", http.get(format!("{base}/healthz")).send()),
+        ("readyz", http.get(format!("{base}/readyz")).send()),
+        ("metrics", http.get(format!("{base}/metrics")).send()),
+        ("openapi", http.get(format!("{base}/openapi.json")).send()),
+        ("no token", http.get(format!("{base}/api/events")).send()),
+        ("unknown path", http.get(format!("{base}/nowhere")).send()),
+        (
+            "wrong method",
+            http.delete(format!("{base}/healthz")).send(),
+        ),
+        ("sfs 415", http.post(&sfs).body("x").send()),
+        (
+            "sfs 400",
+            http.post(&sfs)
+                .header("content-type", "application/json")
+                .body("{")
+                .send(),
+        ),
+        ("fhircast 400", http.get(&fhircast).send()),
+    ];
+    for (what, response) in responses {
+        let response = response.await.unwrap();
+        let headers = response.headers();
+        assert_eq!(
+            headers
+                .get("x-content-type-options")
+                .map(|v| v.to_str().unwrap()),
+            Some("nosniff"),
+            "{what}: {headers:?}"
+        );
+        if let Some(kind) = headers.get("content-type") {
+            let kind = kind.to_str().unwrap();
+            assert!(
+                !kind.starts_with("text/") || kind.contains("charset=utf-8"),
+                "{what}: {kind}"
+            );
         }
     }
     stop.cancel();

@@ -2,7 +2,8 @@
 //!
 //! - `GET` — the hub's intent verification: `hub.mode` `subscribe`|`unsubscribe` with
 //!   `hub.topic` and `hub.challenge` is answered with the challenge (200, text/plain) for a
-//!   configured topic only (404 otherwise, 400 for missing parameters); `hub.mode=denied` (with
+//!   configured topic only (404 otherwise, 400 for missing parameters or a challenge that is
+//!   not 1–256 characters of `A-Za-z0-9._~-+/=`); `hub.mode=denied` (with
 //!   `hub.reason`) is logged and acknowledged (200).
 //! - `POST` — a notification `{timestamp, id, event: {hub.topic, hub.event, context}}`. Its
 //!   `hub.topic` must be configured (else 403); when the subscription has a secret, the
@@ -45,6 +46,18 @@ impl Bridges {
             hub_topic.as_bytes(),
         )
     }
+}
+
+/// The longest `hub.challenge` echoed back.
+pub const MAX_CHALLENGE: usize = 256;
+
+/// A challenge is echoed verbatim, so only a bounded random-looking token is: unreserved URL
+/// characters and those of base64, nothing a browser could read as markup.
+fn challenge_acceptable(challenge: &str) -> bool {
+    challenge.len() <= MAX_CHALLENGE
+        && challenge
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~-+/=".contains(&b))
 }
 
 /// `GET`: intent verification.
@@ -105,6 +118,11 @@ fn verification(
         return Ok(("denied", StatusCode::OK.into_response()));
     }
     let challenge = param("hub.challenge")?;
+    if !challenge_acceptable(challenge) {
+        return Err(Rejection::bad(format!(
+            "`hub.challenge` must be 1 to {MAX_CHALLENGE} characters of A-Z a-z 0-9 . _ ~ - + / ="
+        )));
+    }
     if let Some(lease) = params.get("hub.lease_seconds") {
         if lease.parse::<u64>().is_err() {
             return Err(Rejection::bad(
@@ -234,6 +252,17 @@ mod tests {
         let bytes = mac.finalize().into_bytes();
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         format!("sha256={hex}")
+    }
+
+    #[test]
+    fn challenges() {
+        assert!(challenge_acceptable("meu3we944ix80ox"));
+        assert!(challenge_acceptable("a.b_c~d-e+f/g="));
+        assert!(challenge_acceptable(&"c".repeat(MAX_CHALLENGE)));
+        assert!(!challenge_acceptable(&"c".repeat(MAX_CHALLENGE + 1)));
+        for bad in ["<script>", "a b", "a\"b", "é", "a\n", "a&b", "a%3C"] {
+            assert!(!challenge_acceptable(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod fhircast;
 pub mod producer;
 pub mod sfs;
+mod unique_keys;
 
 use std::fmt;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use self::config::WebhooksConfig;
 use self::producer::{BridgeProducer, ProduceError};
+use self::unique_keys::ParseError;
 use crate::config::Config;
 use crate::metrics::WebhookMetrics;
 
@@ -187,7 +189,8 @@ impl IntoResponse for Rejection {
     }
 }
 
-/// Checks the content type, reads the body within the limit and parses a JSON object.
+/// Checks the content type, reads the body within the limit and parses a JSON object in which
+/// no key appears twice in one object (an authentication field given twice is ambiguous).
 async fn read_json_object(
     config: &WebhooksConfig,
     headers: &HeaderMap,
@@ -225,18 +228,18 @@ async fn read_json_object(
     let bytes = axum::body::to_bytes(body, config.max_body_bytes)
         .await
         .map_err(|_| too_large())?;
-    match serde_json::from_slice::<Value>(&bytes) {
+    let invalid =
+        |message: String| Rejection::new(StatusCode::BAD_REQUEST, "invalid_json", message);
+    match unique_keys::parse(&bytes) {
         Ok(Value::Object(map)) => Ok((bytes, map)),
         Ok(_) => Err(Rejection::bad("the body must be a JSON object")),
-        Err(e) => Err(Rejection::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!(
-                "the body is not valid JSON (line {}, column {})",
-                e.line(),
-                e.column()
-            ),
-        )),
+        Err(ParseError::Duplicate { key, line, column }) => Err(invalid(format!(
+            "the body repeats the key `{key}` in one object (line {line}, column {column}); \
+             duplicated keys are ambiguous and refused"
+        ))),
+        Err(ParseError::Syntax { line, column }) => Err(invalid(format!(
+            "the body is not valid JSON (line {line}, column {column})"
+        ))),
     }
 }
 
