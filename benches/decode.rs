@@ -7,6 +7,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use event_manager::formats::{decoder_for, Format, RawMessage};
 use event_manager::model::Properties;
 
+/// As the service (src/main.rs): measured with the allocator it runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn fixture(format: &str, name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

@@ -31,6 +31,10 @@ use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use uuid::{NoContext, Timestamp, Uuid};
 
+/// As the service (src/main.rs): measured with the allocator it runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const INGEST_BATCH: usize = 500;
 const DAY: i64 = 86_400;
 

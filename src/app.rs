@@ -98,8 +98,12 @@ impl App {
         let pipeline_metrics = PipelineMetrics::register(&registry)?;
         let terminator_metrics = TerminatorMetrics::register(&registry)?;
         let bridges = Arc::new(
-            Bridges::new(&config, WebhookMetrics::register(&registry)?)
-                .map_err(AppError::Producer)?,
+            Bridges::new(
+                &config.webhooks,
+                &config.kafka,
+                WebhookMetrics::register(&registry)?,
+            )
+            .map_err(AppError::Producer)?,
         );
         let http_metrics = HttpMetrics::register(&registry)?;
         let db_pool_metrics = DbPoolMetrics::register(&registry)?;

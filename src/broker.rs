@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
-use crate::cli::DevBrokerArgs;
 use crate::config::{load_topic_rules, Config, TopicRule};
 
 /// Why the embedded broker could not be set up.
@@ -80,6 +79,23 @@ impl EmbeddedBroker {
     pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
         &self.cluster
     }
+}
+
+/// Options of `dev-broker`.
+#[derive(Debug, clap::Args)]
+pub struct DevBrokerArgs {
+    /// Partitions of every topic created (overrides each rule's `partitions`).
+    #[arg(long)]
+    pub partitions: Option<i32>,
+    /// Number of mock brokers.
+    #[arg(long, default_value_t = 1)]
+    pub brokers: i32,
+    /// Extra topics to create, besides those of the topic rules (repeatable).
+    #[arg(long = "topic")]
+    pub topics: Vec<String>,
+    /// Write the bootstrap address to this file once the broker is up (for scripts and tests).
+    #[arg(long)]
+    pub bootstrap_file: Option<std::path::PathBuf>,
 }
 
 /// `event-manager dev-broker`: runs the broker until SIGTERM or SIGINT.

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Config;
+use event_manager::broker::DevBrokerArgs;
+use event_manager::config::Config;
+use event_manager::demo::DemoArgs;
 
 /// Kafka → EventDB pipeline for healthcare status-change events.
 #[derive(Debug, Parser)]
@@ -134,44 +136,16 @@ pub struct TokenArgs {
     pub subject: String,
 }
 
-/// Options of `demo`.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// HTTP address of the API.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub bind: std::net::SocketAddr,
-    /// Sample messages produced per second.
-    #[arg(long, default_value_t = 200)]
-    pub rate: u32,
-    /// Stop after this long (e.g. `30s`); runs until Ctrl-C when absent.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub duration: Option<std::time::Duration>,
-}
-
-/// Options of `dev-broker`.
-#[derive(Debug, Args)]
-pub struct DevBrokerArgs {
-    /// Partitions of every topic created (overrides each rule's `partitions`).
-    #[arg(long)]
-    pub partitions: Option<i32>,
-    /// Number of mock brokers.
-    #[arg(long, default_value_t = 1)]
-    pub brokers: i32,
-    /// Extra topics to create, besides those of the topic rules (repeatable).
-    #[arg(long = "topic")]
-    pub topics: Vec<String>,
-    /// Write the bootstrap address to this file once the broker is up (for scripts and tests).
-    #[arg(long)]
-    pub bootstrap_file: Option<PathBuf>,
-}
-
 /// Parses the command line, runs the command, and maps failures to a non-zero exit.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", crate::error_report::describe(e.as_ref()));
+            eprintln!(
+                "error: {}",
+                event_manager::error_report::describe(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
@@ -186,15 +160,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run => {
             let config = Config::load(cli.config.as_deref())?;
-            runtime()?.block_on(crate::app::run(config))?;
+            runtime()?.block_on(event_manager::app::run(config))?;
         }
         Command::Demo(args) => {
             let config = Config::load(cli.config.as_deref())?;
-            runtime()?.block_on(crate::demo::run(config, args))?;
+            runtime()?.block_on(event_manager::demo::run(config, args))?;
         }
         Command::DevBroker(args) => {
             let config = Config::load(cli.config.as_deref())?;
-            runtime()?.block_on(crate::broker::run_dev_broker(&config, &args))?;
+            runtime()?.block_on(event_manager::broker::run_dev_broker(&config, &args))?;
         }
         Command::Replay(args) => {
             let config = Config::load(cli.config.as_deref())?;
@@ -203,10 +177,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Selector(command) => return selector(&command),
         Command::Migrate => {
             let config = Config::load(cli.config.as_deref())?;
-            crate::telemetry::init(&config.log);
+            event_manager::telemetry::init(&config.log);
             let applied = runtime()?.block_on(async {
-                let store = crate::store::EventStore::connect(&config.database)?;
-                crate::app::migrate_store(&store, &config).await
+                let store = event_manager::store::EventStore::connect(&config.database)?;
+                event_manager::app::migrate_store(&store, &config).await
             })?;
             if applied.is_empty() {
                 println!("database is up to date");
@@ -218,7 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Terminate(args) => {
             let config = Config::load(cli.config.as_deref())?;
-            crate::telemetry::init(&config.log);
+            event_manager::telemetry::init(&config.log);
             let report = runtime()?.block_on(terminate(config, args.dry_run))?;
             println!("{report}");
         }
@@ -230,8 +204,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .flat_map(|s| s.split_whitespace())
                 .map(str::to_owned)
                 .collect();
-            let token =
-                crate::api::auth::mint_token(&config.auth, &scopes, args.ttl, &args.subject)?;
+            let token = event_manager::api::auth::mint_token(
+                &config.auth,
+                &scopes,
+                args.ttl,
+                &args.subject,
+            )?;
             println!("{token}");
         }
         Command::Config(ConfigCommand::Check) => {
@@ -245,7 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// `config check`: assembles the application as `run` does, without connecting anywhere, and
 /// reports the values that manifests and alerts depend on.
 fn config_check(config: Config) -> anyhow::Result<serde_json::Value> {
-    let app = crate::app::App::build(config)?;
+    let app = event_manager::app::App::build(config)?;
     app.config.auth.require_key()?;
     let rules: Vec<serde_json::Value> = app
         .rules
@@ -302,7 +280,7 @@ fn parse_time(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 }
 
 async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
-    use crate::replay::{self, ReplayTarget};
+    use event_manager::replay::{self, ReplayTarget};
     let target = match (args.to_offset, args.to_earliest, &args.to_time) {
         (Some(o), _, _) if o < 0 => anyhow::bail!("--to-offset must be 0 or more"),
         (Some(o), _, _) => ReplayTarget::Offset(o),
@@ -311,7 +289,7 @@ async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
         _ => anyhow::bail!("one of --to-offset, --to-earliest or --to-time is required"),
     };
     let group = args.group.unwrap_or_else(|| config.kafka.group_id.clone());
-    let store = crate::store::EventStore::connect(&config.database)?;
+    let store = event_manager::store::EventStore::connect(&config.database)?;
     let plans = replay::plan(
         &config,
         &store,
@@ -355,7 +333,7 @@ async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
             .iter()
             .map(|p| (args.topic.clone(), p.partition))
             .collect();
-        let shutdown = crate::shutdown::on_signal();
+        let shutdown = event_manager::shutdown::on_signal();
         loop {
             let stored = store.load_offsets(&group, &keys).await?;
             let done: u64 = plans
@@ -435,10 +413,11 @@ fn selector(command: &SelectorCommand) -> anyhow::Result<ExitCode> {
 async fn terminate(
     config: Config,
     dry_run: bool,
-) -> anyhow::Result<crate::terminator::TerminationReport> {
-    let store = crate::store::EventStore::connect(&config.database)?;
-    let metrics = crate::metrics::TerminatorMetrics::register(&prometheus::Registry::new())?;
-    let terminator = crate::terminator::Terminator::new(store, config.terminator, metrics);
-    let shutdown = crate::shutdown::on_signal();
+) -> anyhow::Result<event_manager::terminator::TerminationReport> {
+    let store = event_manager::store::EventStore::connect(&config.database)?;
+    let metrics =
+        event_manager::metrics::TerminatorMetrics::register(&prometheus::Registry::new())?;
+    let terminator = event_manager::terminator::Terminator::new(store, config.terminator, metrics);
+    let shutdown = event_manager::shutdown::on_signal();
     Ok(terminator.run_once(dry_run, &shutdown).await?)
 }

@@ -4,12 +4,45 @@
 //! its debug contexts, the HTTP stacks their requests) are held at `info` whatever the filter
 //! says, unless `log.unsafe_payloads` is set (README, "Security notes").
 
+use serde::Deserialize;
 use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
 
-use crate::config::{LogConfig, LogFormat};
+/// Logging settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` (production) or `text`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `event_manager=debug,rdkafka=warn`.
+    pub level: String,
+    /// Lets the PostgreSQL, Kafka and HTTP client libraries log below `info`, where they print
+    /// bound parameters, messages and bodies: patient data reaches the logs. For debugging a
+    /// driver on test data only (README, "Security notes").
+    pub unsafe_payloads: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+            unsafe_payloads: false,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
 
 /// Targets (crates, and librdkafka's own log) that print payloads below `info`.
 pub const PAYLOAD_TARGETS: &[&str] = &[

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 
 use super::config::{invalid, AuthConfig, READ_SCOPE};
 use super::error::ApiError;
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Who is calling, as far as the token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,11 +127,6 @@ impl Authenticator {
             leeway: config.leeway,
             event_type_scopes: config.event_type_scopes.clone(),
         })
-    }
-
-    /// Whether requests pass without a token.
-    pub fn is_disabled(&self) -> bool {
-        self.disabled
     }
 
     /// Checks the `Authorization` header and returns the caller.

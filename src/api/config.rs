@@ -1,15 +1,32 @@
-//! Settings of the events API (`[api]`) and of its bearer-token authentication (`[auth]`).
+//! Settings of the HTTP server (`[http]`), the events API (`[api]`) and of its bearer-token authentication (`[auth]`).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// The scope every caller of the events API needs (docs/architecture.md, "ESOZ Event Manager").
 pub const READ_SCOPE: &str = "event:read";
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
 
 /// Events API settings.
 #[derive(Debug, Clone, Deserialize)]

@@ -7,68 +7,21 @@
 //! as TOML scalars when they parse as one
 //! (numbers, booleans), else as strings.
 
-mod secret;
-mod topics;
-
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use serde::Deserialize;
 
-pub use crate::api::config::{ApiConfig, AuthConfig};
+pub use crate::api::config::{ApiConfig, AuthConfig, HttpConfig};
 pub use crate::api::webhooks::config::WebhooksConfig;
+pub use crate::config_error::ConfigError;
+pub use crate::kafka::KafkaConfig;
 pub use crate::pipeline::fhir_lookup::FhirConfig;
-pub use secret::Secret;
-pub use topics::{load_topic_rules, HeaderType, TopicRule};
-
-/// A configuration problem: which key, and why.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// File path.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML.
-    #[error("config file {path} is not valid TOML: {message}")]
-    Syntax {
-        /// File path.
-        path: PathBuf,
-        /// Parser message.
-        message: String,
-    },
-    /// A key is unknown or has a bad value.
-    #[error("config key `{key}`: {reason}")]
-    Invalid {
-        /// Dotted key path.
-        key: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A topic rule file is wrong.
-    #[error("topic rules {file}: {reason}")]
-    Topic {
-        /// File path (or directory).
-        file: PathBuf,
-        /// What is wrong, naming the topic.
-        reason: String,
-    },
-}
-
-impl ConfigError {
-    fn invalid(key: &str, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: key.to_owned(),
-            reason: reason.into(),
-        }
-    }
-}
+pub use crate::pipeline::topics::{load_topic_rules, HeaderType, TopicRule};
+pub use crate::pipeline::PipelineConfig;
+pub use crate::secret::Secret;
+pub use crate::store::DatabaseConfig;
+pub use crate::telemetry::{LogConfig, LogFormat};
+pub use crate::terminator::TerminatorConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -85,7 +38,7 @@ pub struct Config {
     /// Logging.
     pub log: LogConfig,
     /// Retention of the EventDB (see [`crate::terminator`]).
-    pub terminator: crate::terminator::TerminatorConfig,
+    pub terminator: TerminatorConfig,
     /// The webhook bridges (`/webhooks/…`).
     pub webhooks: WebhooksConfig,
     /// FHIR look-ups of statuses messages leave out.
@@ -96,140 +49,14 @@ pub struct Config {
     pub auth: AuthConfig,
 }
 
-/// Kafka settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// `bootstrap.servers`.
-    pub bootstrap_servers: String,
-    /// Consumer group id.
-    pub group_id: String,
-    /// `client.id` prefix.
-    pub client_id: String,
-    /// Consumer session timeout.
-    #[serde(with = "humantime_serde")]
-    pub session_timeout: Duration,
-    /// Where a group with no stored offset starts: `earliest` or `latest`.
-    pub auto_offset_reset: String,
-    /// Extra librdkafka properties passed through unchanged (e.g. `security.protocol`).
-    pub properties: BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
+impl From<&Config> for crate::pipeline::PipelineSettings {
+    fn from(config: &Config) -> Self {
         Self {
-            bootstrap_servers: "localhost:9092".into(),
-            group_id: "event-manager".into(),
-            client_id: "event-manager".into(),
-            session_timeout: Duration::from_secs(10),
-            auto_offset_reset: "earliest".into(),
-            properties: BTreeMap::new(),
+            pipeline: config.pipeline.clone(),
+            kafka: config.kafka.clone(),
+            fhir: config.fhir.clone(),
         }
     }
-}
-
-/// EventDB settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DatabaseConfig {
-    /// PostgreSQL URL, e.g. `postgres://user@host:5432/eventdb`.
-    pub url: String,
-    /// Connection pool size.
-    pub pool_size: usize,
-    /// Timeout for connecting and for taking a connection from the pool.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        Self {
-            url: "postgres://postgres@localhost:5432/eventdb".into(),
-            pool_size: 8,
-            connect_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-/// Pipeline settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PipelineConfig {
-    /// Most messages in one batch (one database transaction).
-    pub batch_size: usize,
-    /// Longest wait for a batch to fill before it is processed anyway.
-    #[serde(with = "humantime_serde")]
-    pub batch_linger: Duration,
-    /// Directory of topic rule files (`*.toml`).
-    pub topics_dir: PathBuf,
-    /// How long shutdown may take before the process exits anyway.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-    /// Longest backoff between retries while the database is unavailable.
-    #[serde(with = "humantime_serde")]
-    pub max_retry_backoff: Duration,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        Self {
-            batch_size: 1000,
-            batch_linger: Duration::from_millis(100),
-            topics_dir: PathBuf::from("topics"),
-            shutdown_grace: Duration::from_secs(30),
-            max_retry_backoff: Duration::from_secs(10),
-        }
-    }
-}
-
-/// HTTP server settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Address to listen on.
-    pub bind: SocketAddr,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
-        }
-    }
-}
-
-/// Logging settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `json` (production) or `text`.
-    pub format: LogFormat,
-    /// A `tracing` filter such as `info` or `event_manager=debug,rdkafka=warn`.
-    pub level: String,
-    /// Lets the PostgreSQL, Kafka and HTTP client libraries log below `info`, where they print
-    /// bound parameters, messages and bodies: patient data reaches the logs. For debugging a
-    /// driver on test data only (README, "Security notes").
-    pub unsafe_payloads: bool,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Json,
-            level: "info".into(),
-            unsafe_payloads: false,
-        }
-    }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable text.
-    Text,
 }
 
 impl Config {
@@ -277,73 +104,9 @@ impl Config {
 
     /// Checks values serde cannot check.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.kafka.bootstrap_servers.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                "kafka.bootstrap_servers",
-                "must not be empty",
-            ));
-        }
-        if self.kafka.group_id.trim().is_empty() {
-            return Err(ConfigError::invalid("kafka.group_id", "must not be empty"));
-        }
-        if !matches!(self.kafka.auto_offset_reset.as_str(), "earliest" | "latest") {
-            return Err(ConfigError::invalid(
-                "kafka.auto_offset_reset",
-                "must be `earliest` or `latest`",
-            ));
-        }
-        for key in self.kafka.properties.keys() {
-            if crate::kafka::is_protected(key) {
-                return Err(ConfigError::invalid(
-                    &format!("kafka.properties.{key}"),
-                    "is managed by event-manager (exactly-once relies on it) and cannot be overridden",
-                ));
-            }
-        }
-        if !self.database.url.starts_with("postgres://")
-            && !self.database.url.starts_with("postgresql://")
-        {
-            return Err(ConfigError::invalid(
-                "database.url",
-                "must be a postgres:// or postgresql:// URL",
-            ));
-        }
-        if self.database.url.parse::<tokio_postgres::Config>().is_err() {
-            return Err(ConfigError::invalid(
-                "database.url",
-                "is not a valid PostgreSQL URL",
-            ));
-        }
-        if !(1..=1024).contains(&self.database.pool_size) {
-            return Err(ConfigError::invalid(
-                "database.pool_size",
-                "must be between 1 and 1024",
-            ));
-        }
-        if !(1..=100_000).contains(&self.pipeline.batch_size) {
-            return Err(ConfigError::invalid(
-                "pipeline.batch_size",
-                "must be between 1 and 100000",
-            ));
-        }
-        if self.pipeline.batch_linger > Duration::from_secs(60) {
-            return Err(ConfigError::invalid(
-                "pipeline.batch_linger",
-                "must be at most 60s",
-            ));
-        }
-        if self.pipeline.shutdown_grace < Duration::from_secs(1) {
-            return Err(ConfigError::invalid(
-                "pipeline.shutdown_grace",
-                "must be at least 1s",
-            ));
-        }
-        if self.pipeline.max_retry_backoff < Duration::from_millis(10) {
-            return Err(ConfigError::invalid(
-                "pipeline.max_retry_backoff",
-                "must be at least 10ms",
-            ));
-        }
+        self.kafka.validate()?;
+        self.database.validate()?;
+        self.pipeline.validate()?;
         self.terminator.validate()?;
         self.webhooks.validate()?;
         self.fhir.validate()?;
@@ -421,6 +184,8 @@ fn parse_env_value(raw: &str) -> toml::Value {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn load(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {

@@ -14,10 +14,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::broker::EmbeddedBroker;
-use crate::cli::DemoArgs;
 use crate::config::{load_topic_rules, Config, LogFormat};
 use crate::metrics::counter_total;
 use crate::store::LocalPostgres;
+
+/// Options of `demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// HTTP address of the API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind: std::net::SocketAddr,
+    /// Sample messages produced per second.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+    /// Stop after this long (e.g. `30s`); runs until Ctrl-C when absent.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+}
 
 /// Runs the demo until Ctrl-C (or `--duration`).
 pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {

@@ -232,30 +232,6 @@ pub fn payload<'a>(msg: &RawMessage<'a>) -> Result<&'a [u8], DecodeError> {
     }
 }
 
-/// Parses a JSON payload, mapping syntax errors to a dead-letter reason without echoing content.
-pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        DecodeError::new(
-            DecodeErrorKind::InvalidEncoding,
-            format!(
-                "value is not valid JSON of the expected shape (line {}, column {}: {})",
-                e.line(),
-                e.column(),
-                json_error_class(&e)
-            ),
-        )
-    })
-}
-
-fn json_error_class(e: &serde_json::Error) -> &'static str {
-    match e.classify() {
-        serde_json::error::Category::Io => "I/O error",
-        serde_json::error::Category::Syntax => "syntax error",
-        serde_json::error::Category::Data => "unexpected data type",
-        serde_json::error::Category::Eof => "unexpected end of input",
-    }
-}
-
 /// What decoders take from the service's configuration rather than from their topic rule.
 #[derive(Debug, Clone, Default)]
 pub struct DecoderContext {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 
-use crate::config::KafkaConfig;
+mod config;
+
+pub use config::KafkaConfig;
 
 /// librdkafka properties event-manager sets itself, which `kafka.properties` may not set: the
 /// consumer's exactly-once relies on them (offsets are stored in PostgreSQL, never by Kafka

@@ -27,7 +27,6 @@ use super::fhir_lookup::{FhirStatusClient, StatusSource};
 use super::process::{finish, process, Message, Processed};
 use super::rules::RuleSet;
 use super::PipelineError;
-use crate::config::Config;
 use crate::detect::{Outcome, StateKey};
 use crate::formats::StatusLookup;
 use crate::health::Readiness;
@@ -204,7 +203,7 @@ pub(crate) struct ConsumerLoop {
 
 /// Builds the consumer (with its callbacks) and the dead-letter producer.
 pub(crate) fn build(
-    config: &Config,
+    config: &super::PipelineSettings,
     runtime: tokio::runtime::Handle,
     store: EventStore,
     rules: Arc<RuleSet>,

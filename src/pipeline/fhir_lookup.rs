@@ -13,8 +13,9 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::config::{ConfigError, Secret};
+use crate::config_error::ConfigError;
 use crate::formats::{DecodeError, DecodeErrorKind, StatusLookup};
+use crate::secret::Secret;
 
 /// `[fhir]`: where and how statuses are looked up. Disabled while `servers` is empty.
 #[derive(Debug, Clone, Deserialize)]
@@ -231,11 +232,6 @@ impl FhirStatusClient {
             config: config.clone(),
             token: Mutex::new(None),
         }))
-    }
-
-    /// Most look-ups in flight at once.
-    pub fn concurrency(&self) -> usize {
-        self.config.concurrency
     }
 
     /// The reachable URL of a reference's version, or why it may not be read.

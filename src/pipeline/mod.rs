@@ -1,21 +1,25 @@
 //! The pipeline (docs/architecture.md, "Data flow"): consume → decode → select → detect →
 //! store → commit.
 
+mod config;
 mod consumer;
 pub mod dead_letter;
 pub mod fhir_lookup;
 pub mod process;
 pub mod rules;
+pub mod topics;
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::health::Readiness;
+use crate::kafka::KafkaConfig;
 use crate::metrics::PipelineMetrics;
 use crate::store::EventStore;
 
+pub use config::PipelineConfig;
+pub use fhir_lookup::FhirConfig;
 pub use rules::RuleSet;
 
 /// Why the pipeline could not start.
@@ -31,6 +35,18 @@ pub enum PipelineError {
     /// The consumer thread could not be started.
     #[error("starting the consumer thread: {0}")]
     Thread(#[from] std::io::Error),
+}
+
+/// What the pipeline is built from: its own section, and the Kafka and FHIR look-up sections
+/// (`From<&Config>` in [`crate::config`] picks them out of the whole configuration).
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// `[pipeline]`.
+    pub pipeline: PipelineConfig,
+    /// `[kafka]`.
+    pub kafka: KafkaConfig,
+    /// `[fhir]`.
+    pub fhir: FhirConfig,
 }
 
 /// A running consumer.
@@ -54,7 +70,7 @@ impl PipelineHandle {
 /// Starts the consumer on its own thread. It stops when `shutdown` is cancelled, after finishing
 /// and committing its in-flight batch.
 pub fn start(
-    config: &Config,
+    config: impl Into<PipelineSettings>,
     rules: Arc<RuleSet>,
     store: EventStore,
     metrics: PipelineMetrics,
@@ -62,7 +78,15 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> Result<PipelineHandle, PipelineError> {
     let runtime = tokio::runtime::Handle::current();
-    let consumer = consumer::build(config, runtime, store, rules, metrics, readiness, shutdown)?;
+    let consumer = consumer::build(
+        &config.into(),
+        runtime,
+        store,
+        rules,
+        metrics,
+        readiness,
+        shutdown,
+    )?;
     let thread = std::thread::Builder::new()
         .name("consumer".into())
         .spawn(move || consumer.run())?;

@@ -4,7 +4,7 @@
 use message_selector::OwnedValue;
 
 use super::rules::{CompiledRule, Metadata};
-use crate::config::HeaderType;
+use super::topics::HeaderType;
 use crate::formats::{DecodeError, DecodeErrorKind, DecodeNote, RawMessage, StatusLookup};
 use crate::model::{Observation, Properties};
 
@@ -260,7 +260,7 @@ fn has_nul(o: &Observation) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::load_topic_rules;
+    use crate::pipeline::topics::load_topic_rules;
     use crate::pipeline::RuleSet;
 
     fn rules(rule: &str) -> RuleSet {

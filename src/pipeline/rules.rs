@@ -6,7 +6,8 @@ use std::sync::RwLock;
 use message_selector::Selector;
 use regex::Regex;
 
-use crate::config::{ConfigError, HeaderType, TopicRule};
+use super::topics::{HeaderType, TopicRule};
+use crate::config_error::ConfigError;
 use crate::detect::{ChangeDetector, DetectOptions};
 use crate::formats::{decoder_with, Decoder, DecoderContext};
 
@@ -246,8 +247,8 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::load_topic_rules;
     use crate::detect::FirstSeen;
+    use crate::pipeline::topics::load_topic_rules;
 
     #[test]
     fn first_seen_defaults_per_format_and_a_rule_overrides_it() {

@@ -2,6 +2,7 @@
 //! consumer offsets, atomically), and a private server for demos and tests.
 
 pub mod attribute_indexes;
+mod config;
 mod local_server;
 
 use std::collections::HashMap;
@@ -11,10 +12,10 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use crate::config::DatabaseConfig;
 use crate::detect::{AttributeState, DetectedEvent, StateKey};
 use crate::model::SourceRef;
 
+pub use config::DatabaseConfig;
 pub use local_server::{LocalPostgres, LocalPostgresError};
 
 mod embedded {

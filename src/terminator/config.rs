@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Advisory lock key the replicas contend for: "EVTERMIN".
 pub const DEFAULT_LOCK_KEY: i64 = 0x4556_5445_524D_494E;

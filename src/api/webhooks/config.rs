@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Secret};
+use crate::config_error::ConfigError;
 use crate::formats::{SessionIds, MAX_PAYLOAD_BYTES};
+use crate::secret::Secret;
 
 /// `[webhooks]`: the HTTP bridges that produce into Kafka.
 #[derive(Debug, Clone, Deserialize)]

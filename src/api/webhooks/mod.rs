@@ -27,7 +27,7 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 use self::config::WebhooksConfig;
 use self::producer::{BridgeProducer, ProduceError};
 use self::unique_keys::ParseError;
-use crate::config::Config;
+use crate::kafka::KafkaConfig;
 use crate::metrics::WebhookMetrics;
 
 /// Shared state of the bridges.
@@ -53,16 +53,17 @@ impl fmt::Debug for Bridges {
 impl Bridges {
     /// Builds the bridges; the idempotent producer is created only when a bridge is configured.
     pub fn new(
-        config: &Config,
+        config: &WebhooksConfig,
+        kafka: &KafkaConfig,
         metrics: WebhookMetrics,
     ) -> Result<Self, rdkafka::error::KafkaError> {
-        let producer = if config.webhooks.any_configured() {
-            Some(BridgeProducer::new(config)?)
+        let producer = if config.any_configured() {
+            Some(BridgeProducer::new(config, kafka)?)
         } else {
             None
         };
         Ok(Self {
-            config: config.webhooks.clone(),
+            config: config.clone(),
             producer,
             metrics,
         })

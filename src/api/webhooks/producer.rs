@@ -5,8 +5,8 @@ use std::time::Duration;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::config::Config;
-use crate::kafka::{self, Role};
+use super::config::WebhooksConfig;
+use crate::kafka::{self, KafkaConfig, Role};
 
 /// Why a message was not acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -39,13 +39,13 @@ impl std::fmt::Debug for BridgeProducer {
 
 impl BridgeProducer {
     /// Creates the producer (it connects lazily).
-    pub fn new(config: &Config) -> Result<Self, KafkaError> {
-        let timeout = config.webhooks.produce_timeout;
+    pub fn new(config: &WebhooksConfig, kafka: &KafkaConfig) -> Result<Self, KafkaError> {
+        let timeout = config.produce_timeout;
         let role = Role::WebhookProducer {
             produce_timeout: timeout,
         };
         Ok(Self {
-            producer: kafka::client_config(&config.kafka, role).create()?,
+            producer: kafka::client_config(kafka, role).create()?,
             timeout,
         })
     }

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::ConfigError;
+use crate::config_error::ConfigError;
 use crate::detect::FirstSeen;
 use crate::formats::Format;
 

@@ -1,0 +1,70 @@
+//! Pipeline settings (`[pipeline]`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config_error::ConfigError;
+
+/// Pipeline settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Most messages in one batch (one database transaction).
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill before it is processed anyway.
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
+    /// Directory of topic rule files (`*.toml`).
+    pub topics_dir: PathBuf,
+    /// How long shutdown may take before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Longest backoff between retries while the database is unavailable.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_backoff: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            batch_linger: Duration::from_millis(100),
+            topics_dir: PathBuf::from("topics"),
+            shutdown_grace: Duration::from_secs(30),
+            max_retry_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Checks values serde cannot check, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=100_000).contains(&self.batch_size) {
+            return Err(ConfigError::invalid(
+                "pipeline.batch_size",
+                "must be between 1 and 100000",
+            ));
+        }
+        if self.batch_linger > Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                "pipeline.batch_linger",
+                "must be at most 60s",
+            ));
+        }
+        if self.shutdown_grace < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "pipeline.shutdown_grace",
+                "must be at least 1s",
+            ));
+        }
+        if self.max_retry_backoff < Duration::from_millis(10) {
+            return Err(ConfigError::invalid(
+                "pipeline.max_retry_backoff",
+                "must be at least 10ms",
+            ));
+        }
+        Ok(())
+    }
+}
