@@ -9,3 +9,9 @@ CREATE TABLE data_migrations (
     name       text        PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Nothing to rewrite in a database without FHIRcast entities (every stored entity has its
+-- `entities` row): recorded as done here, so that the binary never reads `events` for it.
+INSERT INTO data_migrations (name)
+SELECT 'fhircast_session_ids'
+ WHERE NOT EXISTS (SELECT 1 FROM entities WHERE entity_type = 'FhircastSession');

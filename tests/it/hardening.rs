@@ -420,6 +420,8 @@ async fn migrate_replaces_fhircast_topics_in_stored_entity_ids_once() {
     let db = fresh_database().await;
     let topics = topics_dir();
     let client = db.client().await;
+    // Rows of an older version, as if they had been there when V9 ran (V9 records the rewrite
+    // as done in a database without FHIRcast entities).
     client
         .batch_execute(&format!(
             "INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
@@ -434,7 +436,8 @@ async fn migrate_replaces_fhircast_topics_in_stored_entity_ids_once() {
                ('FhircastSession', '{SECRET_TOPIC}/patient', 'patient', 'Patient/p1', now()), \
                ('FhircastSession', '{NAMED_TOPIC}/study', 'study', NULL, now()); \
              INSERT INTO entities (entity_type, entity_id) VALUES \
-               ('FhircastSession', '{SECRET_TOPIC}/patient'), ('FhircastSession', '{NAMED_TOPIC}/study');"
+               ('FhircastSession', '{SECRET_TOPIC}/patient'), ('FhircastSession', '{NAMED_TOPIC}/study'); \
+             DELETE FROM data_migrations WHERE name = 'fhircast_session_ids';"
         ))
         .await
         .unwrap();
