@@ -19,7 +19,7 @@ use crate::metrics::{
     DbPoolMetrics, HttpMetrics, PipelineMetrics, TerminatorMetrics, WebhookMetrics,
 };
 use crate::pipeline::{self, PipelineError, RuleSet};
-use crate::store::{EventStore, StoreError};
+use crate::store::{EventStore, RetryPolicy, StoreError};
 use crate::terminator::{ScheduleError, Terminator, TerminatorSchedule};
 
 /// Why the application could not start or stopped with an error.
@@ -132,17 +132,16 @@ impl App {
                     for m in applied {
                         tracing::info!(migration = %m, "migration applied");
                     }
-                    self.readiness.set_database_up(true);
-                    self.pipeline_metrics.database_up.set(1);
+                    pipeline::database_reachable(&self.readiness, &self.pipeline_metrics, true);
                     return Ok(());
                 }
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() && attempt < 30 => {
                     tracing::warn!(error = %e, attempt, "database not reachable yet; retrying");
-                    let wait = crate::store::backoff(attempt, Duration::from_secs(5));
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {}
-                        _ = tokio::time::sleep(wait) => {}
-                    }
+                    let retry = RetryPolicy {
+                        max_backoff: Duration::from_secs(5),
+                        shutdown: shutdown.clone(),
+                    };
+                    retry.wait(attempt).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e.into()),

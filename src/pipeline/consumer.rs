@@ -33,7 +33,7 @@ use crate::health::Readiness;
 use crate::kafka::{self, Role};
 use crate::metrics::PipelineMetrics;
 use crate::model::{Observation, SourceRef};
-use crate::store::{backoff, BatchChanges, EventStore, NewEvent, OffsetFence, StoreError};
+use crate::store::{BatchChanges, EventStore, NewEvent, OffsetFence, RetryPolicy, StoreError};
 
 type Tp = (String, i32);
 
@@ -158,9 +158,12 @@ impl PipelineContext {
             &self.store,
             &self.group_id,
             &partitions,
-            &self.shutdown,
-            self.max_backoff,
+            &RetryPolicy {
+                max_backoff: self.max_backoff,
+                shutdown: self.shutdown.clone(),
+            },
             &self.readiness,
+            &self.metrics,
         );
         let Some(stored) = stored else {
             return; // shutting down: own nothing, so nothing is processed
@@ -583,8 +586,7 @@ impl ConsumerLoop {
                     self.metrics
                         .batch_duration
                         .observe(started.elapsed().as_secs_f64());
-                    self.metrics.database_up.set(1);
-                    self.readiness.set_database_up(true);
+                    super::database_reachable(&self.readiness, &self.metrics, true);
                     tracing::debug!(
                         events = report.events_inserted,
                         partitions = prepared.fences.len(),
@@ -601,8 +603,7 @@ impl ConsumerLoop {
                 Err(e) => {
                     tracing::warn!(error = %e, attempt, "batch not stored; pausing and retrying");
                     self.metrics.batches.with_label_values(&["retried"]).inc();
-                    self.metrics.database_up.set(0);
-                    self.readiness.set_database_up(false);
+                    super::database_reachable(&self.readiness, &self.metrics, false);
                     if !self.pause(attempt) {
                         return;
                     }
@@ -615,13 +616,11 @@ impl ConsumerLoop {
     /// Waits before a retry; false when shutdown was requested (the batch is left uncommitted
     /// and is read again by whoever owns the partition next).
     fn pause(&self, attempt: u32) -> bool {
-        let wait = backoff(attempt, self.max_backoff);
-        self.runtime.block_on(async {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => false,
-                _ = tokio::time::sleep(wait) => true,
-            }
-        })
+        let retry = RetryPolicy {
+            max_backoff: self.max_backoff,
+            shutdown: self.shutdown.clone(),
+        };
+        self.runtime.block_on(retry.wait(attempt))
     }
 
     fn deliver_letters(&self, letters: &mut Vec<DeadLetter>) -> Result<(), KafkaError> {
@@ -721,9 +720,12 @@ impl ConsumerLoop {
             &self.store,
             &self.group_id,
             &partitions,
-            &self.shutdown,
-            self.max_backoff,
+            &RetryPolicy {
+                max_backoff: self.max_backoff,
+                shutdown: self.shutdown.clone(),
+            },
             &self.readiness,
+            &self.metrics,
         ) else {
             return;
         };
@@ -753,9 +755,9 @@ fn load_offsets_retrying(
     store: &EventStore,
     group_id: &str,
     partitions: &[Tp],
-    shutdown: &CancellationToken,
-    max_backoff: Duration,
+    retry: &RetryPolicy,
     readiness: &Readiness,
+    metrics: &PipelineMetrics,
 ) -> Option<HashMap<Tp, i64>> {
     let mut attempt = 0;
     loop {
@@ -763,15 +765,8 @@ fn load_offsets_retrying(
             Ok(stored) => return Some(stored),
             Err(e) => {
                 tracing::warn!(error = %e, attempt, "loading stored offsets failed; retrying");
-                readiness.set_database_up(false);
-                let wait = backoff(attempt, max_backoff);
-                let stopped = runtime.block_on(async {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => true,
-                        _ = tokio::time::sleep(wait) => false,
-                    }
-                });
-                if stopped {
+                super::database_reachable(readiness, metrics, false);
+                if !runtime.block_on(retry.wait(attempt)) {
                     return None;
                 }
                 attempt += 1;

@@ -49,6 +49,13 @@ pub struct PipelineSettings {
     pub fhir: FhirConfig,
 }
 
+/// The EventDB became reachable or not: readiness and the `database_up` gauge move together,
+/// here and nowhere else, so that `/readyz` and the metric never disagree.
+pub fn database_reachable(readiness: &Readiness, metrics: &PipelineMetrics, up: bool) {
+    readiness.set_database_up(up);
+    metrics.database_up.set(i64::from(up));
+}
+
 /// A running consumer.
 #[derive(Debug)]
 pub struct PipelineHandle {
