@@ -13,6 +13,7 @@ use crate::api::auth::Authenticator;
 use crate::api::webhooks::{self, Bridges};
 use crate::api::{self, ApiState};
 use crate::config::{load_topic_rules, Config, ConfigError};
+use crate::formats::DecoderContext;
 use crate::health::Readiness;
 use crate::metrics::{
     DbPoolMetrics, HttpMetrics, PipelineMetrics, TerminatorMetrics, WebhookMetrics,
@@ -85,9 +86,12 @@ impl App {
     /// Without any token key (and without `auth.disabled`) the events API answers 401 to every
     /// request; the `run` command refuses to start in that case.
     pub fn build(config: Config) -> Result<Self, AppError> {
-        let rules = Arc::new(RuleSet::compile(load_topic_rules(
-            &config.pipeline.topics_dir,
-        )?)?);
+        let rules = Arc::new(RuleSet::compile_with(
+            load_topic_rules(&config.pipeline.topics_dir)?,
+            &DecoderContext {
+                fhircast_sessions: config.webhooks.fhircast.session_ids(),
+            },
+        )?);
         let auth = Arc::new(Authenticator::from_config(&config.auth)?);
         let store = EventStore::connect(&config.database)?;
         let registry = Registry::new();
@@ -123,7 +127,7 @@ impl App {
     pub async fn migrate(&self, shutdown: &CancellationToken) -> Result<(), AppError> {
         let mut attempt = 0;
         loop {
-            match self.store.migrate().await {
+            match migrate_store(&self.store, &self.config).await {
                 Ok(applied) => {
                     for m in applied {
                         tracing::info!(migration = %m, "migration applied");
@@ -287,6 +291,22 @@ impl App {
         let schedule = TerminatorSchedule::start(terminator, &config.schedule, shutdown.clone());
         Ok(Some(schedule.await?))
     }
+}
+
+/// Applies the schema migrations, then the data migrations that need the configuration
+/// (`sql/V9__data_migrations.sql`); what was applied. `run` and `migrate` both call it.
+pub async fn migrate_store(store: &EventStore, config: &Config) -> Result<Vec<String>, StoreError> {
+    let mut applied = store.migrate().await?;
+    let sessions = config.webhooks.fhircast.session_ids();
+    if let Some(n) = store
+        .rekey_fhircast_sessions(&|id| sessions.rekey(id))
+        .await?
+    {
+        applied.push(format!(
+            "data migration fhircast_session_ids ({n} FHIRcast entity ids rewritten)"
+        ));
+    }
+    Ok(applied)
 }
 
 /// `event-manager run`.

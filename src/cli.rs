@@ -32,7 +32,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run an in-process Kafka-protocol broker with the topics of `topics/` until SIGTERM.
     DevBroker(DevBrokerArgs),
-    /// Apply pending EventDB migrations and exit.
+    /// Apply pending EventDB migrations (schema, then data migrations such as the FHIRcast
+    /// session ids, which need the configuration) and exit.
     Migrate,
     /// Replay a topic: move the consumer group's stored positions back to an offset, the
     /// earliest retained message, or a point in time. Running consumers follow on their own.
@@ -179,7 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             event_manager::telemetry::init(&config.log);
             let applied = runtime()?.block_on(async {
                 let store = event_manager::store::EventStore::connect(&config.database)?;
-                store.migrate().await
+                event_manager::app::migrate_store(&store, &config).await
             })?;
             if applied.is_empty() {
                 println!("database is up to date");
@@ -311,6 +312,12 @@ async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
             "{:>9} {:>12} {:>12} {:>12} {:>12}",
             p.partition, p.low, p.high, stored, p.target
         );
+    }
+    if plans
+        .iter()
+        .any(|p| p.time_lookup == Some(replay::TimeLookup::Search))
+    {
+        println!("the broker cannot look up offsets by time: found by reading message timestamps");
     }
     if args.dry_run {
         println!("dry run: nothing changed");

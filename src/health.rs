@@ -11,6 +11,7 @@ pub struct Readiness {
     consumer_required: AtomicBool,
     broker_metadata_at_ms: AtomicI64,
     kafka_error: Mutex<Option<String>>,
+    broker_up: AtomicBool,
     /// Why the last readiness check of the database failed, to log each new cause once.
     database_check_error: Mutex<Option<String>>,
 }
@@ -37,6 +38,17 @@ impl Readiness {
     pub fn touch_broker_metadata(&self) {
         self.broker_metadata_at_ms
             .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// Records whether the consumer's client holds a connection to a broker (from its statistics,
+    /// every few seconds, and at once when librdkafka reports every broker down).
+    pub fn set_broker_up(&self, up: bool) {
+        self.broker_up.store(up, Ordering::Relaxed);
+    }
+
+    /// Whether the consumer's client was connected to a broker at last report.
+    pub fn broker_up(&self) -> bool {
+        self.broker_up.load(Ordering::Relaxed)
     }
 
     /// Whether the database was up at last check.

@@ -37,6 +37,9 @@ pub struct PipelineMetrics {
     pub database_up: IntGauge,
     /// Messages skipped because they were already stored (re-deliveries).
     pub redelivered: IntCounter,
+    /// Messages removed by the broker's retention before this group read them, by topic and
+    /// partition (the consumer found its next offset below the partition's log start).
+    pub retention_gap: IntCounterVec,
     /// Status context events without a status, by look-up result (found, not_found, timeout,
     /// failed, not_configured).
     pub status_lookups: IntCounterVec,
@@ -131,6 +134,11 @@ impl PipelineMetrics {
             "Messages skipped because they were already stored.",
         )?;
         registry.register(Box::new(redelivered.clone()))?;
+        let retention_gap = counter(
+            "retention_gap_messages_total",
+            "Messages removed by retention before the group read them.",
+            &["topic", "partition"],
+        )?;
         Ok(Self {
             consumed,
             selected,
@@ -146,6 +154,7 @@ impl PipelineMetrics {
             assigned_partitions,
             database_up,
             redelivered,
+            retention_gap,
             status_lookups,
         })
     }

@@ -57,6 +57,20 @@ pub struct PartitionPlan {
     pub stored: Option<i64>,
     /// New position.
     pub target: i64,
+    /// For a time target: how the offset was found (`None` for other targets, or when the
+    /// partition is empty).
+    pub time_lookup: Option<TimeLookup>,
+}
+
+/// How the offset of a time was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimeLookup {
+    /// The broker answered (ListOffsets by timestamp, `offsets_for_times`).
+    Broker,
+    /// The broker could not answer (librdkafka's MockCluster, the `dev-broker`), so message
+    /// timestamps were read in a binary search.
+    Search,
 }
 
 /// Computes where each partition would start.
@@ -103,9 +117,9 @@ pub async fn plan(
             }
             let (low, high) =
                 consumer.fetch_watermarks(&topic_owned, p, Duration::from_secs(10))?;
-            let target = match target {
-                ReplayTarget::Offset(o) => o.clamp(low, high),
-                ReplayTarget::Earliest => low,
+            let (target, time_lookup) = match target {
+                ReplayTarget::Offset(o) => (o.clamp(low, high), None),
+                ReplayTarget::Earliest => (low, None),
                 ReplayTarget::Time(t) => {
                     offset_for_time(&consumer, &topic_owned, p, low, high, t.timestamp_millis())?
                 }
@@ -116,6 +130,7 @@ pub async fn plan(
                 high,
                 stored: None,
                 target,
+                time_lookup,
             });
         }
         Ok((consumer, plans))
@@ -149,9 +164,12 @@ pub async fn apply(
     Ok(())
 }
 
-/// The first offset in `[low, high)` whose message timestamp is at or after `ts_ms`, else `high`.
-/// Asks the broker first; brokers that cannot answer by time (e.g. the embedded one) are searched
-/// by reading message timestamps (binary search; Kafka timestamps are assumed non-decreasing).
+/// The first offset in `[low, high)` whose message timestamp is at or after `ts_ms`, else `high`,
+/// and how it was found. Asks the broker first (ListOffsets by timestamp: the first offset whose
+/// timestamp is at or after the time, or none when every message is older). A broker that cannot
+/// answer by time (librdkafka's MockCluster behind `dev-broker` and `demo` answers an error, or
+/// an offset outside the partition) is searched instead by reading message timestamps (binary
+/// search; Kafka timestamps are assumed non-decreasing).
 fn offset_for_time(
     consumer: &kafka::ProbeConsumer,
     topic: &str,
@@ -159,17 +177,30 @@ fn offset_for_time(
     low: i64,
     high: i64,
     ts_ms: i64,
-) -> Result<i64, ReplayError> {
+) -> Result<(i64, Option<TimeLookup>), ReplayError> {
     if low >= high {
-        return Ok(high);
+        return Ok((high, None));
     }
     let mut query = TopicPartitionList::new();
     query.add_partition_offset(topic, partition, Offset::Offset(ts_ms))?;
     if let Ok(answer) = consumer.offsets_for_times(query, Duration::from_secs(10)) {
-        if let Some(Offset::Offset(o)) = answer.find_partition(topic, partition).map(|e| e.offset())
-        {
-            if o >= low && o <= high {
-                return Ok(o);
+        if let Some(entry) = answer.find_partition(topic, partition) {
+            if entry.error().is_ok() {
+                match entry.offset() {
+                    Offset::Offset(o) if o >= low && o <= high => {
+                        return Ok((o, Some(TimeLookup::Broker)));
+                    }
+                    // No message at or after the time: the end. (librdkafka's MockCluster
+                    // answers the same for every time: believed when the last message is older.)
+                    Offset::End => {
+                        if let Some((_, ts)) = read_at(consumer, topic, partition, high - 1)? {
+                            if ts < ts_ms {
+                                return Ok((high, Some(TimeLookup::Broker)));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
     }
@@ -183,7 +214,7 @@ fn offset_for_time(
             None => hi = mid,
         }
     }
-    Ok(lo)
+    Ok((lo, Some(TimeLookup::Search)))
 }
 
 /// Reads the first message at or after `offset`: its offset and timestamp.

@@ -174,7 +174,8 @@ pub struct ReadinessReport {
     pub database: bool,
     /// The consumer holds partitions (true when no consumer runs in this process).
     pub consumer_assigned: bool,
-    /// Broker metadata is younger than 60 s (true when no consumer runs in this process).
+    /// Broker metadata is younger than 60 s and the consumer is connected to a broker (true when
+    /// no consumer runs in this process).
     pub broker_metadata_fresh: bool,
     /// Age of the newest broker metadata, when any was fetched.
     pub broker_metadata_age_ms: Option<i64>,
@@ -211,7 +212,8 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readines
     let consumer_assigned = readiness.consumer_assigned();
     let age = readiness.broker_metadata_age_ms();
     let broker_metadata_fresh = !readiness.consumer_required()
-        || age.is_some_and(|ms| ms < BROKER_METADATA_MAX_AGE.as_millis() as i64);
+        || (readiness.broker_up()
+            && age.is_some_and(|ms| ms < BROKER_METADATA_MAX_AGE.as_millis() as i64));
     let kafka_error = readiness.kafka_error();
     let ready = database && consumer_assigned && broker_metadata_fresh && kafka_error.is_none();
     let status = if ready {

@@ -2,7 +2,7 @@
 //! `{timestamp, id, event: {hub.topic, hub.event, context: [{key, resource}]}}`.
 //!
 //! Each context key of a session is an entity: entity type `FhircastSession`, entity id
-//! `hub.topic/key`, attribute = the key, value = `ResourceType/id`, or NULL once closed; kind
+//! `<session>/key` (see [`SessionIds`]: the topic itself is never stored), attribute = the key, value = `ResourceType/id`, or NULL once closed; kind
 //! Snapshot, because FHIRcast events are complete statements, never deltas. So that an older
 //! notification cannot undo a newer one, the event time is the notification's `timestamp`.
 //!
@@ -24,8 +24,11 @@
 //!   [`DecodeNote::LenientTimestamp`]; even the specification's examples carry malformed ones.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 
 use message_selector::OwnedValue;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -45,14 +48,85 @@ const PATIENT_DEPENDENT: [&str; 3] = ["encounter", "study", "report"];
 /// Decoder for the `fhircast` format. It has no options.
 #[derive(Debug, Clone, Default)]
 pub struct FhircastDecoder {
-    _private: (),
+    sessions: SessionIds,
 }
 
 impl FhircastDecoder {
-    /// Builds the decoder from a topic rule's `[options]` (the format has none).
-    pub fn from_options(options: &toml::Table) -> Result<Self, FormatConfigError> {
+    /// Builds the decoder from a topic rule's `[options]` (the format has none) and the
+    /// session identifiers of the configuration.
+    pub fn from_options(
+        options: &toml::Table,
+        sessions: &SessionIds,
+    ) -> Result<Self, FormatConfigError> {
         OptionTable::new("fhircast", options, &[])?;
-        Ok(Self::default())
+        Ok(Self {
+            sessions: sessions.clone(),
+        })
+    }
+}
+
+/// Hex digits of the keyed hash kept in an entity id (128 bits).
+const TOPIC_HASH_HEX: usize = 32;
+
+/// What stands for a session's `hub.topic` in entity ids. The topic is the session's secret —
+/// for a subscription without a `hub.secret` the only thing that guards the callback — and
+/// entity ids are readable by every API user, so ids use the configured subscription's name
+/// (`subscription:<name>`) when the topic is configured, else a keyed hash
+/// (`topic:<first 32 hex digits of HMAC-SHA256(key, hub.topic)>`), stable while the key stays
+/// (docs/architecture.md, "FHIRcast session ids").
+#[derive(Clone, Default)]
+pub struct SessionIds {
+    key: Vec<u8>,
+    names: HashMap<String, String>,
+}
+
+impl fmt::Debug for SessionIds {
+    // The key and the topics are secrets: only their presence and count are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionIds")
+            .field(
+                "key",
+                &if self.key.is_empty() {
+                    "none"
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("names", &self.names.len())
+            .finish()
+    }
+}
+
+impl SessionIds {
+    /// Ids from the hash key (empty: an unkeyed hash) and the configured `hub.topic` → name.
+    pub fn new(key: &[u8], names: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self {
+            key: key.to_vec(),
+            names: names.into_iter().collect(),
+        }
+    }
+
+    /// The identifier of the session of `hub_topic`.
+    pub fn session(&self, hub_topic: &str) -> String {
+        if let Some(name) = self.names.get(hub_topic) {
+            return format!("subscription:{name}");
+        }
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .expect("HMAC takes keys of any length");
+        mac.update(hub_topic.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut id = String::with_capacity(6 + TOPIC_HASH_HEX);
+        id.push_str("topic:");
+        for byte in digest.iter().take(TOPIC_HASH_HEX / 2) {
+            id.push_str(&format!("{byte:02x}"));
+        }
+        id
+    }
+
+    /// The entity id a stored id of the old form `<hub.topic>/<key>` becomes.
+    pub fn rekey(&self, old_entity_id: &str) -> Option<String> {
+        let (topic, key) = old_entity_id.rsplit_once('/')?;
+        Some(format!("{}/{key}", self.session(topic)))
     }
 }
 
@@ -254,7 +328,9 @@ impl Decoder for FhircastDecoder {
             EventName::NoContextChange => (false, None),
         };
         props.insert_if_absent_with("hubEvent", || OwnedValue::String(name.to_string()));
-        let topic = req_text("event.hub.topic", event.topic.into_scalar())?;
+        let session = self
+            .sessions
+            .session(&req_text("event.hub.topic", event.topic.into_scalar())?);
 
         let mut notes = Vec::new();
         let event_time = match wire.timestamp {
@@ -335,8 +411,8 @@ impl Decoder for FhircastDecoder {
         let observations = changes
             .into_iter()
             .map(|(key, value, scope)| {
-                let mut entity_id = String::with_capacity(topic.len() + 1 + key.len());
-                entity_id.push_str(&topic);
+                let mut entity_id = String::with_capacity(session.len() + 1 + key.len());
+                entity_id.push_str(&session);
                 entity_id.push('/');
                 entity_id.push_str(&key);
                 Observation {
@@ -468,6 +544,37 @@ mod tests {
         FhircastDecoder::default().decode(&msg("fhircast.events", &bytes), &mut Properties::new())
     }
 
+    #[test]
+    fn session_ids_hide_the_topic() {
+        let unkeyed = SessionIds::default();
+        let keyed = SessionIds::new(b"k1", [("known-topic".to_owned(), "radiology".to_owned())]);
+        let id = keyed.session(TOPIC);
+        assert!(
+            id.starts_with("topic:") && id.len() == 6 + TOPIC_HASH_HEX,
+            "{id}"
+        );
+        assert!(!id.contains(TOPIC));
+        assert_eq!(id, keyed.session(TOPIC), "stable");
+        assert_ne!(id, keyed.session("another-topic"));
+        assert_ne!(id, unkeyed.session(TOPIC), "the key matters");
+        assert_ne!(id, SessionIds::new(b"k2", []).session(TOPIC));
+        assert_eq!(keyed.session("known-topic"), "subscription:radiology");
+        assert_eq!(
+            keyed.rekey("known-topic/patient").as_deref(),
+            Some("subscription:radiology/patient")
+        );
+        assert_eq!(
+            keyed.rekey("https://hub/a/b/patient"),
+            Some(format!("{}/patient", keyed.session("https://hub/a/b")))
+        );
+        assert_eq!(keyed.rekey("no-slash"), None);
+        let debug = format!("{keyed:?}");
+        assert!(
+            !debug.contains("k1") && !debug.contains("known-topic"),
+            "{debug}"
+        );
+    }
+
     fn context(d: &Decoded) -> Vec<(String, Option<&str>)> {
         d.observations
             .iter()
@@ -475,7 +582,8 @@ mod tests {
                 assert_eq!(o.kind, ObservationKind::Snapshot);
                 assert_eq!(o.entity_type, "FhircastSession");
                 let (key, value) = o.attributes.iter().next().unwrap();
-                assert_eq!(o.entity_id, format!("{TOPIC}/{key}"));
+                let session = SessionIds::default().session(TOPIC);
+                assert_eq!(o.entity_id, format!("{session}/{key}"));
                 (key.clone(), value.as_deref())
             })
             .collect()

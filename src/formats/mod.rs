@@ -16,7 +16,7 @@ use crate::model::{Observation, Properties};
 
 pub use ehealth_dk::{EhealthDkDecoder, StatusLookup};
 pub use esoz::EsozDecoder;
-pub use fhircast::FhircastDecoder;
+pub use fhircast::{FhircastDecoder, SessionIds};
 pub use rcp_v2::RcpV2Decoder;
 pub use sfs::SfsDecoder;
 
@@ -232,17 +232,36 @@ pub fn payload<'a>(msg: &RawMessage<'a>) -> Result<&'a [u8], DecodeError> {
     }
 }
 
+/// What decoders take from the service's configuration rather than from their topic rule.
+#[derive(Debug, Clone, Default)]
+pub struct DecoderContext {
+    /// How FHIRcast session ids stand for `hub.topic`.
+    pub fhircast_sessions: SessionIds,
+}
+
 /// Builds the decoder for a format. `options` is the topic rule's `[options]` table.
 pub fn decoder_for(
     format: Format,
     options: &toml::Table,
+) -> Result<Box<dyn Decoder>, FormatConfigError> {
+    decoder_with(format, options, &DecoderContext::default())
+}
+
+/// [`decoder_for`] with what the decoders take from the service's configuration.
+pub fn decoder_with(
+    format: Format,
+    options: &toml::Table,
+    context: &DecoderContext,
 ) -> Result<Box<dyn Decoder>, FormatConfigError> {
     match format {
         Format::Esoz => Ok(Box::new(EsozDecoder::from_options(options)?)),
         Format::EhealthDk => Ok(Box::new(EhealthDkDecoder::from_options(options)?)),
         Format::RcpV2 => Ok(Box::new(RcpV2Decoder::from_options(options)?)),
         Format::Sfs => Ok(Box::new(SfsDecoder::from_options(options)?)),
-        Format::Fhircast => Ok(Box::new(FhircastDecoder::from_options(options)?)),
+        Format::Fhircast => Ok(Box::new(FhircastDecoder::from_options(
+            options,
+            &context.fhircast_sessions,
+        )?)),
     }
 }
 

@@ -84,6 +84,11 @@ impl Role<'_> {
     }
 }
 
+/// How often the consumer refreshes topic metadata unless `kafka.properties` says otherwise:
+/// a topic created to match a rule's `pattern`, or partitions added to a subscribed topic, are
+/// consumed within this time without a restart (librdkafka's own default is 5 minutes).
+pub const CONSUMER_METADATA_REFRESH_MS: &str = "30000";
+
 /// A producer for `role`, whose connection errors `reporter` logs.
 pub fn producer(
     kafka: &KafkaConfig,
@@ -102,11 +107,18 @@ pub fn probe_consumer(
     client_config(kafka, role)?.create_with_context(ClientErrors(reporter.clone()))
 }
 
-/// The client configuration for `role`: `kafka.properties` (without the protected ones), the
-/// security settings, then the brokers, the client id and the role's own settings, which win.
-/// Fails, naming the key, when a file of the security settings cannot be read.
+/// The client configuration for `role`: defaults `kafka.properties` may change, then
+/// `kafka.properties` (without the protected ones), the security settings, then the brokers,
+/// the client id and the role's own settings, which win. Fails, naming the key, when a file of
+/// the security settings cannot be read.
 pub fn client_config(kafka: &KafkaConfig, role: Role<'_>) -> Result<ClientConfig, KafkaError> {
     let mut cc = ClientConfig::new();
+    if role == Role::Consumer {
+        cc.set(
+            "topic.metadata.refresh.interval.ms",
+            CONSUMER_METADATA_REFRESH_MS,
+        );
+    }
     for (key, value) in &kafka.properties {
         if !is_protected(key) {
             cc.set(key, value);
@@ -130,6 +142,10 @@ pub fn client_config(kafka: &KafkaConfig, role: Role<'_>) -> Result<ClientConfig
                 .set("enable.auto.offset.store", "false")
                 .set("partition.assignment.strategy", "cooperative-sticky")
                 .set("isolation.level", "read_committed")
+                // Where a partition starts when PostgreSQL stores no offset for it, and where it
+                // continues when the stored offset is no longer in the log (retention removed it:
+                // `earliest` continues at the log start, and the consumer counts and warns about
+                // the gap; `latest` skips to the end).
                 .set("auto.offset.reset", &kafka.auto_offset_reset)
                 .set(
                     "session.timeout.ms",

@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::producer::Producer as _;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
@@ -79,11 +79,13 @@ impl ClientContext for PipelineContext {
                 }
             }
         }
-        if stats.brokers.values().any(|b| b.state == "UP") {
+        let up = stats.brokers.values().any(|b| b.state == "UP");
+        if up {
             self.readiness.touch_broker_metadata();
             self.connection.connected();
             self.readiness.set_kafka_error(None);
         }
+        self.readiness.set_broker_up(up);
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
@@ -93,6 +95,10 @@ impl ClientContext for PipelineContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            // Not ready until a broker answers again (the next statistics report says so).
+            self.readiness.set_broker_up(false);
+        }
         // Transient failures (a broker restarting, an idle connection closed) are left to the
         // assignment and metadata checks of `/readyz`; a misconfiguration is named there.
         if let Some(cause) = self.connection.report(&error, reason) {
@@ -415,6 +421,11 @@ impl ConsumerLoop {
         let mut next: HashMap<Tp, i64> = HashMap::new();
         let mut entities = HashSet::new();
         let mut pending = Vec::new();
+        // The next offset each partition should deliver: a message beyond it may follow a gap.
+        let mut following: HashMap<Tp, i64> = owned
+            .iter()
+            .filter_map(|(tp, next)| next.map(|n| (tp.clone(), n)))
+            .collect();
         for msg in batch {
             let tp = (msg.topic.clone(), msg.partition);
             match owned.get(&tp) {
@@ -424,6 +435,11 @@ impl ConsumerLoop {
                     continue; // already stored
                 }
                 Some(_) => {}
+            }
+            if let Some(want) = following.insert(tp.clone(), msg.offset + 1) {
+                if msg.offset > want {
+                    self.report_retention_gap(&tp, want, msg.offset);
+                }
             }
             let topic = msg.topic.as_str();
             self.metrics.consumed.with_label_values(&[topic]).inc();
@@ -511,6 +527,44 @@ impl ConsumerLoop {
             fences,
             entities: entities.into_iter().collect(),
         }
+    }
+
+    /// Offsets `want..next` were not delivered. Transaction markers, aborted transactions and
+    /// compaction leave such holes too; retention is told apart by the partition's log start
+    /// having passed `want`: librdkafka found the stored position out of range and applied
+    /// `auto.offset.reset` (README.md, `kafka.auto_offset_reset`). Counted and warned once per gap;
+    /// the consumer moves on.
+    fn report_retention_gap(&self, tp: &Tp, want: i64, next: i64) {
+        let (topic, partition) = (tp.0.as_str(), tp.1);
+        // Asked of the broker only when offsets were skipped, which is rare.
+        let log_start = match self.consumer.fetch_watermarks(
+            topic,
+            partition,
+            Duration::from_secs(5),
+        ) {
+            Ok((low, _)) => low,
+            Err(e) => {
+                tracing::warn!(topic, partition, first_missing = want, next, error = %e, "offsets skipped; the partition's log start is unknown");
+                return;
+            }
+        };
+        if log_start <= want {
+            return; // markers, aborted or compacted records: nothing was lost
+        }
+        let missing = next - want;
+        self.metrics
+            .retention_gap
+            .with_label_values(&[topic, &partition.to_string()])
+            .inc_by(missing.unsigned_abs());
+        tracing::warn!(
+            topic,
+            partition,
+            first_missing = want,
+            last_missing = next - 1,
+            missing,
+            log_start,
+            "retention removed messages this group had not read: continuing after the gap"
+        );
     }
 
     /// Looks up the statuses messages announced without giving them (concurrently, bounded),

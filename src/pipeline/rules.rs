@@ -9,7 +9,7 @@ use regex::Regex;
 use super::topics::{HeaderType, TopicRule};
 use crate::config_error::ConfigError;
 use crate::detect::{ChangeDetector, DetectOptions};
-use crate::formats::{decoder_for, Decoder};
+use crate::formats::{decoder_with, Decoder, DecoderContext};
 
 /// Kafka metadata offered to selectors under JMS header names (see [`super::process::properties`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,14 +89,15 @@ pub struct CompiledRule {
 }
 
 impl CompiledRule {
-    fn compile(rule: TopicRule) -> Result<Self, ConfigError> {
+    fn compile(rule: TopicRule, context: &DecoderContext) -> Result<Self, ConfigError> {
         let err = |reason: String| ConfigError::Topic {
             file: rule.file.clone(),
             reason: format!("topic `{}`: {reason}", rule.label()),
         };
         let selector = Selector::parse(rule.selector.as_deref().unwrap_or(""))
             .map_err(|e| err(format!("selector: {e}")))?;
-        let decoder = decoder_for(rule.format, &rule.options).map_err(|e| err(e.to_string()))?;
+        let decoder =
+            decoder_with(rule.format, &rule.options, context).map_err(|e| err(e.to_string()))?;
         let matcher = match &rule.pattern {
             Some(p) => {
                 let body = p.trim_start_matches('^').trim_end_matches('$');
@@ -172,10 +173,18 @@ impl RuleSet {
     /// Compiles every rule; an invalid selector or format option stops start-up naming the file,
     /// the topic and the problem (with the selector's column).
     pub fn compile(rules: Vec<TopicRule>) -> Result<Self, ConfigError> {
+        Self::compile_with(rules, &DecoderContext::default())
+    }
+
+    /// [`RuleSet::compile`] with what the decoders take from the service's configuration.
+    pub fn compile_with(
+        rules: Vec<TopicRule>,
+        context: &DecoderContext,
+    ) -> Result<Self, ConfigError> {
         let dead_letter_topics = rules.iter().map(|r| r.dead_letter_topic.clone()).collect();
         let rules = rules
             .into_iter()
-            .map(CompiledRule::compile)
+            .map(|rule| CompiledRule::compile(rule, context))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             rules,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use event_manager::broker::EmbeddedBroker;
 use event_manager::config::{load_topic_rules, Config};
+use event_manager::formats::SessionIds;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -403,13 +404,15 @@ async fn fhircast_context_switches_in_order_with_lenient_timestamps() {
         (
             "ContextChangeEvent".to_owned(),
             "FhircastSession".to_owned(),
-            "sess-1/patient".to_owned(),
+            format!("{}/patient", SessionIds::default().session("sess-1")),
             change("patient", v, o),
         )
     };
     let got: Vec<_> = events
         .into_iter()
-        .filter(|(_, _, id, _)| id == "sess-1/patient")
+        .filter(|(_, _, id, _)| {
+            *id == format!("{}/patient", SessionIds::default().session("sess-1"))
+        })
         .collect();
     assert_eq!(
         got,
@@ -471,15 +474,20 @@ async fn fhircast_closing_an_anchor_closes_the_keys_its_open_set() {
     for (i, step) in steps.iter().enumerate() {
         e.send(t, &[], step, i as i64).await;
     }
+    // The session's id hides its topic: an unkeyed hash without `webhooks.fhircast.topic_id_key`.
+    let session = SessionIds::default().session("sess-2");
     let got: Vec<(String, Value)> = e
         .run()
         .await
         .into_iter()
-        .filter(|(_, _, id, _)| id.starts_with("sess-2/"))
+        .filter(|(_, _, id, _)| id.starts_with(&format!("{session}/")))
         .map(|(_, _, id, properties)| (id, properties))
         .collect();
     let change = |key: &str, new: Option<&str>, old: Option<&str>| {
-        (format!("sess-2/{key}"), change(key, json!(new), json!(old)))
+        (
+            format!("{session}/{key}"),
+            change(key, json!(new), json!(old)),
+        )
     };
     assert_eq!(
         got,

@@ -399,3 +399,116 @@ async fn a_debug_level_run_logs_no_payload_topic_key_or_token() {
         assert!(!output.contains(marker), "{marker} in the logs:\n{output}");
     }
 }
+
+/// `topic:` + the first 32 hex digits of HMAC-SHA256(key, topic), computed here independently.
+fn hashed(key: &str, topic: &str) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(topic.as_bytes());
+    let hex: String = mac.finalize().into_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("topic:{hex}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_replaces_fhircast_topics_in_stored_entity_ids_once() {
+    const KEY: &str = "topic-id-key-for-the-migration-test";
+    const SECRET_TOPIC: &str = "Old-Topic-Marker-6d1e";
+    const NAMED_TOPIC: &str = "https://hub.example/topics/7a9c";
+    let db = fresh_database().await;
+    let topics = topics_dir();
+    let client = db.client().await;
+    // Rows of an older version, as if they had been there when V9 ran (V9 records the rewrite
+    // as done in a database without FHIRcast entities).
+    client
+        .batch_execute(&format!(
+            "INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
+                                 source_topic, source_partition, source_offset, source_seq) VALUES \
+               (gen_random_uuid(), 'ContextChangeEvent', 'FhircastSession', '{SECRET_TOPIC}/patient', \
+                '{{}}', now(), 'fhircast.events', 0, 1, 0), \
+               (gen_random_uuid(), 'ContextChangeEvent', 'FhircastSession', '{NAMED_TOPIC}/study', \
+                '{{}}', now(), 'fhircast.events', 0, 2, 0), \
+               (gen_random_uuid(), 'StatusChangeEvent', 'Hospitalization', 'kept/as-is', \
+                '{{}}', now(), 'sfs.events', 0, 1, 0); \
+             INSERT INTO entity_state (entity_type, entity_id, attribute, value, event_time) VALUES \
+               ('FhircastSession', '{SECRET_TOPIC}/patient', 'patient', 'Patient/p1', now()), \
+               ('FhircastSession', '{NAMED_TOPIC}/study', 'study', NULL, now()); \
+             INSERT INTO entities (entity_type, entity_id) VALUES \
+               ('FhircastSession', '{SECRET_TOPIC}/patient'), ('FhircastSession', '{NAMED_TOPIC}/study'); \
+             DELETE FROM data_migrations WHERE name = 'fhircast_session_ids';"
+        ))
+        .await
+        .unwrap();
+    let migrate = || {
+        let mut command = command(&["migrate"], topics.path(), &db.url);
+        command.env("EM_WEBHOOKS__FHIRCAST__TOPIC_ID_KEY", KEY).env(
+            "EM_WEBHOOKS__FHIRCAST__SUBSCRIPTIONS__RADIOLOGY__HUB_TOPIC",
+            NAMED_TOPIC,
+        );
+        Proc::spawn(&mut command)
+    };
+    let mut first = migrate();
+    assert_eq!(
+        first.exit_code(Duration::from_secs(60)),
+        0,
+        "{}",
+        first.output()
+    );
+    let output = first.output();
+    assert!(
+        output.contains("fhircast_session_ids (2 FHIRcast entity ids rewritten)"),
+        "{output}"
+    );
+    assert!(
+        !output.contains(SECRET_TOPIC) && !output.contains(KEY),
+        "{output}"
+    );
+
+    let hidden = format!("{}/patient", hashed(KEY, SECRET_TOPIC));
+    let named = "subscription:radiology/study".to_owned();
+    let ids = |table: &'static str| {
+        let client = &client;
+        async move {
+            let mut ids: Vec<String> = client
+                .query(&format!("SELECT entity_id FROM {table}"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut expected = vec![hidden.clone(), named.clone()];
+    expected.sort();
+    assert_eq!(ids("entity_state").await, expected);
+    assert_eq!(ids("entities").await, expected);
+    let mut with_other = vec![hidden, named, "kept/as-is".to_owned()];
+    with_other.sort();
+    assert_eq!(ids("events").await, with_other);
+
+    // Once only: a second run changes nothing, even with another key.
+    let mut second = {
+        let mut command = command(&["migrate"], topics.path(), &db.url);
+        command.env(
+            "EM_WEBHOOKS__FHIRCAST__TOPIC_ID_KEY",
+            "another-key-0123456789",
+        );
+        Proc::spawn(&mut command)
+    };
+    assert_eq!(
+        second.exit_code(Duration::from_secs(60)),
+        0,
+        "{}",
+        second.output()
+    );
+    assert!(
+        second.output().contains("up to date"),
+        "{}",
+        second.output()
+    );
+    assert_eq!(ids("events").await, with_other);
+}

@@ -17,4 +17,5 @@ mod store;
 mod terminator;
 mod tls_kafka;
 mod tls_postgres;
+mod topology;
 mod webhooks;

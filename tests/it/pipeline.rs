@@ -17,40 +17,86 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::kafka::{kafka, unique};
 use crate::support::{fresh_database, wait_for, TestDatabase};
 
-const TOPIC: &str = "event_manager_topic";
-const DLQ: &str = "event_manager_topic.dlq";
 const PARTITIONS: i32 = 6;
 
-/// A broker with the ESOZ topic, a database, and a topics directory with the ESOZ rule.
+/// A broker with an ESOZ topic (6 partitions) and its dead-letter topic, both named for this
+/// test, a database, and a topics directory with the ESOZ rule for them.
 pub(crate) struct Setup {
-    pub(crate) broker: EmbeddedBroker,
+    /// librdkafka's MockCluster when the test runs on it (kept running while the test does);
+    /// `None` on the shared Apache Kafka of the test binary (tests/it/support/kafka.rs).
+    pub(crate) _mock: Option<EmbeddedBroker>,
+    pub(crate) bootstrap: String,
+    pub(crate) topic: String,
+    pub(crate) dlq: String,
+    pub(crate) group: String,
     pub(crate) db: TestDatabase,
     pub(crate) topics: tempfile::TempDir,
 }
 
+/// The ESOZ rule for `topic` (topics/*.toml syntax).
+pub(crate) fn esoz_rule(topic: &str, dlq: &str) -> String {
+    format!(
+        "[[topic]]\nname = \"{topic}\"\nformat = \"esoz\"\ndead_letter_topic = \"{dlq}\"\ncapture = [\"employee_id\"]\npartitions = {PARTITIONS}\n"
+    )
+}
+
+/// On the real broker, with topics of this test's own (`config` is topic-level, e.g.
+/// `retention.ms`).
+pub(crate) async fn setup_with(config: &[(&str, &str)]) -> Setup {
+    let db = fresh_database().await;
+    let kafka = kafka();
+    let topic = unique("esoz");
+    let dlq = format!("{topic}.dlq");
+    kafka.create_topic(&topic, PARTITIONS, config).await;
+    kafka.create_topic(&dlq, 1, &[]).await;
+    let topics = tempfile::tempdir().unwrap();
+    std::fs::write(topics.path().join("esoz.toml"), esoz_rule(&topic, &dlq)).unwrap();
+    Setup {
+        _mock: None,
+        bootstrap: kafka.bootstrap(),
+        topic,
+        dlq,
+        group: unique("group"),
+        db,
+        topics,
+    }
+}
+
+/// On the real broker. Its topics keep messages forever: tests produce messages with old
+/// timestamps, which the broker's default retention (7 days by timestamp) would delete.
 pub(crate) async fn setup() -> Setup {
+    setup_with(&[("retention.ms", "-1")]).await
+}
+
+/// On librdkafka's MockCluster.
+pub(crate) async fn setup_mock() -> Setup {
     let db = fresh_database().await;
     let broker = EmbeddedBroker::start(1).expect("broker");
-    broker.create_topic(TOPIC, PARTITIONS).unwrap();
-    broker.create_topic(DLQ, 1).unwrap();
+    let topic = "event_manager_topic".to_owned();
+    let dlq = "event_manager_topic.dlq".to_owned();
+    broker.create_topic(&topic, PARTITIONS).unwrap();
+    broker.create_topic(&dlq, 1).unwrap();
     let topics = tempfile::tempdir().unwrap();
-    std::fs::write(
-        topics.path().join("esoz.toml"),
-        format!(
-            "[[topic]]\nname = \"{TOPIC}\"\nformat = \"esoz\"\ndead_letter_topic = \"{DLQ}\"\ncapture = [\"employee_id\"]\npartitions = {PARTITIONS}\n"
-        ),
-    )
-    .unwrap();
-    Setup { broker, db, topics }
+    std::fs::write(topics.path().join("esoz.toml"), esoz_rule(&topic, &dlq)).unwrap();
+    Setup {
+        bootstrap: broker.bootstrap_servers(),
+        _mock: Some(broker),
+        topic,
+        dlq,
+        group: "test-group".to_owned(),
+        db,
+        topics,
+    }
 }
 
 impl Setup {
     pub(crate) fn config(&self, database_url: &str) -> Config {
         let mut config = Config::default();
-        config.kafka.bootstrap_servers = self.broker.bootstrap_servers();
-        config.kafka.group_id = "test-group".into();
+        config.kafka.bootstrap_servers = self.bootstrap.clone();
+        config.kafka.group_id = self.group.clone();
         config.kafka.session_timeout = Duration::from_secs(6);
         config.database.url = database_url.to_owned();
         config.pipeline.topics_dir = self.topics.path().to_owned();
@@ -61,13 +107,30 @@ impl Setup {
     }
 
     pub(crate) fn producer(&self) -> FutureProducer {
-        ClientConfig::new()
-            .set("bootstrap.servers", self.broker.bootstrap_servers())
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create()
-            .unwrap()
+        producer(&self.bootstrap)
     }
+
+    /// Sends one message to this test's topic.
+    pub(crate) async fn produce(
+        &self,
+        producer: &FutureProducer,
+        partition: i32,
+        key: Option<&str>,
+        payload: &[u8],
+    ) {
+        produce(producer, &self.topic, partition, key, payload).await;
+    }
+}
+
+/// An idempotent producer (ordered, no duplicates per partition).
+pub(crate) fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "500000")
+        .create()
+        .unwrap()
 }
 
 pub(crate) struct Running {
@@ -103,11 +166,12 @@ impl Running {
 
 pub(crate) async fn produce(
     producer: &FutureProducer,
+    topic: &str,
     partition: i32,
     key: Option<&str>,
     payload: &[u8],
 ) {
-    let mut record = FutureRecord::<str, [u8]>::to(TOPIC)
+    let mut record = FutureRecord::<str, [u8]>::to(topic)
         .partition(partition)
         .payload(payload);
     if let Some(k) = key {
@@ -119,11 +183,11 @@ pub(crate) async fn produce(
         .expect("produce");
 }
 
-fn t(sec: i64) -> DateTime<Utc> {
+pub(crate) fn t(sec: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_700_000_000 + sec, 0).unwrap()
 }
 
-fn esoz(
+pub(crate) fn esoz(
     entity_type: &str,
     id: &str,
     status: &Value,
@@ -223,7 +287,7 @@ pub(crate) fn scripted_stream(total: usize) -> (Vec<Partition>, Vec<Row>) {
                 k.partition,
                 status,
                 time,
-                Some((k.value, k.time)),
+                Some((i, k.value, k.time)),
             )
         };
         let (entity_type, statuses) = TYPES[kind];
@@ -239,8 +303,8 @@ pub(crate) fn scripted_stream(total: usize) -> (Vec<Partition>, Vec<Row>) {
         // ESOZ publishes changes only: an entity's first status is an event from NULL.
         let old_value = match prior {
             None => Value::Null,
-            Some((old, old_time)) => {
-                let entry = &mut known.iter_mut().find(|(k, _)| *k == id).expect("known").1;
+            Some((i, old, old_time)) => {
+                let entry = &mut known[i].1;
                 if time < old_time {
                     continue; // stale
                 }
@@ -280,6 +344,19 @@ pub(crate) fn scripted_stream(total: usize) -> (Vec<Partition>, Vec<Row>) {
     (per_partition, expected)
 }
 
+impl Row {
+    /// The same row read from another partition (for streams spread over several topics).
+    pub(crate) fn on_partition(mut self, partition: i32) -> Self {
+        self.partition = partition;
+        self
+    }
+
+    /// The partition it was read from.
+    pub(crate) fn partition(&self) -> i32 {
+        self.partition
+    }
+}
+
 pub(crate) async fn stored_rows(db: &TestDatabase) -> Vec<Row> {
     let client = db.client().await;
     let rows = client
@@ -310,16 +387,47 @@ pub(crate) async fn stored_rows(db: &TestDatabase) -> Vec<Row> {
     out
 }
 
+/// Compares the stored rows with the model's, row by row, printing the figures first so that a
+/// failure explains itself: messages sent, rows expected and found, duplicates, lost and
+/// unexpected rows.
+pub(crate) fn compare(test: &str, sent: usize, expected: &[Row], found: &[Row]) {
+    use std::collections::BTreeSet;
+    let distinct: BTreeSet<&Row> = found.iter().collect();
+    let want: BTreeSet<&Row> = expected.iter().collect();
+    let duplicates = found.len() - distinct.len();
+    let lost: Vec<&&Row> = want.difference(&distinct).collect();
+    let unexpected: Vec<&&Row> = distinct.difference(&want).collect();
+    println!(
+        "{test}: sent {sent}, expected {}, found {}, duplicates {duplicates}, lost {}, \
+         unexpected {}",
+        expected.len(),
+        found.len(),
+        lost.len(),
+        unexpected.len()
+    );
+    assert!(
+        duplicates == 0 && lost.is_empty() && unexpected.is_empty(),
+        "{test}: first lost {:?}, first unexpected {:?}",
+        lost.first(),
+        unexpected.first()
+    );
+    assert_eq!(found, expected);
+}
+
 pub(crate) async fn count(db: &TestDatabase, sql: &str) -> i64 {
     db.client().await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
-async fn produce_all(producer: &FutureProducer, stream: &[Partition]) {
+/// Sends every partition's messages, in order per partition (idempotent producer), many in
+/// flight at once.
+pub(crate) async fn produce_all(producer: &FutureProducer, topic: &str, stream: &[Partition]) {
     for (p, msgs) in stream.iter().enumerate() {
-        let sends = msgs
-            .iter()
-            .map(|(key, payload)| produce(producer, p as i32, Some(key), payload));
-        futures::future::join_all(sends).await;
+        for chunk in msgs.chunks(20_000) {
+            let sends = chunk
+                .iter()
+                .map(|(key, payload)| produce(producer, topic, p as i32, Some(key), payload));
+            futures::future::join_all(sends).await;
+        }
     }
 }
 
@@ -328,7 +436,7 @@ async fn ten_thousand_messages_over_six_partitions_give_exactly_the_expected_row
     let s = setup().await;
     let (stream, expected) = scripted_stream(10_000);
     let total: usize = stream.iter().map(Vec::len).sum();
-    produce_all(&s.producer(), &stream).await;
+    produce_all(&s.producer(), &s.topic, &stream).await;
 
     // The captured identifier gets its own indexes, built in the background while the
     // pipeline ingests (as `run` does).
@@ -393,11 +501,12 @@ async fn ten_thousand_messages_over_six_partitions_give_exactly_the_expected_row
     assert!(by_scan > 0);
     assert_eq!(by_index, by_scan);
 
-    let stored = stored_rows(&s.db).await;
-    assert_eq!(stored.len(), expected.len());
-    for (got, want) in stored.iter().zip(&expected) {
-        assert_eq!(got, want);
-    }
+    compare(
+        "ten thousand messages",
+        total,
+        &expected,
+        &stored_rows(&s.db).await,
+    );
     // ESOZ's first status of every entity is an event from NULL, and only that one.
     let first_seen_events = count(
         &s.db,
@@ -425,7 +534,7 @@ async fn restart_mid_stream_loses_and_duplicates_nothing() {
     let producer = s.producer();
     let half: Vec<Vec<_>> = stream.iter().map(|p| p[..p.len() / 2].to_vec()).collect();
     let rest: Vec<Vec<_>> = stream.iter().map(|p| p[p.len() / 2..].to_vec()).collect();
-    produce_all(&producer, &half).await;
+    produce_all(&producer, &s.topic, &half).await;
 
     let first = start(s.config(&s.db.url)).await;
     wait_for(Duration::from_secs(60), || async {
@@ -433,7 +542,7 @@ async fn restart_mid_stream_loses_and_duplicates_nothing() {
     })
     .await;
     // Keep producing while the first consumer stops after some batches.
-    let feeding = produce_all(&producer, &rest);
+    let feeding = produce_all(&producer, &s.topic, &rest);
     let (_, ()) = tokio::join!(feeding, first.stop());
 
     let second = start(s.config(&s.db.url)).await;
@@ -442,7 +551,12 @@ async fn restart_mid_stream_loses_and_duplicates_nothing() {
     })
     .await;
     second.stop().await;
-    assert_eq!(stored_rows(&s.db).await, expected);
+    compare(
+        "restart mid-stream",
+        total,
+        &expected,
+        &stored_rows(&s.db).await,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,10 +565,10 @@ async fn malformed_messages_go_to_the_dead_letter_topic_with_the_reason() {
     let producer = s.producer();
     let good_a = esoz("Declaration", "d1", &json!("active"), t(0), None);
     let good_b = esoz("Declaration", "d1", &json!("terminated"), t(1), None);
-    produce(&producer, 0, Some("d1"), &good_a).await;
-    produce(&producer, 0, Some("bad"), b"{not json").await;
-    produce(&producer, 0, Some("d1"), &good_b).await;
-    produce(&producer, 0, None, br#"{"event_type":"StatusChangeEvent","entity_type":"X","properties":{"status":{"new_value":"a"}},"event_time":"2024-01-01T00:00:00Z"}"#).await;
+    s.produce(&producer, 0, Some("d1"), &good_a).await;
+    s.produce(&producer, 0, Some("bad"), b"{not json").await;
+    s.produce(&producer, 0, Some("d1"), &good_b).await;
+    s.produce(&producer, 0, None, br#"{"event_type":"StatusChangeEvent","entity_type":"X","properties":{"status":{"new_value":"a"}},"event_time":"2024-01-01T00:00:00Z"}"#).await;
 
     let running = start(s.config(&s.db.url)).await;
     wait_for(Duration::from_secs(60), || async {
@@ -466,12 +580,12 @@ async fn malformed_messages_go_to_the_dead_letter_topic_with_the_reason() {
     assert_eq!(count(&s.db, "SELECT count(*) FROM events").await, 2);
 
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", s.broker.bootstrap_servers())
-        .set("group.id", "dlq-reader")
+        .set("bootstrap.servers", &s.bootstrap)
+        .set("group.id", unique("dlq-reader"))
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    consumer.subscribe(&[DLQ]).unwrap();
+    consumer.subscribe(&[s.dlq.as_str()]).unwrap();
     let mut letters = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while letters.len() < 2 && std::time::Instant::now() < deadline {
@@ -492,11 +606,17 @@ async fn malformed_messages_go_to_the_dead_letter_topic_with_the_reason() {
             letters.push((m.payload().map(<[u8]>::to_vec), headers));
         }
     }
+    let events = count(&s.db, "SELECT count(*) FROM events").await;
+    println!(
+        "dead letters: sent 4, expected 2 events and 2 dead letters, found {events} events and {} \
+         dead letters",
+        letters.len()
+    );
     assert_eq!(letters.len(), 2);
     let (payload, h) = &letters[0];
     assert_eq!(payload.as_deref(), Some(&b"{not json"[..]));
     assert_eq!(h["em-dlq-reason"], "invalid_encoding");
-    assert_eq!(h["em-dlq-source-topic"], TOPIC);
+    assert_eq!(h["em-dlq-source-topic"], s.topic);
     assert_eq!(h["em-dlq-source-partition"], "0");
     assert_eq!(h["em-dlq-source-offset"], "1");
     assert_eq!(h["em-dlq-format"], "esoz");
@@ -515,7 +635,7 @@ async fn a_database_outage_pauses_and_loses_nothing() {
     let producer = s.producer();
     let half: Vec<Vec<_>> = stream.iter().map(|p| p[..p.len() / 2].to_vec()).collect();
     let rest: Vec<Vec<_>> = stream.iter().map(|p| p[p.len() / 2..].to_vec()).collect();
-    produce_all(&producer, &half).await;
+    produce_all(&producer, &s.topic, &half).await;
 
     let mut config = s.config(&proxy.url());
     config.database.connect_timeout = Duration::from_secs(1);
@@ -526,7 +646,7 @@ async fn a_database_outage_pauses_and_loses_nothing() {
     .await;
 
     proxy.set_down(true);
-    produce_all(&producer, &rest).await;
+    produce_all(&producer, &s.topic, &rest).await;
     let readiness = running.app.readiness.clone();
     wait_for(Duration::from_secs(30), || {
         let r = readiness.clone();
@@ -547,7 +667,12 @@ async fn a_database_outage_pauses_and_loses_nothing() {
     .await;
     assert!(running.app.readiness.database_up());
     running.stop().await;
-    assert_eq!(stored_rows(&s.db).await, expected);
+    compare(
+        "database outage",
+        total,
+        &expected,
+        &stored_rows(&s.db).await,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,14 +1,21 @@
-//! Process-level fault tests: a `dev-broker` process and several `run` processes forming a real
-//! consumer group; crashes (`kill -9`), rebalances and shutdown with the broker gone.
+//! Process-level fault tests on the real Apache Kafka (tests/it/support/kafka.rs): several `run`
+//! processes forming one consumer group while a large stream arrives — rebalances 1 → 3 → 1,
+//! `kill -9` three times, SIGTERM — and the broker itself crashed, stopped, grown and joined by
+//! new topics. Every test compares the EventDB row by row with the stream's own model.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pipeline::{produce, scripted_stream, stored_rows};
-use crate::support::{fresh_database, wait_for};
+use crate::pipeline::{compare, esoz_rule, produce, producer, scripted_stream, stored_rows};
+use crate::support::kafka::{kafka, unique, RealKafka};
+use crate::support::{fresh_database, wait_for, TestDatabase};
 
 const BIN: &str = env!("CARGO_BIN_EXE_event-manager");
+
+/// Messages of the large stream: 6 partitions of 25 000 ESOZ messages (about 6 MiB each, more
+/// than librdkafka's MockCluster keeps per partition).
+const LARGE_STREAM: usize = 150_000;
 
 /// A child process killed when dropped (also when a test fails).
 struct Proc(Child);
@@ -39,146 +46,255 @@ impl Proc {
         }
         None
     }
-}
 
-fn topics_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("esoz.toml"),
-        "[[topic]]\nname = \"event_manager_topic\"\nformat = \"esoz\"\ndead_letter_topic = \"event_manager_topic.dlq\"\ncapture = [\"employee_id\"]\npartitions = 6\n",
-    )
-    .unwrap();
-    dir
-}
+    /// `kill -9`.
+    fn crash(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.0.wait();
+    }
 
-fn dev_broker(topics: &Path) -> (Proc, String) {
-    let file = topics.join("bootstrap.txt");
-    let child = Command::new(BIN)
-        .args(["dev-broker", "--bootstrap-file"])
-        .arg(&file)
-        .env("EM_PIPELINE__TOPICS_DIR", topics)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn dev-broker");
-    let proc = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&file) {
-            return (proc, text.trim().to_owned());
-        }
-        assert!(Instant::now() < deadline, "dev-broker did not start");
-        std::thread::sleep(Duration::from_millis(50));
+    /// SIGTERM, and the exit within the shutdown grace.
+    fn terminate(mut self) -> Duration {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(35))
+            .expect("run exits within the shutdown grace after SIGTERM")
     }
 }
 
-fn run_process(topics: &Path, bootstrap: &str, database_url: &str) -> Proc {
-    let child = Command::new(BIN)
-        .arg("run")
-        .env("EM_PIPELINE__TOPICS_DIR", topics)
+/// A topic of this test's own with its ESOZ rule, on the shared broker unless `broker` is given.
+struct Stream {
+    bootstrap: String,
+    topic: String,
+    group: String,
+    rules: tempfile::TempDir,
+}
+
+impl Stream {
+    async fn create(broker: &RealKafka, partitions: i32) -> Self {
+        let topic = unique("esoz");
+        let dlq = format!("{topic}.dlq");
+        broker.create_topic(&topic, partitions, &[]).await;
+        broker.create_topic(&dlq, 1, &[]).await;
+        let rules = tempfile::tempdir().unwrap();
+        std::fs::write(rules.path().join("esoz.toml"), esoz_rule(&topic, &dlq)).unwrap();
+        Self {
+            bootstrap: broker.bootstrap(),
+            topic,
+            group: unique("fault-group"),
+            rules,
+        }
+    }
+
+    /// A `run` process of this stream's group; `http` is its HTTP port when the test reads
+    /// `/readyz`.
+    fn run(&self, db: &TestDatabase, http: Option<u16>, extra: &[(&str, &str)]) -> Proc {
+        run_process(
+            self.rules.path(),
+            &self.bootstrap,
+            &self.group,
+            &db.url,
+            http,
+            extra,
+        )
+    }
+}
+
+fn run_process(
+    rules: &Path,
+    bootstrap: &str,
+    group: &str,
+    database_url: &str,
+    http: Option<u16>,
+    extra: &[(&str, &str)],
+) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run")
+        .env("EM_PIPELINE__TOPICS_DIR", rules)
         .env("EM_KAFKA__BOOTSTRAP_SERVERS", bootstrap)
-        .env("EM_KAFKA__GROUP_ID", "fault-group")
+        .env("EM_KAFKA__GROUP_ID", group)
         .env("EM_KAFKA__SESSION_TIMEOUT", "6s")
-        .env("EM_PIPELINE__BATCH_SIZE", "200")
+        .env("EM_PIPELINE__BATCH_SIZE", "500")
         .env("EM_PIPELINE__BATCH_LINGER", "20ms")
-        .env("EM_HTTP__BIND", "127.0.0.1:0")
+        .env("EM_PIPELINE__MAX_RETRY_BACKOFF", "1s")
+        .env("EM_HTTP__BIND", format!("127.0.0.1:{}", http.unwrap_or(0)))
         .env("DATABASE_URL", database_url)
         .env("EM_LOG__LEVEL", "warn")
         .env("EM_AUTH__DISABLED", "true")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn run");
-    Proc(child)
+        .stderr(Stdio::null());
+    for (key, value) in extra {
+        cmd.env(key, value);
+    }
+    Proc(cmd.spawn().expect("spawn run"))
 }
 
-fn producer(bootstrap: &str) -> rdkafka::producer::FutureProducer {
-    rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_processes_with_a_crash_and_a_graceful_stop_store_each_change_once() {
-    let db = fresh_database().await;
-    let topics = topics_dir();
-    let (_broker, bootstrap) = dev_broker(topics.path());
-    let (stream, expected) = scripted_stream(6_000);
-    let total: i64 = stream.iter().map(|p| p.len() as i64).sum();
-
-    let mut a = run_process(topics.path(), &bootstrap, &db.url);
-    let b = run_process(topics.path(), &bootstrap, &db.url);
-    let c = run_process(topics.path(), &bootstrap, &db.url);
-
-    // Produce while the group forms, crashes and rebalances.
-    let producer = producer(&bootstrap);
-    let feed = async {
-        let longest = stream.iter().map(Vec::len).max().unwrap_or(0);
-        for i in 0..longest {
-            for (p, msgs) in stream.iter().enumerate() {
-                if let Some((key, payload)) = msgs.get(i) {
-                    produce(&producer, p as i32, Some(key), payload).await;
-                }
-            }
-            if i % 100 == 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+/// Sends the stream round-robin over partitions, many messages in flight, in order per
+/// partition.
+async fn feed(bootstrap: &str, topic: &str, stream: &[crate::pipeline::Partition]) {
+    let producer = producer(bootstrap);
+    let longest = stream.iter().map(Vec::len).max().unwrap_or(0);
+    let mut sends = Vec::new();
+    for i in 0..longest {
+        for (p, msgs) in stream.iter().enumerate() {
+            if let Some((key, payload)) = msgs.get(i) {
+                sends.push(produce(&producer, topic, p as i32, Some(key), payload));
             }
         }
-    };
-    let faults = async {
-        wait_for(Duration::from_secs(60), || async {
-            db.stored_offsets_total().await > 300
-        })
-        .await;
-        drop(c); // kill -9 mid-stream
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        b.signal(libc::SIGTERM); // a graceful leave, forcing another rebalance
-        let mut b = b;
-        assert!(
-            b.wait_exit(Duration::from_secs(35)).is_some(),
-            "SIGTERM stops within the grace period"
-        );
-    };
-    tokio::join!(feed, faults);
-
-    wait_for(Duration::from_secs(180), || async {
-        db.stored_offsets_total().await == total
-    })
-    .await;
-    a.signal(libc::SIGTERM);
-    assert!(a.wait_exit(Duration::from_secs(35)).is_some());
-    assert_eq!(stored_rows(&db).await, expected);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_with_the_broker_gone_exits_within_the_grace_period() {
-    let db = fresh_database().await;
-    let topics = topics_dir();
-    let (broker, bootstrap) = dev_broker(topics.path());
-    let (stream, _) = scripted_stream(200);
-    let producer = producer(&bootstrap);
-    for (p, msgs) in stream.iter().enumerate() {
-        for (key, payload) in msgs {
-            produce(&producer, p as i32, Some(key), payload).await;
+        if sends.len() >= 5_000 {
+            futures::future::join_all(sends.drain(..)).await;
         }
     }
-    let mut run = run_process(topics.path(), &bootstrap, &db.url);
-    wait_for(Duration::from_secs(60), || async {
-        db.stored_offsets_total().await == 200
+    futures::future::join_all(sends).await;
+}
+
+/// Waits until `db` accounts for at least `n` messages and prints the step.
+async fn reached(db: &TestDatabase, n: i64, step: &str, began: Instant) {
+    wait_for(Duration::from_secs(600), || async {
+        db.stored_offsets_total().await >= n
     })
     .await;
-    drop(producer);
-    drop(broker); // the broker disappears
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    run.signal(libc::SIGTERM);
-    let took = run.wait_exit(Duration::from_secs(35));
-    assert!(
-        took.is_some(),
-        "run must exit within 30 s of SIGTERM even without a broker"
+    println!(
+        "  {:>6.1}s {step} (stored offsets {})",
+        began.elapsed().as_secs_f64(),
+        db.stored_offsets_total().await
     );
+}
+
+/// One process, then three (two join under load), three crashes (`kill -9`, each replaced),
+/// then back to one (two leave on SIGTERM), then SIGTERM of the last: every change stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalances_crashes_and_sigterm_under_load_store_each_change_once() {
+    let db = fresh_database().await;
+    let s = Stream::create(kafka(), 6).await;
+    let (stream, expected) = scripted_stream(LARGE_STREAM);
+    let total: i64 = stream.iter().map(|p| p.len() as i64).sum();
+    let began = Instant::now();
+    let feeding = tokio::spawn({
+        let (bootstrap, topic) = (s.bootstrap.clone(), s.topic.clone());
+        async move { feed(&bootstrap, &topic, &stream).await }
+    });
+
+    let step = |percent: i64| total * percent / 100;
+    let a = s.run(&db, None, &[]);
+    reached(&db, step(5), "1 process; two more join", began).await;
+    let b = s.run(&db, None, &[]);
+    let c = s.run(&db, None, &[]);
+    reached(&db, step(20), "3 processes; kill -9 #1", began).await;
+    c.crash();
+    let c = s.run(&db, None, &[]);
+    reached(&db, step(35), "kill -9 #2", began).await;
+    b.crash();
+    let b = s.run(&db, None, &[]);
+    reached(&db, step(50), "kill -9 #3", began).await;
+    a.crash();
+    let a = s.run(&db, None, &[]);
+    reached(&db, step(65), "two leave on SIGTERM (3 → 1)", began).await;
+    let (took_b, took_c) = (b.terminate(), c.terminate());
+    println!("  SIGTERM exits took {took_b:?} and {took_c:?}");
+    feeding.await.expect("the feed");
+    reached(&db, total, "all stored; SIGTERM to the last", began).await;
+    let took_a = a.terminate();
+    println!("  SIGTERM exit took {took_a:?}");
+    compare(
+        "1 → 3 → 1 processes, kill -9 ×3, SIGTERM",
+        total as usize,
+        &expected,
+        &stored_rows(&db).await,
+    );
+    assert_eq!(
+        db.stored_offsets_total().await,
+        total,
+        "no offset beyond the stream"
+    );
+}
+
+/// Whether `run`'s `/readyz` on `port` says ready (`None` while it does not answer).
+async fn ready(port: u16) -> Option<bool> {
+    let answer = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .ok()?;
+    Some(answer.status().is_success())
+}
+
+async fn await_ready(port: u16, want: bool, within: Duration) {
+    wait_for(within, || async { ready(port).await == Some(want) }).await;
+}
+
+/// The broker is killed (`kill -9`) and restarted mid-stream, later stopped for 30 s (the
+/// consumer reports not ready meanwhile, then resumes), and at last killed for good while `run`
+/// gets SIGTERM: every change stored once, and `run` still exits within its grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_crashed_and_stopped_mid_stream_loses_and_duplicates_nothing() {
+    let db = fresh_database().await;
+    let mut broker = tokio::task::block_in_place(RealKafka::start_private);
+    let s = Stream::create(&broker, 6).await;
+    let (stream, expected) = scripted_stream(60_000);
+    let total: i64 = stream.iter().map(|p| p.len() as i64).sum();
+    let began = Instant::now();
+    let feeding = tokio::spawn({
+        let (bootstrap, topic) = (s.bootstrap.clone(), s.topic.clone());
+        async move { feed(&bootstrap, &topic, &stream).await }
+    });
+    let http = free_port();
+    let run = s.run(&db, Some(http), &[]);
+    await_ready(http, true, Duration::from_secs(120)).await;
+
+    reached(&db, total * 15 / 100, "broker: kill -9, restart", began).await;
+    tokio::task::block_in_place(|| {
+        broker.kill();
+        broker.restart();
+    });
+    println!(
+        "  {:>6.1}s broker back on the same ports",
+        began.elapsed().as_secs_f64()
+    );
+
+    reached(&db, total * 45 / 100, "broker: stopped for 30 s", began).await;
+    tokio::task::block_in_place(|| broker.stop());
+    let stopped = Instant::now();
+    await_ready(http, false, Duration::from_secs(30)).await;
+    println!(
+        "  not ready {:.1}s after the broker stopped",
+        stopped.elapsed().as_secs_f64()
+    );
+    let outage = Duration::from_secs(30);
+    // The outage lasts 30 s: this wait is the fault itself, not a synchronisation.
+    tokio::time::sleep(outage.saturating_sub(stopped.elapsed())).await;
+    assert_eq!(
+        ready(http).await,
+        Some(false),
+        "not ready while the broker is stopped"
+    );
+    let during = db.stored_offsets_total().await;
+    tokio::task::block_in_place(|| broker.restart());
+    await_ready(http, true, Duration::from_secs(120)).await;
+    println!(
+        "  {:>6.1}s broker back after {:.1}s; ready again (stored offsets {during} during the outage)",
+        began.elapsed().as_secs_f64(),
+        stopped.elapsed().as_secs_f64()
+    );
+
+    feeding.await.expect("the feed");
+    reached(&db, total, "all stored", began).await;
+    compare(
+        "broker kill -9 + restart, broker stopped 30 s",
+        total as usize,
+        &expected,
+        &stored_rows(&db).await,
+    );
+
+    // The broker gone for good: SIGTERM still ends `run` within the grace.
+    tokio::task::block_in_place(|| broker.kill());
+    let took = run.terminate();
+    println!("  SIGTERM with the broker gone: exit took {took:?}");
 }
 
 /// On SIGTERM the consumer, the terminator and the HTTP server stop together within one
@@ -192,7 +308,12 @@ async fn sigterm_stops_consumer_terminator_and_http_together_within_one_grace() 
 
     const GRACE: Duration = Duration::from_secs(8);
     let db = fresh_database().await;
-    let topics = topics_dir();
+    let topics = tempfile::tempdir().unwrap();
+    std::fs::write(
+        topics.path().join("esoz.toml"),
+        esoz_rule("event_manager_topic", "event_manager_topic.dlq"),
+    )
+    .unwrap();
     let broker = event_manager::broker::EmbeddedBroker::start(1).unwrap();
     broker.create_topic("event_manager_topic", 1).unwrap();
     broker.create_topic("event_manager_topic.dlq", 1).unwrap();
@@ -236,7 +357,7 @@ async fn sigterm_stops_consumer_terminator_and_http_together_within_one_grace() 
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esoz/status_change_sample.json"),
     )
     .unwrap();
-    produce(&producer, 0, Some("k"), &sample).await;
+    produce(&producer, "event_manager_topic", 0, Some("k"), &sample).await;
     // The server: a request in flight, whose query waits (polling until the server listens).
     let until = Instant::now() + Duration::from_secs(60);
     let mut request = loop {

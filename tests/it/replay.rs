@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use event_manager::replay::{self, ReplayTarget};
+use event_manager::replay::{self, ReplayTarget, TimeLookup};
 use rdkafka::producer::FutureRecord;
 
-use crate::pipeline::{count, scripted_stream, setup, start, stored_rows};
+use crate::pipeline::{
+    compare, count, scripted_stream, setup, setup_mock, start, stored_rows, Setup,
+};
 use crate::support::wait_for;
-
-const TOPIC: &str = "event_manager_topic";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_from_the_earliest_offsets_rebuilds_an_emptied_eventdb() {
@@ -20,7 +20,7 @@ async fn replay_from_the_earliest_offsets_rebuilds_an_emptied_eventdb() {
     let producer = s.producer();
     for (p, msgs) in stream.iter().enumerate() {
         for (key, payload) in msgs {
-            crate::pipeline::produce(&producer, p as i32, Some(key), payload).await;
+            s.produce(&producer, p as i32, Some(key), payload).await;
         }
     }
     let config = s.config(&s.db.url);
@@ -29,7 +29,12 @@ async fn replay_from_the_earliest_offsets_rebuilds_an_emptied_eventdb() {
         s.db.stored_offsets_total().await == total
     })
     .await;
-    assert_eq!(stored_rows(&s.db).await, expected);
+    compare(
+        "before the replay",
+        total as usize,
+        &expected,
+        &stored_rows(&s.db).await,
+    );
 
     // The EventDB is lost; the topic still holds every message.
     s.db.client()
@@ -40,8 +45,8 @@ async fn replay_from_the_earliest_offsets_rebuilds_an_emptied_eventdb() {
     let plans = replay::plan(
         &config,
         &s.db.store,
-        "test-group",
-        TOPIC,
+        &s.group,
+        &s.topic,
         &[],
         ReplayTarget::Earliest,
     )
@@ -51,7 +56,7 @@ async fn replay_from_the_earliest_offsets_rebuilds_an_emptied_eventdb() {
     assert!(plans
         .iter()
         .all(|p| p.target == 0 && p.stored == Some(p.high)));
-    replay::apply(&s.db.store, "test-group", TOPIC, &plans)
+    replay::apply(&s.db.store, &s.group, &s.topic, &plans)
         .await
         .unwrap();
 
@@ -62,19 +67,35 @@ async fn replay_from_the_earliest_offsets_rebuilds_an_emptied_eventdb() {
     })
     .await;
     running.stop().await;
-    assert_eq!(stored_rows(&s.db).await, expected);
+    compare(
+        "replayed from the earliest",
+        total as usize,
+        &expected,
+        &stored_rows(&s.db).await,
+    );
 }
 
+/// The real broker answers by time (ListOffsets by timestamp).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_by_time_finds_the_first_message_at_or_after_it() {
-    let s = setup().await;
+async fn replay_by_time_asks_the_broker() {
+    replay_by_time_finds_the_first_message_at_or_after_it(setup().await, TimeLookup::Broker).await;
+}
+
+/// The MockCluster cannot: message timestamps are searched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_by_time_searches_timestamps_when_the_broker_cannot_answer() {
+    replay_by_time_finds_the_first_message_at_or_after_it(setup_mock().await, TimeLookup::Search)
+        .await;
+}
+
+async fn replay_by_time_finds_the_first_message_at_or_after_it(s: Setup, how: TimeLookup) {
     let producer = s.producer();
     let base = Utc
         .with_ymd_and_hms(2024, 5, 1, 0, 0, 0)
         .unwrap()
         .timestamp_millis();
     for i in 0..50i64 {
-        let record = FutureRecord::<str, [u8]>::to(TOPIC)
+        let record = FutureRecord::<str, [u8]>::to(&s.topic)
             .partition(2)
             .payload(b"{}")
             .timestamp(base + i * 60_000);
@@ -88,27 +109,40 @@ async fn replay_by_time_finds_the_first_message_at_or_after_it() {
         ReplayTarget::Time(Utc.timestamp_millis_opt(base + minutes * 60_000).unwrap())
     };
     for (minutes, expected) in [(0, 0), (17, 17), (49, 49), (-5, 0), (100, 50)] {
-        let plans = replay::plan(&config, &s.db.store, "g", TOPIC, &[2], at(minutes))
+        let plans = replay::plan(&config, &s.db.store, "g", &s.topic, &[2], at(minutes))
             .await
             .unwrap();
         assert_eq!(plans.len(), 1);
+        println!(
+            "replay --to-time minute {minutes}: expected offset {expected}, found {} ({:?})",
+            plans[0].target, plans[0].time_lookup
+        );
         assert_eq!(plans[0].target, expected, "minute {minutes}");
+        // After the last message every broker's "none at or after" is believed once the last
+        // message's timestamp confirms it (the MockCluster answers that for any time).
+        let how = if minutes > 49 {
+            TimeLookup::Broker
+        } else {
+            how
+        };
+        assert_eq!(plans[0].time_lookup, Some(how), "minute {minutes}");
     }
     // Half a minute after message 17 → message 18.
     let t = ReplayTarget::Time(
         Utc.timestamp_millis_opt(base + 17 * 60_000 + 30_000)
             .unwrap(),
     );
-    let plans = replay::plan(&config, &s.db.store, "g", TOPIC, &[2], t)
+    let plans = replay::plan(&config, &s.db.store, "g", &s.topic, &[2], t)
         .await
         .unwrap();
     assert_eq!(plans[0].target, 18);
+    assert_eq!(plans[0].time_lookup, Some(how));
 
     let err = replay::plan(
         &config,
         &s.db.store,
         "g",
-        TOPIC,
+        &s.topic,
         &[9],
         ReplayTarget::Earliest,
     )
@@ -119,7 +153,7 @@ async fn replay_by_time_finds_the_first_message_at_or_after_it() {
         &config,
         &s.db.store,
         "g",
-        TOPIC,
+        &s.topic,
         &[2],
         ReplayTarget::Offset(1_000),
     )
@@ -139,17 +173,8 @@ async fn replay_applies_kafka_properties() {
     let mut config = s.config(&s.db.url);
     let plan = |config: event_manager::config::Config| {
         let store = s.db.store.clone();
-        async move {
-            replay::plan(
-                &config,
-                &store,
-                "test-group",
-                TOPIC,
-                &[],
-                ReplayTarget::Earliest,
-            )
-            .await
-        }
+        let (group, topic) = (s.group.clone(), s.topic.clone());
+        async move { replay::plan(&config, &store, &group, &topic, &[], ReplayTarget::Earliest).await }
     };
     assert!(plan(config.clone()).await.is_ok());
     config

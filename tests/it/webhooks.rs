@@ -720,12 +720,12 @@ async fn fhircast_context_changes_are_stored_through_the_pipeline() {
         vec![
             (
                 "FhircastSession".to_owned(),
-                "session-a/patient".to_owned(),
+                "subscription:open-a/patient".to_owned(),
                 json!({ "patient": { "new_value": null, "old_value": "Patient/p1" } }),
             ),
             (
                 "FhircastSession".to_owned(),
-                "session-b/patient".to_owned(),
+                "subscription:open-b/patient".to_owned(),
                 json!({ "patient": { "new_value": "Patient/p2", "old_value": "Patient/p1" } }),
             ),
         ]

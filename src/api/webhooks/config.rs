@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config_error::ConfigError;
-use crate::formats::MAX_PAYLOAD_BYTES;
+use crate::formats::{SessionIds, MAX_PAYLOAD_BYTES};
 use crate::secret::Secret;
 
 /// `[webhooks]`: the HTTP bridges that produce into Kafka.
@@ -68,6 +68,10 @@ pub struct FhircastWebhookConfig {
     /// Subscriptions by a local name (used in logs and environment overrides).
     /// No subscriptions: every verification is 404 and every notification 403.
     pub subscriptions: BTreeMap<String, FhircastSubscription>,
+    /// Key of the hash that stands for a `hub.topic` without a configured subscription in
+    /// entity ids (secret). Unset: an unkeyed hash, which hides a random topic but lets a
+    /// guessable one be confirmed.
+    pub topic_id_key: Option<Secret>,
 }
 
 impl Default for FhircastWebhookConfig {
@@ -75,7 +79,23 @@ impl Default for FhircastWebhookConfig {
         Self {
             topic: "fhircast.events".into(),
             subscriptions: BTreeMap::new(),
+            topic_id_key: None,
         }
+    }
+}
+
+impl FhircastWebhookConfig {
+    /// How entity ids stand for a session's `hub.topic`: the subscription's name, else the
+    /// keyed hash (docs/architecture.md, "FHIRcast session ids").
+    pub fn session_ids(&self) -> SessionIds {
+        SessionIds::new(
+            self.topic_id_key
+                .as_ref()
+                .map_or(&[][..], |k| k.expose().as_bytes()),
+            self.subscriptions
+                .iter()
+                .map(|(name, s)| (s.hub_topic.clone(), name.clone())),
+        )
     }
 }
 
@@ -139,6 +159,17 @@ impl WebhooksConfig {
         }
         if self.fhircast.topic.trim().is_empty() {
             return Err(invalid("webhooks.fhircast.topic", "must not be empty"));
+        }
+        if self
+            .fhircast
+            .topic_id_key
+            .as_ref()
+            .is_some_and(|k| k.expose().len() < 16)
+        {
+            return Err(invalid(
+                "webhooks.fhircast.topic_id_key",
+                "must be at least 16 characters (leave it out for an unkeyed hash)",
+            ));
         }
         let mut topics = HashSet::new();
         for (name, sub) in &self.fhircast.subscriptions {

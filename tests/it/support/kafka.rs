@@ -321,6 +321,28 @@ impl RealKafka {
         }
     }
 
+    /// Deletes a partition's messages below `before` (the log start moves there), as retention
+    /// would.
+    pub async fn delete_records(&self, topic: &str, partition: i32, before: i64) {
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        offsets
+            .add_partition_offset(topic, partition, rdkafka::Offset::Offset(before))
+            .expect("offset list");
+        let result = self
+            .admin()
+            .delete_records(
+                &offsets,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
+            .await
+            .expect("delete records");
+        for e in result.elements() {
+            if let Err(err) = e.error() {
+                panic!("deleting records of {topic}/{partition} below {before}: {err}");
+            }
+        }
+    }
+
     /// Grows a topic to `total` partitions.
     pub async fn add_partitions(&self, name: &str, total: usize) {
         let results = self
