@@ -23,7 +23,7 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::KafkaConfig;
+use crate::kafka::KafkaConfig;
 
 /// A cause already logged is logged again after this long if it persists.
 pub const REPEAT_AFTER: Duration = Duration::from_secs(600);

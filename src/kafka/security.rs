@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Secret};
+use crate::config_error::ConfigError;
+use crate::secret::Secret;
 
 /// `kafka.security_protocol`: how the connection to the brokers is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +120,7 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("ssl.key.location", "kafka.tls.key_file"),
 ];
 
-/// The security settings of [`crate::config::KafkaConfig`], borrowed.
+/// The security settings of [`crate::kafka::KafkaConfig`], borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct Security<'a> {
     /// `kafka.security_protocol`.
