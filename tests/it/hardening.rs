@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{fresh_database, wait_for, TestDatabase};
+use crate::support::{free_port, fresh_database, wait_for, TestDatabase};
 
 const BIN: &str = env!("CARGO_BIN_EXE_event-manager");
 
@@ -98,14 +98,6 @@ fn topics_dir() -> tempfile::TempDir {
         std::fs::copy(shipped.join(file), dir.path().join(file)).unwrap();
     }
     dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn command(args: &[&str], topics: &Path, database_url: &str) -> Command {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::pipeline::{compare, esoz_rule, produce, producer, scripted_stream, stored_rows};
 use crate::support::kafka::{kafka, unique, RealKafka};
-use crate::support::{fresh_database, wait_for, TestDatabase};
+use crate::support::{free_port, fresh_database, wait_for, TestDatabase};
 
 const BIN: &str = env!("CARGO_BIN_EXE_event-manager");
 
@@ -126,14 +126,6 @@ fn run_process(
         cmd.env(key, value);
     }
     Proc(cmd.spawn().expect("spawn run"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Sends the stream round-robin over partitions, many messages in flight, in order per

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::support::kafka::{kafka, unique};
-use crate::support::{fresh_database, wait_for, TestDatabase};
+use crate::support::{free_port, fresh_database, wait_for, TestDatabase};
 
 const BIN: &str = env!("CARGO_BIN_EXE_event-manager");
 const MESSAGES: usize = 20;
@@ -72,14 +72,6 @@ impl Drop for Run {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn run(feed: &Feed, db: &TestDatabase, kafka_env: &[(String, String)]) -> Run {

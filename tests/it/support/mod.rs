@@ -192,3 +192,12 @@ impl TcpProxy {
         }
     }
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a child process to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
