@@ -4,6 +4,7 @@
 pub mod attribute_indexes;
 mod config;
 mod local_server;
+pub(crate) mod retention;
 pub mod tls;
 
 use std::collections::HashMap;
