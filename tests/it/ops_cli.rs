@@ -619,7 +619,7 @@ async fn dead_letters_are_listed_shown_and_redriven_after_a_fix() {
     let list: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list["matched"], 4, "{list}");
     let again = &list["letters"][3];
-    assert_eq!(again["reason"], "invalid_encoding");
+    assert_eq!(again["reason"], "unsupported_type", "{again}");
     assert_eq!(again["source_partition"], 2);
     assert_eq!(again["source_offset"], 4, "the redriven copy's own offset");
     assert_eq!(again["redriven_from"], format!("{dlq}/0/1"));
