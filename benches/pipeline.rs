@@ -1486,7 +1486,7 @@ fn main() {
             )
             .await;
             println!(
-                "  {}: pipeline {:.0} msg/s, {} events ({} expected), latency at {:.0} msg/s over {} messages",
+                "  {}: pipeline {:.0} msg/s, {} events (the generator meant {}), latency at {:.0} msg/s over {} messages",
                 workload.name, p.messages_per_s, p.events, p.expected_events, p.latency_rate, p.latency_messages
             );
             let rows = read_events(&p.database_url).await;
