@@ -269,16 +269,12 @@ impl Terminator {
 
         if let Some(cutoff) = cutoffs.age {
             // No row sorts before the nil UUID, so this bound is exactly `inserted_at < cutoff`.
-            let deletes = session
-                .events_before((cutoff, Uuid::nil()), batch)
-                .await
-                .map_err(db("age"))?;
-            let done = self
-                .in_batches(Batches::Events(deletes), "age", shutdown, |n| {
-                    report.deleted_by_age += n
-                })
-                .await?;
-            if !done {
+            let deletes = session.events_before((cutoff, Uuid::nil()), batch).await;
+            let deletes = deletes.map(Batches::Events);
+            if !self
+                .in_batches(deletes, "age", shutdown, &mut report.deleted_by_age)
+                .await?
+            {
                 report.outcome = RunOutcome::Interrupted;
                 return Ok(());
             }
@@ -289,16 +285,12 @@ impl Terminator {
             // events inserted while the run deletes are never counted against the limit here.
             let nth = session.nth_newest_event(max).await.map_err(db("count"))?;
             if let Some(bound) = nth {
-                let deletes = session
-                    .events_before(bound, batch)
-                    .await
-                    .map_err(db("count"))?;
-                let done = self
-                    .in_batches(Batches::Events(deletes), "count", shutdown, |n| {
-                        report.deleted_by_count += n
-                    })
-                    .await?;
-                if !done {
+                let deletes = session.events_before(bound, batch).await;
+                let deletes = deletes.map(Batches::Events);
+                if !self
+                    .in_batches(deletes, "count", shutdown, &mut report.deleted_by_count)
+                    .await?
+                {
                     report.outcome = RunOutcome::Interrupted;
                     return Ok(());
                 }
@@ -306,31 +298,28 @@ impl Terminator {
         }
 
         if let Some(cutoff) = cutoffs.state {
-            let deletes = session
-                .stale_states(cutoff, batch)
-                .await
-                .map_err(db("state"))?;
-            let done = self
-                .in_batches(Batches::States(deletes), "state", shutdown, |n| {
-                    report.deleted_state += n
-                })
-                .await?;
-            if !done {
+            let deletes = session.stale_states(cutoff, batch).await;
+            let deletes = deletes.map(Batches::States);
+            if !self
+                .in_batches(deletes, "state", shutdown, &mut report.deleted_state)
+                .await?
+            {
                 report.outcome = RunOutcome::Interrupted;
             }
         }
         Ok(())
     }
 
-    /// Runs `batches` to the end, counting each under `reason` and resting between two.
-    /// Returns `false` when shutdown interrupted it.
+    /// Runs `batches` (or fails with the error preparing them) to the end, counting each in
+    /// `total` and under `reason`, and resting between two. `false` when shutdown interrupted it.
     async fn in_batches(
         &self,
-        mut batches: Batches<'_>,
+        batches: Result<Batches<'_>, StoreError>,
         reason: &'static str,
         shutdown: &CancellationToken,
-        mut on_batch: impl FnMut(u64),
+        total: &mut u64,
     ) -> Result<bool, TerminatorError> {
+        let mut batches = batches.map_err(db(reason))?;
         let deleted = self.metrics.deleted.with_label_values(&[reason]);
         loop {
             if shutdown.is_cancelled() {
@@ -342,7 +331,7 @@ impl Terminator {
             }
             .map_err(db(reason))?;
             deleted.inc_by(batch.deleted);
-            on_batch(batch.deleted);
+            *total += batch.deleted;
             if batch.last {
                 return Ok(true);
             }
