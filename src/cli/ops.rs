@@ -218,6 +218,12 @@ impl StatusBars {
 
     fn draw(&self, status: &GroupStatus) {
         let mut partitions = self.partitions.borrow_mut();
+        let width = status
+            .partitions
+            .iter()
+            .map(|p| p.topic.len() + 1 + p.partition.to_string().len())
+            .max()
+            .unwrap_or(0);
         for p in &status.partitions {
             let bar = partitions
                 .entry((p.topic.clone(), p.partition))
@@ -227,9 +233,12 @@ impl StatusBars {
                         ProgressStyle::with_template("{prefix} {bar:30} {msg}")
                             .unwrap_or_else(|_| ProgressStyle::default_bar()),
                     );
-                    bar.set_prefix(format!("{}/{}", p.topic, p.partition));
                     bar
                 });
+            bar.set_prefix(format!(
+                "{:<width$}",
+                format!("{}/{}", p.topic, p.partition)
+            ));
             let (start, end) = (p.log_start.unwrap_or(0), p.log_end.unwrap_or(0));
             let read = p.stored_offset.unwrap_or(start).clamp(start, end);
             bar.set_length((end - start).max(0) as u64);
