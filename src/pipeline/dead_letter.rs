@@ -8,6 +8,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::process::Message;
 use crate::formats::DecodeError;
+use crate::metrics::PipelineMetrics;
 
 /// Header carrying the reason code (e.g. `missing_field`).
 pub const REASON_HEADER: &str = "em-dlq-reason";
@@ -87,4 +88,38 @@ pub async fn deliver<C: rdkafka::ClientContext + 'static>(
         .await
         .map(|_| ())
         .map_err(|(e, _)| e)
+}
+
+/// Produces every letter; the delivered ones are counted and removed, so that a retry sends
+/// only the rest. The first failure is returned.
+pub(super) async fn deliver_all<C: rdkafka::ClientContext + 'static>(
+    producer: &FutureProducer<C>,
+    letters: &mut Vec<DeadLetter>,
+    metrics: &PipelineMetrics,
+) -> Result<(), rdkafka::error::KafkaError> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let results = futures::future::join_all(
+        letters
+            .iter()
+            .map(|l| deliver(producer, l, Duration::from_secs(30))),
+    )
+    .await;
+    let mut first_error = None;
+    let mut kept = Vec::new();
+    for (letter, result) in letters.drain(..).zip(results) {
+        match result {
+            Ok(()) => metrics
+                .dead_letters
+                .with_label_values(&[letter.message.topic.as_str()])
+                .inc(),
+            Err(e) => {
+                first_error.get_or_insert(e);
+                kept.push(letter);
+            }
+        }
+    }
+    *letters = kept;
+    first_error.map_or(Ok(()), Err)
 }

@@ -1,10 +1,13 @@
 //! The pipeline (docs/architecture.md, "Data flow"): consume → decode → select → detect →
 //! store → commit.
 
+mod batch;
 mod config;
 mod consumer;
 pub mod dead_letter;
 pub mod fhir_lookup;
+mod group;
+mod lookups;
 pub mod process;
 pub mod rules;
 pub mod topics;
