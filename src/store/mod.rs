@@ -3,6 +3,7 @@
 
 pub mod attribute_indexes;
 mod config;
+mod console;
 mod local_server;
 pub mod tls;
 
@@ -17,6 +18,7 @@ use crate::detect::{AttributeState, DetectedEvent, StateKey};
 use crate::model::SourceRef;
 
 pub use config::DatabaseConfig;
+pub use console::{Facets, FACET_LIMIT};
 pub use local_server::{LocalPostgres, LocalPostgresError, ServerTls};
 
 mod embedded {
