@@ -9,6 +9,7 @@ mod console;
 mod fhir_lookup;
 mod formats;
 mod hardening;
+mod ops_cli;
 mod pipeline;
 mod processes;
 mod real_kafka;
