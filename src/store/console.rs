@@ -59,9 +59,7 @@ impl EventStore {
                  ORDER BY attribute LIMIT $3",
             )
             .await?;
-        let type_rows = client
-            .query(&types, &[&since, &hidden_event_types])
-            .await?;
+        let type_rows = client.query(&types, &[&since, &hidden_event_types]).await?;
         let attribute_rows = client
             .query(&attributes, &[&since, &hidden_event_types, &FACET_LIMIT])
             .await?;

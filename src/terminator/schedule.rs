@@ -134,7 +134,12 @@ mod tests {
 
     #[test]
     fn next_run_accepts_what_the_scheduler_accepts() {
-        for expression in ["0 0 3 * * *", "0 */5 * * * *", "0 0 3 * * Mon-Fri", "0 0 0 1 * *"] {
+        for expression in [
+            "0 0 3 * * *",
+            "0 */5 * * * *",
+            "0 0 3 * * Mon-Fri",
+            "0 0 0 1 * *",
+        ] {
             assert!(check_expression(expression).is_ok(), "{expression}");
             assert!(next_run(expression, Utc::now()).is_some(), "{expression}");
         }

@@ -52,11 +52,8 @@ const FILES: &[(&str, &str, &str)] = &[
 
 /// `GET /console`: the page. It holds no data; everything shown is fetched with the token.
 pub async fn page() -> Response {
-    let mut response = (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        INDEX,
-    )
-        .into_response();
+    let mut response =
+        ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX).into_response();
     let headers = response.headers_mut();
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
