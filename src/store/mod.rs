@@ -3,6 +3,7 @@
 
 pub mod attribute_indexes;
 mod config;
+mod console;
 mod counts;
 mod local_server;
 mod offsets_report;
@@ -20,6 +21,7 @@ use crate::detect::{AttributeState, DetectedEvent, StateKey};
 use crate::model::SourceRef;
 
 pub use config::DatabaseConfig;
+pub use console::{Facets, FACET_LIMIT};
 pub use local_server::{LocalPostgres, LocalPostgresError, ServerTls};
 pub use offsets_report::{LastEvent, StoredOffset};
 

@@ -21,6 +21,7 @@ pub mod config;
 pub mod schedule;
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -32,7 +33,7 @@ use crate::store::retention::{EventDeletes, RetentionSession, StateDeletes};
 use crate::store::{EventStore, StoreError};
 
 pub use config::TerminatorConfig;
-pub use schedule::{ScheduleError, TerminatorSchedule};
+pub use schedule::{next_run, ScheduleError, TerminatorSchedule};
 
 /// A run failed; nothing is left half-done beyond the batches already committed.
 #[derive(Debug, thiserror::Error)]
@@ -125,12 +126,49 @@ impl fmt::Display for TerminationReport {
     }
 }
 
+/// How the last real run of a process ended, as its log line says it (the operator console
+/// shows it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// `success`, `interrupted`, `skipped` (another replica held the lock) or `failure`.
+    pub result: &'static str,
+    /// Events deleted by the age rule.
+    pub deleted_by_age: u64,
+    /// Events deleted by the count rule.
+    pub deleted_by_count: u64,
+    /// `entity_state` rows pruned.
+    pub deleted_state: u64,
+    /// Wall time of the run.
+    pub duration: Duration,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// The last real run of the terminators sharing it (dry runs are not recorded).
+#[derive(Debug, Clone, Default)]
+pub struct LastRun(Arc<Mutex<Option<RunRecord>>>);
+
+impl LastRun {
+    /// The record of the last run, if any ran.
+    pub fn get(&self) -> Option<RunRecord> {
+        // A poisoned lock still holds a whole record: it is only ever replaced.
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, record: RunRecord) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+    }
+}
+
 /// Applies the retention rules to the EventDB.
 #[derive(Debug, Clone)]
 pub struct Terminator {
     store: EventStore,
     config: TerminatorConfig,
     metrics: TerminatorMetrics,
+    last_run: LastRun,
 }
 
 impl Terminator {
@@ -140,7 +178,14 @@ impl Terminator {
             store,
             config,
             metrics,
+            last_run: LastRun::default(),
         }
+    }
+
+    /// Records every real run in `last_run` as well.
+    pub fn recording_to(mut self, last_run: LastRun) -> Self {
+        self.last_run = last_run;
+        self
     }
 
     /// Its configuration.
@@ -189,6 +234,20 @@ impl Terminator {
             return;
         }
         let now = unix_now();
+        self.last_run.set(RunRecord {
+            finished_at: Utc::now(),
+            result: match (error, report.outcome) {
+                (Some(_), _) => "failure",
+                (None, RunOutcome::Skipped) => "skipped",
+                (None, RunOutcome::Interrupted) => "interrupted",
+                (None, RunOutcome::Completed) => "success",
+            },
+            deleted_by_age: figures.0,
+            deleted_by_count: figures.1,
+            deleted_state: figures.2,
+            duration: report.duration,
+            error: error.map(ToString::to_string),
+        });
         match (error, report.outcome) {
             (Some(e), _) => {
                 self.metrics.runs.with_label_values(&["failure"]).inc();
