@@ -136,7 +136,11 @@ impl App {
                     for m in applied {
                         tracing::info!(migration = %m, "migration applied");
                     }
-                    pipeline::database_reachable(&self.readiness, &self.pipeline_metrics, true);
+                    pipeline::Instruments::new(
+                        self.pipeline_metrics.clone(),
+                        self.readiness.clone(),
+                    )
+                    .emit(pipeline::DatabaseReachable);
                     return Ok(());
                 }
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() && attempt < 30 => {

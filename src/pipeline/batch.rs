@@ -11,11 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::DeadLetter;
 use super::group::{GroupMember, Tp};
+use super::internal_events::{
+    Instruments, MessageConsumed, MessageNotSelected, MessageRedelivered, MessageSelected,
+    MessageUndecodable,
+};
 use super::process::{process, Message, Processed};
 use super::rules::RuleSet;
 use crate::detect::BatchItem;
 use crate::formats::StatusLookup;
-use crate::metrics::PipelineMetrics;
 use crate::model::{Observation, SourceRef};
 use crate::store::OffsetFence;
 
@@ -139,7 +142,7 @@ pub(super) fn select(
     messages: Vec<Message>,
     positions: &HashMap<Tp, Option<i64>>,
     rules: &RuleSet,
-    metrics: &PipelineMetrics,
+    instruments: &Instruments,
     mut gap: impl FnMut(&Tp, i64, i64),
 ) -> Batch {
     let mut batch = Batch::default();
@@ -154,7 +157,7 @@ pub(super) fn select(
         match positions.get(&tp) {
             None => continue, // not (or no longer) ours; its owner reads it
             Some(Some(expected)) if msg.offset < *expected => {
-                metrics.redelivered.inc();
+                instruments.emit(MessageRedelivered);
                 continue; // already stored
             }
             Some(_) => {}
@@ -165,14 +168,14 @@ pub(super) fn select(
             }
         }
         let topic = msg.topic.as_str();
-        metrics.consumed.with_label_values(&[topic]).inc();
+        instruments.emit(MessageConsumed { topic });
         let entry = next.entry(tp).or_insert(msg.offset + 1);
         *entry = (*entry).max(msg.offset + 1);
         let Some((index, rule)) = rules
             .index_for(topic)
             .and_then(|i| rules.get(i).map(|r| (i, r)))
         else {
-            metrics.not_selected.with_label_values(&[topic]).inc();
+            instruments.emit(MessageNotSelected { topic });
             continue;
         };
         match process(rule, &msg) {
@@ -181,13 +184,10 @@ pub(super) fn select(
                 notes,
                 lookup,
             } => {
-                metrics.selected.with_label_values(&[topic]).inc();
-                for note in notes {
-                    metrics
-                        .decode_notes
-                        .with_label_values(&[topic, note.as_str()])
-                        .inc();
-                }
+                instruments.emit(MessageSelected {
+                    topic,
+                    notes: &notes,
+                });
                 for o in &observations {
                     batch
                         .entities
@@ -210,22 +210,14 @@ pub(super) fn select(
                     observations,
                 });
             }
-            Processed::NotSelected => {
-                metrics.not_selected.with_label_values(&[topic]).inc();
-            }
+            Processed::NotSelected => instruments.emit(MessageNotSelected { topic }),
             Processed::Invalid(error) => {
-                tracing::info!(
+                instruments.emit(MessageUndecodable {
                     topic,
-                    partition = msg.partition,
-                    offset = msg.offset,
-                    reason = error.kind.as_str(),
-                    detail = %error.detail,
-                    "undecodable message: sending to the dead-letter topic"
-                );
-                metrics
-                    .decode_errors
-                    .with_label_values(&[topic, error.kind.as_str()])
-                    .inc();
+                    partition: msg.partition,
+                    offset: msg.offset,
+                    error: &error,
+                });
                 batch.letters.push(DeadLetter {
                     topic: rule.rule.dead_letter_topic.clone(),
                     format: rule.rule.format.as_str(),
@@ -253,6 +245,7 @@ pub(super) fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::PipelineMetrics;
     use crate::pipeline::topics::load_topic_rules;
 
     fn rules() -> RuleSet {
@@ -281,8 +274,10 @@ mod tests {
         }
     }
 
-    fn metrics() -> PipelineMetrics {
-        PipelineMetrics::register(&prometheus::Registry::new()).unwrap()
+    fn instruments() -> (Instruments, PipelineMetrics) {
+        let metrics = PipelineMetrics::register(&prometheus::Registry::new()).unwrap();
+        let readiness = std::sync::Arc::new(crate::health::Readiness::default());
+        (Instruments::new(metrics.clone(), readiness), metrics)
     }
 
     fn fences(batch: &Batch) -> Vec<(String, i32, Option<i64>, i64)> {
@@ -305,8 +300,8 @@ mod tests {
             message("t", 1, 0, esoz("Declaration", "b")),
             message("t", 2, 5, esoz("Declaration", "not-ours")),
         ];
-        let metrics = metrics();
-        let batch = select(messages, &positions, &rules(), &metrics, |_, _, _| {
+        let (instruments, metrics) = instruments();
+        let batch = select(messages, &positions, &rules(), &instruments, |_, _, _| {
             panic!("no gap")
         });
         let read: Vec<(i32, i64)> = batch
@@ -340,8 +335,8 @@ mod tests {
             message("t", 0, 1, b"{not json".to_vec()),
             message("t", 0, 2, esoz("Declaration", "c")),
         ];
-        let metrics = metrics();
-        let batch = select(messages, &positions, &rules(), &metrics, |_, _, _| {
+        let (instruments, metrics) = instruments();
+        let batch = select(messages, &positions, &rules(), &instruments, |_, _, _| {
             panic!("no gap")
         });
         assert_eq!(batch.selected.len(), 1);
@@ -364,7 +359,7 @@ mod tests {
             messages,
             &positions,
             &rules(),
-            &metrics(),
+            &instruments().0,
             |tp, want, next| gaps.push((tp.clone(), want, next)),
         );
         assert_eq!(gaps, [(("t".to_owned(), 0), 5, 7)]);

@@ -12,14 +12,15 @@ use super::batch::{self, Batch};
 use super::dead_letter;
 use super::fhir_lookup::{FhirStatusClient, StatusSource};
 use super::group::{GroupMember, StoredOffsets};
+use super::internal_events::{
+    BatchCommitted, BatchFenced, BatchRetried, DeadLetterTopicUnavailable, Instruments,
+};
 use super::lookups::Lookups;
 use super::process::Message;
 use super::rules::RuleSet;
 use super::{PipelineError, PipelineSettings};
 use crate::detect::{detect_batch, Outcome};
-use crate::health::Readiness;
 use crate::kafka::{self, Role};
-use crate::metrics::PipelineMetrics;
 use crate::store::{BatchChanges, EventStore, NewEvent, RetryPolicy, StoreError};
 
 /// How often an idle consumer checks whether its stored positions were moved (by `replay`).
@@ -34,8 +35,7 @@ pub(super) struct ConsumerLoop {
     runtime: tokio::runtime::Handle,
     store: EventStore,
     rules: Arc<RuleSet>,
-    metrics: PipelineMetrics,
-    readiness: Arc<Readiness>,
+    instruments: Instruments,
     group_id: String,
     batch_size: usize,
     batch_linger: Duration,
@@ -56,8 +56,7 @@ pub(super) fn build(
     runtime: tokio::runtime::Handle,
     store: EventStore,
     rules: Arc<RuleSet>,
-    metrics: PipelineMetrics,
-    readiness: Arc<Readiness>,
+    instruments: Instruments,
     shutdown: CancellationToken,
 ) -> Result<ConsumerLoop, PipelineError> {
     let retry = RetryPolicy {
@@ -71,14 +70,13 @@ pub(super) fn build(
             .map(|c| Arc::new(c) as Arc<dyn StatusSource>),
         concurrency: config.fhir.concurrency,
     };
-    let offsets = StoredOffsets {
-        runtime: runtime.clone(),
-        store: store.clone(),
-        group_id: config.kafka.group_id.clone(),
-        retry: retry.clone(),
-        readiness: readiness.clone(),
-        metrics: metrics.clone(),
-    };
+    let offsets = StoredOffsets::new(
+        runtime.clone(),
+        store.clone(),
+        config.kafka.group_id.clone(),
+        retry.clone(),
+        instruments.clone(),
+    );
     let member =
         GroupMember::subscribe(&config.kafka, connection, offsets, &rules.subscriptions())?;
     Ok(ConsumerLoop {
@@ -88,8 +86,7 @@ pub(super) fn build(
         runtime,
         store,
         rules,
-        metrics,
-        readiness,
+        instruments,
         group_id: config.kafka.group_id.clone(),
         batch_size: config.pipeline.batch_size,
         batch_linger: config.pipeline.batch_linger,
@@ -130,11 +127,13 @@ impl ConsumerLoop {
             messages,
             &positions,
             &self.rules,
-            &self.metrics,
+            &self.instruments,
             |tp, want, next| self.member.report_retention_gap(tp, want, next),
         );
-        self.runtime
-            .block_on(self.lookups.resolve(&self.rules, &self.metrics, &mut batch));
+        self.runtime.block_on(
+            self.lookups
+                .resolve(&self.rules, &self.instruments, &mut batch),
+        );
         if batch.fences.is_empty() {
             return;
         }
@@ -145,10 +144,11 @@ impl ConsumerLoop {
             let delivered = self.runtime.block_on(dead_letter::deliver_all(
                 &self.producer,
                 &mut batch.letters,
-                &self.metrics,
+                &self.instruments,
             ));
-            if let Err(e) = delivered {
-                tracing::warn!(error = %e, "dead-letter topic unavailable; retrying the batch");
+            if let Err(error) = delivered {
+                self.instruments
+                    .emit(DeadLetterTopicUnavailable { error: &error });
                 if !self.pause(attempt) {
                     return;
                 }
@@ -165,40 +165,28 @@ impl ConsumerLoop {
             match result {
                 Ok(report) => {
                     self.member.committed(&batch.fences);
-                    for (outcome, n) in tally.outcomes {
-                        self.metrics
-                            .observations
-                            .with_label_values(&[outcome.as_str()])
-                            .inc_by(n);
-                    }
-                    for (entity_type, n) in tally.events_by_type {
-                        self.metrics
-                            .events_stored
-                            .with_label_values(&[entity_type.as_str()])
-                            .inc_by(n);
-                    }
-                    self.metrics.batches.with_label_values(&["committed"]).inc();
-                    self.metrics
-                        .batch_duration
-                        .observe(started.elapsed().as_secs_f64());
-                    super::database_reachable(&self.readiness, &self.metrics, true);
-                    tracing::debug!(
-                        events = report.events_inserted,
-                        partitions = batch.fences.len(),
-                        "batch committed"
-                    );
+                    self.instruments.emit(BatchCommitted {
+                        outcomes: tally.outcomes,
+                        events_by_type: tally.events_by_type,
+                        events_inserted: report.events_inserted,
+                        partitions: batch.fences.len(),
+                        took: started.elapsed(),
+                    });
                     return;
                 }
                 Err(StoreError::Fenced { topic, partition }) => {
-                    tracing::warn!(%topic, partition, "fenced: another consumer moved the partition on; re-reading positions");
-                    self.metrics.batches.with_label_values(&["fenced"]).inc();
+                    self.instruments.emit(BatchFenced {
+                        topic: &topic,
+                        partition,
+                    });
                     self.member.rewind(&batch.fences);
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "batch not stored; pausing and retrying");
-                    self.metrics.batches.with_label_values(&["retried"]).inc();
-                    super::database_reachable(&self.readiness, &self.metrics, false);
+                Err(error) => {
+                    self.instruments.emit(BatchRetried {
+                        error: &error,
+                        attempt,
+                    });
                     if !self.pause(attempt) {
                         return;
                     }

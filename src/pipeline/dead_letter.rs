@@ -6,9 +6,9 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use super::internal_events::{DeadLetterSent, Instruments};
 use super::process::Message;
 use crate::formats::DecodeError;
-use crate::metrics::PipelineMetrics;
 
 /// Header carrying the reason code (e.g. `missing_field`).
 pub const REASON_HEADER: &str = "em-dlq-reason";
@@ -95,7 +95,7 @@ pub async fn deliver<C: rdkafka::ClientContext + 'static>(
 pub(super) async fn deliver_all<C: rdkafka::ClientContext + 'static>(
     producer: &FutureProducer<C>,
     letters: &mut Vec<DeadLetter>,
-    metrics: &PipelineMetrics,
+    instruments: &Instruments,
 ) -> Result<(), rdkafka::error::KafkaError> {
     if letters.is_empty() {
         return Ok(());
@@ -110,10 +110,9 @@ pub(super) async fn deliver_all<C: rdkafka::ClientContext + 'static>(
     let mut kept = Vec::new();
     for (letter, result) in letters.drain(..).zip(results) {
         match result {
-            Ok(()) => metrics
-                .dead_letters
-                .with_label_values(&[letter.message.topic.as_str()])
-                .inc(),
+            Ok(()) => instruments.emit(DeadLetterSent {
+                source_topic: &letter.message.topic,
+            }),
             Err(e) => {
                 first_error.get_or_insert(e);
                 kept.push(letter);

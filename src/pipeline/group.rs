@@ -19,9 +19,11 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
+use super::internal_events::{
+    AssignmentChanged, ConsumerLag, Instruments, OffsetsUnreadable, PartitionRevoked, RetentionGap,
+};
 use crate::health::Readiness;
 use crate::kafka::{self, KafkaConfig, Role};
-use crate::metrics::PipelineMetrics;
 use crate::store::{EventStore, OffsetFence, RetryPolicy};
 
 /// A topic partition.
@@ -47,15 +49,31 @@ impl Positions {
 /// Reads the offsets stored in PostgreSQL from the consumer thread.
 #[derive(Debug, Clone)]
 pub(super) struct StoredOffsets {
-    pub(super) runtime: tokio::runtime::Handle,
-    pub(super) store: EventStore,
-    pub(super) group_id: String,
-    pub(super) retry: RetryPolicy,
-    pub(super) readiness: Arc<Readiness>,
-    pub(super) metrics: PipelineMetrics,
+    runtime: tokio::runtime::Handle,
+    store: EventStore,
+    group_id: String,
+    retry: RetryPolicy,
+    instruments: Instruments,
 }
 
 impl StoredOffsets {
+    /// Reads `group_id`'s offsets from `store` on `runtime`, waiting out outages by `retry`.
+    pub(super) fn new(
+        runtime: tokio::runtime::Handle,
+        store: EventStore,
+        group_id: String,
+        retry: RetryPolicy,
+        instruments: Instruments,
+    ) -> Self {
+        Self {
+            runtime,
+            store,
+            group_id,
+            retry,
+            instruments,
+        }
+    }
+
     /// Reads stored offsets, retrying with backoff while the database is unavailable; `None`
     /// when shutdown was requested first.
     fn read_retrying(&self, partitions: &[Tp]) -> Option<HashMap<Tp, i64>> {
@@ -66,9 +84,11 @@ impl StoredOffsets {
                 .block_on(self.store.load_offsets(&self.group_id, partitions))
             {
                 Ok(stored) => return Some(stored),
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "loading stored offsets failed; retrying");
-                    super::database_reachable(&self.readiness, &self.metrics, false);
+                Err(error) => {
+                    self.instruments.emit(OffsetsUnreadable {
+                        error: &error,
+                        attempt,
+                    });
                     if !self.runtime.block_on(self.retry.wait(attempt)) {
                         return None;
                     }
@@ -88,12 +108,12 @@ pub(super) struct GroupContext {
 }
 
 impl GroupContext {
-    fn metrics(&self) -> &PipelineMetrics {
-        &self.offsets.metrics
+    fn instruments(&self) -> &Instruments {
+        &self.offsets.instruments
     }
 
     fn readiness(&self) -> &Readiness {
-        &self.offsets.readiness
+        self.instruments().readiness()
     }
 
     /// Sets each newly assigned partition's start to the offset stored in PostgreSQL and records
@@ -132,10 +152,11 @@ impl ClientContext for GroupContext {
                     && p.consumer_lag >= 0
                     && owned.contains_key(&(topic.clone(), *partition))
                 {
-                    self.metrics()
-                        .consumer_lag
-                        .with_label_values(&[topic.as_str(), &partition.to_string()])
-                        .set(p.consumer_lag);
+                    self.instruments().emit(ConsumerLag {
+                        topic,
+                        partition: *partition,
+                        lag: p.consumer_lag,
+                    });
                 }
             }
         }
@@ -197,10 +218,10 @@ impl ConsumerContext for GroupContext {
                     let mut owned = self.positions.lock();
                     for e in tpl.elements() {
                         owned.remove(&(e.topic().to_owned(), e.partition()));
-                        let _ = self
-                            .metrics()
-                            .consumer_lag
-                            .remove_label_values(&[e.topic(), &e.partition().to_string()]);
+                        self.instruments().emit(PartitionRevoked {
+                            topic: e.topic(),
+                            partition: e.partition(),
+                        });
                     }
                 }
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
@@ -219,9 +240,8 @@ impl ConsumerContext for GroupContext {
                 let _ = consumer.unassign();
             }
         }
-        let n = self.positions.lock().len();
-        self.metrics().assigned_partitions.set(n as i64);
-        self.readiness().set_consumer_assigned(n > 0);
+        let partitions = self.positions.lock().len();
+        self.instruments().emit(AssignmentChanged { partitions });
     }
 }
 
@@ -321,21 +341,13 @@ impl GroupMember {
         if log_start <= want {
             return; // markers, aborted or compacted records: nothing was lost
         }
-        let missing = next - want;
-        self.offsets
-            .metrics
-            .retention_gap
-            .with_label_values(&[topic, &partition.to_string()])
-            .inc_by(missing.unsigned_abs());
-        tracing::warn!(
+        self.offsets.instruments.emit(RetentionGap {
             topic,
             partition,
-            first_missing = want,
-            last_missing = next - 1,
-            missing,
+            want,
+            next,
             log_start,
-            "retention removed messages this group had not read: continuing after the gap"
-        );
+        });
     }
 
     /// After a batch committed in PostgreSQL: its positions are the new truth, and Kafka gets a

@@ -9,9 +9,11 @@ use futures::StreamExt as _;
 use super::batch::Batch;
 use super::dead_letter::DeadLetter;
 use super::fhir_lookup::StatusSource;
+use super::internal_events::{
+    Instruments, LookupDeadLettered, LookupFinished, LookupsNotConfigured,
+};
 use super::process::finish;
 use super::rules::RuleSet;
-use crate::metrics::PipelineMetrics;
 
 /// Where missing statuses are read, and how many at once.
 pub(super) struct Lookups {
@@ -28,7 +30,7 @@ impl Lookups {
     pub(super) async fn resolve(
         &self,
         rules: &RuleSet,
-        metrics: &PipelineMetrics,
+        instruments: &Instruments,
         batch: &mut Batch,
     ) {
         let pending = std::mem::take(&mut batch.pending);
@@ -36,15 +38,9 @@ impl Lookups {
             return;
         }
         let Some(source) = &self.source else {
-            // References are patient data: the log says how many, never which.
-            tracing::debug!(
-                messages = pending.len(),
-                "status context events without a status; no FHIR server configured"
-            );
-            metrics
-                .status_lookups
-                .with_label_values(&["not_configured"])
-                .inc_by(pending.len() as u64);
+            instruments.emit(LookupsNotConfigured {
+                messages: pending.len(),
+            });
             return;
         };
         let results: Vec<_> =
@@ -62,14 +58,11 @@ impl Lookups {
             };
             let outcome = result
                 .map_err(|e| {
-                    metrics
-                        .status_lookups
-                        .with_label_values(&[e.as_str()])
-                        .inc();
+                    instruments.emit(LookupFinished { result: e.as_str() });
                     e.into_decode_error()
                 })
                 .and_then(|status| {
-                    metrics.status_lookups.with_label_values(&["found"]).inc();
+                    instruments.emit(LookupFinished { result: "found" });
                     finish(rule, p.lookup.into_observation(status))
                 });
             match outcome {
@@ -82,14 +75,12 @@ impl Lookups {
                     }
                 }
                 Err(error) => {
-                    tracing::info!(
-                        topic = %p.message.topic,
-                        partition = p.message.partition,
-                        offset = p.message.offset,
-                        reason = error.kind.as_str(),
-                        detail = %error.detail,
-                        "status look-up failed: sending to the dead-letter topic"
-                    );
+                    instruments.emit(LookupDeadLettered {
+                        topic: &p.message.topic,
+                        partition: p.message.partition,
+                        offset: p.message.offset,
+                        error: &error,
+                    });
                     failed.insert(p.selected);
                     batch.letters.push(DeadLetter {
                         topic: rule.rule.dead_letter_topic.clone(),
