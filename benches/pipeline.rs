@@ -22,10 +22,13 @@
 //! - `DATABASE_URL`: an existing PostgreSQL server, else a private one is started;
 //! - `EM_BENCH_MIXED_MESSAGES` (default 200 000), `EM_BENCH_ESOZ_MESSAGES` (default 100 000),
 //!   `EM_BENCH_LATENCY_SECS` (default 20), `EM_BENCH_WORKLOADS` (default `mixed,esoz`);
+//! - `EM_BENCH_BIN`: the `event-manager` binary to run as the pipeline (default: this build's),
+//!   e.g. a copy built before a change, to compare both in one session;
 //! - `EM_BENCH_WRITE_VARIANTS=1`: the write ceiling also without the count triggers, without the
 //!   GIN indexes on `properties`, and without both;
 //! - `EM_PIPELINE__…`, `EM_DATABASE__…`: passed to the pipeline process (batch size 1000 and
-//!   linger 50 ms unless set).
+//!   linger 50 ms unless set). On the MockCluster the pipeline's consumer gets
+//!   `fetch.wait.max.ms` 10, as the bare consumer (see `MOCK_FETCH_WAIT_MS`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -62,6 +65,14 @@ const MOCK_WINDOW_PER_PARTITION: u64 = 6_000;
 
 /// Rows per COPY transaction of the write ceiling (the pipeline's default batch size).
 const COPY_BATCH: usize = 1_000;
+
+/// `fetch.wait.max.ms` of every consumer on the MockCluster (the bare consumer and the pipeline).
+/// The MockCluster holds a fetch that finds no data for the whole wait, even when messages arrive
+/// meanwhile (librdkafka's rdkafka_mock_handlers.c, "delay up to MaxWait"); a real broker answers
+/// as soon as `fetch.min.bytes` arrived. With librdkafka's default of 500 ms a consumer that has
+/// caught up would wait half a second for every next message, so the pipeline's latency would
+/// measure the mock.
+const MOCK_FETCH_WAIT_MS: &str = "10";
 
 /// How often the stored offsets are read for progress and latency.
 const OFFSET_POLL: Duration = Duration::from_millis(5);
@@ -938,7 +949,7 @@ async fn consume_ceiling(broker: &Broker, workload: &Workload, messages: &[Msg])
         .set("bootstrap.servers", broker.bootstrap())
         .set("group.id", "bench-bare")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", MOCK_FETCH_WAIT_MS)
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -982,6 +993,8 @@ async fn consume_ceiling(broker: &Broker, workload: &Workload, messages: &[Msg])
 struct Pipeline {
     child: Child,
     http: u16,
+    /// Its configuration file, when the broker needs one.
+    _config: Option<tempfile::NamedTempFile>,
 }
 
 impl Drop for Pipeline {
@@ -992,13 +1005,15 @@ impl Drop for Pipeline {
 }
 
 impl Pipeline {
-    fn start(topics: &Topics, bootstrap: &str, database_url: &str, log: PathBuf) -> Self {
+    fn start(topics: &Topics, broker: &Broker, database_url: &str, log: PathBuf) -> Self {
+        let bootstrap = broker.bootstrap();
         let http = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut command = Command::new(BIN);
+        let bin = std::env::var_os("EM_BENCH_BIN").unwrap_or_else(|| BIN.into());
+        let mut command = Command::new(bin);
         command
             .arg("run")
             .env("EM_PIPELINE__TOPICS_DIR", topics.rules.path())
@@ -1013,6 +1028,25 @@ impl Pipeline {
             .env("EM_AUTH__DISABLED", "true")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap());
+        // The bench's own settings are no configuration keys: `run` would refuse them.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("EM_BENCH_") {
+                command.env_remove(key);
+            }
+        }
+        // On the MockCluster the pipeline's consumer waits for fetches as the bare consumer does
+        // (see MOCK_FETCH_WAIT_MS); against a real broker it runs with its own settings.
+        let config = matches!(broker, Broker::Mock(_)).then(|| {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            std::io::Write::write_all(
+                &mut file,
+                format!("[kafka.properties]\n\"fetch.wait.max.ms\" = \"{MOCK_FETCH_WAIT_MS}\"\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+            command.env("EM_CONFIG", file.path());
+            file
+        });
         for (key, default) in [
             ("EM_PIPELINE__BATCH_SIZE", "1000"),
             ("EM_PIPELINE__BATCH_LINGER", "50ms"),
@@ -1024,6 +1058,7 @@ impl Pipeline {
         Self {
             child: command.spawn().expect("spawn event-manager run"),
             http,
+            _config: config,
         }
     }
 
@@ -1184,7 +1219,7 @@ async fn pipeline_run(
     let database_url = create_database(admin, base_url).await;
     let topics = Topics::create(broker, workload, "run").await;
     let log = bench_dir().join(format!("pipeline-{}.log", workload.name));
-    let mut pipeline = Pipeline::start(&topics, &broker.bootstrap(), &database_url, log);
+    let mut pipeline = Pipeline::start(&topics, broker, &database_url, log);
     pipeline.ready().await;
     let watch = OffsetWatch::start(&database_url).await;
     let producer = producer(&broker.bootstrap());
