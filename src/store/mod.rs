@@ -417,23 +417,17 @@ impl EventStore {
             sorted.dedup();
             let types: Vec<&str> = sorted.iter().map(|(t, _)| *t).collect();
             let ids: Vec<&str> = sorted.iter().map(|(_, id)| *id).collect();
+            // One statement makes the new entities' rows and locks the existing ones: the
+            // conflict action locks each conflicting row (as `FOR UPDATE` would) before its
+            // `WHERE false` declines the update, and the rows are taken in the order given.
             let anchor = tx
                 .prepare_cached(
-                    "INSERT INTO entities (entity_type, entity_id) \
-                     SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                    "INSERT INTO entities AS e (entity_type, entity_id) \
+                     SELECT * FROM UNNEST($1::text[], $2::text[]) \
+                     ON CONFLICT (entity_type, entity_id) DO UPDATE \
+                     SET entity_type = EXCLUDED.entity_type WHERE false",
                 )
                 .await?;
-            tx.execute(&anchor, &[&types, &ids]).await?;
-            let lock = tx
-                .prepare_cached(
-                    "SELECT 1 FROM entities e \
-                     JOIN UNNEST($1::text[], $2::text[]) AS q(entity_type, entity_id) \
-                       ON e.entity_type = q.entity_type AND e.entity_id = q.entity_id \
-                     ORDER BY e.entity_type, e.entity_id FOR UPDATE OF e",
-                )
-                .await?;
-            tx.query(&lock, &[&types, &ids]).await?;
-
             let select = tx
                 .prepare_cached(
                     "SELECT s.entity_type, s.entity_id, s.attribute, s.value, s.version, \
@@ -444,7 +438,12 @@ impl EventStore {
                        ON s.entity_type = q.entity_type AND s.entity_id = q.entity_id",
                 )
                 .await?;
-            for row in tx.query(&select, &[&types, &ids]).await? {
+            // Sent together (the server runs them in this order): the state is read under the
+            // locks.
+            let keys: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&types, &ids];
+            let (_, rows) =
+                futures::try_join!(tx.execute(&anchor, &keys), tx.query(&select, &keys))?;
+            for row in rows {
                 let source = match (row.get(7), row.get(8), row.get(9)) {
                     (Some(topic), Some(partition), Some(offset)) => Some(SourceRef {
                         topic,
@@ -472,15 +471,26 @@ impl EventStore {
         }
 
         let changes = detect(&mut states);
-        let mut report = BatchReport::default();
-        if !changes.events.is_empty() {
-            report.events_inserted = insert_events(&tx, &changes.events).await?;
-        }
-        if !changes.states.is_empty() {
-            report.states_written = upsert_states(&tx, &changes.states).await?;
-        }
+        // Sent together: the events (with their counts) and the new state are independent.
+        let (events_inserted, states_written) = futures::try_join!(
+            async {
+                match changes.events.is_empty() {
+                    true => Ok(0),
+                    false => insert_events(&tx, &changes.events).await,
+                }
+            },
+            async {
+                match changes.states.is_empty() {
+                    true => Ok(0),
+                    false => upsert_states(&tx, &changes.states).await,
+                }
+            },
+        )?;
         tx.commit().await?;
-        Ok(report)
+        Ok(BatchReport {
+            events_inserted,
+            states_written,
+        })
     }
 }
 
