@@ -33,7 +33,7 @@ use crate::store::retention::{EventDeletes, RetentionSession, StateDeletes};
 use crate::store::{EventStore, StoreError};
 
 pub use config::TerminatorConfig;
-pub use schedule::{next_run, ScheduleError, TerminatorSchedule};
+pub use schedule::{next_run, CronSchedule, ScheduleError, TerminatorSchedule};
 
 /// A run failed; nothing is left half-done beyond the batches already committed.
 #[derive(Debug, thiserror::Error)]
