@@ -403,8 +403,7 @@ fn config_check(config: Config) -> anyhow::Result<serde_json::Value> {
         "kafka_group_id": app.config.kafka.group_id,
         "database_pool_size": app.config.database.pool_size,
         // Every pool's upper bound: what one replica may hold open at once.
-        "database_connections": app.store.pool().status().max_size
-            + app.store.api_pool().status().max_size,
+        "database_connections": app.store.max_connections(),
         "shutdown_grace_seconds": app.config.pipeline.shutdown_grace.as_secs_f64(),
         "terminator_enabled": app.config.terminator.enabled,
         "topic_rules": rules,

@@ -20,7 +20,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::detect::{AttributeState, DetectedEvent, StateKey};
 use crate::model::SourceRef;
 
-pub use config::DatabaseConfig;
+pub use config::{DatabaseConfig, DatabaseUrl};
 pub use console::{Facets, FACET_LIMIT};
 pub use local_server::{LocalPostgres, LocalPostgresError, ServerTls};
 pub use offsets_report::{LastEvent, StoredOffset};
@@ -155,9 +155,8 @@ impl EventStore {
     /// terminator and migrations, one of the same size for the query API. Every connection of
     /// the binary is made here, over TLS as the URL's `sslmode` says ([`tls`]).
     pub fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
-        let (mut pg, tls_settings) = tls::parse_url(&config.url)
-            .map_err(|e| StoreError::Config(format!("database.url: {e}")))?;
-        let tls = tls::connector(&tls_settings)
+        let mut pg = config.url.postgres().clone();
+        let tls = tls::connector(config.url.tls())
             .map_err(|e| StoreError::Config(format!("database.url: {e}")))?;
         pg.connect_timeout(config.connect_timeout);
         if pg.get_application_name().is_none() {
@@ -185,24 +184,53 @@ impl EventStore {
         Ok(Self { pool, api_pool })
     }
 
-    /// The query API's pool.
-    pub fn api_pool(&self) -> &Pool {
-        &self.api_pool
-    }
-
     /// A connection of the query API's pool.
-    pub async fn api_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    pub(crate) async fn api_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         checkout(&self.api_pool).await
     }
 
-    /// The ingestion pool (also the terminator's and the migrations').
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// A connection of the ingestion pool (also the terminator's and the migrations').
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        checkout(&self.pool).await
     }
 
-    /// Takes a pooled connection.
-    pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        checkout(&self.pool).await
+    /// Each pool by the name its metrics carry (`ingest`, `api`) with its current size,
+    /// idle connections and waiting callers.
+    pub fn pool_statuses(&self) -> [(&'static str, deadpool_postgres::Status); 2] {
+        [
+            ("ingest", self.pool.status()),
+            ("api", self.api_pool.status()),
+        ]
+    }
+
+    /// The connections one process may hold open at once: both pools' upper bounds.
+    pub fn max_connections(&self) -> usize {
+        self.pool.status().max_size + self.api_pool.status().max_size
+    }
+
+    /// Closes both pools: idle connections now, busy ones when they are returned.
+    pub fn close(&self) {
+        self.pool.close();
+        self.api_pool.close();
+    }
+
+    /// Whether a connection of each pool (ingestion, API) is encrypted, as the server sees it
+    /// (`pg_stat_ssl`).
+    pub async fn connections_encrypted(&self) -> Result<[bool; 2], StoreError> {
+        let mut encrypted = [false; 2];
+        for (answer, client) in encrypted
+            .iter_mut()
+            .zip([self.client().await?, self.api_client().await?])
+        {
+            let row = client
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await?;
+            *answer = row.get(0);
+        }
+        Ok(encrypted)
     }
 
     /// Checks that the database answers.

@@ -129,7 +129,7 @@ async fn start() -> Running {
     .await;
 
     let mut config = Config::default();
-    config.database.url = db.url.clone();
+    config.database.url = db.url.parse().unwrap();
     config.kafka.bootstrap_servers = broker.bootstrap_servers();
     config.kafka.group_id = "schemathesis".into();
     config.pipeline.topics_dir = topics.path().to_owned();
