@@ -164,7 +164,7 @@ mod tests {
         assert_eq!(url.to_string(), shown);
         assert_eq!(format!("{url:?}"), format!("DatabaseUrl({shown:?})"));
         assert!(url.expose().contains("s3cret"));
-        assert_eq!(url.postgres().get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(url.postgres().get_password(), Some(&b"other"[..]));
         assert_eq!(
             DatabaseUrl::parse("postgresql://em@db/eventdb")
                 .unwrap()
