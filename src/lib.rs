@@ -21,6 +21,7 @@ pub mod model;
 pub mod ops;
 pub mod pipeline;
 pub mod replay;
+mod retry;
 mod secret;
 pub mod shutdown;
 pub mod store;

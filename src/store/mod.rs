@@ -13,7 +13,6 @@ pub(crate) mod retention;
 pub mod tls;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -487,30 +486,4 @@ async fn upsert_states(
             ],
         )
         .await?)
-}
-
-/// How long to wait before the next retry: doubling from 100 ms up to `max`.
-pub fn backoff(attempt: u32, max: Duration) -> Duration {
-    let ms = 100u64.saturating_mul(1u64 << attempt.min(16));
-    Duration::from_millis(ms).min(max)
-}
-
-/// The one way to wait while the EventDB is unavailable: [`backoff`] up to `max_backoff`
-/// before the next attempt, cut short by shutdown.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Longest wait between two attempts.
-    pub max_backoff: Duration,
-    /// Ends a wait early.
-    pub shutdown: tokio_util::sync::CancellationToken,
-}
-
-impl RetryPolicy {
-    /// Waits before the attempt after `attempt`; `false` when shutdown was requested first.
-    pub async fn wait(&self, attempt: u32) -> bool {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => false,
-            _ = tokio::time::sleep(backoff(attempt, self.max_backoff)) => true,
-        }
-    }
 }
