@@ -3,6 +3,7 @@
 
 pub mod attribute_indexes;
 mod config;
+pub mod event_queries;
 mod local_server;
 pub mod tls;
 
