@@ -9,6 +9,8 @@ use event_manager::broker::DevBrokerArgs;
 use event_manager::config::Config;
 use event_manager::demo::DemoArgs;
 
+mod ops;
+
 /// Kafka → EventDB pipeline for healthcare status-change events.
 #[derive(Debug, Parser)]
 #[command(name = "event-manager", version, about, long_about = None)]
@@ -35,9 +37,16 @@ pub enum Command {
     /// Apply pending EventDB migrations (schema, then data migrations such as the FHIRcast
     /// session ids, which need the configuration) and exit.
     Migrate,
-    /// Replay a topic: move the consumer group's stored positions back to an offset, the
-    /// earliest retained message, or a point in time. Running consumers follow on their own.
+    /// Replay topics: move the consumer group's stored positions to an offset, the earliest or
+    /// latest, a shift, or a point in time. Prints the plan; changes it only with --execute.
+    /// Running consumers follow on their own.
     Replay(ReplayArgs),
+    /// Where a consumer group stands, per topic partition: the position stored in the EventDB,
+    /// the offset committed to Kafka, the log start and end, the lag, the last event stored.
+    Status(StatusArgs),
+    /// Dead letters: list them, show one, send them back to their source topic after a fix.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Evaluate or check JMS message selectors, as topic rules use them.
     #[command(subcommand)]
     Selector(SelectorCommand),
@@ -86,12 +95,16 @@ pub enum SelectorCommand {
 
 /// Options of `replay`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("from").required(true).args(["to_offset", "to_earliest", "to_time"])))]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["to_offset", "to_earliest", "to_latest", "to_time", "shift_by", "by_duration"])))]
+#[command(group(clap::ArgGroup::new("which_topics").required(true).args(["topics", "all_topics"])))]
 pub struct ReplayArgs {
-    /// Topic to replay.
+    /// Topic to replay (repeatable).
+    #[arg(long = "topic")]
+    pub topics: Vec<String>,
+    /// Every topic the group has stored positions for.
     #[arg(long)]
-    pub topic: String,
-    /// Partition to replay (repeatable); all partitions when absent.
+    pub all_topics: bool,
+    /// Partition to replay (repeatable; each topic must have it); all partitions when absent.
     #[arg(long = "partition")]
     pub partitions: Vec<i32>,
     /// Start at this offset (clamped to the offsets the broker retains).
@@ -100,18 +113,138 @@ pub struct ReplayArgs {
     /// Start at the earliest retained offset.
     #[arg(long)]
     pub to_earliest: bool,
-    /// Start at the first message at or after this time (RFC 3339, or a date meaning 00:00 UTC).
+    /// Start at the log end: skip what has not been read yet.
     #[arg(long)]
+    pub to_latest: bool,
+    /// Start at the first message at or after this time (RFC 3339, or a date meaning 00:00
+    /// UTC). A time before the oldest retained message of a partition whose older messages
+    /// retention deleted is an error.
+    #[arg(long, visible_alias = "to-datetime")]
     pub to_time: Option<String>,
+    /// Move the stored positions by this many offsets (negative: back), within the log.
+    #[arg(long, allow_hyphen_values = true)]
+    pub shift_by: Option<i64>,
+    /// Start at the first message of the last period, e.g. `2h` or `30m` (as --to-time).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub by_duration: Option<std::time::Duration>,
     /// Consumer group (default: `kafka.group_id`).
     #[arg(long)]
     pub group: Option<String>,
-    /// Print the plan and change nothing.
+    /// Move the stored positions. Without it the plan is printed and nothing changes.
     #[arg(long)]
+    pub execute: bool,
+    /// Print the plan and change nothing (the default; kept for scripts).
+    #[arg(long, conflicts_with = "execute")]
     pub dry_run: bool,
-    /// Show progress until the group has caught up with the messages present now.
-    #[arg(long)]
+    /// With --execute: show progress until the group has caught up with the messages present now.
+    #[arg(long, requires = "execute")]
     pub wait: bool,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Consumer group (default: `kafka.group_id`).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Redraw until interrupted (Ctrl-C), with a progress bar per partition on a terminal.
+    #[arg(long)]
+    pub watch: bool,
+    /// How often --watch reads the figures again.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    /// Print JSON (with --watch: one object per line).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dlq` sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// One line per dead letter (its partition and offset, time, source topic, partition and
+    /// offset, reason, detail), never bodies; then the counts by reason.
+    List(DlqListArgs),
+    /// One dead letter: its headers and key; its body only with --body (it may hold patient data).
+    Show(DlqShowArgs),
+    /// Produce the selected dead letters back to the partition they were read from, with their
+    /// key, body and headers (the dead-letter headers removed, `em-redriven-from` added), through
+    /// an idempotent producer. Prints what it would send; sends only with --execute.
+    Redrive(DlqRedriveArgs),
+}
+
+/// Which dead letters (`dlq list` and `dlq redrive`).
+#[derive(Debug, Args)]
+pub struct DlqFilterArgs {
+    /// The dead-letter topic.
+    #[arg(long)]
+    pub topic: String,
+    /// Dead-lettered at or after this time: RFC 3339, a date (00:00 UTC), or a period ago
+    /// such as `1h`.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// With this reason code (e.g. `missing_field`, `invalid_encoding`).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Read from this source topic.
+    #[arg(long)]
+    pub source_topic: Option<String>,
+    /// Only this partition of the dead-letter topic.
+    #[arg(long)]
+    pub partition: Option<i32>,
+    /// At most this many, the newest.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `dlq list`.
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    /// Which dead letters.
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+}
+
+/// Options of `dlq show`.
+#[derive(Debug, Args)]
+pub struct DlqShowArgs {
+    /// The dead-letter topic.
+    #[arg(long)]
+    pub topic: String,
+    /// Partition of the dead-letter topic.
+    #[arg(long, default_value_t = 0)]
+    pub partition: i32,
+    /// Offset of the dead letter.
+    #[arg(long)]
+    pub offset: i64,
+    /// Print the body too (UTF-8 text as is, other bytes as a hex dump).
+    #[arg(long)]
+    pub body: bool,
+    /// Print JSON (the body, with --body, base64-encoded).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `dlq redrive`.
+#[derive(Debug, Args)]
+pub struct DlqRedriveArgs {
+    /// Which dead letters.
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    /// Only the dead letter at this offset (of --partition, default 0).
+    #[arg(long)]
+    pub offset: Option<i64>,
+    /// Produce the messages. Without it nothing is sent.
+    #[arg(long)]
+    pub execute: bool,
+    /// Print what would be sent and send nothing (the default).
+    #[arg(long, conflicts_with = "execute")]
+    pub dry_run: bool,
 }
 
 /// Options of `terminate`.
@@ -173,6 +306,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => {
             let config = Config::load(cli.config.as_deref())?;
             runtime()?.block_on(replay(config, args))?;
+        }
+        Command::Status(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            runtime()?.block_on(ops::status(config, args))?;
+        }
+        Command::Dlq(command) => {
+            let config = Config::load(cli.config.as_deref())?;
+            runtime()?.block_on(ops::dlq(config, command))?;
         }
         Command::Selector(command) => return selector(&command),
         Command::Migrate => {
@@ -279,53 +420,79 @@ fn parse_time(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 
 async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
     use event_manager::replay::{self, ReplayTarget};
-    let target = match (args.to_offset, args.to_earliest, &args.to_time) {
-        (Some(o), _, _) if o < 0 => anyhow::bail!("--to-offset must be 0 or more"),
-        (Some(o), _, _) => ReplayTarget::Offset(o),
-        (_, true, _) => ReplayTarget::Earliest,
-        (_, _, Some(t)) => ReplayTarget::Time(parse_time(t)?),
-        _ => anyhow::bail!("one of --to-offset, --to-earliest or --to-time is required"),
+    let target = match (
+        args.to_offset,
+        args.to_earliest,
+        args.to_latest,
+        &args.to_time,
+        args.shift_by,
+        args.by_duration,
+    ) {
+        (Some(o), ..) if o < 0 => anyhow::bail!("--to-offset must be 0 or more"),
+        (Some(o), ..) => ReplayTarget::Offset(o),
+        (_, true, ..) => ReplayTarget::Earliest,
+        (_, _, true, ..) => ReplayTarget::Latest,
+        (_, _, _, Some(t), ..) => ReplayTarget::Time(parse_time(t)?),
+        (.., Some(n), _) => ReplayTarget::ShiftBy(n),
+        (.., Some(d)) => ReplayTarget::Time(
+            chrono::Utc::now()
+                - chrono::Duration::from_std(d)
+                    .map_err(|_| anyhow::anyhow!("--by-duration is too long"))?,
+        ),
+        _ => anyhow::bail!(
+            "one of --to-offset, --to-earliest, --to-latest, --to-time, --shift-by or --by-duration is required"
+        ),
     };
     let group = args.group.unwrap_or_else(|| config.kafka.group_id.clone());
     let store = event_manager::store::EventStore::connect(&config.database)?;
-    let plans = replay::plan(
-        &config,
+    let topics = if args.all_topics {
+        replay::stored_topics(&store, &group).await?
+    } else {
+        args.topics.clone()
+    };
+    let plans = replay::plan_topics(
+        &config.kafka,
         &store,
         &group,
-        &args.topic,
+        &topics,
         &args.partitions,
         target,
     )
     .await?;
-    println!("group {group}, topic {}:", args.topic);
-    println!(
-        "{:>9} {:>12} {:>12} {:>12} {:>12}",
-        "partition", "earliest", "latest", "stored", "replay from"
-    );
-    for p in &plans {
-        let stored = p.stored.map_or_else(|| "-".to_owned(), |s| s.to_string());
+    if args.json {
         println!(
-            "{:>9} {:>12} {:>12} {:>12} {:>12}",
-            p.partition, p.low, p.high, stored, p.target
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "group": group,
+                "executed": args.execute,
+                "partitions": plans,
+            }))?
         );
+    } else {
+        print!("{}", ops::replay_plan_table(&group, &plans));
+        if plans
+            .iter()
+            .any(|p| p.time_lookup == Some(replay::TimeLookup::Search))
+        {
+            println!(
+                "note: this broker does not look up offsets by time (ListOffsets by timestamp; \
+                 librdkafka's MockCluster behind `demo` and `dev-broker` cannot): the new offsets \
+                 were found by reading message timestamps, assuming they do not decrease"
+            );
+        }
     }
-    if plans
-        .iter()
-        .any(|p| p.time_lookup == Some(replay::TimeLookup::Search))
-    {
-        println!("the broker cannot look up offsets by time: found by reading message timestamps");
-    }
-    if args.dry_run {
-        println!("dry run: nothing changed");
+    if !args.execute {
+        if !args.json {
+            println!("dry run: nothing changed (add --execute to move the stored positions)");
+        }
         return Ok(());
     }
-    replay::apply(&store, &group, &args.topic, &plans).await?;
-    println!("stored positions moved; running consumers follow within seconds");
+    replay::apply(&store, &group, &plans).await?;
+    if !args.json {
+        println!("stored positions moved; running consumers follow within seconds");
+    }
     if args.wait {
-        let total: u64 = plans
-            .iter()
-            .map(|p| (p.high - p.target).max(0) as u64)
-            .sum();
+        let total: u64 = plans.iter().map(|p| p.lag_after() as u64).sum();
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -335,7 +502,7 @@ async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
         );
         let keys: Vec<(String, i32)> = plans
             .iter()
-            .map(|p| (args.topic.clone(), p.partition))
+            .map(|p| (p.topic.clone(), p.partition))
             .collect();
         let shutdown = event_manager::shutdown::on_signal();
         loop {
@@ -344,7 +511,7 @@ async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|p| {
                     let at = stored
-                        .get(&(args.topic.clone(), p.partition))
+                        .get(&(p.topic.clone(), p.partition))
                         .copied()
                         .unwrap_or(p.target);
                     (at.min(p.high) - p.target).max(0) as u64

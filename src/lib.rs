@@ -18,6 +18,7 @@ pub mod health;
 pub mod kafka;
 pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod pipeline;
 pub mod replay;
 mod secret;

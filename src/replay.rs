@@ -1,5 +1,6 @@
-//! `event-manager replay`: move a consumer group's stored positions (the truth in PostgreSQL) back
-//! to chosen offsets, the earliest retained offsets, or the first message at or after a time.
+//! `event-manager replay`: move a consumer group's stored positions (the truth in PostgreSQL) to
+//! chosen offsets, the earliest retained or the latest offsets, a shift from where they are, or
+//! the first message at or after a time; planned first, written only when asked.
 //!
 //! Running consumers notice on their next batch (their offset fence fails, they re-read the
 //! position and seek) or, when idle, at their periodic position check; stopped consumers start
@@ -7,15 +8,17 @@
 //! EventDB keeps each change once. To rebuild an EventDB, start from an empty database and replay
 //! from the earliest offsets.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::Serialize;
 
-use crate::config::Config;
-use crate::kafka::{self, Role};
+use crate::kafka::{self, ConnectionReporter, KafkaConfig, Role};
+use crate::ops::{kafka_error, partitions_of, OpsError, KAFKA_TIMEOUT};
 use crate::store::{EventStore, StoreError};
 
 /// Where to replay from.
@@ -25,6 +28,11 @@ pub enum ReplayTarget {
     Offset(i64),
     /// The earliest offset the broker retains.
     Earliest,
+    /// The log end: skip everything not read yet.
+    Latest,
+    /// The stored position moved by this many offsets (negative: back), clamped to what the
+    /// broker retains; from the log start where nothing is stored.
+    ShiftBy(i64),
     /// The first message whose timestamp is at or after this time.
     Time(DateTime<Utc>),
 }
@@ -33,9 +41,9 @@ pub enum ReplayTarget {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplayError {
-    /// Kafka could not be asked.
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Kafka could not be asked, or does not know the topic or partition.
+    #[error(transparent)]
+    Kafka(#[from] OpsError),
     /// The EventDB could not be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -44,9 +52,17 @@ pub enum ReplayError {
     Invalid(String),
 }
 
+impl From<rdkafka::error::KafkaError> for ReplayError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        ReplayError::Kafka(OpsError::Kafka(e))
+    }
+}
+
 /// The plan for one partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartitionPlan {
+    /// Topic.
+    pub topic: String,
     /// Partition.
     pub partition: i32,
     /// Earliest retained offset.
@@ -62,8 +78,16 @@ pub struct PartitionPlan {
     pub time_lookup: Option<TimeLookup>,
 }
 
+impl PartitionPlan {
+    /// Messages to read from the new position to the log end.
+    pub fn lag_after(&self) -> i64 {
+        (self.high - self.target).max(0)
+    }
+}
+
 /// How the offset of a time was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum TimeLookup {
     /// The broker answered (ListOffsets by timestamp, `offsets_for_times`).
@@ -73,95 +97,185 @@ pub enum TimeLookup {
     Search,
 }
 
+/// The topics `group_id` has stored positions for (`--all-topics`).
+pub async fn stored_topics(store: &EventStore, group_id: &str) -> Result<Vec<String>, ReplayError> {
+    let topics: BTreeSet<String> = store
+        .group_offsets(group_id)
+        .await?
+        .into_iter()
+        .map(|o| o.topic)
+        .collect();
+    if topics.is_empty() {
+        return Err(ReplayError::Kafka(OpsError::UnknownGroup {
+            group: group_id.to_owned(),
+            known: store.offset_groups().await?,
+        }));
+    }
+    Ok(topics.into_iter().collect())
+}
+
+/// Computes where each partition of each topic would start (every partition of a topic when
+/// `partitions` is empty, else those, which every topic must have).
+pub async fn plan_topics(
+    kafka: &KafkaConfig,
+    store: &EventStore,
+    group_id: &str,
+    topics: &[String],
+    partitions: &[i32],
+    target: ReplayTarget,
+) -> Result<Vec<PartitionPlan>, ReplayError> {
+    let mut plans = Vec::new();
+    for topic in topics {
+        plans.extend(plan(kafka, store, group_id, topic, partitions, target).await?);
+    }
+    Ok(plans)
+}
+
+/// A partition as the broker describes it, and the offset of a time target.
+struct Found {
+    partition: i32,
+    low: i64,
+    high: i64,
+    time: Option<(i64, Option<TimeLookup>)>,
+}
+
 /// Computes where each partition would start.
 pub async fn plan(
-    config: &Config,
+    kafka: &KafkaConfig,
     store: &EventStore,
     group_id: &str,
     topic: &str,
     partitions: &[i32],
     target: ReplayTarget,
 ) -> Result<Vec<PartitionPlan>, ReplayError> {
-    let consumer = kafka::probe_consumer(
-        &config.kafka,
-        Role::ReplayProbe { group_id },
-        &kafka::ConnectionReporter::new(&config.kafka),
-    )?;
-    let topic_owned = topic.to_owned();
-    let chosen = partitions.to_vec();
-    let (consumer, mut plans) = tokio::task::spawn_blocking(move || {
-        let metadata = consumer.fetch_metadata(Some(&topic_owned), Duration::from_secs(10))?;
-        let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic_owned) else {
+    if let ReplayTarget::Time(t) = target {
+        if t > Utc::now() {
             return Err(ReplayError::Invalid(format!(
-                "topic `{topic_owned}` does not exist"
-            )));
-        };
-        if meta.error().is_some() || meta.partitions().is_empty() {
-            return Err(ReplayError::Invalid(format!(
-                "topic `{topic_owned}` does not exist"
+                "{} is in the future: no message is that new",
+                t.to_rfc3339()
             )));
         }
-        let all: Vec<i32> = meta.partitions().iter().map(|p| p.id()).collect();
+    }
+    let reporter = ConnectionReporter::new(kafka);
+    let consumer = kafka::probe_consumer(kafka, Role::ReplayProbe { group_id }, &reporter)?;
+    let topic_owned = topic.to_owned();
+    let chosen = partitions.to_vec();
+    let bootstrap = kafka.bootstrap_servers.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let all = partitions_of(&consumer, &topic_owned, &bootstrap, &reporter)?;
         let selected = if chosen.is_empty() {
             all.clone()
         } else {
             chosen
         };
-        let mut plans = Vec::new();
+        let mut found = Vec::new();
         for p in selected {
             if !all.contains(&p) {
-                return Err(ReplayError::Invalid(format!(
-                    "topic `{topic_owned}` has no partition {p} (it has {})",
-                    all.len()
-                )));
+                return Err(ReplayError::Kafka(OpsError::UnknownPartition {
+                    topic: topic_owned.clone(),
+                    partition: p,
+                    count: all.len(),
+                }));
             }
-            let (low, high) =
-                consumer.fetch_watermarks(&topic_owned, p, Duration::from_secs(10))?;
-            let (target, time_lookup) = match target {
-                ReplayTarget::Offset(o) => (o.clamp(low, high), None),
-                ReplayTarget::Earliest => (low, None),
+            let (low, high) = consumer
+                .fetch_watermarks(&topic_owned, p, KAFKA_TIMEOUT)
+                .map_err(|e| kafka_error(e, &bootstrap, &reporter))?;
+            let time = match target {
                 ReplayTarget::Time(t) => {
-                    offset_for_time(&consumer, &topic_owned, p, low, high, t.timestamp_millis())?
+                    Some(offset_for_time(&consumer, &topic_owned, p, low, high, t)?)
                 }
+                _ => None,
             };
-            plans.push(PartitionPlan {
+            found.push(Found {
                 partition: p,
                 low,
                 high,
-                stored: None,
-                target,
-                time_lookup,
+                time,
             });
         }
-        Ok((consumer, plans))
+        Ok(found)
     })
     .await
     .map_err(|e| ReplayError::Invalid(format!("replay planning failed: {e}")))??;
-    drop(consumer);
-    let keys: Vec<(String, i32)> = plans
+    let keys: Vec<(String, i32)> = found
         .iter()
-        .map(|p| (topic.to_owned(), p.partition))
+        .map(|f| (topic.to_owned(), f.partition))
         .collect();
     let stored = store.load_offsets(group_id, &keys).await?;
-    for p in &mut plans {
-        p.stored = stored.get(&(topic.to_owned(), p.partition)).copied();
-    }
-    Ok(plans)
+    Ok(found
+        .into_iter()
+        .map(|f| {
+            let current = stored.get(&(topic.to_owned(), f.partition)).copied();
+            let (target, time_lookup) = match (target, f.time) {
+                (_, Some(time)) => time,
+                (ReplayTarget::Offset(o), _) => (o.clamp(f.low, f.high), None),
+                (ReplayTarget::Earliest, _) => (f.low, None),
+                (ReplayTarget::Latest, _) => (f.high, None),
+                (ReplayTarget::ShiftBy(n), _) => (
+                    current
+                        .unwrap_or(f.low)
+                        .saturating_add(n)
+                        .clamp(f.low, f.high),
+                    None,
+                ),
+                (ReplayTarget::Time(_), None) => (f.high, None),
+            };
+            PartitionPlan {
+                topic: topic.to_owned(),
+                partition: f.partition,
+                low: f.low,
+                high: f.high,
+                stored: current,
+                target,
+                time_lookup,
+            }
+        })
+        .collect())
 }
 
 /// Writes the planned positions.
 pub async fn apply(
     store: &EventStore,
     group_id: &str,
-    topic: &str,
     plans: &[PartitionPlan],
 ) -> Result<(), ReplayError> {
     let positions: Vec<(String, i32, i64)> = plans
         .iter()
-        .map(|p| (topic.to_owned(), p.partition, p.target))
+        .map(|p| (p.topic.clone(), p.partition, p.target))
         .collect();
     store.set_offsets(group_id, &positions).await?;
     Ok(())
+}
+
+/// The first offset in `[low, high)` whose message timestamp is at or after `time`, else
+/// `high`, and how it was found ([`find_offset_for_time`]). A time older than the oldest
+/// retained message of a partition whose log no longer starts at 0 is outside the log:
+/// messages from that time were deleted by retention, so the replay could not start there.
+fn offset_for_time(
+    consumer: &kafka::ProbeConsumer,
+    topic: &str,
+    partition: i32,
+    low: i64,
+    high: i64,
+    time: DateTime<Utc>,
+) -> Result<(i64, Option<TimeLookup>), ReplayError> {
+    let ts_ms = time.timestamp_millis();
+    let found = find_offset_for_time(consumer, topic, partition, low, high, ts_ms)?;
+    if found.0 == low && low > 0 {
+        if let Some((_, oldest)) = read_at(consumer, topic, partition, low)? {
+            if oldest > ts_ms {
+                let oldest = DateTime::from_timestamp_millis(oldest)
+                    .map_or_else(|| oldest.to_string(), |t| t.to_rfc3339());
+                return Err(ReplayError::Invalid(format!(
+                    "{} is outside the log of {topic}/{partition}: its oldest retained message \
+                     (offset {low}) is from {oldest}, and older ones were deleted by retention \
+                     (replay --to-earliest reads what is retained)",
+                    time.to_rfc3339()
+                )));
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The first offset in `[low, high)` whose message timestamp is at or after `ts_ms`, else `high`,
@@ -170,7 +284,7 @@ pub async fn apply(
 /// answer by time (librdkafka's MockCluster behind `dev-broker` and `demo` answers an error, or
 /// an offset outside the partition) is searched instead by reading message timestamps (binary
 /// search; Kafka timestamps are assumed non-decreasing).
-fn offset_for_time(
+fn find_offset_for_time(
     consumer: &kafka::ProbeConsumer,
     topic: &str,
     partition: i32,
@@ -183,7 +297,7 @@ fn offset_for_time(
     }
     let mut query = TopicPartitionList::new();
     query.add_partition_offset(topic, partition, Offset::Offset(ts_ms))?;
-    if let Ok(answer) = consumer.offsets_for_times(query, Duration::from_secs(10)) {
+    if let Ok(answer) = consumer.offsets_for_times(query, KAFKA_TIMEOUT) {
         if let Some(entry) = answer.find_partition(topic, partition) {
             if entry.error().is_ok() {
                 match entry.offset() {

@@ -1,7 +1,8 @@
 //! The one place that makes Kafka clients. Every client the binary creates — the pipeline's
-//! consumer and dead-letter producer, the webhook bridges' producer, `replay`'s probe and the
-//! demo's feed — gets its `rdkafka::ClientConfig` from [`client_config`], so that the security
-//! settings (`kafka.security_protocol`, `kafka.sasl.*`, `kafka.tls.*`, see [`security`]) and
+//! consumer and dead-letter producer, the webhook bridges' producer, `replay`'s probe, the
+//! demo's feed, `status`'s group probe, `dlq`'s reader and its redrive producer — gets its
+//! `rdkafka::ClientConfig` from [`client_config`], so that the security settings
+//! (`kafka.security_protocol`, `kafka.sasl.*`, `kafka.tls.*`, see [`security`]) and
 //! `kafka.properties` reach each of them, and the settings exactly-once relies on cannot be
 //! overridden by any. Their connection errors are logged once per cause ([`connection`]).
 
@@ -69,6 +70,17 @@ pub enum Role<'a> {
     },
     /// The demo's producer of sample messages.
     DemoFeed,
+    /// `status`'s reader of a group's offsets committed to Kafka: `group.id` is the group's,
+    /// but it never subscribes (so it never joins the group) and never commits.
+    GroupProbe {
+        /// The group whose committed offsets are read.
+        group_id: &'a str,
+    },
+    /// `dlq`'s reader of dead-letter topics, by assignment; commits nothing.
+    DeadLetterReader,
+    /// `dlq redrive`'s producer of dead letters back to their source topics: idempotent,
+    /// `acks=all`.
+    Redrive,
 }
 
 impl Role<'_> {
@@ -80,6 +92,9 @@ impl Role<'_> {
             Role::WebhookProducer { .. } => "webhooks",
             Role::ReplayProbe { .. } => "replay",
             Role::DemoFeed => "demo-feed",
+            Role::GroupProbe { .. } => "status",
+            Role::DeadLetterReader => "dlq-reader",
+            Role::Redrive => "redrive",
         }
     }
 }
@@ -175,6 +190,22 @@ pub fn client_config(kafka: &KafkaConfig, role: Role<'_>) -> Result<ClientConfig
         Role::DemoFeed => {
             cc.set("enable.idempotence", "true").set("linger.ms", "5");
         }
+        Role::GroupProbe { group_id } => {
+            cc.set("group.id", group_id)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false");
+        }
+        Role::DeadLetterReader => {
+            cc.set("group.id", format!("{}-dlq-reader", kafka.client_id))
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "true");
+        }
+        Role::Redrive => {
+            cc.set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("message.timeout.ms", "30000");
+        }
     }
     Ok(cc)
 }
@@ -183,7 +214,7 @@ pub fn client_config(kafka: &KafkaConfig, role: Role<'_>) -> Result<ClientConfig
 mod tests {
     use super::*;
 
-    fn roles() -> [Role<'static>; 5] {
+    fn roles() -> [Role<'static>; 8] {
         [
             Role::Consumer,
             Role::DeadLetterProducer,
@@ -192,6 +223,9 @@ mod tests {
             },
             Role::ReplayProbe { group_id: "g" },
             Role::DemoFeed,
+            Role::GroupProbe { group_id: "g" },
+            Role::DeadLetterReader,
+            Role::Redrive,
         ]
     }
 
@@ -286,5 +320,11 @@ mod tests {
         let probe = client_config(&kafka, Role::ReplayProbe { group_id: "g" }).unwrap();
         assert_eq!(probe.get("group.id"), Some("g-replay-probe"));
         assert_eq!(probe.get("enable.auto.commit"), Some("false"));
+        let status = client_config(&kafka, Role::GroupProbe { group_id: "g" }).unwrap();
+        assert_eq!(status.get("group.id"), Some("g"));
+        assert_eq!(status.get("enable.auto.commit"), Some("false"));
+        let redrive = client_config(&kafka, Role::Redrive).unwrap();
+        assert_eq!(redrive.get("acks"), Some("all"));
+        assert_eq!(redrive.get("enable.idempotence"), Some("true"));
     }
 }

@@ -5,6 +5,7 @@ pub mod attribute_indexes;
 mod config;
 pub mod event_queries;
 mod local_server;
+mod offsets_report;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use crate::model::SourceRef;
 
 pub use config::DatabaseConfig;
 pub use local_server::{LocalPostgres, LocalPostgresError, ServerTls};
+pub use offsets_report::{LastEvent, StoredOffset};
 
 mod embedded {
     refinery::embed_migrations!("sql");

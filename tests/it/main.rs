@@ -8,6 +8,7 @@ mod cli;
 mod fhir_lookup;
 mod formats;
 mod hardening;
+mod ops_cli;
 mod pipeline;
 mod processes;
 mod real_kafka;

@@ -43,7 +43,7 @@ async fn replay_from_the_earliest_offsets_rebuilds_an_emptied_eventdb() {
         .await
         .unwrap();
     let plans = replay::plan(
-        &config,
+        &config.kafka,
         &s.db.store,
         &s.group,
         &s.topic,
@@ -56,9 +56,7 @@ async fn replay_from_the_earliest_offsets_rebuilds_an_emptied_eventdb() {
     assert!(plans
         .iter()
         .all(|p| p.target == 0 && p.stored == Some(p.high)));
-    replay::apply(&s.db.store, &s.group, &s.topic, &plans)
-        .await
-        .unwrap();
+    replay::apply(&s.db.store, &s.group, &plans).await.unwrap();
 
     // The idle consumer follows the moved positions and rebuilds exactly the same rows.
     wait_for(Duration::from_secs(60), || async {
@@ -109,7 +107,7 @@ async fn replay_by_time_finds_the_first_message_at_or_after_it(s: Setup, how: Ti
         ReplayTarget::Time(Utc.timestamp_millis_opt(base + minutes * 60_000).unwrap())
     };
     for (minutes, expected) in [(0, 0), (17, 17), (49, 49), (-5, 0), (100, 50)] {
-        let plans = replay::plan(&config, &s.db.store, "g", &s.topic, &[2], at(minutes))
+        let plans = replay::plan(&config.kafka, &s.db.store, "g", &s.topic, &[2], at(minutes))
             .await
             .unwrap();
         assert_eq!(plans.len(), 1);
@@ -132,14 +130,14 @@ async fn replay_by_time_finds_the_first_message_at_or_after_it(s: Setup, how: Ti
         Utc.timestamp_millis_opt(base + 17 * 60_000 + 30_000)
             .unwrap(),
     );
-    let plans = replay::plan(&config, &s.db.store, "g", &s.topic, &[2], t)
+    let plans = replay::plan(&config.kafka, &s.db.store, "g", &s.topic, &[2], t)
         .await
         .unwrap();
     assert_eq!(plans[0].target, 18);
     assert_eq!(plans[0].time_lookup, Some(how));
 
     let err = replay::plan(
-        &config,
+        &config.kafka,
         &s.db.store,
         "g",
         &s.topic,
@@ -150,7 +148,7 @@ async fn replay_by_time_finds_the_first_message_at_or_after_it(s: Setup, how: Ti
     .unwrap_err();
     assert!(err.to_string().contains("no partition 9"), "{err}");
     let plans = replay::plan(
-        &config,
+        &config.kafka,
         &s.db.store,
         "g",
         &s.topic,
@@ -174,7 +172,17 @@ async fn replay_applies_kafka_properties() {
     let plan = |config: event_manager::config::Config| {
         let store = s.db.store.clone();
         let (group, topic) = (s.group.clone(), s.topic.clone());
-        async move { replay::plan(&config, &store, &group, &topic, &[], ReplayTarget::Earliest).await }
+        async move {
+            replay::plan(
+                &config.kafka,
+                &store,
+                &group,
+                &topic,
+                &[],
+                ReplayTarget::Earliest,
+            )
+            .await
+        }
     };
     assert!(plan(config.clone()).await.is_ok());
     config
