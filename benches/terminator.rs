@@ -11,8 +11,8 @@
 //! the last 29 days; UUID v7 ids matching `inserted_at`, as ingestion writes them), VACUUM
 //! ANALYZE; ingestion alone for `BENCH_BASELINE_SECS`; one terminator run (age rule 30 days,
 //! count rule off) with ingestion still running; ingestion alone again. Ingestion is
-//! `BENCH_WRITERS` tasks, each committing transactions of 500 events with the INSERT … UNNEST …
-//! ON CONFLICT statement of `EventStore::apply_batch`. The drop is measured against the mean of
+//! `BENCH_WRITERS` tasks, each committing transactions of 500 events through
+//! `EventStore::apply_batch`. The drop is measured against the mean of
 //! the two baselines, which absorbs some of the noise of a shared machine.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use event_manager::config::DatabaseConfig;
+use event_manager::detect::DetectedEvent;
 use event_manager::metrics::TerminatorMetrics;
-use event_manager::store::{EventStore, LocalPostgres};
+use event_manager::model::SourceRef;
+use event_manager::store::{BatchChanges, EventStore, LocalPostgres, NewEvent};
 use event_manager::terminator::{Terminator, TerminatorConfig};
 use futures::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -136,59 +138,44 @@ async fn seed(client: &mut tokio_postgres::Client, rows: u64) -> anyhow::Result<
     Ok(())
 }
 
-/// One writer: transactions of `INGEST_BATCH` events, the statement shape of `insert_events`.
+/// One writer: transactions of `INGEST_BATCH` events, written as ingestion writes them
+/// (`EventStore::apply_batch`, without fences or entity state).
 async fn ingest(
-    client: tokio_postgres::Client,
+    store: EventStore,
     writer: i32,
     inserted: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let stmt = client
-        .prepare(
-            "INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
-                                 changed_by, source_topic, source_partition, source_offset, source_seq) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], \
-                                  $6::timestamptz[], $7::text[], $8::text[], $9::int[], $10::bigint[], $11::int[]) \
-             ON CONFLICT ON CONSTRAINT events_source_unique DO NOTHING",
-        )
-        .await?;
     let topic = format!("ingest-{writer}");
     let mut offset: i64 = 0;
     while !stop.load(Ordering::Relaxed) {
-        let n = INGEST_BATCH;
-        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
-        let event_types = vec!["StatusChangeEvent"; n];
-        let entity_types = vec!["Declaration"; n];
-        let entity_ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
-        let props: Vec<serde_json::Value> = (0..n as u64).map(properties).collect();
-        let times = vec![Utc::now(); n];
-        let changed_by = vec![Some("e1453f4c-1077-4e85-8c98-c13ffca0063e"); n];
-        let topics = vec![topic.as_str(); n];
-        let partitions = vec![writer; n];
-        let offsets: Vec<i64> = (offset..offset + n as i64).collect();
-        let seqs = vec![0i32; n];
-        offset += n as i64;
-        client.batch_execute("BEGIN").await?;
-        let rows = client
-            .execute(
-                &stmt,
-                &[
-                    &ids,
-                    &event_types,
-                    &entity_types,
-                    &entity_ids,
-                    &props,
-                    &times,
-                    &changed_by,
-                    &topics,
-                    &partitions,
-                    &offsets,
-                    &seqs,
-                ],
-            )
+        let now = Utc::now();
+        let events = (0..INGEST_BATCH as u64)
+            .map(|i| NewEvent {
+                event: DetectedEvent {
+                    event_type: "StatusChangeEvent".to_owned(),
+                    entity_type: "Declaration".to_owned(),
+                    entity_id: Uuid::now_v7().to_string(),
+                    properties: properties(i),
+                    event_time: now,
+                    changed_by: Some("e1453f4c-1077-4e85-8c98-c13ffca0063e".to_owned()),
+                },
+                source: SourceRef {
+                    topic: topic.clone(),
+                    partition: writer,
+                    offset: offset + i as i64,
+                },
+                seq: 0,
+            })
+            .collect();
+        offset += INGEST_BATCH as i64;
+        let report = store
+            .apply_batch("bench", &[], &[], |_| BatchChanges {
+                events,
+                states: Vec::new(),
+            })
             .await?;
-        client.batch_execute("COMMIT").await?;
-        inserted.fetch_add(rows, Ordering::Relaxed);
+        inserted.fetch_add(report.events_inserted, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -250,9 +237,8 @@ async fn main() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let client = connect(&url).await?;
         tasks.push(tokio::spawn(ingest(
-            client,
+            store.clone(),
             w,
             inserted.clone(),
             stop.clone(),

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::Authenticator;
+use crate::api::console::{self, ConsoleState};
 use crate::api::webhooks::{self, Bridges};
 use crate::api::{self, ApiState};
 use crate::config::{load_topic_rules, Config, ConfigError};
@@ -20,7 +21,7 @@ use crate::metrics::{
 };
 use crate::pipeline::{self, PipelineError, RuleSet};
 use crate::store::{EventStore, RetryPolicy, StoreError};
-use crate::terminator::{ScheduleError, Terminator, TerminatorSchedule};
+use crate::terminator::{LastRun, ScheduleError, Terminator, TerminatorSchedule};
 
 /// Why the application could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,8 @@ pub struct App {
     pub db_pool_metrics: DbPoolMetrics,
     /// Bearer-token verification for the events API.
     pub auth: Arc<Authenticator>,
+    /// The last run of this process's terminator, which the console shows.
+    pub terminator_runs: LastRun,
 }
 
 impl App {
@@ -119,6 +122,7 @@ impl App {
             http_metrics,
             db_pool_metrics,
             auth,
+            terminator_runs: LastRun::default(),
         })
     }
 
@@ -132,7 +136,11 @@ impl App {
                     for m in applied {
                         tracing::info!(migration = %m, "migration applied");
                     }
-                    pipeline::database_reachable(&self.readiness, &self.pipeline_metrics, true);
+                    pipeline::Instruments::new(
+                        self.pipeline_metrics.clone(),
+                        self.readiness.clone(),
+                    )
+                    .emit(pipeline::DatabaseReachable);
                     return Ok(());
                 }
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() && attempt < 30 => {
@@ -192,7 +200,24 @@ impl App {
                 http_metrics: self.http_metrics.clone(),
                 db_pool_metrics: self.db_pool_metrics.clone(),
             },
-            webhooks::router(self.bridges.clone()),
+            webhooks::router(self.bridges.clone()).merge(console::router(self.console_state())),
+        )
+    }
+
+    /// What the operator console reads: this group's positions, the rules' dead-letter
+    /// topics, the terminator.
+    fn console_state(&self) -> ConsoleState {
+        ConsoleState::new(
+            self.store.clone(),
+            self.auth.clone(),
+            &self.config.kafka,
+            self.rules
+                .rules()
+                .iter()
+                .map(|r| r.rule.dead_letter_topic.clone())
+                .collect(),
+            self.config.terminator.clone(),
+            self.terminator_runs.clone(),
         )
     }
 
@@ -287,7 +312,8 @@ impl App {
             self.store.clone(),
             config.clone(),
             self.terminator_metrics.clone(),
-        );
+        )
+        .recording_to(self.terminator_runs.clone());
         let schedule = TerminatorSchedule::start(terminator, &config.schedule, shutdown.clone());
         Ok(Some(schedule.await?))
     }

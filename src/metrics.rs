@@ -1,6 +1,7 @@
 //! Prometheus metrics: one struct per subsystem, registered into a [`Registry`] that is passed in.
 //! All names carry the `event_manager_` prefix.
 
+use prometheus::core::Collector;
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
@@ -48,121 +49,127 @@ pub struct PipelineMetrics {
 impl PipelineMetrics {
     /// Creates and registers the metrics.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-                let c =
-                    IntCounterVec::new(Opts::new(format!("event_manager_{name}"), help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
-        let consumed = counter(
-            "messages_consumed_total",
-            "Messages read from Kafka.",
-            &["topic"],
-        )?;
-        let selected = counter(
-            "messages_selected_total",
-            "Messages accepted by the topic's selector.",
-            &["topic"],
-        )?;
-        let not_selected = counter(
-            "messages_not_selected_total",
-            "Messages the topic's selector did not accept.",
-            &["topic"],
-        )?;
-        let decode_errors = counter(
-            "decode_errors_total",
-            "Messages that could not be decoded.",
-            &["topic", "reason"],
-        )?;
-        let dead_letters = counter(
-            "dead_letters_total",
-            "Messages sent to a dead-letter topic.",
-            &["topic"],
-        )?;
-        let decode_notes = counter(
-            "decode_notes_total",
-            "Accepted messages worth noting (e.g. ignored event types).",
-            &["topic", "note"],
-        )?;
-        let observations = counter(
-            "observations_total",
-            "Attribute observations by change-detection outcome.",
-            &["outcome"],
-        )?;
-        let events_stored = counter(
-            "events_stored_total",
-            "Status-change events stored in the EventDB.",
-            &["entity_type"],
-        )?;
-        let batches = counter("batches_total", "Batches by result.", &["result"])?;
-        let status_lookups = counter(
-            "status_lookups_total",
-            "Status context events without a status, by FHIR look-up result.",
-            &["result"],
-        )?;
-        let batch_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "event_manager_batch_duration_seconds",
-                "Time to process and commit one batch.",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-        )?;
-        registry.register(Box::new(batch_duration.clone()))?;
-        let consumer_lag = IntGaugeVec::new(
-            Opts::new(
-                "event_manager_consumer_lag",
-                "Messages between the high watermark and the consumer position.",
-            ),
-            &["topic", "partition"],
-        )?;
-        registry.register(Box::new(consumer_lag.clone()))?;
-        let assigned_partitions = IntGauge::new(
-            "event_manager_assigned_partitions",
-            "Partitions assigned to this process.",
-        )?;
-        registry.register(Box::new(assigned_partitions.clone()))?;
-        let database_up = IntGauge::new(
-            "event_manager_database_up",
-            "1 while the EventDB accepts batches.",
-        )?;
-        registry.register(Box::new(database_up.clone()))?;
-        let redelivered = IntCounter::new(
-            "event_manager_messages_redelivered_total",
-            "Messages skipped because they were already stored.",
-        )?;
-        registry.register(Box::new(redelivered.clone()))?;
-        let retention_gap = counter(
-            "retention_gap_messages_total",
-            "Messages removed by retention before the group read them.",
-            &["topic", "partition"],
-        )?;
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            registered(registry, IntCounterVec::new(Opts::new(name, help), labels))
+        };
         Ok(Self {
-            consumed,
-            selected,
-            not_selected,
-            decode_errors,
-            dead_letters,
-            decode_notes,
-            observations,
-            events_stored,
-            batch_duration,
-            batches,
-            consumer_lag,
-            assigned_partitions,
-            database_up,
-            redelivered,
-            retention_gap,
-            status_lookups,
+            consumed: counter(
+                "event_manager_messages_consumed_total",
+                "Messages read from Kafka.",
+                &["topic"],
+            )?,
+            selected: counter(
+                "event_manager_messages_selected_total",
+                "Messages accepted by the topic's selector.",
+                &["topic"],
+            )?,
+            not_selected: counter(
+                "event_manager_messages_not_selected_total",
+                "Messages the topic's selector did not accept.",
+                &["topic"],
+            )?,
+            decode_errors: counter(
+                "event_manager_decode_errors_total",
+                "Messages that could not be decoded.",
+                &["topic", "reason"],
+            )?,
+            dead_letters: counter(
+                "event_manager_dead_letters_total",
+                "Messages sent to a dead-letter topic.",
+                &["topic"],
+            )?,
+            decode_notes: counter(
+                "event_manager_decode_notes_total",
+                "Accepted messages worth noting (e.g. ignored event types).",
+                &["topic", "note"],
+            )?,
+            observations: counter(
+                "event_manager_observations_total",
+                "Attribute observations by change-detection outcome.",
+                &["outcome"],
+            )?,
+            events_stored: counter(
+                "event_manager_events_stored_total",
+                "Status-change events stored in the EventDB.",
+                &["entity_type"],
+            )?,
+            batches: counter(
+                "event_manager_batches_total",
+                "Batches by result.",
+                &["result"],
+            )?,
+            status_lookups: counter(
+                "event_manager_status_lookups_total",
+                "Status context events without a status, by FHIR look-up result.",
+                &["result"],
+            )?,
+            batch_duration: registered(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "event_manager_batch_duration_seconds",
+                        "Time to process and commit one batch.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                ),
+            )?,
+            consumer_lag: registered(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "event_manager_consumer_lag",
+                        "Messages between the high watermark and the consumer position.",
+                    ),
+                    &["topic", "partition"],
+                ),
+            )?,
+            assigned_partitions: registered(
+                registry,
+                IntGauge::new(
+                    "event_manager_assigned_partitions",
+                    "Partitions assigned to this process.",
+                ),
+            )?,
+            database_up: registered(
+                registry,
+                IntGauge::new(
+                    "event_manager_database_up",
+                    "1 while the EventDB accepts batches.",
+                ),
+            )?,
+            redelivered: registered(
+                registry,
+                IntCounter::new(
+                    "event_manager_messages_redelivered_total",
+                    "Messages skipped because they were already stored.",
+                ),
+            )?,
+            retention_gap: counter(
+                "event_manager_retention_gap_messages_total",
+                "Messages removed by retention before the group read them.",
+                &["topic", "partition"],
+            )?,
         })
     }
 }
 
+/// Buckets of the batch and webhook produce durations, seconds.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Registers a newly made metric and hands it back.
+fn registered<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> prometheus::Result<M> {
+    let metric = metric?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
 /// The sum of a counter over all its label values (for summaries and benchmarks).
 pub fn counter_total(counter: &IntCounterVec) -> u64 {
-    use prometheus::core::Collector;
     counter
         .collect()
         .iter()
@@ -190,9 +197,10 @@ impl HttpMetrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
             &["route", "method", "status"],
-        )?;
-        registry.register(Box::new(request_duration.clone()))?;
-        Ok(Self { request_duration })
+        );
+        Ok(Self {
+            request_duration: registered(registry, request_duration)?,
+        })
     }
 }
 
@@ -214,48 +222,49 @@ pub struct TerminatorMetrics {
 impl TerminatorMetrics {
     /// Creates and registers the metrics.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let deleted = IntCounterVec::new(
-            Opts::new(
-                "event_manager_terminator_deleted_total",
-                "Rows deleted by the terminator, by reason (age, count, state).",
-            ),
-            &["reason"],
-        )?;
-        registry.register(Box::new(deleted.clone()))?;
-        let duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "event_manager_terminator_duration_seconds",
-                "Duration of terminator runs that took the lock.",
-            )
-            .buckets(vec![
-                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
-            ]),
-        )?;
-        registry.register(Box::new(duration.clone()))?;
-        let last_success = Gauge::new(
-            "event_manager_terminator_last_success_timestamp_seconds",
-            "Unix time of the last successful terminator run.",
-        )?;
-        registry.register(Box::new(last_success.clone()))?;
-        let last_failure = Gauge::new(
-            "event_manager_terminator_last_failure_timestamp_seconds",
-            "Unix time of the last failed terminator run.",
-        )?;
-        registry.register(Box::new(last_failure.clone()))?;
-        let runs = IntCounterVec::new(
-            Opts::new(
-                "event_manager_terminator_runs_total",
-                "Terminator runs by result (success, failure, skipped, interrupted).",
-            ),
-            &["result"],
-        )?;
-        registry.register(Box::new(runs.clone()))?;
+        let duration = HistogramOpts::new(
+            "event_manager_terminator_duration_seconds",
+            "Duration of terminator runs that took the lock.",
+        )
+        .buckets(vec![
+            0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+        ]);
         Ok(Self {
-            deleted,
-            duration,
-            last_success,
-            last_failure,
-            runs,
+            deleted: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "event_manager_terminator_deleted_total",
+                        "Rows deleted by the terminator, by reason (age, count, state).",
+                    ),
+                    &["reason"],
+                ),
+            )?,
+            duration: registered(registry, Histogram::with_opts(duration))?,
+            last_success: registered(
+                registry,
+                Gauge::new(
+                    "event_manager_terminator_last_success_timestamp_seconds",
+                    "Unix time of the last successful terminator run.",
+                ),
+            )?,
+            last_failure: registered(
+                registry,
+                Gauge::new(
+                    "event_manager_terminator_last_failure_timestamp_seconds",
+                    "Unix time of the last failed terminator run.",
+                ),
+            )?,
+            runs: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "event_manager_terminator_runs_total",
+                        "Terminator runs by result (success, failure, skipped, interrupted).",
+                    ),
+                    &["result"],
+                ),
+            )?,
         })
     }
 }
@@ -274,28 +283,26 @@ pub struct WebhookMetrics {
 impl WebhookMetrics {
     /// Creates and registers the metrics.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "event_manager_webhook_requests_total",
-                "Webhook bridge requests by bridge and result.",
-            ),
-            &["bridge", "result"],
-        )?;
-        registry.register(Box::new(requests.clone()))?;
-        let produce_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "event_manager_webhook_produce_duration_seconds",
-                "Time until the broker acknowledged a bridged message (or the produce failed).",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["bridge"],
-        )?;
-        registry.register(Box::new(produce_duration.clone()))?;
+        let produce_duration = HistogramOpts::new(
+            "event_manager_webhook_produce_duration_seconds",
+            "Time until the broker acknowledged a bridged message (or the produce failed).",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec());
         Ok(Self {
-            requests,
-            produce_duration,
+            requests: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "event_manager_webhook_requests_total",
+                        "Webhook bridge requests by bridge and result.",
+                    ),
+                    &["bridge", "result"],
+                ),
+            )?,
+            produce_duration: registered(
+                registry,
+                HistogramVec::new(produce_duration, &["bridge"]),
+            )?,
         })
     }
 }
@@ -317,9 +324,10 @@ impl DbPoolMetrics {
                 "EventDB pool connections by pool (ingest, api) and state (size, available, waiting).",
             ),
             &["pool", "state"],
-        )?;
-        registry.register(Box::new(connections.clone()))?;
-        Ok(Self { connections })
+        );
+        Ok(Self {
+            connections: registered(registry, connections)?,
+        })
     }
 
     /// Records the pool's current state.

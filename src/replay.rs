@@ -8,7 +8,7 @@
 //! EventDB keeps each change once. To rebuild an EventDB, start from an empty database and replay
 //! from the earliest offsets.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -156,6 +156,15 @@ pub async fn plan(
             )));
         }
     }
+    // Read before the log end, which only grows: a running group's position never appears
+    // past it.
+    let stored: HashMap<i32, i64> = store
+        .group_offsets(group_id)
+        .await?
+        .into_iter()
+        .filter(|o| o.topic == topic)
+        .map(|o| (o.partition, o.next_offset))
+        .collect();
     let reporter = ConnectionReporter::new(kafka);
     let consumer = kafka::probe_consumer(kafka, Role::ReplayProbe { group_id }, &reporter)?;
     let topic_owned = topic.to_owned();
@@ -197,15 +206,10 @@ pub async fn plan(
     })
     .await
     .map_err(|e| ReplayError::Invalid(format!("replay planning failed: {e}")))??;
-    let keys: Vec<(String, i32)> = found
-        .iter()
-        .map(|f| (topic.to_owned(), f.partition))
-        .collect();
-    let stored = store.load_offsets(group_id, &keys).await?;
     Ok(found
         .into_iter()
         .map(|f| {
-            let current = stored.get(&(topic.to_owned(), f.partition)).copied();
+            let current = stored.get(&f.partition).copied();
             let (target, time_lookup) = match (target, f.time) {
                 (_, Some(time)) => time,
                 (ReplayTarget::Offset(o), _) => (o.clamp(f.low, f.high), None),

@@ -63,6 +63,9 @@ pub enum ApiError {
     /// The EventDB cannot be reached (503).
     #[error("the event database is unavailable")]
     Unavailable,
+    /// Kafka cannot be reached or refused a request (503); the cause as its log line says it.
+    #[error("{0}")]
+    KafkaUnavailable(String),
     /// Anything else (500); details are logged, not returned.
     #[error("internal error")]
     Internal,
@@ -104,7 +107,9 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::KafkaUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -115,7 +120,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::InsufficientScope { .. } => "forbidden",
-            ApiError::Unavailable => "unavailable",
+            ApiError::Unavailable | ApiError::KafkaUnavailable(_) => "unavailable",
             ApiError::Internal => "internal",
         }
     }

@@ -1,8 +1,10 @@
 //! The HTTP server: the events API (bearer-token protected), the operations endpoints
-//! (`/healthz`, `/readyz`, `/metrics`) and the OpenAPI document (`/openapi.json`).
+//! (`/healthz`, `/readyz`, `/metrics`), the OpenAPI document (`/openapi.json`) and the
+//! operator console (`/console`, [`console`]).
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod openapi;

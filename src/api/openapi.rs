@@ -4,6 +4,10 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::config::ApiConfig;
+use super::console::dead_letters::{DeadLetterReport, DeadLetterView, ReasonCount};
+use super::console::facets::FacetList;
+use super::console::status::{PartitionView, StatusTotalView, StatusView};
+use super::console::terminator::{LastRunView, TerminatorStatus};
 use super::error::{ErrorBody, ErrorDetail, InvalidParameter};
 use super::events::{EventEnvelope, EventList, EventView, Paging};
 use super::{Health, ReadinessReport};
@@ -21,6 +25,10 @@ use super::{Health, ReadinessReport};
         super::healthz,
         super::readyz,
         super::metrics,
+        super::console::status::status,
+        super::console::dead_letters::dead_letters,
+        super::console::terminator::terminator,
+        super::console::facets::facets,
     ),
     components(schemas(
         EventView,
@@ -31,12 +39,22 @@ use super::{Health, ReadinessReport};
         ErrorDetail,
         InvalidParameter,
         Health,
-        ReadinessReport
+        ReadinessReport,
+        StatusView,
+        PartitionView,
+        StatusTotalView,
+        DeadLetterReport,
+        ReasonCount,
+        DeadLetterView,
+        TerminatorStatus,
+        LastRunView,
+        FacetList
     )),
     modifiers(&BearerJwt),
     tags(
         (name = "events", description = "The EventDB (bearer token with scope `event:read`)."),
-        (name = "operations", description = "Probes and metrics (no authentication).")
+        (name = "operations", description = "Probes and metrics (no authentication)."),
+        (name = "console", description = "What the operator console at `/console` shows besides the events: lag, dead letters, the terminator, filter suggestions (bearer token with scope `event:read`).")
     )
 )]
 pub struct ApiDoc;

@@ -92,6 +92,8 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         args.bind
     );
     println!("Demo token (scope event:read, valid 12h): {token}");
+    // The token rides in the fragment, which the browser never sends; the page removes it.
+    println!("Console: http://{}/console#token={token}", args.bind);
     println!(
         "Try: curl -H 'Authorization: Bearer {token}' 'http://{}/api/events?page_size=5'",
         args.bind

@@ -445,32 +445,20 @@ struct WireMessage<'a> {
 
 impl<'de: 'a, 'a> Deserialize<'de> for WireMessage<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
+        #[derive(Default, Deserialize)]
+        #[serde(rename_all = "camelCase", default, bound(deserialize = "'de: 'a"))]
         struct Body<'a> {
-            #[serde(borrow, default)]
             message_type: Option<Scalar<'a>>,
-            #[serde(borrow, default)]
             message_version: Option<Scalar<'a>>,
-            #[serde(borrow, default)]
             event_type: Option<Scalar<'a>>,
-            #[serde(borrow, default)]
             resource_reference: Option<Scalar<'a>>,
-            #[serde(borrow, default)]
             resource_version: Option<Scalar<'a>>,
-            #[serde(borrow, default)]
             context: Option<Scalar<'a>>,
-            #[serde(borrow, default)]
             resource_element: Option<Scalar<'a>>,
-            #[serde(borrow, default)]
             message_class: Option<Scalar<'a>>,
-            #[serde(borrow, default)]
             patient_reference: Option<Scalar<'a>>,
-            #[serde(borrow, default)]
             resource_profile: Option<Scalar<'a>>,
-            #[serde(borrow, default)]
             status: Option<Scalar<'a>>,
-            #[serde(borrow, default)]
             references: Option<Vec<Scalar<'a>>>,
         }
         let b = Body::deserialize(d)?;

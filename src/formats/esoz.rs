@@ -103,25 +103,20 @@ fn decode_json(bytes: &[u8]) -> Result<EsozEvent, DecodeError> {
     parse_typed::<WireEvent<'_>>(bytes)?.normalise()
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
 struct WireEvent<'a> {
-    #[serde(borrow, default)]
     event_type: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     entity_type: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     entity_id: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     properties: Option<BTreeMap<Cow<'a, str>, WireProperty<'a>>>,
-    #[serde(borrow, default)]
     event_time: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     changed_by: Option<Scalar<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
 struct WireProperty<'a> {
-    #[serde(borrow, default)]
     new_value: Option<Scalar<'a>>,
 }
 

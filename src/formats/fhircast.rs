@@ -31,10 +31,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use message_selector::OwnedValue;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::Deserializer;
 
-use super::wire::Scalar;
+use super::wire::{deserialize_lenient, FromJson, Scalar};
 use super::wire::{is_blank, parse_typed, receive_time, req_text, OptionTable};
 use super::{payload, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
 use super::{Decoder, Format};
@@ -130,39 +130,36 @@ impl SessionIds {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
 struct WireNotification<'a> {
-    #[serde(borrow, default)]
     timestamp: Text<'a>,
-    #[serde(borrow, default)]
     id: Text<'a>,
-    #[serde(borrow, default)]
     event: Option<WireEvent<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
 struct WireEvent<'a> {
-    #[serde(borrow, default, rename = "hub.topic")]
+    #[serde(rename = "hub.topic")]
     topic: Text<'a>,
-    #[serde(borrow, default, rename = "hub.event")]
+    #[serde(rename = "hub.event")]
     event: Text<'a>,
-    #[serde(borrow, default)]
     context: Option<Vec<WireContext<'a>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
 struct WireContext<'a> {
-    #[serde(borrow, default)]
     key: Text<'a>,
-    #[serde(borrow, default)]
     resource: Option<WireResource<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
 struct WireResource<'a> {
-    #[serde(borrow, default, rename = "resourceType")]
+    #[serde(rename = "resourceType")]
     resource_type: Text<'a>,
-    #[serde(borrow, default)]
     id: Text<'a>,
 }
 
@@ -188,54 +185,27 @@ impl<'a> Text<'a> {
     }
 }
 
+impl<'a> FromJson<'a> for Text<'a> {
+    fn text(s: Cow<'a, str>) -> Self {
+        Text::Str(s)
+    }
+    fn boolean(_: bool) -> Self {
+        Text::Other
+    }
+    fn number(_: &dyn fmt::Display) -> Self {
+        Text::Other
+    }
+    fn null() -> Self {
+        Text::Missing
+    }
+    fn container() -> Self {
+        Text::Other
+    }
+}
+
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Text::Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text::Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Text::Str(Cow::Owned(v)))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Text::Other)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Text::Other)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Text::Other)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Text::Other)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Text::Missing)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Text::Missing)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                Text::deserialize(d)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Text::Other)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Text::Other)
-            }
-        }
-        d.deserialize_any(V)
+        deserialize_lenient::<'de, Text<'de>, D>(d)
     }
 }
 

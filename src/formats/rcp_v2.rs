@@ -52,47 +52,38 @@ impl RcpV2Decoder {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
 struct WireEnvelope<'a> {
-    #[serde(borrow, default)]
     group: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     uid: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     date: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     resource: Option<Scalar<'a>>,
-    #[serde(borrow, default, rename = "type")]
+    #[serde(rename = "type")]
     kind: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     target: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     data: Option<WireData<'a>>,
-    #[serde(borrow, default)]
     metadata: Option<WireMetadata<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
 struct WireData<'a> {
-    #[serde(borrow, default)]
     status: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     updater_uid: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     user_uid: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     spec: Option<WireSpec<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
 struct WireSpec<'a> {
-    #[serde(borrow, default)]
     user_uid: Option<Scalar<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
 struct WireMetadata<'a> {
-    #[serde(borrow, default)]
     trace_id: Option<Scalar<'a>>,
 }
 

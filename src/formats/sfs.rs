@@ -77,35 +77,24 @@ impl SfsDecoder {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", default, bound(deserialize = "'de: 'a"))]
 struct WireEvent<'a> {
-    #[serde(borrow, default)]
     clinic_api_key: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     clinic_id: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     event_type: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     object: Option<WireObject<'a>>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", default, bound(deserialize = "'de: 'a"))]
 struct WireObject<'a> {
-    #[serde(borrow, default)]
     id: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     hospitalization_id: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     treatment_guid: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     status: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     removed: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     hospitalizations: Option<Vec<WireItem<'a>>>,
-    #[serde(borrow, default)]
     treatments: Option<Vec<WireItem<'a>>>,
 }
 
@@ -122,18 +111,13 @@ impl<'a> WireObject<'a> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", default, bound(deserialize = "'de: 'a"))]
 struct WireItem<'a> {
-    #[serde(borrow, default)]
     id: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     hospitalization_id: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     treatment_guid: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     status: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
     removed: Option<Scalar<'a>>,
 }
 

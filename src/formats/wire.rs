@@ -138,55 +138,95 @@ impl<'a> Scalar<'a> {
     }
 }
 
+impl<'a> FromJson<'a> for Scalar<'a> {
+    fn text(s: Cow<'a, str>) -> Self {
+        Scalar::Str(s)
+    }
+    fn boolean(b: bool) -> Self {
+        Scalar::Bool(b)
+    }
+    fn number(n: &dyn fmt::Display) -> Self {
+        Scalar::Number(n.to_string())
+    }
+    fn null() -> Self {
+        Scalar::Null
+    }
+    fn container() -> Self {
+        Scalar::Container
+    }
+}
+
 impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Scalar<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Owned(v)))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-                Ok(Scalar::Bool(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Scalar::Number(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Scalar::Number(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(Scalar::Number(v.to_string()))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                Scalar::deserialize(d)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Container)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Container)
-            }
-        }
-        d.deserialize_any(V)
+        deserialize_lenient::<'de, Scalar<'de>, D>(d)
     }
+}
+
+/// A lenient field type: what it keeps of each kind of JSON value. Containers are skipped
+/// without allocation, so a type error names the field rather than failing the parse.
+pub(crate) trait FromJson<'a>: Sized {
+    /// A string, borrowed from the input where it has no escapes.
+    fn text(s: Cow<'a, str>) -> Self;
+    /// `true` or `false`.
+    fn boolean(b: bool) -> Self;
+    /// A number (formatted only by types that keep it).
+    fn number(n: &dyn fmt::Display) -> Self;
+    /// `null`.
+    fn null() -> Self;
+    /// A list or an object.
+    fn container() -> Self;
+}
+
+/// Reads any JSON value into a [`FromJson`] type.
+pub(crate) fn deserialize_lenient<'de, T: FromJson<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: FromJson<'de>> Visitor<'de> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<T, E> {
+            Ok(T::text(Cow::Borrowed(v)))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            Ok(T::text(Cow::Owned(v.to_owned())))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<T, E> {
+            Ok(T::text(Cow::Owned(v)))
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+            Ok(T::boolean(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            Ok(T::number(&v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            Ok(T::number(&v))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            Ok(T::number(&v))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+            Ok(T::null())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<T, E> {
+            Ok(T::null())
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+            deserialize_lenient(d)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<T, A::Error> {
+            while a.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(T::container())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<T, A::Error> {
+            while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(T::container())
+        }
+    }
+    d.deserialize_any(V(std::marker::PhantomData))
 }
 
 /// An optional text field: absent, `null` and `""` are `None`; other non-strings are an error.

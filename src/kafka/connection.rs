@@ -203,7 +203,7 @@ impl ConnectionReporter {
     /// Returns the cause so recorded.
     pub fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) -> Option<Cause> {
         if fac == "FAIL" {
-            let (broker, text) = split_broker(message);
+            let (broker, text) = split_broker(strip_thread(message));
             let cause = self.classify(None, broker, text);
             if cause.is_misconfiguration() {
                 return self.record(cause, broker, text);
@@ -361,6 +361,15 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Drops the `[thrd:…]: ` with which librdkafka's log lines name their thread (its
+/// `log.thread.name`, on by default); error reports have none.
+fn strip_thread(message: &str) -> &str {
+    message
+        .strip_prefix("[thrd:")
+        .and_then(|rest| rest.split_once("]: "))
+        .map_or(message, |(_, text)| text)
+}
+
 /// `sasl_ssl://host:9094/bootstrap: text` → (`host:9094`, `text`).
 fn split_broker(reason: &str) -> (Option<&str>, &str) {
     let Some((head, text)) = reason.split_once(": ") else {
@@ -462,6 +471,13 @@ mod tests {
             split_broker("127.0.0.1:9092/bootstrap: Disconnected"),
             (Some("127.0.0.1:9092"), "Disconnected")
         );
+        assert_eq!(
+            split_broker(strip_thread(
+                "[thrd:ssl://127.0.0.1:9093/bootstrap]: ssl://127.0.0.1:9093/bootstrap: Disconnected"
+            )),
+            (Some("127.0.0.1:9093"), "Disconnected")
+        );
+        assert_eq!(strip_thread("[thrd:app]"), "[thrd:app]");
     }
 
     #[test]
@@ -505,28 +521,25 @@ mod tests {
             let cause = reporter.report(&error, reason).expect(reason);
             assert!(cause.to_string().contains(want), "{reason} → {cause}");
         }
-        // A handshake the broker cuts is only logged by librdkafka (facility FAIL, at info).
-        let cause = reporter
-            .log(
-                RDKafkaLogLevel::Info,
-                "FAIL",
-                "h:2/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10 (see api.version.request) (after 1ms in state APIVERSION_QUERY)",
-            )
-            .expect("recorded");
-        assert_eq!(cause, Cause::PlaintextToTlsListener);
-        let cause = reporter
-            .log(
-                RDKafkaLogLevel::Info,
-                "FAIL",
-                "h:3/bootstrap: Disconnected (after 2ms in state APIVERSION_QUERY)",
-            )
-            .expect("recorded");
-        assert_eq!(cause, Cause::PlaintextToTlsListener);
+        // A handshake the broker cuts is only logged by librdkafka (facility FAIL, at info),
+        // its thread named first (as librdkafka 2.12 words it on a plaintext client's
+        // connection to the real broker's SSL and SASL_SSL listeners).
+        for message in [
+            "[thrd:h:2/bootstrap]: h:2/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 3ms in state APIVERSION_QUERY)",
+            "[thrd:h:3/bootstrap]: h:3/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 7ms in state APIVERSION_QUERY, 1 identical error(s) suppressed)",
+            "[thrd:h:4/bootstrap]: h:4/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10 (see api.version.request) (after 1ms in state APIVERSION_QUERY)",
+            "h:5/bootstrap: Disconnected (after 2ms in state APIVERSION_QUERY)",
+        ] {
+            let cause = reporter
+                .log(RDKafkaLogLevel::Info, "FAIL", message)
+                .expect(message);
+            assert_eq!(cause, Cause::PlaintextToTlsListener, "{message}");
+        }
         assert_eq!(
             reporter.log(
                 RDKafkaLogLevel::Info,
                 "FAIL",
-                "h:2/1: Disconnected (after 600012ms in state UP)"
+                "[thrd:h:2/1]: h:2/1: Disconnected (after 600012ms in state UP)"
             ),
             None,
             "an idle connection closed is no misconfiguration"

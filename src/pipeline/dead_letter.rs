@@ -6,6 +6,7 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use super::internal_events::{DeadLetterSent, Instruments};
 use super::process::Message;
 use crate::formats::DecodeError;
 
@@ -87,4 +88,37 @@ pub async fn deliver<C: rdkafka::ClientContext + 'static>(
         .await
         .map(|_| ())
         .map_err(|(e, _)| e)
+}
+
+/// Produces every letter; the delivered ones are counted and removed, so that a retry sends
+/// only the rest. The first failure is returned.
+pub(super) async fn deliver_all<C: rdkafka::ClientContext + 'static>(
+    producer: &FutureProducer<C>,
+    letters: &mut Vec<DeadLetter>,
+    instruments: &Instruments,
+) -> Result<(), rdkafka::error::KafkaError> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let results = futures::future::join_all(
+        letters
+            .iter()
+            .map(|l| deliver(producer, l, Duration::from_secs(30))),
+    )
+    .await;
+    let mut first_error = None;
+    let mut kept = Vec::new();
+    for (letter, result) in letters.drain(..).zip(results) {
+        match result {
+            Ok(()) => instruments.emit(DeadLetterSent {
+                source_topic: &letter.message.topic,
+            }),
+            Err(e) => {
+                first_error.get_or_insert(e);
+                kept.push(letter);
+            }
+        }
+    }
+    *letters = kept;
+    first_error.map_or(Ok(()), Err)
 }

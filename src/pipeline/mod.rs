@@ -1,10 +1,14 @@
 //! The pipeline (docs/architecture.md, "Data flow"): consume → decode → select → detect →
 //! store → commit.
 
+mod batch;
 mod config;
 mod consumer;
 pub mod dead_letter;
 pub mod fhir_lookup;
+mod group;
+mod internal_events;
+mod lookups;
 pub mod process;
 pub mod rules;
 pub mod topics;
@@ -20,6 +24,7 @@ use crate::store::EventStore;
 
 pub use config::PipelineConfig;
 pub use fhir_lookup::FhirConfig;
+pub(crate) use internal_events::{DatabaseReachable, Instruments};
 pub use rules::RuleSet;
 
 /// Why the pipeline could not start.
@@ -47,13 +52,6 @@ pub struct PipelineSettings {
     pub kafka: KafkaConfig,
     /// `[fhir]`.
     pub fhir: FhirConfig,
-}
-
-/// The EventDB became reachable or not: readiness and the `database_up` gauge move together,
-/// here and nowhere else, so that `/readyz` and the metric never disagree.
-pub fn database_reachable(readiness: &Readiness, metrics: &PipelineMetrics, up: bool) {
-    readiness.set_database_up(up);
-    metrics.database_up.set(i64::from(up));
 }
 
 /// A running consumer.
@@ -90,8 +88,7 @@ pub fn start(
         runtime,
         store,
         rules,
-        metrics,
-        readiness,
+        Instruments::new(metrics, readiness),
         shutdown,
     )?;
     let thread = std::thread::Builder::new()

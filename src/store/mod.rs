@@ -3,9 +3,12 @@
 
 pub mod attribute_indexes;
 mod config;
+mod console;
+mod counts;
 pub mod event_queries;
 mod local_server;
 mod offsets_report;
+pub(crate) mod retention;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -19,6 +22,7 @@ use crate::detect::{AttributeState, DetectedEvent, StateKey};
 use crate::model::SourceRef;
 
 pub use config::DatabaseConfig;
+pub use console::{Facets, FACET_LIMIT};
 pub use local_server::{LocalPostgres, LocalPostgresError, ServerTls};
 pub use offsets_report::{LastEvent, StoredOffset};
 
@@ -516,27 +520,52 @@ async fn insert_events(
                                  changed_by, source_topic, source_partition, source_offset, source_seq) \
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], \
                                   $6::timestamptz[], $7::text[], $8::text[], $9::int[], $10::bigint[], $11::int[]) \
-             ON CONFLICT ON CONSTRAINT events_source_unique DO NOTHING",
+             ON CONFLICT ON CONSTRAINT events_source_unique DO NOTHING \
+             RETURNING id",
         )
         .await?;
-    Ok(tx
-        .execute(
-            &stmt,
-            &[
-                &ids,
-                &event_types,
-                &entity_types,
-                &entity_ids,
-                &properties,
-                &event_times,
-                &changed_by,
-                &topics,
-                &partitions,
-                &offsets,
-                &seqs,
-            ],
-        )
-        .await?)
+    // The batch counts its events itself unless one is older than the count buckets' origin
+    // (sql/V10); the setting travels with the insert.
+    let by_writer = counts::countable(events.iter().map(|e| &e.event));
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        &ids,
+        &event_types,
+        &entity_types,
+        &entity_ids,
+        &properties,
+        &event_times,
+        &changed_by,
+        &topics,
+        &partitions,
+        &offsets,
+        &seqs,
+    ];
+    // Both prepared, so that the two are sent together in this order (an unprepared statement
+    // would be parsed first, letting the insert overtake it).
+    let counts_written = tx.prepare_cached(counts::COUNTS_WRITTEN).await?;
+    let (_, inserted) = futures::try_join!(
+        async {
+            if by_writer {
+                tx.execute(&counts_written, &[]).await
+            } else {
+                Ok(0)
+            }
+        },
+        tx.query(&stmt, &params),
+    )?;
+    if by_writer {
+        // Re-deliveries already stored were not inserted, and are not counted again.
+        let inserted: std::collections::HashSet<uuid::Uuid> =
+            inserted.iter().map(|row| row.get(0)).collect();
+        let mut batch = counts::Counts::default();
+        for (e, id) in events.iter().zip(&ids) {
+            if inserted.contains(id) {
+                batch.add(&e.event);
+            }
+        }
+        batch.write(tx).await?;
+    }
+    Ok(inserted.len() as u64)
 }
 
 async fn upsert_states(

@@ -21,37 +21,35 @@ pub mod config;
 pub mod schedule;
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics::TerminatorMetrics;
+use crate::store::retention::{EventDeletes, RetentionSession, StateDeletes};
 use crate::store::{EventStore, StoreError};
 
 pub use config::TerminatorConfig;
-pub use schedule::{ScheduleError, TerminatorSchedule};
+pub use schedule::{next_run, ScheduleError, TerminatorSchedule};
 
 /// A run failed; nothing is left half-done beyond the batches already committed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TerminatorError {
-    /// No connection could be had.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A statement failed.
+    /// No connection could be had, or a statement failed.
     #[error("terminator database error ({phase}): {source}")]
     Db {
         /// What the run was doing: `lock`, `cutoffs`, `age`, `count`, `state` or `dry run`.
         phase: &'static str,
         /// The database error.
-        source: tokio_postgres::Error,
+        source: StoreError,
     },
 }
 
-fn db(phase: &'static str) -> impl FnOnce(tokio_postgres::Error) -> TerminatorError {
+fn db(phase: &'static str) -> impl FnOnce(StoreError) -> TerminatorError {
     move |source| TerminatorError::Db { phase, source }
 }
 
@@ -128,8 +126,41 @@ impl fmt::Display for TerminationReport {
     }
 }
 
-/// A position in insertion order: `(inserted_at, id)`.
-type Key = (DateTime<Utc>, Uuid);
+/// How the last real run of a process ended, as its log line says it (the operator console
+/// shows it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// `success`, `interrupted`, `skipped` (another replica held the lock) or `failure`.
+    pub result: &'static str,
+    /// Events deleted by the age rule.
+    pub deleted_by_age: u64,
+    /// Events deleted by the count rule.
+    pub deleted_by_count: u64,
+    /// `entity_state` rows pruned.
+    pub deleted_state: u64,
+    /// Wall time of the run.
+    pub duration: Duration,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// The last real run of the terminators sharing it (dry runs are not recorded).
+#[derive(Debug, Clone, Default)]
+pub struct LastRun(Arc<Mutex<Option<RunRecord>>>);
+
+impl LastRun {
+    /// The record of the last run, if any ran.
+    pub fn get(&self) -> Option<RunRecord> {
+        // A poisoned lock still holds a whole record: it is only ever replaced.
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, record: RunRecord) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+    }
+}
 
 /// Applies the retention rules to the EventDB.
 #[derive(Debug, Clone)]
@@ -137,6 +168,7 @@ pub struct Terminator {
     store: EventStore,
     config: TerminatorConfig,
     metrics: TerminatorMetrics,
+    last_run: LastRun,
 }
 
 impl Terminator {
@@ -146,7 +178,14 @@ impl Terminator {
             store,
             config,
             metrics,
+            last_run: LastRun::default(),
         }
+    }
+
+    /// Records every real run in `last_run` as well.
+    pub fn recording_to(mut self, last_run: LastRun) -> Self {
+        self.last_run = last_run;
+        self
     }
 
     /// Its configuration.
@@ -195,6 +234,20 @@ impl Terminator {
             return;
         }
         let now = unix_now();
+        self.last_run.set(RunRecord {
+            finished_at: Utc::now(),
+            result: match (error, report.outcome) {
+                (Some(_), _) => "failure",
+                (None, RunOutcome::Skipped) => "skipped",
+                (None, RunOutcome::Interrupted) => "interrupted",
+                (None, RunOutcome::Completed) => "success",
+            },
+            deleted_by_age: figures.0,
+            deleted_by_count: figures.1,
+            deleted_state: figures.2,
+            duration: report.duration,
+            error: error.map(ToString::to_string),
+        });
         match (error, report.outcome) {
             (Some(e), _) => {
                 self.metrics.runs.with_label_values(&["failure"]).inc();
@@ -243,23 +296,17 @@ impl Terminator {
         report: &mut TerminationReport,
         shutdown: &CancellationToken,
     ) -> Result<(), TerminatorError> {
-        // A session of its own: the lock lives as long as this connection, which is closed
-        // (not returned to the pool) when the run ends, however it ends.
-        let client = deadpool_postgres::Object::take(self.store.client().await?);
-        let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&self.config.lock_key])
+        let Some(session) = self
+            .store
+            .lock_retention(self.config.lock_key)
             .await
             .map_err(db("lock"))?
-            .get(0);
-        if !locked {
+        else {
             report.outcome = RunOutcome::Skipped;
             return Ok(());
-        }
-        let result = self.delete(&client, report, shutdown).await;
-        if let Err(e) = client
-            .execute("SELECT pg_advisory_unlock($1)", &[&self.config.lock_key])
-            .await
-        {
+        };
+        let result = self.delete(&session, report, shutdown).await;
+        if let Err(e) = session.unlock().await {
             tracing::warn!(error = %e, "terminator lock release failed; closing the session releases it");
         }
         result
@@ -267,24 +314,26 @@ impl Terminator {
 
     async fn delete(
         &self,
-        client: &Client,
+        session: &RetentionSession,
         report: &mut TerminationReport,
         shutdown: &CancellationToken,
     ) -> Result<(), TerminatorError> {
-        let cutoffs = self.cutoffs(client).await?;
+        let cutoffs = session
+            .cutoffs(self.config.event_max_time, self.config.state_horizon)
+            .await
+            .map_err(db("cutoffs"))?;
         report.age_cutoff = cutoffs.age;
         report.state_cutoff = cutoffs.state;
         let batch = i64::from(self.config.batch_size);
 
         if let Some(cutoff) = cutoffs.age {
             // No row sorts before the nil UUID, so this bound is exactly `inserted_at < cutoff`.
-            let bound = (cutoff, Uuid::nil());
-            let done = self
-                .delete_events_before(client, bound, batch, "age", shutdown, |n| {
-                    report.deleted_by_age += n
-                })
-                .await?;
-            if !done {
+            let deletes = session.events_before((cutoff, Uuid::nil()), batch).await;
+            let deletes = deletes.map(Batches::Events);
+            if !self
+                .in_batches(deletes, "age", shutdown, &mut report.deleted_by_age)
+                .await?
+            {
                 report.outcome = RunOutcome::Interrupted;
                 return Ok(());
             }
@@ -293,22 +342,14 @@ impl Terminator {
         if let Some(max) = self.config.event_max_number {
             // The N-th newest row; everything before it in insertion order goes. Fixed once, so
             // events inserted while the run deletes are never counted against the limit here.
-            let nth = client
-                .query_opt(
-                    "SELECT inserted_at, id FROM events \
-                     ORDER BY inserted_at DESC, id DESC OFFSET $1 LIMIT 1",
-                    &[&(max as i64 - 1)],
-                )
-                .await
-                .map_err(db("count"))?;
-            if let Some(row) = nth {
-                let bound: Key = (row.get(0), row.get(1));
-                let done = self
-                    .delete_events_before(client, bound, batch, "count", shutdown, |n| {
-                        report.deleted_by_count += n
-                    })
-                    .await?;
-                if !done {
+            let nth = session.nth_newest_event(max).await.map_err(db("count"))?;
+            if let Some(bound) = nth {
+                let deletes = session.events_before(bound, batch).await;
+                let deletes = deletes.map(Batches::Events);
+                if !self
+                    .in_batches(deletes, "count", shutdown, &mut report.deleted_by_count)
+                    .await?
+                {
                     report.outcome = RunOutcome::Interrupted;
                     return Ok(());
                 }
@@ -316,121 +357,41 @@ impl Terminator {
         }
 
         if let Some(cutoff) = cutoffs.state {
-            let done = self
-                .prune_state(client, cutoff, batch, shutdown, |n| {
-                    report.deleted_state += n
-                })
-                .await?;
-            if !done {
+            let deletes = session.stale_states(cutoff, batch).await;
+            let deletes = deletes.map(Batches::States);
+            if !self
+                .in_batches(deletes, "state", shutdown, &mut report.deleted_state)
+                .await?
+            {
                 report.outcome = RunOutcome::Interrupted;
             }
         }
         Ok(())
     }
 
-    /// Deletes every event before `bound` in insertion order, `batch` rows per statement.
-    /// Returns `false` when shutdown interrupted it.
-    async fn delete_events_before(
+    /// Runs `batches` (or fails with the error preparing them) to the end, counting each in
+    /// `total` and under `reason`, and resting between two. `false` when shutdown interrupted it.
+    async fn in_batches(
         &self,
-        client: &Client,
-        bound: Key,
-        batch: i64,
+        batches: Result<Batches<'_>, StoreError>,
         reason: &'static str,
         shutdown: &CancellationToken,
-        mut on_batch: impl FnMut(u64),
+        total: &mut u64,
     ) -> Result<bool, TerminatorError> {
-        // Keyset cursor: each batch starts after the last row of the previous one instead of
-        // re-walking index entries of rows already deleted but not yet vacuumed. The rows are
-        // found on the (inserted_at, id) index and deleted by ctid (a TID scan, whatever the
-        // planner thinks of the batch size); ctids are stable here because events are never
-        // updated and a row visible to this statement cannot be vacuumed under it.
-        const BATCH: &str = "WITH batch AS MATERIALIZED ( \
-                SELECT ctid AS tid, inserted_at, id FROM events \
-                WHERE (inserted_at, id) < ($1, $2) {after} \
-                ORDER BY inserted_at, id LIMIT $3), \
-            gone AS (DELETE FROM events WHERE ctid = ANY(ARRAY(SELECT tid FROM batch)) RETURNING 1) \
-            SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone), \
-                   last.inserted_at, last.id \
-            FROM (SELECT inserted_at, id FROM batch ORDER BY inserted_at DESC, id DESC LIMIT 1) last";
-        let first = client
-            .prepare(&BATCH.replace("{after}", ""))
-            .await
-            .map_err(db(reason))?;
-        let next = client
-            .prepare(&BATCH.replace("{after}", "AND (inserted_at, id) > ($4, $5)"))
-            .await
-            .map_err(db(reason))?;
+        let mut batches = batches.map_err(db(reason))?;
         let deleted = self.metrics.deleted.with_label_values(&[reason]);
-        let mut after: Option<Key> = None;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(false);
             }
-            let row = match &after {
-                None => client
-                    .query_opt(&first, &[&bound.0, &bound.1, &batch])
-                    .await
-                    .map_err(db(reason))?,
-                Some((ts, id)) => client
-                    .query_opt(&next, &[&bound.0, &bound.1, &batch, ts, id])
-                    .await
-                    .map_err(db(reason))?,
-            };
-            let Some(row) = row else {
-                return Ok(true);
-            };
-            let selected: i64 = row.get(0);
-            let gone = row.get::<_, i64>(1) as u64;
-            deleted.inc_by(gone);
-            on_batch(gone);
-            if selected < batch {
-                return Ok(true);
+            let batch = match &mut batches {
+                Batches::Events(deletes) => deletes.next_batch().await,
+                Batches::States(deletes) => deletes.next_batch().await,
             }
-            after = Some((row.get(2), row.get(3)));
-            if !self.rest(shutdown).await {
-                return Ok(false);
-            }
-        }
-    }
-
-    /// Deletes the state rows of entities with no row written since `cutoff`. Returns `false`
-    /// when shutdown interrupted it.
-    async fn prune_state(
-        &self,
-        client: &Client,
-        cutoff: DateTime<Utc>,
-        batch: i64,
-        shutdown: &CancellationToken,
-        mut on_batch: impl FnMut(u64),
-    ) -> Result<bool, TerminatorError> {
-        // The outer `updated_at < $1` is re-checked against a row that ingestion updates while
-        // this statement waits for it, so freshly written state is never pruned.
-        let stmt = client
-            .prepare(&format!(
-                "WITH batch AS MATERIALIZED ( \
-                    SELECT entity_type, entity_id, attribute FROM entity_state s \
-                    WHERE {STALE} LIMIT $2), \
-                 gone AS (DELETE FROM entity_state s USING batch b \
-                    WHERE s.entity_type = b.entity_type AND s.entity_id = b.entity_id \
-                      AND s.attribute = b.attribute AND s.updated_at < $1 RETURNING 1) \
-                 SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone)"
-            ))
-            .await
-            .map_err(db("state"))?;
-        let deleted = self.metrics.deleted.with_label_values(&["state"]);
-        loop {
-            if shutdown.is_cancelled() {
-                return Ok(false);
-            }
-            let row = client
-                .query_one(&stmt, &[&cutoff, &batch])
-                .await
-                .map_err(db("state"))?;
-            let selected: i64 = row.get(0);
-            let gone = row.get::<_, i64>(1) as u64;
-            deleted.inc_by(gone);
-            on_batch(gone);
-            if selected < batch {
+            .map_err(db(reason))?;
+            deleted.inc_by(batch.deleted);
+            *total += batch.deleted;
+            if batch.last {
                 return Ok(true);
             }
             if !self.rest(shutdown).await {
@@ -452,71 +413,27 @@ impl Terminator {
 
     /// Counts what a run would delete now, with the same cutoffs.
     async fn preview(&self, report: &mut TerminationReport) -> Result<(), TerminatorError> {
-        let client = self.store.client().await?;
-        let cutoffs = self.cutoffs(&client).await?;
-        report.age_cutoff = cutoffs.age;
-        report.state_cutoff = cutoffs.state;
-        let row = match cutoffs.age {
-            Some(cutoff) => client
-                .query_one(
-                    "SELECT count(*) FILTER (WHERE inserted_at < $1), count(*) FROM events",
-                    &[&cutoff],
-                )
-                .await
-                .map_err(db("dry run"))?,
-            None => client
-                .query_one("SELECT 0::bigint, count(*) FROM events", &[])
-                .await
-                .map_err(db("dry run"))?,
-        };
-        let by_age = row.get::<_, i64>(0) as u64;
-        let total = row.get::<_, i64>(1) as u64;
-        report.deleted_by_age = by_age;
-        if let Some(max) = self.config.event_max_number {
-            report.deleted_by_count = (total - by_age).saturating_sub(max);
-        }
-        if let Some(cutoff) = cutoffs.state {
-            let row = client
-                .query_one(
-                    &format!("SELECT count(*) FROM entity_state s WHERE {STALE}"),
-                    &[&cutoff],
-                )
-                .await
-                .map_err(db("dry run"))?;
-            report.deleted_state = row.get::<_, i64>(0) as u64;
-        }
-        Ok(())
-    }
-
-    /// The cutoff instants, from the database clock (the one that stamped `inserted_at`).
-    async fn cutoffs(&self, client: &Client) -> Result<Cutoffs, TerminatorError> {
-        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
-        let row = client
-            .query_one(
-                "SELECT now() - make_interval(secs => $1::float8), \
-                        now() - make_interval(secs => $2::float8)",
-                &[
-                    &secs(self.config.event_max_time),
-                    &secs(self.config.state_horizon),
-                ],
-            )
+        let preview = self
+            .store
+            .retention_preview(self.config.event_max_time, self.config.state_horizon)
             .await
-            .map_err(db("cutoffs"))?;
-        Ok(Cutoffs {
-            age: row.get(0),
-            state: row.get(1),
-        })
+            .map_err(db("dry run"))?;
+        report.age_cutoff = preview.cutoffs.age;
+        report.state_cutoff = preview.cutoffs.state;
+        report.deleted_by_age = preview.expired_events;
+        if let Some(max) = self.config.event_max_number {
+            report.deleted_by_count =
+                (preview.total_events - preview.expired_events).saturating_sub(max);
+        }
+        report.deleted_state = preview.stale_states;
+        Ok(())
     }
 }
 
-/// Rows of entities none of whose attributes was written since `$1`.
-const STALE: &str = "s.updated_at < $1 AND NOT EXISTS ( \
-    SELECT 1 FROM entity_state o \
-    WHERE o.entity_type = s.entity_type AND o.entity_id = s.entity_id AND o.updated_at >= $1)";
-
-struct Cutoffs {
-    age: Option<DateTime<Utc>>,
-    state: Option<DateTime<Utc>>,
+/// The batched deletes of one rule.
+enum Batches<'a> {
+    Events(EventDeletes<'a>),
+    States(StateDeletes<'a>),
 }
 
 fn unix_now() -> f64 {

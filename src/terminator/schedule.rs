@@ -34,6 +34,21 @@ pub(crate) fn check_expression(expression: &str) -> Result<(), String> {
         })
 }
 
+/// When `expression` fires next after `after` (exclusive), read with the options the scheduler
+/// parses it with; `None` for an expression it would refuse or one that never fires again.
+pub fn next_run(
+    expression: &str,
+    after: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    croner::Cron::new(expression)
+        .with_seconds_required()
+        .with_dom_and_dow()
+        .parse()
+        .ok()?
+        .find_next_occurrence(&after, false)
+        .ok()
+}
+
 /// The running cron job. Stop it with [`TerminatorSchedule::stop`].
 pub struct TerminatorSchedule {
     scheduler: JobScheduler,
@@ -92,5 +107,41 @@ impl TerminatorSchedule {
         self.runs.close();
         self.runs.wait().await;
         stopped.map_err(ScheduleError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+
+    #[test]
+    fn next_run_follows_the_expression_in_utc() {
+        let at = Utc.with_ymd_and_hms(2026, 12, 3, 4, 30, 0).unwrap();
+        assert_eq!(
+            next_run("0 0 3 * * *", at),
+            Some(Utc.with_ymd_and_hms(2026, 12, 4, 3, 0, 0).unwrap())
+        );
+        assert_eq!(
+            next_run("*/15 * * * * *", at),
+            Some(Utc.with_ymd_and_hms(2026, 12, 3, 4, 30, 15).unwrap()),
+            "the moment itself is not the next run"
+        );
+        assert_eq!(next_run("not cron", at), None);
+        assert_eq!(next_run("0 0 3 * *", at), None, "seconds are required");
+    }
+
+    #[test]
+    fn next_run_accepts_what_the_scheduler_accepts() {
+        for expression in [
+            "0 0 3 * * *",
+            "0 */5 * * * *",
+            "0 0 3 * * Mon-Fri",
+            "0 0 0 1 * *",
+        ] {
+            assert!(check_expression(expression).is_ok(), "{expression}");
+            assert!(next_run(expression, Utc::now()).is_some(), "{expression}");
+        }
     }
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod cli;
+mod console;
 mod fhir_lookup;
 mod formats;
 mod hardening;

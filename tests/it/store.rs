@@ -378,3 +378,158 @@ async fn stored_status_changes(
         .map(|r| (r.get(0), r.get(1)))
         .collect()
 }
+
+/// The counts the store writes for the events it inserts (src/store/counts.rs) are those the
+/// SQL count functions give for the stored rows (sql/V4–V6), whichever way rows arrived: batches
+/// counted by the store, a re-delivered batch (not inserted, not counted again), a batch with an
+/// event before the buckets' origin and a plain INSERT (both counted by the trigger).
+#[tokio::test]
+async fn counts_written_by_the_store_equal_the_sql_count_keys() {
+    use event_manager::detect::DetectedEvent;
+    let db = fresh_database().await;
+    let long = "é".repeat(256);
+    let too_long = "x".repeat(257);
+    let properties = [
+        serde_json::json!({"status": {"new_value": "active", "old_value": null}}),
+        serde_json::json!({"status": {"new_value": "closed", "old_value": "active"},
+                           "employee_id": {"new_value": "e1"}}),
+        serde_json::json!({"status": {"new_value": long, "old_value": "a"}}),
+        serde_json::json!({"status": {"new_value": too_long, "old_value": "a"}}),
+        serde_json::json!({"score": {"new_value": 3, "old_value": 2}, "flag": true}),
+        serde_json::json!({"patient": {"new_value": null, "old_value": "p1"}}),
+    ];
+    let event = |i: usize, seconds: i64| DetectedEvent {
+        event_type: ["StatusChangeEvent", "StateChangeEvent"][i % 2].into(),
+        entity_type: ["Declaration", "Episode", "CarePlan"][i % 3].into(),
+        entity_id: format!("e{i}"),
+        properties: properties[i % properties.len()].clone(),
+        event_time: Utc.timestamp_opt(seconds, 0).unwrap()
+            + chrono::Duration::microseconds(i as i64),
+        changed_by: None,
+    };
+    // (first offset, event times): minutes and ten-minute spans with a bucket boundary, a
+    // re-delivery of offsets stored already, a batch with an event in 2000.
+    let base = 1_700_000_000 - 1_700_000_000 % 600;
+    let batches: Vec<(i64, Vec<i64>)> = vec![
+        (0, (0..40).map(|i| base + i * 37).collect()),
+        (40, (0..25).map(|i| base + 599 + i).collect()),
+        (40, (0..10).map(|i| base + 599 + i).collect()),
+        (65, vec![base + 5, 946_684_800, base + 7]),
+    ];
+    let mut stored: Option<i64> = None;
+    for (first, times) in batches {
+        let events: Vec<NewEvent> = times
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| NewEvent {
+                event: event(first as usize + i, t),
+                source: SourceRef {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: first + i as i64,
+                },
+                seq: 0,
+            })
+            .collect();
+        let end = first + times.len() as i64;
+        let redelivered = stored.is_some_and(|s| end <= s);
+        let fence = OffsetFence {
+            topic: "t".into(),
+            partition: 0,
+            expected: stored,
+            next: if redelivered {
+                stored.unwrap_or(0)
+            } else {
+                end
+            },
+        };
+        let report = db
+            .store
+            .apply_batch("g", &[fence], &[], |_| BatchChanges {
+                events,
+                states: Vec::new(),
+            })
+            .await
+            .unwrap();
+        if redelivered {
+            assert_eq!(report.events_inserted, 0, "a re-delivery inserts nothing");
+        } else {
+            assert_eq!(report.events_inserted, times.len() as u64);
+            stored = Some(end);
+        }
+    }
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
+                                 source_topic, source_partition, source_offset, source_seq) \
+             VALUES (gen_random_uuid(), 'StatusChangeEvent', 'Declaration', 'x', \
+                     '{\"status\": {\"new_value\": \"active\", \"old_value\": null}}', \
+                     to_timestamp(1700000000), 'other', 0, 0, 0)",
+        )
+        .await
+        .unwrap();
+    let origin = "TIMESTAMPTZ '2001-01-01 00:00:00+00'";
+    for (table, expected) in [
+        (
+            "event_counts",
+            "SELECT k.kind, k.attribute, k.bucket, k.event_type, k.entity_type, count(*) \
+               FROM events r, LATERAL event_count_keys(r.event_time, r.event_type, \
+                                                       r.entity_type, r.properties) k \
+              GROUP BY 1, 2, 3, 4, 5"
+                .to_owned(),
+        ),
+        (
+            "event_value_counts",
+            "SELECT k.attribute, k.value, k.bucket, k.event_type, k.entity_type, count(*) \
+               FROM events r, LATERAL event_value_keys(r.event_time, r.event_type, \
+                                                       r.entity_type, r.properties) k \
+              WHERE k.counted GROUP BY 1, 2, 3, 4, 5"
+                .to_owned(),
+        ),
+        (
+            "event_value_counts_10min",
+            format!(
+                "SELECT k.attribute, k.value, date_bin('10 minutes', k.bucket, {origin}), \
+                        k.event_type, k.entity_type, count(*) \
+                   FROM events r, LATERAL event_value_keys(r.event_time, r.event_type, \
+                                                           r.entity_type, r.properties) k \
+                  WHERE k.counted GROUP BY 1, 2, 3, 4, 5"
+            ),
+        ),
+    ] {
+        // Rows the count keys give but the table lacks (E), and the reverse (T).
+        let differ: Vec<String> = client
+            .query(
+                &format!(
+                    "SELECT d::text FROM ( \
+                       SELECT 'E', * FROM (({expected}) EXCEPT ALL SELECT * FROM {table}) e \
+                       UNION ALL \
+                       SELECT 'T', * FROM (SELECT * FROM {table} EXCEPT ALL ({expected})) t) d \
+                     LIMIT 10"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let rows: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(rows > 0, "{table} is empty");
+        assert!(
+            differ.is_empty(),
+            "{table} differs from the count keys of the stored events: {differ:#?}"
+        );
+    }
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 40 + 25 + 3 + 1);
+}

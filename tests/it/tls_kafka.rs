@@ -264,6 +264,38 @@ async fn plaintext_stores_what_is_produced_and_tls_to_it_fails_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_to_a_tls_listener_fails_clearly_and_ssl_then_stores_what_is_produced() {
+    let l = kafka().listeners().clone();
+    let feed = feed().await;
+    let db = fresh_database().await;
+    let plain_to_tls = "protocol mismatch: plain Kafka protocol to a TLS listener";
+    fails_clearly(
+        &feed,
+        &db,
+        &env(&[("EM_KAFKA__BOOTSTRAP_SERVERS", &l.ssl_server_auth)]),
+        plain_to_tls,
+    )
+    .await;
+    fails_clearly(
+        &feed,
+        &db,
+        &env(&[("EM_KAFKA__BOOTSTRAP_SERVERS", &l.sasl_ssl)]),
+        plain_to_tls,
+    )
+    .await;
+    stores_everything(
+        &feed,
+        &db,
+        &env(&[
+            ("EM_KAFKA__BOOTSTRAP_SERVERS", &l.ssl_server_auth),
+            ("EM_KAFKA__SECURITY_PROTOCOL", "ssl"),
+            ("EM_KAFKA__TLS__CA_FILE", path(&l.ca_file)),
+        ]),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssl_stores_what_is_produced_and_a_wrong_ca_or_host_fails_clearly() {
     let l = kafka().listeners().clone();
     let feed = feed().await;

@@ -10,6 +10,10 @@ use serde_json::{Map, Value as Json};
 
 use crate::model::{Observation, ObservationKind, Scope, SourceRef};
 
+mod batch;
+
+pub use batch::{detect_batch, BatchDetection, BatchItem, SourcedEvent};
+
 /// Identifies one watched attribute of one entity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StateKey {

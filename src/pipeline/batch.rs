@@ -1,0 +1,368 @@
+//! Batch assembly and selection: up to `pipeline.batch_size` messages or `pipeline.batch_linger`,
+//! each one kept only if this member owns its partition and has not stored it yet, then decoded
+//! and selected by its topic's rule (docs/architecture.md, "Data flow").
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use tokio_util::sync::CancellationToken;
+
+use super::dead_letter::DeadLetter;
+use super::group::{GroupMember, Tp};
+use super::internal_events::{
+    Instruments, MessageConsumed, MessageNotSelected, MessageRedelivered, MessageSelected,
+    MessageUndecodable,
+};
+use super::process::{process, Message, Processed};
+use super::rules::RuleSet;
+use crate::detect::BatchItem;
+use crate::formats::StatusLookup;
+use crate::model::{Observation, SourceRef};
+use crate::store::OffsetFence;
+
+/// Polls until `max` messages arrived, or `linger` passed since the first, or shutdown.
+/// Empty when nothing arrived within a poll interval.
+pub(super) fn collect(
+    member: &GroupMember,
+    max: usize,
+    linger: Duration,
+    shutdown: &CancellationToken,
+) -> Vec<Message> {
+    let mut batch = Vec::new();
+    let mut deadline: Option<Instant> = None;
+    while batch.len() < max && !shutdown.is_cancelled() {
+        let wait = match deadline {
+            None => Duration::from_millis(100),
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left,
+                _ => break,
+            },
+        };
+        match member.poll(wait) {
+            None if deadline.is_none() => return batch,
+            None => {}
+            Some(Ok(m)) => {
+                deadline.get_or_insert_with(|| Instant::now() + linger);
+                batch.push(owned(&m));
+            }
+            // Connection failures are logged once per cause by the context (see
+            // src/kafka/connection.rs); the consumer repeats them at every poll.
+            Some(Err(e))
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::AllBrokersDown
+                            | RDKafkaErrorCode::BrokerTransportFailure
+                            | RDKafkaErrorCode::SSL
+                            | RDKafkaErrorCode::Authentication
+                            | RDKafkaErrorCode::Resolve
+                    )
+                ) =>
+            {
+                tracing::debug!(error = %e, "consume error");
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "consume error"),
+        }
+    }
+    batch
+}
+
+fn owned(m: &BorrowedMessage<'_>) -> Message {
+    Message {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        timestamp_ms: m.timestamp().to_millis(),
+    }
+}
+
+/// One selected message's observations, kept with its coordinates for detection.
+#[derive(Debug)]
+pub(super) struct Selected {
+    pub(super) source: SourceRef,
+    /// Index of its rule in the [`RuleSet`].
+    pub(super) rule: usize,
+    pub(super) observations: Vec<Observation>,
+}
+
+/// A selected message whose status must be looked up before the batch is stored.
+#[derive(Debug)]
+pub(super) struct PendingLookup {
+    /// Index into the batch's selected messages.
+    pub(super) selected: usize,
+    pub(super) lookup: StatusLookup,
+    /// Kept to become a dead letter should the look-up fail.
+    pub(super) message: Message,
+}
+
+/// A batch after selection, ready for look-ups and then the transaction.
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    /// Messages to dead-letter before the batch's offsets are stored.
+    pub(super) letters: Vec<DeadLetter>,
+    pub(super) selected: Vec<Selected>,
+    /// Statuses to look up (they may add observations to `selected`).
+    pub(super) pending: Vec<PendingLookup>,
+    /// Each partition's expected and next stored offset.
+    pub(super) fences: Vec<OffsetFence>,
+    /// Every entity the observations touch, to lock in the transaction.
+    pub(super) entities: HashSet<(String, String)>,
+}
+
+impl Batch {
+    /// The selected messages as detection reads them.
+    pub(super) fn items<'a>(&'a self, rules: &'a RuleSet) -> impl Iterator<Item = BatchItem<'a>> {
+        self.selected.iter().filter_map(|item| {
+            let rule = rules.get(item.rule)?;
+            Some(BatchItem {
+                detector: &rule.detector,
+                source: &item.source,
+                observations: &item.observations,
+            })
+        })
+    }
+}
+
+/// Keeps the messages of partitions this member owns that are not stored yet, and decodes and
+/// selects each by its topic's rule. `gap` hears of offsets a partition skipped:
+/// `(partition, first missing, next read)`.
+pub(super) fn select(
+    messages: Vec<Message>,
+    positions: &HashMap<Tp, Option<i64>>,
+    rules: &RuleSet,
+    instruments: &Instruments,
+    mut gap: impl FnMut(&Tp, i64, i64),
+) -> Batch {
+    let mut batch = Batch::default();
+    let mut next: HashMap<Tp, i64> = HashMap::new();
+    // The next offset each partition should deliver: a message beyond it may follow a gap.
+    let mut following: HashMap<Tp, i64> = positions
+        .iter()
+        .filter_map(|(tp, next)| next.map(|n| (tp.clone(), n)))
+        .collect();
+    for msg in messages {
+        let tp = (msg.topic.clone(), msg.partition);
+        match positions.get(&tp) {
+            None => continue, // not (or no longer) ours; its owner reads it
+            Some(Some(expected)) if msg.offset < *expected => {
+                instruments.emit(MessageRedelivered);
+                continue; // already stored
+            }
+            Some(_) => {}
+        }
+        if let Some(want) = following.insert(tp.clone(), msg.offset + 1) {
+            if msg.offset > want {
+                gap(&tp, want, msg.offset);
+            }
+        }
+        let topic = msg.topic.as_str();
+        instruments.emit(MessageConsumed { topic });
+        let entry = next.entry(tp).or_insert(msg.offset + 1);
+        *entry = (*entry).max(msg.offset + 1);
+        let Some((index, rule)) = rules
+            .index_for(topic)
+            .and_then(|i| rules.get(i).map(|r| (i, r)))
+        else {
+            instruments.emit(MessageNotSelected { topic });
+            continue;
+        };
+        match process(rule, &msg) {
+            Processed::Selected {
+                observations,
+                notes,
+                lookup,
+            } => {
+                instruments.emit(MessageSelected {
+                    topic,
+                    notes: &notes,
+                });
+                for o in &observations {
+                    batch
+                        .entities
+                        .insert((o.entity_type.to_string(), o.entity_id.clone()));
+                }
+                if let Some(lookup) = lookup {
+                    batch.pending.push(PendingLookup {
+                        selected: batch.selected.len(),
+                        lookup,
+                        message: msg.clone(),
+                    });
+                }
+                batch.selected.push(Selected {
+                    source: SourceRef {
+                        topic: msg.topic.clone(),
+                        partition: msg.partition,
+                        offset: msg.offset,
+                    },
+                    rule: index,
+                    observations,
+                });
+            }
+            Processed::NotSelected => instruments.emit(MessageNotSelected { topic }),
+            Processed::Invalid(error) => {
+                instruments.emit(MessageUndecodable {
+                    topic,
+                    partition: msg.partition,
+                    offset: msg.offset,
+                    error: &error,
+                });
+                batch.letters.push(DeadLetter {
+                    topic: rule.rule.dead_letter_topic.clone(),
+                    format: rule.rule.format.as_str(),
+                    message: msg,
+                    error,
+                });
+            }
+        }
+    }
+    batch.fences = next
+        .into_iter()
+        .map(|((topic, partition), next)| OffsetFence {
+            expected: positions
+                .get(&(topic.clone(), partition))
+                .copied()
+                .flatten(),
+            topic,
+            partition,
+            next,
+        })
+        .collect();
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::PipelineMetrics;
+    use crate::pipeline::topics::load_topic_rules;
+
+    fn rules() -> RuleSet {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("r.toml"),
+            "[[topic]]\nname = \"t\"\nformat = \"esoz\"\ndead_letter_topic = \"t.dlq\"\nselector = \"entity_type <> 'Skipped'\"\n",
+        )
+        .unwrap();
+        RuleSet::compile(load_topic_rules(dir.path()).unwrap()).unwrap()
+    }
+
+    fn esoz(entity_type: &str, id: &str) -> Vec<u8> {
+        format!(r#"{{"event_type":"StatusChangeEvent","entity_type":"{entity_type}","entity_id":"{id}","properties":{{"status":{{"new_value":"APPROVED"}}}},"event_time":"2024-01-01T00:00:00Z"}}"#).into_bytes()
+    }
+
+    fn message(topic: &str, partition: i32, offset: i64, payload: Vec<u8>) -> Message {
+        Message {
+            topic: topic.into(),
+            partition,
+            offset,
+            key: None,
+            payload: Some(payload),
+            headers: Vec::new(),
+            timestamp_ms: None,
+        }
+    }
+
+    fn instruments() -> (Instruments, PipelineMetrics) {
+        let metrics = PipelineMetrics::register(&prometheus::Registry::new()).unwrap();
+        let readiness = std::sync::Arc::new(crate::health::Readiness::default());
+        (Instruments::new(metrics.clone(), readiness), metrics)
+    }
+
+    fn fences(batch: &Batch) -> Vec<(String, i32, Option<i64>, i64)> {
+        let mut f: Vec<_> = batch
+            .fences
+            .iter()
+            .map(|f| (f.topic.clone(), f.partition, f.expected, f.next))
+            .collect();
+        f.sort();
+        f
+    }
+
+    #[test]
+    fn only_owned_partitions_past_their_stored_offset_are_kept() {
+        let positions =
+            HashMap::from([(("t".to_owned(), 0), Some(10)), (("t".to_owned(), 1), None)]);
+        let messages = vec![
+            message("t", 0, 9, esoz("Declaration", "stored")),
+            message("t", 0, 10, esoz("Declaration", "a")),
+            message("t", 1, 0, esoz("Declaration", "b")),
+            message("t", 2, 5, esoz("Declaration", "not-ours")),
+        ];
+        let (instruments, metrics) = instruments();
+        let batch = select(messages, &positions, &rules(), &instruments, |_, _, _| {
+            panic!("no gap")
+        });
+        let read: Vec<(i32, i64)> = batch
+            .selected
+            .iter()
+            .map(|s| (s.source.partition, s.source.offset))
+            .collect();
+        assert_eq!(read, [(0, 10), (1, 0)]);
+        assert_eq!(
+            fences(&batch),
+            [("t".into(), 0, Some(10), 11), ("t".into(), 1, None, 1)]
+        );
+        assert_eq!(metrics.redelivered.get(), 1);
+        assert_eq!(metrics.consumed.with_label_values(&["t"]).get(), 2);
+        let mut entities: Vec<_> = batch.entities.into_iter().collect();
+        entities.sort();
+        assert_eq!(
+            entities,
+            [
+                ("Declaration".to_owned(), "a".to_owned()),
+                ("Declaration".to_owned(), "b".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn unselected_and_undecodable_messages_move_the_offset_and_bad_ones_become_dead_letters() {
+        let positions = HashMap::from([(("t".to_owned(), 0), Some(0))]);
+        let messages = vec![
+            message("t", 0, 0, esoz("Skipped", "a")),
+            message("t", 0, 1, b"{not json".to_vec()),
+            message("t", 0, 2, esoz("Declaration", "c")),
+        ];
+        let (instruments, metrics) = instruments();
+        let batch = select(messages, &positions, &rules(), &instruments, |_, _, _| {
+            panic!("no gap")
+        });
+        assert_eq!(batch.selected.len(), 1);
+        assert_eq!(batch.letters.len(), 1);
+        assert_eq!(batch.letters[0].topic, "t.dlq");
+        assert_eq!(batch.letters[0].message.offset, 1);
+        assert_eq!(fences(&batch), [("t".into(), 0, Some(0), 3)]);
+        assert_eq!(metrics.not_selected.with_label_values(&["t"]).get(), 1);
+    }
+
+    #[test]
+    fn a_skipped_offset_is_reported_as_a_possible_gap() {
+        let positions = HashMap::from([(("t".to_owned(), 0), Some(4))]);
+        let messages = vec![
+            message("t", 0, 4, esoz("Declaration", "a")),
+            message("t", 0, 7, esoz("Declaration", "b")),
+        ];
+        let mut gaps = Vec::new();
+        let batch = select(
+            messages,
+            &positions,
+            &rules(),
+            &instruments().0,
+            |tp, want, next| gaps.push((tp.clone(), want, next)),
+        );
+        assert_eq!(gaps, [(("t".to_owned(), 0), 5, 7)]);
+        assert_eq!(fences(&batch), [("t".into(), 0, Some(4), 8)]);
+    }
+}

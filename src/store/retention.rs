@@ -1,0 +1,302 @@
+//! The terminator's statements: cutoffs from the database clock, batched keyset deletes of
+//! events and stale state, and the session advisory lock that lets one replica at a time run
+//! (docs/architecture.md, "Decisions"). The rules and the loop live in `terminator/`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::ClientWrapper;
+use tokio_postgres::{Client, Statement};
+use uuid::Uuid;
+
+use super::{EventStore, StoreError};
+
+/// A position in insertion order: `(inserted_at, id)`.
+pub(crate) type EventKey = (DateTime<Utc>, Uuid);
+
+/// The instants before which rows are expired, from the database clock (the one that stamped
+/// `inserted_at`); `None` where the rule is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cutoffs {
+    /// Events inserted before this are expired by age.
+    pub(crate) age: Option<DateTime<Utc>>,
+    /// State rows of entities not written since this are stale.
+    pub(crate) state: Option<DateTime<Utc>>,
+}
+
+/// What a run at this moment would delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RetentionPreview {
+    /// The cutoffs of the rules.
+    pub(crate) cutoffs: Cutoffs,
+    /// Events inserted before the age cutoff.
+    pub(crate) expired_events: u64,
+    /// All events.
+    pub(crate) total_events: u64,
+    /// Stale state rows (0 without a state cutoff).
+    pub(crate) stale_states: u64,
+}
+
+/// What one delete statement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeletedBatch {
+    /// Rows deleted.
+    pub(crate) deleted: u64,
+    /// Whether this was the last batch: it found fewer rows than the batch size.
+    pub(crate) last: bool,
+}
+
+/// Rows of entities none of whose attributes was written since `$1`.
+const STALE: &str = "s.updated_at < $1 AND NOT EXISTS ( \
+    SELECT 1 FROM entity_state o \
+    WHERE o.entity_type = s.entity_type AND o.entity_id = s.entity_id AND o.updated_at >= $1)";
+
+impl EventStore {
+    /// A connection of its own holding the session advisory lock `key`, or `None` when another
+    /// session holds it. The connection is taken out of the pool and closed when the session
+    /// is dropped, so the lock ends with it however the run ends and never leaks into the pool.
+    pub(crate) async fn lock_retention(
+        &self,
+        key: i64,
+    ) -> Result<Option<RetentionSession>, StoreError> {
+        let client = deadpool_postgres::Object::take(self.client().await?);
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await?
+            .get(0);
+        Ok(locked.then_some(RetentionSession { client, key }))
+    }
+
+    /// Counts what a run with these rules would delete now, with the same cutoffs.
+    pub(crate) async fn retention_preview(
+        &self,
+        event_max_time: Option<Duration>,
+        state_horizon: Option<Duration>,
+    ) -> Result<RetentionPreview, StoreError> {
+        let client = self.client().await?;
+        let cutoffs = cutoffs(&client, event_max_time, state_horizon).await?;
+        let row = match cutoffs.age {
+            Some(cutoff) => {
+                client
+                    .query_one(
+                        "SELECT count(*) FILTER (WHERE inserted_at < $1), count(*) FROM events",
+                        &[&cutoff],
+                    )
+                    .await?
+            }
+            None => {
+                client
+                    .query_one("SELECT 0::bigint, count(*) FROM events", &[])
+                    .await?
+            }
+        };
+        let stale_states = match cutoffs.state {
+            Some(cutoff) => client
+                .query_one(
+                    &format!("SELECT count(*) FROM entity_state s WHERE {STALE}"),
+                    &[&cutoff],
+                )
+                .await?
+                .get::<_, i64>(0),
+            None => 0,
+        };
+        Ok(RetentionPreview {
+            cutoffs,
+            expired_events: row.get::<_, i64>(0) as u64,
+            total_events: row.get::<_, i64>(1) as u64,
+            stale_states: stale_states as u64,
+        })
+    }
+}
+
+/// The terminator's session, holding its advisory lock (see [`EventStore::lock_retention`]).
+pub(crate) struct RetentionSession {
+    client: ClientWrapper,
+    key: i64,
+}
+
+impl std::fmt::Debug for RetentionSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetentionSession")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl RetentionSession {
+    /// The cutoffs of rules `event_max_time` and `state_horizon` from now.
+    pub(crate) async fn cutoffs(
+        &self,
+        event_max_time: Option<Duration>,
+        state_horizon: Option<Duration>,
+    ) -> Result<Cutoffs, StoreError> {
+        cutoffs(&self.client, event_max_time, state_horizon).await
+    }
+
+    /// The position of the `n`-th newest event (`n` ≥ 1), `None` with fewer events.
+    pub(crate) async fn nth_newest_event(&self, n: u64) -> Result<Option<EventKey>, StoreError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT inserted_at, id FROM events \
+                 ORDER BY inserted_at DESC, id DESC OFFSET $1 LIMIT 1",
+                &[&(n as i64 - 1)],
+            )
+            .await?;
+        Ok(row.map(|row| (row.get(0), row.get(1))))
+    }
+
+    /// Deletes the events before `bound` in insertion order, `batch` rows per statement.
+    pub(crate) async fn events_before(
+        &self,
+        bound: EventKey,
+        batch: i64,
+    ) -> Result<EventDeletes<'_>, StoreError> {
+        // Keyset cursor: each batch starts after the last row of the previous one instead of
+        // re-walking index entries of rows already deleted but not yet vacuumed. The rows are
+        // found on the (inserted_at, id) index and deleted by ctid (a TID scan, whatever the
+        // planner thinks of the batch size); ctids are stable here because events are never
+        // updated and a row visible to this statement cannot be vacuumed under it.
+        const BATCH: &str = "WITH batch AS MATERIALIZED ( \
+                SELECT ctid AS tid, inserted_at, id FROM events \
+                WHERE (inserted_at, id) < ($1, $2) {after} \
+                ORDER BY inserted_at, id LIMIT $3), \
+            gone AS (DELETE FROM events WHERE ctid = ANY(ARRAY(SELECT tid FROM batch)) RETURNING 1) \
+            SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone), \
+                   last.inserted_at, last.id \
+            FROM (SELECT inserted_at, id FROM batch ORDER BY inserted_at DESC, id DESC LIMIT 1) last";
+        let first = self.client.prepare(&BATCH.replace("{after}", "")).await?;
+        let next = self
+            .client
+            .prepare(&BATCH.replace("{after}", "AND (inserted_at, id) > ($4, $5)"))
+            .await?;
+        Ok(EventDeletes {
+            client: &self.client,
+            first,
+            next,
+            bound,
+            batch,
+            after: None,
+        })
+    }
+
+    /// Deletes the state rows of entities with no row written since `cutoff`, `batch` rows
+    /// per statement.
+    pub(crate) async fn stale_states(
+        &self,
+        cutoff: DateTime<Utc>,
+        batch: i64,
+    ) -> Result<StateDeletes<'_>, StoreError> {
+        // The outer `updated_at < $1` is re-checked against a row that ingestion updates while
+        // this statement waits for it, so freshly written state is never pruned.
+        let statement = self
+            .client
+            .prepare(&format!(
+                "WITH batch AS MATERIALIZED ( \
+                    SELECT entity_type, entity_id, attribute FROM entity_state s \
+                    WHERE {STALE} LIMIT $2), \
+                 gone AS (DELETE FROM entity_state s USING batch b \
+                    WHERE s.entity_type = b.entity_type AND s.entity_id = b.entity_id \
+                      AND s.attribute = b.attribute AND s.updated_at < $1 RETURNING 1) \
+                 SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone)"
+            ))
+            .await?;
+        Ok(StateDeletes {
+            client: &self.client,
+            statement,
+            cutoff,
+            batch,
+        })
+    }
+
+    /// Releases the lock; closing the connection (dropping the session) releases it too.
+    pub(crate) async fn unlock(self) -> Result<(), StoreError> {
+        self.client
+            .execute("SELECT pg_advisory_unlock($1)", &[&self.key])
+            .await?;
+        Ok(())
+    }
+}
+
+/// Batched deletes of expired events ([`RetentionSession::events_before`]).
+pub(crate) struct EventDeletes<'a> {
+    client: &'a Client,
+    first: Statement,
+    next: Statement,
+    bound: EventKey,
+    batch: i64,
+    after: Option<EventKey>,
+}
+
+impl EventDeletes<'_> {
+    /// Deletes the next batch, in its own short transaction.
+    pub(crate) async fn next_batch(&mut self) -> Result<DeletedBatch, StoreError> {
+        let (bound, batch) = (&self.bound, &self.batch);
+        let row = match &self.after {
+            None => {
+                self.client
+                    .query_opt(&self.first, &[&bound.0, &bound.1, batch])
+                    .await?
+            }
+            Some((ts, id)) => {
+                self.client
+                    .query_opt(&self.next, &[&bound.0, &bound.1, batch, ts, id])
+                    .await?
+            }
+        };
+        let Some(row) = row else {
+            return Ok(DeletedBatch {
+                deleted: 0,
+                last: true,
+            });
+        };
+        self.after = Some((row.get(2), row.get(3)));
+        Ok(batch_result(&row, self.batch))
+    }
+}
+
+/// Batched deletes of stale state ([`RetentionSession::stale_states`]).
+pub(crate) struct StateDeletes<'a> {
+    client: &'a Client,
+    statement: Statement,
+    cutoff: DateTime<Utc>,
+    batch: i64,
+}
+
+impl StateDeletes<'_> {
+    /// Deletes the next batch, in its own short transaction.
+    pub(crate) async fn next_batch(&mut self) -> Result<DeletedBatch, StoreError> {
+        let row = self
+            .client
+            .query_one(&self.statement, &[&self.cutoff, &self.batch])
+            .await?;
+        Ok(batch_result(&row, self.batch))
+    }
+}
+
+/// A batch statement's `(selected, deleted)` columns.
+fn batch_result(row: &tokio_postgres::Row, batch: i64) -> DeletedBatch {
+    DeletedBatch {
+        deleted: row.get::<_, i64>(1) as u64,
+        last: row.get::<_, i64>(0) < batch,
+    }
+}
+
+async fn cutoffs(
+    client: &Client,
+    event_max_time: Option<Duration>,
+    state_horizon: Option<Duration>,
+) -> Result<Cutoffs, StoreError> {
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    let row = client
+        .query_one(
+            "SELECT now() - make_interval(secs => $1::float8), \
+                    now() - make_interval(secs => $2::float8)",
+            &[&secs(event_max_time), &secs(state_horizon)],
+        )
+        .await?;
+    Ok(Cutoffs {
+        age: row.get(0),
+        state: row.get(1),
+    })
+}
