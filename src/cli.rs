@@ -412,13 +412,9 @@ fn config_check(config: Config) -> anyhow::Result<serde_json::Value> {
 }
 
 fn parse_time(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+    event_manager::time::parse_time_or_date(text).ok_or_else(|| {
         anyhow::anyhow!("--to-time {text:?} is not an RFC 3339 date-time or a YYYY-MM-DD date")
-    })?;
-    Ok(date.and_time(chrono::NaiveTime::MIN).and_utc())
+    })
 }
 
 async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<()> {

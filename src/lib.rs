@@ -27,3 +27,4 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod terminator;
+pub mod time;

@@ -6,6 +6,7 @@ mod config;
 mod connection;
 mod console;
 mod counts;
+pub mod event_queries;
 mod local_server;
 mod migrations;
 mod offsets_report;
