@@ -348,7 +348,7 @@ async fn run() -> Result<(), BoxError> {
             .await?;
     }
     let store = EventStore::connect(&DatabaseConfig {
-        url: url.clone(),
+        url: url.parse()?,
         pool_size,
         ..DatabaseConfig::default()
     })?;

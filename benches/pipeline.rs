@@ -1327,7 +1327,7 @@ async fn write_ceiling(
 ) -> f64 {
     let url = create_database(admin, base_url).await;
     let store = EventStore::connect(&DatabaseConfig {
-        url: url.clone(),
+        url: url.parse().expect("the bench database's URL"),
         pool_size: 1,
         ..DatabaseConfig::default()
     })

@@ -219,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
     url.set_path(&format!("/{name}"));
     let url = url.to_string();
     let store = EventStore::connect(&DatabaseConfig {
-        url: url.clone(),
+        url: url.parse()?,
         ..DatabaseConfig::default()
     })?;
     store.migrate().await?;

@@ -20,7 +20,8 @@ use crate::metrics::{
     DbPoolMetrics, HttpMetrics, PipelineMetrics, TerminatorMetrics, WebhookMetrics,
 };
 use crate::pipeline::{self, PipelineError, RuleSet};
-use crate::store::{EventStore, RetryPolicy, StoreError};
+use crate::retry::RetryPolicy;
+use crate::store::{EventStore, StoreError};
 use crate::terminator::{LastRun, ScheduleError, Terminator, TerminatorSchedule};
 
 /// Why the application could not start or stopped with an error.

@@ -403,8 +403,7 @@ fn config_check(config: Config) -> anyhow::Result<serde_json::Value> {
         "kafka_group_id": app.config.kafka.group_id,
         "database_pool_size": app.config.database.pool_size,
         // Every pool's upper bound: what one replica may hold open at once.
-        "database_connections": app.store.pool().status().max_size
-            + app.store.api_pool().status().max_size,
+        "database_connections": app.store.max_connections(),
         "shutdown_grace_seconds": app.config.pipeline.shutdown_grace.as_secs_f64(),
         "terminator_enabled": app.config.terminator.enabled,
         "topic_rules": rules,
@@ -413,13 +412,9 @@ fn config_check(config: Config) -> anyhow::Result<serde_json::Value> {
 }
 
 fn parse_time(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+    event_manager::time::parse_time_or_date(text).ok_or_else(|| {
         anyhow::anyhow!("--to-time {text:?} is not an RFC 3339 date-time or a YYYY-MM-DD date")
-    })?;
-    Ok(date.and_time(chrono::NaiveTime::MIN).and_utc())
+    })
 }
 
 async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<()> {

@@ -240,10 +240,7 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readines
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format.", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<ApiState>) -> Response {
-    for (pool, status) in [
-        ("ingest", state.store.pool().status()),
-        ("api", state.store.api_pool().status()),
-    ] {
+    for (pool, status) in state.store.pool_statuses() {
         state
             .db_pool_metrics
             .observe(pool, status.size, status.available, status.waiting);

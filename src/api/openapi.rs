@@ -78,8 +78,6 @@ pub fn document(api: &ApiConfig) -> serde_json::Value {
         tracing::error!(error = %e, "cannot serialise the OpenAPI document");
         serde_json::Value::Null
     });
-    if let Some(list) = document.pointer_mut("/paths/~1api~1events/get") {
-        super::events::document_list_rules(list, api);
-    }
+    super::events::document_events(&mut document, api);
     document
 }

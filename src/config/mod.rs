@@ -107,7 +107,6 @@ impl Config {
         self.kafka.validate()?;
         self.database.validate()?;
         self.pipeline.validate()?;
-        self.terminator.validate()?;
         self.webhooks.validate()?;
         self.fhir.validate()?;
         self.api.validate()?;

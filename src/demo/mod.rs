@@ -50,7 +50,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
             tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         admin.batch_execute("CREATE DATABASE eventdb").await?;
-        config.database.url = pg.url("eventdb");
+        config.database.url = pg.url("eventdb").parse()?;
         println!(
             "EventDB: {} (removed when the demo stops)",
             config.database.url
@@ -100,7 +100,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     );
     println!(
         "Inspect the EventDB: psql '{}' -c 'SELECT entity_type, entity_id, properties FROM events ORDER BY inserted_at DESC LIMIT 10'",
-        config.database.url
+        config.database.url.expose()
     );
     println!("Stop with Ctrl-C.\n");
 
@@ -116,8 +116,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let store = app.store.clone();
     let result = app.run(listener, shutdown.clone()).await;
     // Close the pools before the private PostgreSQL stops, so no connection sees it go.
-    store.pool().close();
-    store.api_pool().close();
+    store.close();
     shutdown.cancel();
     let _ = feed.await;
     let _ = summary.await;

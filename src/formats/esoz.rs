@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 
 use super::etf::{self, Term};
@@ -17,6 +17,7 @@ use super::wire::{is_blank, parse_typed, Scalar};
 use super::{payload, DecodeError, DecodeErrorKind, Decoded, Decoder, Format, RawMessage};
 use crate::formats::FormatConfigError;
 use crate::model::{Attributes, Observation, ObservationKind, Properties, Scope};
+use crate::time::parse_event_time;
 
 /// Decoder for the `esoz` format.
 #[derive(Debug, Clone, Default)]
@@ -624,62 +625,6 @@ fn required_text(field: &str, value: Option<Scalar<'_>>) -> Result<String, Decod
         Some(Scalar::Str(s)) => Ok(s.into_owned()),
         Some(_) => Err(DecodeError::invalid(field, "a string")),
     }
-}
-
-/// Parses RFC 3339, or a zone-less ISO 8601 date-time meaning UTC (Elixir `NaiveDateTime`).
-pub(crate) fn parse_event_time(s: &str) -> Option<DateTime<Utc>> {
-    parse_plain_utc(s).or_else(|| parse_event_time_generally(s))
-}
-
-/// The usual form, `YYYY-MM-DDTHH:MM:SS[.f]Z` with at most nine fraction digits, read without
-/// chrono's general parser (a sixth of its cost). `None` leaves any other text, and leap
-/// seconds, to [`parse_event_time_generally`], which reads this form to the same instant.
-fn parse_plain_utc(s: &str) -> Option<DateTime<Utc>> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[b.len() - 1] != b'Z'
-    {
-        return None;
-    }
-    let digits = |d: &[u8]| {
-        d.iter().try_fold(0_u32, |n, &c| {
-            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-        })
-    };
-    let nano = match &b[19..b.len() - 1] {
-        [] => 0,
-        [b'.', fraction @ ..] if (1..=9).contains(&fraction.len()) => {
-            digits(fraction)? * 10_u32.pow(9 - fraction.len() as u32)
-        }
-        _ => return None,
-    };
-    let date = NaiveDate::from_ymd_opt(
-        i32::try_from(digits(&b[0..4])?).ok()?,
-        digits(&b[5..7])?,
-        digits(&b[8..10])?,
-    )?;
-    let time = NaiveTime::from_hms_nano_opt(
-        digits(&b[11..13])?,
-        digits(&b[14..16])?,
-        digits(&b[17..19])?,
-        nano,
-    )?;
-    Some(date.and_time(time).and_utc())
-}
-
-fn parse_event_time_generally(s: &str) -> Option<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
-    }
-    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
-        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
-        .ok()
-        .map(|n| n.and_utc())
 }
 
 #[cfg(test)]
@@ -1373,21 +1318,6 @@ mod tests {
     }
 
     impl<S: Strategy<Value = T<'static>>> ShufflePairs for S {}
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2048))]
-        #[test]
-        fn plain_utc_times_read_as_chrono_reads_them(
-            s in "[0-9]{4}-[0-1][0-9]-[0-3][0-9][T ][0-2][0-9]:[0-6][0-9]:[0-6][0-9](\\.[0-9]{0,11})?[Zz+]?",
-        ) {
-            prop_assert_eq!(parse_event_time(&s), parse_event_time_generally(&s));
-        }
-
-        #[test]
-        fn any_text_reads_as_chrono_reads_it(s in "\\PC{0,30}") {
-            prop_assert_eq!(parse_event_time(&s), parse_event_time_generally(&s));
-        }
-    }
 
     proptest! {
         #[test]

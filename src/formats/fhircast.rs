@@ -34,13 +34,13 @@ use message_selector::OwnedValue;
 use serde::Deserialize;
 use serde::Deserializer;
 
-use super::esoz::parse_event_time;
 use super::wire::{deserialize_lenient, FromJson, Scalar};
 use super::wire::{is_blank, parse_typed, receive_time, req_text, OptionTable};
 use super::{payload, DecodeError, DecodeErrorKind, DecodeNote, Decoded};
 use super::{Decoder, Format};
 use super::{FormatConfigError, RawMessage};
 use crate::model::{Attributes, Observation, ObservationKind, Properties, Scope};
+use crate::time::parse_event_time;
 
 /// Keys that only make sense while their patient is open.
 const PATIENT_DEPENDENT: [&str; 3] = ["encounter", "study", "report"];

@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use message_selector::OwnedValue;
 use serde::Deserialize;
 
-use super::esoz::parse_event_time;
 use super::wire::{opt_text, parse_typed, req_text, OptionTable, Scalar};
 use super::FormatConfigError;
 use super::RawMessage;
 use super::{payload, DecodeError, DecodeNote, Decoded, Decoder, Format};
 use crate::model::{Attributes, Observation, ObservationKind, Properties, Scope};
+use crate::time::parse_event_time;
 
 /// Decoder for the `rcp-v2` format.
 ///

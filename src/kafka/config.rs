@@ -21,7 +21,7 @@ pub struct KafkaConfig {
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
     /// Where a group with no stored offset starts: `earliest` or `latest`.
-    pub auto_offset_reset: String,
+    pub auto_offset_reset: OffsetReset,
     /// How the connection is secured: `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`
     /// (unset: librdkafka's default, plaintext, unless `kafka.properties` says otherwise).
     pub security_protocol: Option<super::SecurityProtocol>,
@@ -40,11 +40,31 @@ impl Default for KafkaConfig {
             group_id: "event-manager".into(),
             client_id: "event-manager".into(),
             session_timeout: Duration::from_secs(10),
-            auto_offset_reset: "earliest".into(),
+            auto_offset_reset: OffsetReset::Earliest,
             security_protocol: None,
             sasl: super::SaslConfig::default(),
             tls: super::TlsConfig::default(),
             properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// `auto.offset.reset`: where a partition without a stored offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    /// At the log start.
+    Earliest,
+    /// At the log end.
+    Latest,
+}
+
+impl OffsetReset {
+    /// The librdkafka value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
         }
     }
 }
@@ -69,12 +89,6 @@ impl KafkaConfig {
         }
         if self.group_id.trim().is_empty() {
             return Err(ConfigError::invalid("kafka.group_id", "must not be empty"));
-        }
-        if !matches!(self.auto_offset_reset.as_str(), "earliest" | "latest") {
-            return Err(ConfigError::invalid(
-                "kafka.auto_offset_reset",
-                "must be `earliest` or `latest`",
-            ));
         }
         for key in self.properties.keys() {
             if super::is_protected(key) {

@@ -18,7 +18,7 @@ use rdkafka::producer::FutureProducer;
 
 mod config;
 
-pub use config::KafkaConfig;
+pub use config::{KafkaConfig, OffsetReset};
 
 pub use connection::{Cause, ClientErrors, ConnectionReporter};
 pub use security::{
@@ -161,7 +161,7 @@ pub fn client_config(kafka: &KafkaConfig, role: Role<'_>) -> Result<ClientConfig
                 // continues when the stored offset is no longer in the log (retention removed it:
                 // `earliest` continues at the log start, and the consumer counts and warns about
                 // the gap; `latest` skips to the end).
-                .set("auto.offset.reset", &kafka.auto_offset_reset)
+                .set("auto.offset.reset", kafka.auto_offset_reset.as_str())
                 .set(
                     "session.timeout.ms",
                     kafka.session_timeout.as_millis().to_string(),

@@ -21,7 +21,8 @@ use super::rules::RuleSet;
 use super::{PipelineError, PipelineSettings};
 use crate::detect::{detect_batch, Outcome};
 use crate::kafka::{self, Role};
-use crate::store::{BatchChanges, EventStore, NewEvent, RetryPolicy, StoreError};
+use crate::retry::RetryPolicy;
+use crate::store::{BatchChanges, EventStore, NewEvent, StoreError};
 
 /// How often an idle consumer checks whether its stored positions were moved (by `replay`).
 const POSITION_CHECK_INTERVAL: Duration = Duration::from_secs(5);

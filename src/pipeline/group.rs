@@ -24,7 +24,8 @@ use super::internal_events::{
 };
 use crate::health::Readiness;
 use crate::kafka::{self, KafkaConfig, Role};
-use crate::store::{EventStore, OffsetFence, RetryPolicy};
+use crate::retry::RetryPolicy;
+use crate::store::{EventStore, OffsetFence};
 
 /// A topic partition.
 pub(super) type Tp = (String, i32);

@@ -1,12 +1,12 @@
 //! The partial B-tree indexes of `api.indexed_attributes`.
 //!
 //! Within a short window the list API reads events in time order and checks attribute filters
-//! row by row (see `TIME_FIRST_WINDOW_HOURS` in `api::events`): PostgreSQL keeps no statistics
-//! on JSON keys, so it cannot tell a common attribute from a rare one, and the GIN indexes of
-//! V3 are a disaster for common ones. For an attribute that is rare, or whose single values
-//! are looked up (identifiers), that means reading every event of the window. An operator who
-//! knows such attributes lists them; each then gets two indexes that hold only the events
-//! having it:
+//! row by row (see `TIME_FIRST_WINDOW_HOURS` in `store::event_queries::list`): PostgreSQL keeps
+//! no statistics on JSON keys, so it cannot tell a common attribute from a rare one, and the
+//! GIN indexes of V3 are a disaster for common ones. For an attribute that is rare, or whose
+//! single values are looked up (identifiers), that means reading every event of the window. An
+//! operator who knows such attributes lists them; each then gets two indexes that hold only the
+//! events having it:
 //!
 //! * `(event_time, id) WHERE jsonb_exists(properties, 'name')`: `attribute_name` in time order;
 //! * `((properties -> 'name' -> 'new_value'), event_time, id) WHERE jsonb_exists(properties,

@@ -3,34 +3,28 @@
 
 pub mod attribute_indexes;
 mod config;
+mod connection;
 mod console;
 mod counts;
+pub mod event_queries;
 mod local_server;
+mod migrations;
 mod offsets_report;
 pub(crate) mod retention;
 pub mod tls;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres_rustls::MakeRustlsConnect;
+use deadpool_postgres::Pool;
 
 use crate::detect::{AttributeState, DetectedEvent, StateKey};
 use crate::model::SourceRef;
 
-pub use config::DatabaseConfig;
+pub use config::{DatabaseConfig, DatabaseUrl};
 pub use console::{Facets, FACET_LIMIT};
 pub use local_server::{LocalPostgres, LocalPostgresError, ServerTls};
 pub use offsets_report::{LastEvent, StoredOffset};
-
-mod embedded {
-    refinery::embed_migrations!("sql");
-}
-
-/// Advisory lock key serialising migrations across replicas.
-const MIGRATION_LOCK: i64 = 0x4556_4D49_4752_4154; // "EVMIGRAT"
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -151,141 +145,6 @@ impl std::fmt::Debug for EventStore {
 }
 
 impl EventStore {
-    /// Builds the connection pools (connections are opened lazily): one for ingestion, the
-    /// terminator and migrations, one of the same size for the query API. Every connection of
-    /// the binary is made here, over TLS as the URL's `sslmode` says ([`tls`]).
-    pub fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
-        let (mut pg, tls_settings) = tls::parse_url(&config.url)
-            .map_err(|e| StoreError::Config(format!("database.url: {e}")))?;
-        let tls = tls::connector(&tls_settings)
-            .map_err(|e| StoreError::Config(format!("database.url: {e}")))?;
-        pg.connect_timeout(config.connect_timeout);
-        if pg.get_application_name().is_none() {
-            pg.application_name("event-manager");
-        }
-        // JIT compilation is off: the estimated costs of range queries cross jit_above_cost,
-        // and compiling them takes far longer than running them (measured: 100 ms per API
-        // request). Settings in the URL's `options` win.
-        let options = with_default_setting(pg.get_options().unwrap_or_default(), "jit", "off");
-        pg.options(&options);
-        let pool = build_pool(pg.clone(), tls.clone(), config)?;
-        // The API's prepared statements run their generic plan from the first execution
-        // instead of being planned again every time (PostgreSQL keeps custom plans when their
-        // estimated cost is lower, which for short LIMIT queries is always; planning cost as
-        // much as running them). Every API statement is written so that its generic plan uses
-        // the right index (tests/it/api/indexes.rs); the one that needs a plan for its values
-        // asks for it (`SET LOCAL`). Ingestion keeps the default: its array-driven statements
-        // are faster with plans for their values (measured: 15-20 % more messages/s).
-        pg.options(with_default_setting(
-            &options,
-            "plan_cache_mode",
-            "force_generic_plan",
-        ));
-        let api_pool = build_pool(pg, tls, config)?;
-        Ok(Self { pool, api_pool })
-    }
-
-    /// The query API's pool.
-    pub fn api_pool(&self) -> &Pool {
-        &self.api_pool
-    }
-
-    /// A connection of the query API's pool.
-    pub async fn api_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        checkout(&self.api_pool).await
-    }
-
-    /// The ingestion pool (also the terminator's and the migrations').
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    /// Takes a pooled connection.
-    pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        checkout(&self.pool).await
-    }
-
-    /// Checks that the database answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client.simple_query("SELECT 1").await?;
-        Ok(())
-    }
-
-    /// Applies pending migrations from `sql/`, one replica at a time.
-    pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
-        let mut client = self.client().await?;
-        client
-            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        let client_ref: &mut tokio_postgres::Client = &mut client;
-        let result = embedded::migrations::runner()
-            .run_async(client_ref)
-            .await
-            .map_err(|e| StoreError::Migration(crate::error_report::describe(&e)));
-        client
-            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        let report = result?;
-        Ok(report
-            .applied_migrations()
-            .iter()
-            .map(|m| m.to_string())
-            .collect())
-    }
-
-    /// Rewrites the ids of `FhircastSession` entities once (data migration
-    /// `fhircast_session_ids`, after `sql/V9`): every id `rekey` maps is replaced in `events`,
-    /// `entity_state` and `entities` in one transaction, one replica at a time. The number of
-    /// ids rewritten, or `None` when it ran before.
-    pub async fn rekey_fhircast_sessions(
-        &self,
-        rekey: &(dyn Fn(&str) -> Option<String> + Sync),
-    ) -> Result<Option<usize>, StoreError> {
-        const NAME: &str = "fhircast_session_ids";
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        if tx
-            .query_opt("SELECT 1 FROM data_migrations WHERE name = $1", &[&NAME])
-            .await?
-            .is_some()
-        {
-            return Ok(None);
-        }
-        let ids = tx
-            .query(
-                "SELECT entity_id FROM entities WHERE entity_type = 'FhircastSession' \
-                 UNION SELECT entity_id FROM entity_state WHERE entity_type = 'FhircastSession' \
-                 UNION SELECT entity_id FROM events WHERE entity_type = 'FhircastSession'",
-                &[],
-            )
-            .await?;
-        let (old, new): (Vec<String>, Vec<String>) = ids
-            .iter()
-            .filter_map(|row| {
-                let id: String = row.get(0);
-                rekey(&id).map(|new| (id, new))
-            })
-            .unzip();
-        for table in ["events", "entity_state", "entities"] {
-            tx.execute(
-                &format!(
-                    "UPDATE {table} AS t SET entity_id = m.new \
-                     FROM unnest($1::text[], $2::text[]) AS m(old, new) \
-                     WHERE t.entity_type = 'FhircastSession' AND t.entity_id = m.old"
-                ),
-                &[&old, &new],
-            )
-            .await?;
-        }
-        tx.execute("INSERT INTO data_migrations (name) VALUES ($1)", &[&NAME])
-            .await?;
-        tx.commit().await?;
-        Ok(Some(old.len()))
-    }
-
     /// Reads the stored next offsets of a consumer group for the given partitions.
     pub async fn load_offsets(
         &self,
@@ -638,79 +497,4 @@ async fn upsert_states(
             ],
         )
         .await?)
-}
-
-/// `options` (a libpq `-c name=value …` string) with `name` set to `value` unless it sets
-/// `name` already.
-fn with_default_setting(options: &str, name: &str, value: &str) -> String {
-    if options.contains(name) {
-        options.to_owned()
-    } else {
-        format!("{options} -c {name}={value}").trim().to_owned()
-    }
-}
-
-async fn checkout(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
-    pool.get().await.map_err(|e| {
-        let message = crate::error_report::describe(&e);
-        StoreError::Pool {
-            // A TLS failure is named in terms of the URL's parameters (see tls::explain).
-            message: match tls::explain(&message) {
-                Some(why) => format!("{why} ({message})"),
-                None => message,
-            },
-            transient: match &e {
-                deadpool_postgres::PoolError::Backend(pg) => transient_pg_error(pg),
-                _ => true,
-            },
-        }
-    })
-}
-
-fn build_pool(
-    pg: tokio_postgres::Config,
-    tls: MakeRustlsConnect,
-    config: &DatabaseConfig,
-) -> Result<Pool, StoreError> {
-    let manager = Manager::from_config(
-        pg,
-        tls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(config.pool_size)
-        .wait_timeout(Some(config.connect_timeout))
-        .create_timeout(Some(config.connect_timeout))
-        .recycle_timeout(Some(config.connect_timeout))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| StoreError::Config(e.to_string()))
-}
-
-/// How long to wait before the next retry: doubling from 100 ms up to `max`.
-pub fn backoff(attempt: u32, max: Duration) -> Duration {
-    let ms = 100u64.saturating_mul(1u64 << attempt.min(16));
-    Duration::from_millis(ms).min(max)
-}
-
-/// The one way to wait while the EventDB is unavailable: [`backoff`] up to `max_backoff`
-/// before the next attempt, cut short by shutdown.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Longest wait between two attempts.
-    pub max_backoff: Duration,
-    /// Ends a wait early.
-    pub shutdown: tokio_util::sync::CancellationToken,
-}
-
-impl RetryPolicy {
-    /// Waits before the attempt after `attempt`; `false` when shutdown was requested first.
-    pub async fn wait(&self, attempt: u32) -> bool {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => false,
-            _ = tokio::time::sleep(backoff(attempt, self.max_backoff)) => true,
-        }
-    }
 }

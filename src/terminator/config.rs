@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::config_error::ConfigError;
+use super::schedule::CronSchedule;
 
 /// Advisory lock key the replicas contend for: "EVTERMIN".
 pub const DEFAULT_LOCK_KEY: i64 = 0x4556_5445_524D_494E;
@@ -31,29 +31,31 @@ pub const DEFAULT_LOCK_KEY: i64 = 0x4556_5445_524D_494E;
 /// Longest rule duration accepted; keeps the cutoff arithmetic far from any overflow.
 const MAX_RULE_DURATION: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
 
-/// Settings of the terminator.
+/// Settings of the terminator, checked as they are read: each value is in range, and the
+/// schedule is one the scheduler accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TerminatorConfig {
     /// Whether `run` schedules the job (the `terminate` command runs regardless).
     pub enabled: bool,
-    /// Cron expression of tokio-cron-scheduler: 6 or 7 fields starting with seconds, in UTC.
-    pub schedule: String,
+    /// When `run` starts a run.
+    pub schedule: CronSchedule,
     /// Events inserted longer ago than this are deleted; `None` (`"0"` or `""`) disables the rule.
-    #[serde(deserialize_with = "optional_duration")]
+    #[serde(deserialize_with = "rule_duration")]
     pub event_max_time: Option<Duration>,
     /// Only the newest this many events are kept; `None` (`0` or `""`) disables the rule.
     #[serde(deserialize_with = "optional_count")]
     pub event_max_number: Option<u64>,
-    /// Rows per DELETE statement; each statement is its own short transaction.
+    /// Rows per DELETE statement (1 to 1 000 000); each statement is its own short transaction.
+    #[serde(deserialize_with = "batch_size")]
     pub batch_size: u32,
-    /// Rest between two batches, so a large backlog does not monopolise the database; `0s`
-    /// deletes flat out.
-    #[serde(with = "humantime_serde")]
+    /// Rest between two batches (at most 60 s), so a large backlog does not monopolise the
+    /// database; `0s` deletes flat out.
+    #[serde(deserialize_with = "batch_pause")]
     pub batch_pause: Duration,
     /// `entity_state` rows of entities untouched (no row of the entity written) for longer than
     /// this are pruned; `None` (`"0"` or `""`, the default) keeps state forever.
-    #[serde(deserialize_with = "optional_duration")]
+    #[serde(deserialize_with = "rule_duration")]
     pub state_horizon: Option<Duration>,
     /// Key of the session-level advisory lock that lets one replica at a time run.
     pub lock_key: i64,
@@ -63,7 +65,7 @@ impl Default for TerminatorConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            schedule: "0 0 3 * * *".into(),
+            schedule: CronSchedule::default(),
             event_max_time: Some(Duration::from_secs(2_630_016)), // humantime's `1month`
             event_max_number: Some(50_000),
             batch_size: 10_000,
@@ -74,66 +76,53 @@ impl Default for TerminatorConfig {
     }
 }
 
-impl TerminatorConfig {
-    /// Checks values serde cannot check; keys are reported as `terminator.<key>`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(reason) = crate::terminator::schedule::check_expression(&self.schedule) {
-            return Err(invalid("terminator.schedule", reason));
-        }
-        for (key, value) in [
-            ("terminator.event_max_time", self.event_max_time),
-            ("terminator.state_horizon", self.state_horizon),
-        ] {
-            if let Some(d) = value {
-                if d < Duration::from_secs(1) {
-                    return Err(invalid(key, "must be at least 1s (or \"0\" to disable)"));
-                }
-                if d > MAX_RULE_DURATION {
-                    return Err(invalid(key, "must be at most 100 years"));
-                }
-            }
-        }
-        if !(1..=1_000_000).contains(&self.batch_size) {
-            return Err(invalid(
-                "terminator.batch_size",
-                "must be between 1 and 1000000",
-            ));
-        }
-        if self.batch_pause > Duration::from_secs(60) {
-            return Err(invalid("terminator.batch_pause", "must be at most 60s"));
-        }
-        Ok(())
+fn batch_size<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match u32::deserialize(d)? {
+        n @ 1..=1_000_000 => Ok(n),
+        _ => Err(serde::de::Error::custom("must be between 1 and 1000000")),
     }
 }
 
-fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_owned(),
-        reason: reason.into(),
+fn batch_pause<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match humantime_serde::deserialize(d)? {
+        pause if pause <= Duration::from_secs(60) => Ok(pause),
+        _ => Err(serde::de::Error::custom("must be at most 60s")),
     }
 }
 
-/// A humantime duration (`30d`, `1month`); `"0"`, `""` or integer `0` mean "disabled".
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+/// A rule's duration: humantime (`30d`, `1month`) from 1 s to 100 years; `"0"`, `""` or
+/// integer `0` mean "disabled".
+fn rule_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
         Int(i64),
         Text(String),
     }
-    match Raw::deserialize(d)? {
-        Raw::Int(0) => Ok(None),
-        Raw::Int(_) => Err(serde::de::Error::custom(
-            "a duration needs a unit, e.g. \"30d\" or \"1month\" (\"0\" disables)",
-        )),
-        Raw::Text(s) if s.trim().is_empty() => Ok(None),
-        Raw::Text(s) => match humantime::parse_duration(s.trim()) {
-            Ok(d) if d.is_zero() => Ok(None),
-            Ok(d) => Ok(Some(d)),
-            Err(e) => Err(serde::de::Error::custom(format!(
+    let duration = match Raw::deserialize(d)? {
+        Raw::Int(0) => return Ok(None),
+        Raw::Int(_) => {
+            return Err(serde::de::Error::custom(
+                "a duration needs a unit, e.g. \"30d\" or \"1month\" (\"0\" disables)",
+            ))
+        }
+        Raw::Text(s) if s.trim().is_empty() => return Ok(None),
+        Raw::Text(s) => humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
                 "`{s}` is not a duration ({e}); use e.g. \"30d\" or \"1month\", \"0\" disables"
-            ))),
-        },
+            ))
+        })?,
+    };
+    if duration.is_zero() {
+        Ok(None)
+    } else if duration < Duration::from_secs(1) {
+        Err(serde::de::Error::custom(
+            "must be at least 1s (or \"0\" to disable)",
+        ))
+    } else if duration > MAX_RULE_DURATION {
+        Err(serde::de::Error::custom("must be at most 100 years"))
+    } else {
+        Ok(Some(duration))
     }
 }
 
@@ -165,7 +154,7 @@ fn optional_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Err
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, ConfigError};
 
     fn load(text: &str) -> Result<TerminatorConfig, ConfigError> {
         Config::from_table(text.parse().unwrap()).map(|c| c.terminator)
@@ -175,7 +164,7 @@ mod tests {
     fn defaults_follow_esoz_termination() {
         let c = load("").unwrap();
         assert!(c.enabled);
-        assert_eq!(c.schedule, "0 0 3 * * *");
+        assert_eq!(c.schedule.as_str(), "0 0 3 * * *");
         assert_eq!(
             c.event_max_time,
             Some(humantime::parse_duration("1month").unwrap())

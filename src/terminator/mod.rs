@@ -33,7 +33,7 @@ use crate::store::retention::{EventDeletes, RetentionSession, StateDeletes};
 use crate::store::{EventStore, StoreError};
 
 pub use config::TerminatorConfig;
-pub use schedule::{next_run, ScheduleError, TerminatorSchedule};
+pub use schedule::{next_run, CronSchedule, ScheduleError, TerminatorSchedule};
 
 /// A run failed; nothing is left half-done beyond the batches already committed.
 #[derive(Debug, thiserror::Error)]
@@ -402,13 +402,7 @@ impl Terminator {
 
     /// Waits `batch_pause` between two batches; `false` when shutdown came first.
     async fn rest(&self, shutdown: &CancellationToken) -> bool {
-        if self.config.batch_pause.is_zero() {
-            return true;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = tokio::time::sleep(self.config.batch_pause) => true,
-        }
+        crate::retry::sleep_or_shutdown(self.config.batch_pause, shutdown).await
     }
 
     /// Counts what a run would delete now, with the same cutoffs.

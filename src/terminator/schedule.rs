@@ -1,5 +1,8 @@
 //! The cron job that runs the terminator inside `run` (tokio-cron-scheduler, UTC).
 
+use std::fmt;
+
+use serde::Deserialize;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,15 +26,65 @@ pub enum ScheduleError {
     Scheduler(#[from] JobSchedulerError),
 }
 
-/// Checks a cron expression with the same parser the scheduler uses.
-pub(crate) fn check_expression(expression: &str) -> Result<(), String> {
-    Job::new_async(expression, |_, _| Box::pin(async {}))
-        .map(drop)
-        .map_err(|_| {
-            "not a valid cron expression: tokio-cron-scheduler needs 6 or 7 fields starting \
-             with seconds, e.g. \"0 0 3 * * *\" for 03:00:00 UTC daily"
-                .to_owned()
+/// A cron expression the scheduler accepts: 6 or 7 fields starting with seconds, in UTC.
+/// Checked once, when it is read, with the scheduler's own parser.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct CronSchedule(String);
+
+impl CronSchedule {
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// When the schedule fires next after `after` (exclusive); `None` if it never fires again.
+    pub fn next_after(
+        &self,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        next_run(&self.0, after)
+    }
+}
+
+impl Default for CronSchedule {
+    /// 03:00:00 UTC daily.
+    fn default() -> Self {
+        Self("0 0 3 * * *".to_owned())
+    }
+}
+
+impl fmt::Display for CronSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for CronSchedule {
+    type Error = String;
+
+    /// The error is the reason alone; the configuration names the key.
+    fn try_from(expression: String) -> Result<Self, String> {
+        match Job::new_async(expression.as_str(), |_, _| Box::pin(async {})) {
+            Ok(_) => Ok(Self(expression)),
+            Err(_) => Err(
+                "not a valid cron expression: tokio-cron-scheduler needs 6 or 7 \
+                 fields starting with seconds, e.g. \"0 0 3 * * *\" for 03:00:00 UTC daily"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+impl std::str::FromStr for CronSchedule {
+    type Err = ScheduleError;
+
+    fn from_str(expression: &str) -> Result<Self, ScheduleError> {
+        Self::try_from(expression.to_owned()).map_err(|reason| ScheduleError::Expression {
+            expression: expression.to_owned(),
+            reason,
         })
+    }
 }
 
 /// When `expression` fires next after `after` (exclusive), read with the options the scheduler
@@ -64,18 +117,15 @@ impl std::fmt::Debug for TerminatorSchedule {
 }
 
 impl TerminatorSchedule {
-    /// Schedules `terminator` on `expression`. Every run watches `shutdown` between batches.
+    /// Schedules `terminator` on `schedule`. Every run watches `shutdown` between batches.
     /// Overlapping runs (one still deleting when the next fires) are harmless: the later one
     /// finds the advisory lock taken and is counted as skipped.
     pub async fn start(
         terminator: Terminator,
-        expression: &str,
+        schedule: &CronSchedule,
         shutdown: CancellationToken,
     ) -> Result<Self, ScheduleError> {
-        check_expression(expression).map_err(|reason| ScheduleError::Expression {
-            expression: expression.to_owned(),
-            reason,
-        })?;
+        let expression = schedule.as_str();
         let runs = TaskTracker::new();
         let tracker = runs.clone();
         let job = Job::new_async(expression, move |_, _| {
@@ -140,7 +190,7 @@ mod tests {
             "0 0 3 * * Mon-Fri",
             "0 0 0 1 * *",
         ] {
-            assert!(check_expression(expression).is_ok(), "{expression}");
+            assert!(expression.parse::<CronSchedule>().is_ok(), "{expression}");
             assert!(next_run(expression, Utc::now()).is_some(), "{expression}");
         }
     }

@@ -680,7 +680,9 @@ async fn readiness_follows_the_database_and_the_consumer() {
         l.local_addr().unwrap().port()
     };
     let store = EventStore::connect(&DatabaseConfig {
-        url: format!("postgres://postgres@127.0.0.1:{closed}/eventdb"),
+        url: format!("postgres://postgres@127.0.0.1:{closed}/eventdb")
+            .parse()
+            .unwrap(),
         pool_size: 2,
         connect_timeout: Duration::from_secs(1),
     })

@@ -105,7 +105,7 @@ impl Setup {
         config.kafka.bootstrap_servers = self.broker.bootstrap_servers();
         config.kafka.group_id = "lookup-test".into();
         config.kafka.session_timeout = Duration::from_secs(6);
-        config.database.url = database_url.to_owned();
+        config.database.url = database_url.parse().unwrap();
         config.pipeline.topics_dir = self.topics.path().to_owned();
         config.pipeline.batch_linger = Duration::from_millis(20);
         config.pipeline.max_retry_backoff = Duration::from_millis(500);

@@ -79,7 +79,7 @@ impl Env {
         let mut config = Config::default();
         config.kafka.bootstrap_servers = self.broker.bootstrap_servers();
         config.kafka.group_id = "formats".into();
-        config.database.url = self.db.url.clone();
+        config.database.url = self.db.url.parse().unwrap();
         config.pipeline.topics_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("topics");
         config.pipeline.batch_linger = Duration::from_millis(20);
         let running = start(config).await;

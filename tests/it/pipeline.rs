@@ -98,7 +98,7 @@ impl Setup {
         config.kafka.bootstrap_servers = self.bootstrap.clone();
         config.kafka.group_id = self.group.clone();
         config.kafka.session_timeout = Duration::from_secs(6);
-        config.database.url = database_url.to_owned();
+        config.database.url = database_url.parse().unwrap();
         config.pipeline.topics_dir = self.topics.path().to_owned();
         config.pipeline.batch_size = 500;
         config.pipeline.batch_linger = Duration::from_millis(20);

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use event_manager::metrics::TerminatorMetrics;
-use event_manager::terminator::{RunOutcome, Terminator, TerminatorConfig, TerminatorSchedule};
+use event_manager::terminator::{
+    CronSchedule, RunOutcome, Terminator, TerminatorConfig, TerminatorSchedule,
+};
 use prometheus::Registry;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -364,7 +366,8 @@ async fn terminator_cron_schedule_fires() {
     insert(&client, 30, Some(ago(40 * DAY))).await;
     let (t, m) = terminator(&db, rules(Some(30 * DAY), None));
     let shutdown = CancellationToken::new();
-    let schedule = TerminatorSchedule::start(t, "*/1 * * * * *", shutdown.clone())
+    let every_second = "*/1 * * * * *".parse().unwrap();
+    let schedule = TerminatorSchedule::start(t, &every_second, shutdown.clone())
         .await
         .unwrap();
 
@@ -395,12 +398,7 @@ async fn terminator_cron_schedule_fires() {
 
 #[tokio::test]
 async fn terminator_schedule_rejects_a_bad_expression() {
-    let db = fresh_database().await;
-    let (t, _) = terminator(&db, rules(None, None));
-    let e = TerminatorSchedule::start(t, "0 3 * * *", CancellationToken::new())
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = "0 3 * * *".parse::<CronSchedule>().unwrap_err().to_string();
     assert!(
         e.contains("0 3 * * *") && e.contains("6 or 7 fields"),
         "{e}"
@@ -579,7 +577,7 @@ async fn terminator_app_schedules_it_when_enabled_and_exports_the_metrics() {
     let shutdown = CancellationToken::new();
     assert!(app.start_terminator(&shutdown).await.unwrap().is_none());
 
-    config.terminator.schedule = "*/1 * * * * *".into();
+    config.terminator.schedule = "*/1 * * * * *".parse().unwrap();
     config.terminator.enabled = true;
     let app = event_manager::app::App::build(config).unwrap();
     let schedule = app.start_terminator(&shutdown).await.unwrap().unwrap();

@@ -67,7 +67,7 @@ impl TlsServer {
 
 fn store(url: &str) -> EventStore {
     EventStore::connect(&DatabaseConfig {
-        url: url.to_owned(),
+        url: url.parse().unwrap(),
         pool_size: 2,
         ..DatabaseConfig::default()
     })
@@ -76,19 +76,10 @@ fn store(url: &str) -> EventStore {
 
 /// Whether the pools' connections use TLS (asked of the server), or the connection error.
 async fn uses_tls(url: &str) -> Result<bool, String> {
-    let store = store(url);
-    let mut answers = Vec::new();
-    for client in [store.client().await, store.api_client().await] {
-        let client = client.map_err(|e| e.to_string())?;
-        let row = client
-            .query_one(
-                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        answers.push(row.get::<_, bool>(0));
-    }
+    let answers = store(url)
+        .connections_encrypted()
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(answers[0], answers[1], "both pools connect alike");
     Ok(answers[0])
 }

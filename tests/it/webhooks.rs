@@ -49,7 +49,7 @@ impl Bridge {
         config.kafka.group_id = "webhook-test".into();
         config.kafka.session_timeout = Duration::from_secs(6);
         if let Some(url) = database_url {
-            config.database.url = url.to_owned();
+            config.database.url = url.parse().unwrap();
         }
         config.pipeline.topics_dir = self.topics.path().to_owned();
         config.pipeline.batch_linger = Duration::from_millis(20);
@@ -473,7 +473,7 @@ async fn challenges_are_bounded_tokens_and_every_response_forbids_sniffing() {
     let b = bridge();
     let mut config = b.config(None);
     // Nothing listens there: /readyz answers 503 quickly.
-    config.database.url = "postgres://nobody@127.0.0.1:1/none".into();
+    config.database.url = "postgres://nobody@127.0.0.1:1/none".parse().unwrap();
     let app = App::build(config).unwrap();
     let (base, stop) = serve(&app).await;
     let http = reqwest::Client::new();

@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ConsoleState;
-use crate::terminator::{next_run, RunRecord};
+use crate::terminator::RunRecord;
 
 /// `GET /api/terminator` response.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -79,10 +79,10 @@ pub async fn terminator(State(state): State<ConsoleState>) -> Json<TerminatorSta
     let config = &state.terminator;
     Json(TerminatorStatus {
         enabled: config.enabled,
-        schedule: config.schedule.clone(),
+        schedule: config.schedule.to_string(),
         next_run: config
             .enabled
-            .then(|| next_run(&config.schedule, Utc::now()))
+            .then(|| config.schedule.next_after(Utc::now()))
             .flatten(),
         event_max_time_seconds: config.event_max_time.map(|d| d.as_secs()),
         event_max_number: config.event_max_number,

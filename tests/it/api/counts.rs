@@ -3,8 +3,9 @@
 //! filter and window shape, after inserts, deletes, updates and truncation.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use event_manager::api::events::{list_sql, parse_query, whole_minutes, whole_spans};
+use event_manager::api::events::parse_query;
 use event_manager::config::ApiConfig;
+use event_manager::store::event_queries::{list_sql, whole_minutes, whole_spans};
 
 use crate::support::fresh_database;
 
@@ -164,10 +165,10 @@ async fn check_all(client: &tokio_postgres::Client, stage: &str) {
 /// The count written independently of the API's SQL, with the JSON operators.
 async fn exact_count(
     client: &tokio_postgres::Client,
-    q: &event_manager::api::events::EventsQuery,
+    q: &event_manager::store::event_queries::EventsQuery,
     hidden: &[String],
 ) -> i64 {
-    use event_manager::api::events::AttributeFilter;
+    use event_manager::store::event_queries::AttributeFilter;
     let (name, contains) = match &q.attribute {
         None => (None, None),
         Some(AttributeFilter::Exists(name)) => (Some(name.clone()), None),

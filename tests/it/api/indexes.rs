@@ -2,8 +2,9 @@
 //! seeded, analysed table never shows a sequential scan of `events`.
 
 use chrono::{TimeZone, Utc};
-use event_manager::api::events::{list_sql, parse_query, ListSql};
+use event_manager::api::events::parse_query;
 use event_manager::config::ApiConfig;
+use event_manager::store::event_queries::{list_sql, ListSql};
 
 use crate::support::fresh_database;
 

@@ -88,7 +88,7 @@ pub async fn fresh_database() -> TestDatabase {
         .expect("create the test database");
     let url = url_for(&name);
     let config = DatabaseConfig {
-        url: url.clone(),
+        url: url.parse().expect("the test database's URL"),
         pool_size: 8,
         ..DatabaseConfig::default()
     };

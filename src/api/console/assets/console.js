@@ -1,5 +1,6 @@
-// The operator console: a login prompt until a token is given, then the panels, the
-// operations panels refreshed every few seconds. No data is requested without a token.
+// The operator console: a login prompt until a token is given, then the panels, all of them
+// refreshed every few seconds (the events list unless one of its rows is open). No data is
+// requested without a token.
 
 import { ApiError, session, takeTokenFromFragment } from './api.js';
 import { showError } from './dom.js';
@@ -53,6 +54,7 @@ async function refresh() {
   if (!panels) return;
   const results = await Promise.allSettled([
     panels.lag.refresh(), panels.deadLetters.refresh(), panels.terminator.refresh(),
+    eventsPanel.refresh(),
   ]);
   if (!panels) return;
   const failures = results.filter((r) => r.status === 'rejected').map((r) => r.reason);
@@ -79,7 +81,7 @@ function start() {
     terminator: new TerminatorPanel(consoleRoot),
   };
   if (!eventsPanel) eventsPanel = new EventsPanel(consoleRoot, refused);
-  eventsPanel.load();
+  eventsPanel.apply();
   loadFacets(consoleRoot).catch(() => {});
   refresh();
 }

@@ -15,6 +15,19 @@ export function el(tag, attributes = {}, ...children) {
   return node;
 }
 
+/**
+ * Text that may wrap after `.`, `-`, `_`, `/` and `:` only (topic names, ids), so a narrow column
+ * breaks `ehealth-careplan.status` between its words rather than between any two letters.
+ */
+export function breakable(text) {
+  const fragment = document.createDocumentFragment();
+  for (const part of String(text).split(/(?<=[.\-_/:])/)) {
+    if (fragment.childNodes.length > 0) fragment.append(document.createElement('wbr'));
+    fragment.append(part);
+  }
+  return fragment;
+}
+
 /** Replaces the rows of a table section. */
 export function setRows(section, rows) {
   section.replaceChildren(...rows);

@@ -19,21 +19,27 @@ export class EventsPanel {
     this.page = 1;
     this.totalPages = 0;
     this.request = 0;
+    // The filters last applied: paging and the periodic refresh keep them, so a half-typed
+    // filter is not applied before the form is submitted.
+    this.applied = null;
 
     this.form.addEventListener('submit', (e) => {
       e.preventDefault();
-      this.page = 1;
-      this.load();
+      this.apply();
     });
     this.form.addEventListener('reset', () => {
       // The form's fields are cleared after this event; load once they are.
-      window.setTimeout(() => {
-        this.page = 1;
-        this.load();
-      });
+      window.setTimeout(() => this.apply());
     });
     this.prev.addEventListener('click', () => this.go(this.page - 1));
     this.next.addEventListener('click', () => this.go(this.page + 1));
+  }
+
+  /** Applies the form's filters and shows their first page. */
+  apply() {
+    this.applied = this.filters();
+    this.page = 1;
+    this.load();
   }
 
   go(page) {
@@ -42,20 +48,30 @@ export class EventsPanel {
     this.load();
   }
 
-  /** The query of the current filters: empty fields are left out; times are UTC. */
-  query() {
+  /**
+   * Reloads the page shown, so events stored since appear (and the totals grow), unless a row
+   * is open: its properties are being read and stay where they are.
+   */
+  refresh() {
+    if (this.body.querySelector('tr.detail:not([hidden])')) return Promise.resolve();
+    return this.load();
+  }
+
+  /** The form's filters: empty fields are left out; times are UTC. */
+  filters() {
     const data = new FormData(this.form);
-    const query = { page: this.page, page_size: data.get('page_size') };
+    const filters = { page_size: data.get('page_size') };
     for (const name of FILTERS) {
       const value = String(data.get(name) || '').trim();
-      if (value) query[name] = value;
+      if (value) filters[name] = value;
     }
-    return query;
+    return filters;
   }
 
   async load() {
     const request = ++this.request;
-    const query = this.query();
+    if (!this.applied) this.applied = this.filters();
+    const query = { ...this.applied, page: this.page };
     let list;
     try {
       list = await getJson('/api/events', query);

@@ -3,7 +3,7 @@
 
 import { getJson } from './api.js';
 import {
-  el, formatCount, formatDuration, formatRate, formatTime, setRows, showError,
+  breakable, el, formatCount, formatDuration, formatRate, formatTime, setRows, showError,
 } from './dom.js';
 
 /**
@@ -60,7 +60,7 @@ export class LagPanel {
     const rows = status.partitions.map((p) => {
       const key = `${p.topic}/${p.partition}`;
       return el('tr', { 'data-partition': key, class: p.lag ? 'behind' : '' },
-        el('td', { class: 'id' }, p.topic),
+        el('td', { class: 'id' }, breakable(p.topic)),
         el('td', { class: 'num' }, p.partition),
         el('td', { class: 'num' }, formatCount(p.stored_offset)),
         el('td', { class: 'num' }, formatCount(p.committed_offset)),
@@ -107,9 +107,9 @@ export class DeadLetterPanel {
     setRows(this.reasons, reasons);
     const latest = letters.latest.map((d) => el('tr', {},
       el('td', { class: 'time' }, formatTime(d.timestamp)),
-      el('td', { class: 'id' }, d.source_topic === null
+      el('td', { class: 'id' }, breakable(d.source_topic === null
         ? `${d.topic} ${d.partition}:${d.offset}`
-        : `${d.source_topic} ${d.source_partition ?? '?'}:${d.source_offset ?? '?'}`),
+        : `${d.source_topic} ${d.source_partition ?? '?'}:${d.source_offset ?? '?'}`)),
       el('td', {}, d.reason ?? '(none)'),
       el('td', { class: 'detail-text' }, d.detail ?? '')));
     if (latest.length === 0) {

@@ -1,0 +1,185 @@
+//! The events API's queries (`GET /api/events`, `GET /api/events/{id}`) behind typed
+//! functions: the API hands in a validated [`EventsQuery`] and gets [`EventRow`]s back, read
+//! straight from the driver's buffers when it writes them into a response.
+
+mod list;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::types::{FromSql, ToSql, Type};
+use tokio_postgres::Row;
+
+use super::{EventStore, StoreError};
+
+pub use list::{list_sql, whole_minutes, whole_spans, ListSql, Param};
+
+/// How the list filters on `properties`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttributeFilter {
+    /// Events whose properties have this attribute.
+    Exists(String),
+    /// Events whose `properties -> name ->> 'new_value'` equals `value`.
+    NewValue {
+        /// Attribute name.
+        name: String,
+        /// Its new value.
+        value: String,
+    },
+}
+
+/// A validated list request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsQuery {
+    /// Window start (inclusive).
+    pub from: DateTime<Utc>,
+    /// Window end (exclusive).
+    pub to: DateTime<Utc>,
+    /// `event_type` filter.
+    pub event_type: Option<String>,
+    /// `entity_type` filter.
+    pub entity_type: Option<String>,
+    /// `attribute_name` / `new_value` filter.
+    pub attribute: Option<AttributeFilter>,
+    /// Whether the filtered attribute has its own indexes (`api.indexed_attributes`).
+    pub attribute_indexed: bool,
+    /// 1-based page number.
+    pub page: u32,
+    /// Events per page.
+    pub page_size: u32,
+}
+
+const COLUMNS: &str = "id, event_type, entity_type, entity_id, properties, event_time, changed_by";
+/// The page query's column after [`COLUMNS`]: the window's total.
+const TOTAL_COLUMN: usize = 7;
+
+/// One page of a list request.
+pub(crate) struct EventPage {
+    /// The page's events, ordered by `event_time`, then `id`.
+    pub(crate) rows: Vec<EventRow>,
+    /// Events matching the filters in the whole window.
+    pub(crate) total_entries: i64,
+}
+
+/// One row of `events` as the database sent it.
+pub(crate) struct EventRow(Row);
+
+/// One stored event, borrowed from its [`EventRow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoredEvent<'a> {
+    /// Event identifier (UUID v7).
+    pub(crate) id: uuid::Uuid,
+    /// Event type.
+    pub(crate) event_type: &'a str,
+    /// Type of the changed entity.
+    pub(crate) entity_type: &'a str,
+    /// Identifier of the changed entity.
+    pub(crate) entity_id: &'a str,
+    /// `properties` as PostgreSQL wrote it: `jsonb` output is always valid JSON, so it can be
+    /// copied into a response as it is, without parsing it again.
+    pub(crate) properties: &'a str,
+    /// When the change happened.
+    pub(crate) event_time: DateTime<Utc>,
+    /// Who made the change, when known.
+    pub(crate) changed_by: Option<&'a str>,
+}
+
+impl EventRow {
+    /// Reads the row's columns.
+    pub(crate) fn event(&self) -> Result<StoredEvent<'_>, StoreError> {
+        let row = &self.0;
+        Ok(StoredEvent {
+            id: row.try_get(0)?,
+            event_type: row.try_get(1)?,
+            entity_type: row.try_get(2)?,
+            entity_id: row.try_get(3)?,
+            properties: row.try_get::<_, RawJson<'_>>(4)?.0,
+            event_time: row.try_get(5)?,
+            changed_by: row.try_get(6)?,
+        })
+    }
+}
+
+/// A JSON document borrowed from a row, as PostgreSQL sent it.
+struct RawJson<'a>(&'a str);
+
+impl<'a> FromSql<'a> for RawJson<'a> {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = match (ty == &Type::JSONB, raw.split_first()) {
+            (false, _) => raw,
+            (true, Some((1, text))) => text,
+            (true, _) => return Err("unsupported jsonb format version".into()),
+        };
+        Ok(RawJson(std::str::from_utf8(text)?))
+    }
+
+    tokio_postgres::types::accepts!(JSON, JSONB);
+}
+
+impl EventStore {
+    /// The page of events `query` asks for, without the types in `hidden_types`, and the total
+    /// of its window, on the query API's pool.
+    pub(crate) async fn list_events(
+        &self,
+        query: &EventsQuery,
+        hidden_types: Vec<String>,
+    ) -> Result<EventPage, StoreError> {
+        let sql = list_sql(query, hidden_types);
+        let mut client = self.api_client().await?;
+        let rows = page(&sql, &mut client).await?;
+        let total_entries = match rows.first() {
+            Some(row) => row.try_get(TOTAL_COLUMN)?,
+            // An empty first page means an empty window; past the end, the total is asked for.
+            None if sql.offset == 0 => 0,
+            None => total(&sql, &client).await?,
+        };
+        Ok(EventPage {
+            rows: rows.into_iter().map(EventRow).collect(),
+            total_entries,
+        })
+    }
+
+    /// The event with this id, if there is one.
+    pub(crate) async fn event(&self, id: uuid::Uuid) -> Result<Option<EventRow>, StoreError> {
+        let client = self.api_client().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE id = $1"))
+            .await?;
+        Ok(client.query_opt(&stmt, &[&id]).await?.map(EventRow))
+    }
+}
+
+type Values<'a> = Vec<&'a (dyn ToSql + Sync)>;
+
+fn split<'a>(params: &[(&'a (dyn ToSql + Sync), Type)]) -> (Values<'a>, Vec<Type>) {
+    params.iter().map(|(v, t)| (*v, t.clone())).unzip()
+}
+
+/// Runs the page query.
+async fn page(
+    sql: &ListSql,
+    client: &mut deadpool_postgres::Client,
+) -> Result<Vec<Row>, StoreError> {
+    let params = sql.page_params();
+    if !sql.prepared_list {
+        // Planned for these values (the pool's connections default to generic plans).
+        let tx = client.transaction().await?;
+        tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            .await?;
+        let rows = tx.query_typed(&sql.list, &params).await?;
+        tx.commit().await?;
+        return Ok(rows);
+    }
+    let (values, types) = split(&params);
+    let stmt = client.prepare_typed_cached(&sql.list, &types).await?;
+    Ok(client.query(&stmt, &values).await?)
+}
+
+/// Runs the count query: always prepared, its plan does not depend on the values.
+async fn total(sql: &ListSql, client: &deadpool_postgres::Client) -> Result<i64, StoreError> {
+    let params = sql.count_params();
+    let (values, types) = split(&params);
+    let stmt = client.prepare_typed_cached(&sql.count, &types).await?;
+    Ok(client.query_one(&stmt, &values).await?.get(0))
+}
