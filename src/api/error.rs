@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::store::StoreError;
 
 /// The realm named in every `WWW-Authenticate` challenge.
-pub const REALM: &str = "event-manager";
+pub(crate) const REALM: &str = "event-manager";
 
 /// One query parameter that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]

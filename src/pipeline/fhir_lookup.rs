@@ -76,7 +76,7 @@ impl FhirConfig {
     }
 
     /// Checks values serde cannot check.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| ConfigError::Invalid {
             key: key.to_owned(),
             reason: reason.to_owned(),
@@ -168,7 +168,7 @@ impl LookupError {
     }
 
     /// The dead-letter reason for this failure.
-    pub fn into_decode_error(self) -> DecodeError {
+    pub(crate) fn into_decode_error(self) -> DecodeError {
         let kind = match self {
             LookupError::NotFound => DecodeErrorKind::LookupNotFound,
             LookupError::Timeout => DecodeErrorKind::LookupTimeout,

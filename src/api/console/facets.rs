@@ -12,7 +12,7 @@ use crate::api::auth::Principal;
 use crate::api::error::ApiError;
 
 /// How far back the suggestions reach.
-pub const FACET_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+pub(crate) const FACET_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// `GET /api/facets` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -40,7 +40,7 @@ pub struct FacetList {
     ),
     security(("bearer" = ["event:read"]))
 )]
-pub async fn facets(
+pub(crate) async fn facets(
     State(state): State<ConsoleState>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<FacetList>, ApiError> {
