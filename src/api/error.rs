@@ -73,14 +73,14 @@ pub enum ApiError {
 
 /// The JSON error body.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// What went wrong.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// Machine-readable kind: `validation_failed`, `not_found`, `unauthorized`, `forbidden`,
     /// `unavailable` or `internal`.
     #[serde(rename = "type")]

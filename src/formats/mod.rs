@@ -234,7 +234,7 @@ pub fn payload<'a>(msg: &RawMessage<'a>) -> Result<&'a [u8], DecodeError> {
 
 /// What decoders take from the service's configuration rather than from their topic rule.
 #[derive(Debug, Clone, Default)]
-pub struct DecoderContext {
+pub(crate) struct DecoderContext {
     /// How FHIRcast session ids stand for `hub.topic`.
     pub fhircast_sessions: SessionIds,
 }

@@ -25,7 +25,7 @@ pub(crate) const FORMAT_HEADER: &str = "em-dlq-format";
 
 /// A message on its way to a dead-letter topic.
 #[derive(Debug, Clone)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// Target topic.
     pub topic: String,
     /// The original message.

@@ -16,7 +16,7 @@ pub(crate) const FACET_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// `GET /api/facets` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct FacetList {
+pub(crate) struct FacetList {
     /// Values are of events whose `event_time` is at or after the 10-minute span holding this.
     pub since: DateTime<Utc>,
     /// Event types, sorted (at most 200; types the token may not see are left out).
