@@ -46,11 +46,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     } else {
         println!("Starting a private PostgreSQL from the installed server binaries…");
         let pg = tokio::task::spawn_blocking(LocalPostgres::start).await??;
-        let (admin, conn) =
-            tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        admin.batch_execute("CREATE DATABASE eventdb").await?;
-        config.database.url = pg.url("eventdb").parse()?;
+        config.database.url = pg.create_database("eventdb").await?.parse()?;
         println!(
             "EventDB: {} (removed when the demo stops)",
             config.database.url
