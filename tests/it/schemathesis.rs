@@ -58,11 +58,13 @@ fn schemathesis() -> PathBuf {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("schemathesis-{digest}"));
     let st = venv.join("bin").join("st");
     let complete = venv.join(".complete");
-    if complete.exists() {
+    // A virtual environment is not relocatable (its scripts name its path): it is built in
+    // place, and an unfinished one (no marker) or one built elsewhere (a moved target
+    // directory; the marker holds the path it was built at) is built again.
+    let built_here = venv.to_string_lossy().into_owned();
+    if std::fs::read_to_string(&complete).is_ok_and(|at| at == built_here) {
         return st;
     }
-    // A virtual environment is not relocatable: it is built in place, and an unfinished one
-    // (no marker) is built again.
     if venv.exists() {
         std::fs::remove_dir_all(&venv).expect("remove an unfinished schemathesis environment");
     }
@@ -85,7 +87,7 @@ fn schemathesis() -> PathBuf {
             .arg(&requirements),
         "installing schemathesis from PyPI",
     );
-    std::fs::write(&complete, b"").expect("mark the schemathesis environment complete");
+    std::fs::write(&complete, &built_here).expect("mark the schemathesis environment complete");
     st
 }
 
