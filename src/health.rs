@@ -25,7 +25,7 @@ impl Readiness {
     }
 
     /// Records whether the database accepted the last batch or ping.
-    pub fn set_database_up(&self, up: bool) {
+    pub(crate) fn set_database_up(&self, up: bool) {
         self.database_up.store(up, Ordering::Relaxed);
     }
 
@@ -35,19 +35,19 @@ impl Readiness {
     }
 
     /// Records that broker metadata was fetched now.
-    pub fn touch_broker_metadata(&self) {
+    pub(crate) fn touch_broker_metadata(&self) {
         self.broker_metadata_at_ms
             .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
 
     /// Records whether the consumer's client holds a connection to a broker (from its statistics,
     /// every few seconds, and at once when librdkafka reports every broker down).
-    pub fn set_broker_up(&self, up: bool) {
+    pub(crate) fn set_broker_up(&self, up: bool) {
         self.broker_up.store(up, Ordering::Relaxed);
     }
 
     /// Whether the consumer's client was connected to a broker at last report.
-    pub fn broker_up(&self) -> bool {
+    pub(crate) fn broker_up(&self) -> bool {
         self.broker_up.load(Ordering::Relaxed)
     }
 
@@ -63,13 +63,13 @@ impl Readiness {
     }
 
     /// Age of the newest broker metadata in milliseconds (`None` if never fetched).
-    pub fn broker_metadata_age_ms(&self) -> Option<i64> {
+    pub(crate) fn broker_metadata_age_ms(&self) -> Option<i64> {
         let at = self.broker_metadata_at_ms.load(Ordering::Relaxed);
         (at > 0).then(|| chrono::Utc::now().timestamp_millis() - at)
     }
 
     /// Records why the consumer cannot connect to Kafka (`None`: it can, or no failure is known).
-    pub fn set_kafka_error(&self, cause: Option<String>) {
+    pub(crate) fn set_kafka_error(&self, cause: Option<String>) {
         *self
             .kafka_error
             .lock()
@@ -86,7 +86,7 @@ impl Readiness {
 
     /// Records the outcome of a readiness check of the database: a failure's cause is logged
     /// when it differs from the previous check's, so that probes do not repeat it every time.
-    pub fn database_checked(&self, outcome: Result<(), String>) {
+    pub(crate) fn database_checked(&self, outcome: Result<(), String>) {
         let mut last = self
             .database_check_error
             .lock()
@@ -107,7 +107,7 @@ impl Readiness {
     }
 
     /// Whether a consumer runs in this process.
-    pub fn consumer_required(&self) -> bool {
+    pub(crate) fn consumer_required(&self) -> bool {
         self.consumer_required.load(Ordering::Relaxed)
     }
 }

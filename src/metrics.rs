@@ -169,7 +169,7 @@ fn registered<M: Collector + Clone + 'static>(
 }
 
 /// The sum of a counter over all its label values (for summaries and benchmarks).
-pub fn counter_total(counter: &IntCounterVec) -> u64 {
+pub(crate) fn counter_total(counter: &IntCounterVec) -> u64 {
     counter
         .collect()
         .iter()
@@ -331,7 +331,7 @@ impl DbPoolMetrics {
     }
 
     /// Records the pool's current state.
-    pub fn observe(&self, pool: &str, size: usize, available: usize, waiting: usize) {
+    pub(crate) fn observe(&self, pool: &str, size: usize, available: usize, waiting: usize) {
         for (state, n) in [
             ("size", size),
             ("available", available),

@@ -64,19 +64,20 @@ impl Properties {
         }
     }
 
-    /// Sets a string property.
-    pub fn insert_str(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    /// Sets a string property (tests).
+    #[cfg(test)]
+    pub(crate) fn insert_str(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.insert(name, OwnedValue::String(value.into()));
     }
 
     /// Sets a property only when it is not present yet (headers win over body fields). The
     /// name is one of the format's constants.
-    pub fn insert_if_absent(&mut self, name: &'static str, value: OwnedValue) {
+    pub(crate) fn insert_if_absent(&mut self, name: &'static str, value: OwnedValue) {
         self.insert_if_absent_with(name, || value);
     }
 
     /// Like [`Properties::insert_if_absent`], building the value only when it is inserted.
-    pub fn insert_if_absent_with(
+    pub(crate) fn insert_if_absent_with(
         &mut self,
         name: &'static str,
         value: impl FnOnce() -> OwnedValue,
@@ -87,12 +88,13 @@ impl Properties {
     }
 
     /// Looks a property up.
-    pub fn get_owned(&self, name: &str) -> Option<&OwnedValue> {
+    pub(crate) fn get_owned(&self, name: &str) -> Option<&OwnedValue> {
         self.position(name).map(|i| &self.values[i].1)
     }
 
-    /// Looks up a string property.
-    pub fn get_str(&self, name: &str) -> Option<&str> {
+    /// Looks up a string property (tests).
+    #[cfg(test)]
+    pub(crate) fn get_str(&self, name: &str) -> Option<&str> {
         match self.get_owned(name) {
             Some(OwnedValue::String(s)) => Some(s),
             _ => None,

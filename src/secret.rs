@@ -16,7 +16,7 @@ impl Secret {
     }
 
     /// The secret itself, for comparison or signing only.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

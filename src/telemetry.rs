@@ -45,7 +45,7 @@ pub enum LogFormat {
 }
 
 /// Targets (crates, and librdkafka's own log) that print payloads below `info`.
-pub const PAYLOAD_TARGETS: &[&str] = &[
+pub(crate) const PAYLOAD_TARGETS: &[&str] = &[
     "tokio_postgres",
     "postgres",
     "postgres_protocol",
@@ -65,10 +65,10 @@ pub const PAYLOAD_TARGETS: &[&str] = &[
 ];
 
 /// The most verbose level of [`PAYLOAD_TARGETS`] without `log.unsafe_payloads`.
-pub const PAYLOAD_TARGETS_CAP: LevelFilter = LevelFilter::INFO;
+pub(crate) const PAYLOAD_TARGETS_CAP: LevelFilter = LevelFilter::INFO;
 
 /// A filter that passes everything except [`PAYLOAD_TARGETS`] below their cap.
-pub fn payload_cap() -> Targets {
+pub(crate) fn payload_cap() -> Targets {
     PAYLOAD_TARGETS.iter().fold(
         Targets::new().with_default(LevelFilter::TRACE),
         |t, name| t.with_target(*name, PAYLOAD_TARGETS_CAP),

@@ -214,12 +214,12 @@ impl Authenticator {
     }
 
     /// The extra scope needed to see events of `event_type`, if any.
-    pub fn event_type_scope(&self, event_type: &str) -> Option<&str> {
+    pub(crate) fn event_type_scope(&self, event_type: &str) -> Option<&str> {
         self.event_type_scopes.get(event_type).map(String::as_str)
     }
 
     /// Event types `principal` may not see.
-    pub fn hidden_event_types(&self, principal: &Principal) -> Vec<String> {
+    pub(crate) fn hidden_event_types(&self, principal: &Principal) -> Vec<String> {
         self.event_type_scopes
             .iter()
             .filter(|(_, scope)| !principal.has_scope(scope))
@@ -328,7 +328,7 @@ fn describe(kind: &ErrorKind) -> String {
 
 /// Middleware for the events API: a valid token with scope `event:read`, else 401 or 403.
 /// The caller's [`Principal`] is left in the request extensions for the handlers.
-pub async fn require_read_scope(
+pub(crate) async fn require_read_scope(
     State(auth): State<Arc<Authenticator>>,
     mut request: Request,
     next: Next,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::config_error::ConfigError;
 
 /// The scope every caller of the events API needs (docs/architecture.md, "ESOZ Event Manager").
-pub const READ_SCOPE: &str = "event:read";
+pub(crate) const READ_SCOPE: &str = "event:read";
 
 /// HTTP server settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,7 +49,7 @@ pub struct ApiConfig {
 }
 
 /// Longest name accepted in `api.indexed_attributes`.
-pub const MAX_INDEXED_ATTRIBUTE_LEN: usize = 64;
+pub(crate) const MAX_INDEXED_ATTRIBUTE_LEN: usize = 64;
 
 /// A list of names, or one string of comma-separated names (as environment variables give it).
 fn names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -88,7 +88,7 @@ impl Default for ApiConfig {
 
 impl ApiConfig {
     /// Checks values serde cannot check.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=24 * 366).contains(&self.events_list_max_period_hours) {
             return Err(invalid(
                 "api.events_list_max_period_hours",
@@ -130,12 +130,12 @@ impl ApiConfig {
     }
 
     /// Whether `name` has its own indexes (`api.indexed_attributes`).
-    pub fn is_indexed(&self, name: &str) -> bool {
+    pub(crate) fn is_indexed(&self, name: &str) -> bool {
         self.indexed_attributes.iter().any(|a| a == name)
     }
 
     /// The longest list period.
-    pub fn max_period(&self) -> chrono::Duration {
+    pub(crate) fn max_period(&self) -> chrono::Duration {
         chrono::Duration::hours(i64::from(self.events_list_max_period_hours))
     }
 }
@@ -204,11 +204,11 @@ impl std::fmt::Debug for AuthConfig {
 }
 
 /// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key as long as the hash output.
-pub const MIN_HS256_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_HS256_SECRET_BYTES: usize = 32;
 
 impl AuthConfig {
     /// Checks values serde cannot check (key files are read when the API starts).
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if let Some(secret) = &self.hs256_secret {
             if secret.len() < MIN_HS256_SECRET_BYTES {
                 return Err(invalid(
@@ -254,7 +254,7 @@ impl AuthConfig {
     }
 
     /// Whether any verification key is configured.
-    pub fn has_keys(&self) -> bool {
+    pub(crate) fn has_keys(&self) -> bool {
         self.hs256_secret.is_some()
             || !self.rs256_public_key_files.is_empty()
             || !self.es256_public_key_files.is_empty()

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::store::StoreError;
 
 /// The realm named in every `WWW-Authenticate` challenge.
-pub const REALM: &str = "event-manager";
+pub(crate) const REALM: &str = "event-manager";
 
 /// One query parameter that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -73,14 +73,14 @@ pub enum ApiError {
 
 /// The JSON error body.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// What went wrong.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// Machine-readable kind: `validation_failed`, `not_found`, `unauthorized`, `forbidden`,
     /// `unavailable` or `internal`.
     #[serde(rename = "type")]

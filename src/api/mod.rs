@@ -34,9 +34,9 @@ use crate::metrics::{DbPoolMetrics, HttpMetrics};
 use crate::store::EventStore;
 
 /// Broker metadata older than this makes a consumer process not ready.
-pub const BROKER_METADATA_MAX_AGE: Duration = Duration::from_secs(60);
+pub(crate) const BROKER_METADATA_MAX_AGE: Duration = Duration::from_secs(60);
 /// How long `/readyz` waits for the database to answer.
-pub const READINESS_DB_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const READINESS_DB_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything request handlers need.
 #[derive(Clone)]
@@ -64,7 +64,7 @@ pub fn router(state: ApiState) -> Router {
 
 /// Builds the router with `extra` routes (e.g. the webhook bridges), which share the fallback
 /// and the request metrics.
-pub fn router_with(state: ApiState, extra: Router) -> Router {
+pub(crate) fn router_with(state: ApiState, extra: Router) -> Router {
     let events = Router::new()
         .route("/api/events", get(events::list_events))
         .route("/api/events/{id}", get(events::get_event))

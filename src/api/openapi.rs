@@ -57,7 +57,7 @@ use super::{Health, ReadinessReport};
         (name = "console", description = "What the operator console at `/console` shows besides the events: lag, dead letters, the terminator, filter suggestions (bearer token with scope `event:read`).")
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct BearerJwt;
 

@@ -66,7 +66,7 @@ impl Config {
     }
 
     /// Like [`Config::load`], with an explicit environment (for tests).
-    pub fn load_with_env(
+    pub(crate) fn load_with_env(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
@@ -89,7 +89,7 @@ impl Config {
     }
 
     /// Builds a configuration from a TOML table and validates it.
-    pub fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+    pub(crate) fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let path = e.path().to_string();
@@ -103,7 +103,7 @@ impl Config {
     }
 
     /// Checks values serde cannot check.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
         self.database.validate()?;
         self.pipeline.validate()?;

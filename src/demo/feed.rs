@@ -28,7 +28,7 @@ impl Rng {
     }
 
     /// Next raw value.
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -98,7 +98,7 @@ struct EsozEntity {
 
 /// ESOZ StatusChangeEvents on `event_manager_topic`.
 #[derive(Debug, Default)]
-pub struct EsozSamples {
+pub(crate) struct EsozSamples {
     entities: Vec<EsozEntity>,
 }
 
@@ -194,7 +194,7 @@ impl SampleSource for EsozSamples {
 /// real producers do, with HTTP capture noise among them), some without a status value, some
 /// late; care-team reference events; care-plan lifecycle events.
 #[derive(Debug, Default)]
-pub struct EhealthDkSamples {
+pub(crate) struct EhealthDkSamples {
     resources: Vec<(usize, String, usize, i64)>, // (profile, id, status, version)
 }
 
@@ -377,7 +377,7 @@ impl SampleSource for EhealthDkSamples {
 
 /// RCP v2 envelopes: timeslots created, updated and deleted; patient calls finished.
 #[derive(Debug, Default)]
-pub struct RcpV2Samples {
+pub(crate) struct RcpV2Samples {
     timeslots: Vec<String>,
 }
 
@@ -442,7 +442,7 @@ impl SampleSource for RcpV2Samples {
 /// the topic): discharges (single and batched), medical records, inventory imports, and event
 /// types SFS's documentation does not list.
 #[derive(Debug, Default)]
-pub struct SfsSamples;
+pub(crate) struct SfsSamples;
 
 impl SampleSource for SfsSamples {
     fn next(&mut self, rng: &mut Rng, _now: DateTime<Utc>) -> Sample {
@@ -489,7 +489,7 @@ impl SampleSource for SfsSamples {
 /// FHIRcast notifications of a few sessions: patients opened and closed, studies opened,
 /// report updates (which never change context), and the odd malformed timestamp.
 #[derive(Debug, Default)]
-pub struct FhircastSamples {
+pub(crate) struct FhircastSamples {
     sessions: Vec<String>,
 }
 

@@ -12,11 +12,46 @@ use rdkafka::producer::FutureRecord;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
-use crate::broker::EmbeddedBroker;
-use crate::config::{load_topic_rules, Config, LogFormat};
+use crate::api::auth::MintError;
+use crate::app::{App, AppError};
+use crate::broker::{BrokerError, EmbeddedBroker};
+use crate::config::{load_topic_rules, Config, ConfigError, LogFormat};
 use crate::metrics::counter_total;
-use crate::store::LocalPostgres;
+use crate::store::{LocalPostgres, LocalPostgresError};
+
+/// Why the demo could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The private PostgreSQL did not start.
+    #[error("private PostgreSQL: {0}")]
+    Postgres(#[from] LocalPostgresError),
+    /// The configuration (or the topic rules) is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The embedded broker did not start or refused a topic.
+    #[error("embedded broker: {0}")]
+    Broker(#[from] BrokerError),
+    /// The system gave no randomness for the token's secret.
+    #[error("no system randomness for the demo token secret")]
+    Randomness,
+    /// The token could not be minted.
+    #[error("demo token: {0}")]
+    Token(#[from] MintError),
+    /// The API's address could not be bound.
+    #[error("listen on {addr}: {source}")]
+    Bind {
+        /// The address of `--bind`.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The application failed.
+    #[error(transparent)]
+    App(#[from] AppError),
+    /// A start-up task panicked or was cancelled.
+    #[error("a start-up task stopped: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// Options of `demo`.
 #[derive(Debug, clap::Args)]
@@ -33,7 +68,7 @@ pub struct DemoArgs {
 }
 
 /// Runs the demo until Ctrl-C (or `--duration`).
-pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), DemoError> {
     config.log.format = LogFormat::Text;
     if std::env::var_os("RUST_LOG").is_none() {
         config.log.level = "warn".into();
@@ -46,11 +81,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     } else {
         println!("Starting a private PostgreSQL from the installed server binaries…");
         let pg = tokio::task::spawn_blocking(LocalPostgres::start).await??;
-        let (admin, conn) =
-            tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        admin.batch_execute("CREATE DATABASE eventdb").await?;
-        config.database.url = pg.url("eventdb").parse()?;
+        config.database.url = pg.create_database("eventdb").await?.parse()?;
         println!(
             "EventDB: {} (removed when the demo stops)",
             config.database.url
@@ -77,7 +108,12 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
 
     let app = App::build(config.clone())?;
     let metrics = app.pipeline_metrics.clone();
-    let listener = TcpListener::bind(args.bind).await?;
+    let listener = TcpListener::bind(args.bind)
+        .await
+        .map_err(|source| DemoError::Bind {
+            addr: args.bind,
+            source,
+        })?;
     let shutdown = crate::shutdown::on_signal();
     if let Some(d) = args.duration {
         let s = shutdown.clone();
@@ -127,11 +163,11 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// Gives the demo a random HS256 secret (unless one is configured) and mints a token with it.
-fn demo_token(auth: &mut crate::config::AuthConfig) -> anyhow::Result<String> {
+fn demo_token(auth: &mut crate::config::AuthConfig) -> Result<String, DemoError> {
     if auth.hs256_secret.is_none() {
         let mut secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
-            .map_err(|_| anyhow::anyhow!("no system randomness for the demo token secret"))?;
+            .map_err(|_| DemoError::Randomness)?;
         auth.hs256_secret = Some(secret.iter().map(|b| format!("{b:02x}")).collect());
     }
     Ok(crate::api::auth::mint_token(
@@ -147,15 +183,21 @@ async fn produce_feed(
     mut sources: Vec<Box<dyn feed::SampleSource>>,
     rate: u32,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) {
     if sources.is_empty() {
-        return Ok(());
+        return;
     }
-    let producer = crate::kafka::producer(
+    let producer = match crate::kafka::producer(
         &kafka,
         crate::kafka::Role::DemoFeed,
         &crate::kafka::ConnectionReporter::new(&kafka),
-    )?;
+    ) {
+        Ok(producer) => producer,
+        Err(error) => {
+            tracing::error!(error = %error, "demo feed: no producer, so no sample messages are sent");
+            return;
+        }
+    };
     let mut rng = feed::Rng::new(0x5eed);
     let per_tick = (rate / 10).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -188,7 +230,6 @@ async fn produce_feed(
             }
         }
     }
-    Ok(())
 }
 
 async fn print_summary(metrics: crate::metrics::PipelineMetrics, shutdown: CancellationToken) {

@@ -43,7 +43,7 @@ pub struct BatchDetection {
 }
 
 /// Detects the changes of a batch's messages, in order, updating `states` in place.
-pub fn detect_batch<'a>(
+pub(crate) fn detect_batch<'a>(
     items: impl IntoIterator<Item = BatchItem<'a>>,
     states: &mut HashMap<StateKey, AttributeState>,
 ) -> BatchDetection {

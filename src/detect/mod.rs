@@ -12,7 +12,8 @@ use crate::model::{Observation, ObservationKind, Scope, SourceRef};
 
 mod batch;
 
-pub use batch::{detect_batch, BatchDetection, BatchItem, SourcedEvent};
+pub(crate) use batch::detect_batch;
+pub use batch::{BatchDetection, BatchItem, SourcedEvent};
 
 /// Identifies one watched attribute of one entity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

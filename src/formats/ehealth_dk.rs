@@ -86,7 +86,7 @@ pub struct StatusLookup {
 
 impl StatusLookup {
     /// The FHIR `vread` URL of the version to read (the current resource without a version).
-    pub fn history_url(&self) -> String {
+    pub(crate) fn history_url(&self) -> String {
         match self.resource_version {
             Some(v) => format!(
                 "{}/_history/{v}",
@@ -97,7 +97,7 @@ impl StatusLookup {
     }
 
     /// The observation the message would have given had it carried `status`.
-    pub fn into_observation(self, status: String) -> Observation {
+    pub(crate) fn into_observation(self, status: String) -> Observation {
         Observation {
             event_type: Cow::Borrowed(STATUS_EVENT),
             entity_type: Cow::Owned(self.entity_type),
@@ -117,7 +117,7 @@ const STATUS_EVENT: &str = "StatusChangeEvent";
 
 impl EhealthDkDecoder {
     /// Builds the decoder from a topic rule's `[options]`.
-    pub fn from_options(options: &toml::Table) -> Result<Self, FormatConfigError> {
+    pub(crate) fn from_options(options: &toml::Table) -> Result<Self, FormatConfigError> {
         let table = OptionTable::new(
             "ehealth-dk",
             options,
@@ -139,7 +139,7 @@ impl EhealthDkDecoder {
 
     /// Decodes like [`Decoder::decode`] and also returns, for a status context event without a
     /// status, what a FHIR look-up needs. This is the extension point for that look-up.
-    pub fn decode_with_lookup(
+    pub(crate) fn decode_with_lookup(
         &self,
         msg: &RawMessage<'_>,
         props: &mut Properties,

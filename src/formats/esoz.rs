@@ -27,7 +27,7 @@ pub struct EsozDecoder {
 
 impl EsozDecoder {
     /// Builds the decoder from a topic rule's `[options]` (the format has none yet).
-    pub fn from_options(options: &toml::Table) -> Result<Self, FormatConfigError> {
+    pub(crate) fn from_options(options: &toml::Table) -> Result<Self, FormatConfigError> {
         if let Some(key) = options.keys().next() {
             return Err(FormatConfigError(format!(
                 "unknown option `{key}` for format `esoz`"

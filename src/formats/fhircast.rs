@@ -54,7 +54,7 @@ pub struct FhircastDecoder {
 impl FhircastDecoder {
     /// Builds the decoder from a topic rule's `[options]` (the format has none) and the
     /// session identifiers of the configuration.
-    pub fn from_options(
+    pub(crate) fn from_options(
         options: &toml::Table,
         sessions: &SessionIds,
     ) -> Result<Self, FormatConfigError> {
@@ -124,7 +124,7 @@ impl SessionIds {
     }
 
     /// The entity id a stored id of the old form `<hub.topic>/<key>` becomes.
-    pub fn rekey(&self, old_entity_id: &str) -> Option<String> {
+    pub(crate) fn rekey(&self, old_entity_id: &str) -> Option<String> {
         let (topic, key) = old_entity_id.rsplit_once('/')?;
         Some(format!("{}/{key}", self.session(topic)))
     }

@@ -70,7 +70,7 @@ impl Format {
     /// otherwise: ESOZ services publish only changes, so their first message about an entity
     /// is an event; the other formats state the current value (a DK or RCP `created`, a
     /// FHIRcast open of an empty context), which is a baseline.
-    pub fn default_first_seen(self) -> FirstSeen {
+    pub(crate) fn default_first_seen(self) -> FirstSeen {
         match self {
             Format::Esoz => FirstSeen::Event,
             Format::EhealthDk | Format::RcpV2 | Format::Sfs | Format::Fhircast => {
@@ -191,7 +191,7 @@ impl DecodeError {
 }
 
 /// Upper bound on a message value any decoder accepts (bytes).
-pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 /// A source-format decoder. Implementations are pure and cheap to call.
 pub trait Decoder: Send + Sync + std::fmt::Debug {
@@ -234,7 +234,7 @@ pub fn payload<'a>(msg: &RawMessage<'a>) -> Result<&'a [u8], DecodeError> {
 
 /// What decoders take from the service's configuration rather than from their topic rule.
 #[derive(Debug, Clone, Default)]
-pub struct DecoderContext {
+pub(crate) struct DecoderContext {
     /// How FHIRcast session ids stand for `hub.topic`.
     pub fhircast_sessions: SessionIds,
 }
@@ -248,7 +248,7 @@ pub fn decoder_for(
 }
 
 /// [`decoder_for`] with what the decoders take from the service's configuration.
-pub fn decoder_with(
+pub(crate) fn decoder_with(
     format: Format,
     options: &toml::Table,
     context: &DecoderContext,

@@ -43,7 +43,7 @@ impl Default for RcpV2Decoder {
 
 impl RcpV2Decoder {
     /// Builds the decoder from a topic rule's `[options]`.
-    pub fn from_options(options: &toml::Table) -> Result<Self, FormatConfigError> {
+    pub(crate) fn from_options(options: &toml::Table) -> Result<Self, FormatConfigError> {
         let table = OptionTable::new("rcp-v2", options, &["lifecycle", "status"])?;
         Ok(Self {
             lifecycle: table.strings("lifecycle", &["timeslots"])?,

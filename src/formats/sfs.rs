@@ -53,7 +53,7 @@ impl fmt::Debug for SfsDecoder {
 
 impl SfsDecoder {
     /// Builds the decoder from a topic rule's `[options]`.
-    pub fn from_options(options: &toml::Table) -> Result<Self, FormatConfigError> {
+    pub(crate) fn from_options(options: &toml::Table) -> Result<Self, FormatConfigError> {
         let table = OptionTable::new("sfs", options, &["clinics"])?;
         let clinics = table
             .string_map("clinics")?

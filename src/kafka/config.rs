@@ -80,7 +80,7 @@ impl KafkaConfig {
     }
 
     /// Checks values serde cannot check, naming the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.bootstrap_servers.trim().is_empty() {
             return Err(ConfigError::invalid(
                 "kafka.bootstrap_servers",

@@ -26,7 +26,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::kafka::KafkaConfig;
 
 /// A cause already logged is logged again after this long if it persists.
-pub const REPEAT_AFTER: Duration = Duration::from_secs(600);
+pub(crate) const REPEAT_AFTER: Duration = Duration::from_secs(600);
 
 /// Why the connection to a broker failed, naming what to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub enum Cause {
 impl Cause {
     /// Whether the cause is a setting (or a certificate) to fix rather than a transient failure
     /// such as a broker restarting.
-    pub fn is_misconfiguration(&self) -> bool {
+    pub(crate) fn is_misconfiguration(&self) -> bool {
         !matches!(self, Cause::Other(_))
     }
 }

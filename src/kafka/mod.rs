@@ -21,9 +21,7 @@ mod config;
 pub use config::{KafkaConfig, OffsetReset};
 
 pub use connection::{Cause, ClientErrors, ConnectionReporter};
-pub use security::{
-    PasswordFile, SaslConfig, Security, SecurityProtocol, TlsConfig, SASL_MECHANISMS,
-};
+pub use security::{PasswordFile, SaslConfig, Security, SecurityProtocol, TlsConfig};
 
 /// A producer made by [`producer`].
 pub type Producer = FutureProducer<ClientErrors>;
@@ -34,7 +32,7 @@ pub type ProbeConsumer = BaseConsumer<ClientErrors>;
 /// librdkafka properties event-manager sets itself, which `kafka.properties` may not set: the
 /// consumer's exactly-once relies on them (offsets are stored in PostgreSQL, never by Kafka
 /// auto-commit), and the brokers and group are their own configuration keys.
-pub const PROTECTED_PROPERTIES: &[&str] = &[
+pub(crate) const PROTECTED_PROPERTIES: &[&str] = &[
     "enable.auto.commit",
     "enable.auto.offset.store",
     "group.id",
@@ -44,7 +42,7 @@ pub const PROTECTED_PROPERTIES: &[&str] = &[
 ];
 
 /// Whether `kafka.properties` may set this librdkafka property.
-pub fn is_protected(key: &str) -> bool {
+pub(crate) fn is_protected(key: &str) -> bool {
     PROTECTED_PROPERTIES.contains(&key)
 }
 
@@ -102,7 +100,7 @@ impl Role<'_> {
 /// How often the consumer refreshes topic metadata unless `kafka.properties` says otherwise:
 /// a topic created to match a rule's `pattern`, or partitions added to a subscribed topic, are
 /// consumed within this time without a restart (librdkafka's own default is 5 minutes).
-pub const CONSUMER_METADATA_REFRESH_MS: &str = "30000";
+pub(crate) const CONSUMER_METADATA_REFRESH_MS: &str = "30000";
 
 /// A producer for `role`, whose connection errors `reporter` logs.
 pub fn producer(
@@ -114,7 +112,7 @@ pub fn producer(
 }
 
 /// A consumer for `role` that is not the pipeline's (e.g. `replay`'s probe).
-pub fn probe_consumer(
+pub(crate) fn probe_consumer(
     kafka: &KafkaConfig,
     role: Role<'_>,
     reporter: &ConnectionReporter,

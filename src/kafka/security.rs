@@ -77,7 +77,7 @@ impl<'de> Deserialize<'de> for SecurityProtocol {
 }
 
 /// SASL mechanisms this binary's librdkafka supports.
-pub const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+pub(crate) const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
 /// `kafka.sasl.*`: SASL credentials.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -134,7 +134,7 @@ pub struct Security<'a> {
 impl Security<'_> {
     /// Checks the combination of keys (files are read when a client is made, see
     /// [`Self::properties`]).
-    pub fn validate(
+    pub(crate) fn validate(
         &self,
         properties: &std::collections::BTreeMap<String, String>,
     ) -> Result<(), ConfigError> {
@@ -306,7 +306,7 @@ impl Property {
     }
 
     /// The value to hand to librdkafka.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         match self {
             Property::Plain(v) => v,
             Property::Secret(s) => s.expose(),
@@ -352,7 +352,7 @@ fn read_password(key: &'static str, file: &Path) -> Result<Secret, SecurityError
 }
 
 /// How often a running client's `kafka.sasl.password_file` is read again.
-pub const PASSWORD_FILE_CHECK: Duration = Duration::from_secs(5);
+pub(crate) const PASSWORD_FILE_CHECK: Duration = Duration::from_secs(5);
 
 /// `kafka.sasl.password_file`, read again while the process runs, so that a rotated secret (a
 /// mounted Kubernetes Secret is updated in place) reaches running clients without a restart:

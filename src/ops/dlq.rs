@@ -27,7 +27,7 @@ use crate::pipeline::dead_letter::{
 
 /// Header a redriven message carries: the dead letter it was produced from, as
 /// `<dead-letter topic>/<partition>/<offset>`.
-pub const REDRIVE_HEADER: &str = "em-redriven-from";
+pub(crate) const REDRIVE_HEADER: &str = "em-redriven-from";
 
 /// The headers the pipeline adds to a dead letter (and [`REDRIVE_HEADER`]): a redrive removes
 /// them, so that the message goes back as its producer wrote it.

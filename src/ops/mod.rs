@@ -15,7 +15,7 @@ use crate::kafka::{ConnectionReporter, ProbeConsumer};
 use crate::store::StoreError;
 
 /// How long one request to the broker may take before the broker counts as unreachable.
-pub const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why an operator's question could not be answered.
 #[derive(Debug, thiserror::Error)]

@@ -40,7 +40,7 @@ impl Default for PipelineConfig {
 
 impl PipelineConfig {
     /// Checks values serde cannot check, naming the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=100_000).contains(&self.batch_size) {
             return Err(ConfigError::invalid(
                 "pipeline.batch_size",

@@ -11,21 +11,21 @@ use super::process::Message;
 use crate::formats::DecodeError;
 
 /// Header carrying the reason code (e.g. `missing_field`).
-pub const REASON_HEADER: &str = "em-dlq-reason";
+pub(crate) const REASON_HEADER: &str = "em-dlq-reason";
 /// Header carrying the human-readable detail.
-pub const DETAIL_HEADER: &str = "em-dlq-detail";
+pub(crate) const DETAIL_HEADER: &str = "em-dlq-detail";
 /// Header carrying the source topic.
-pub const SOURCE_TOPIC_HEADER: &str = "em-dlq-source-topic";
+pub(crate) const SOURCE_TOPIC_HEADER: &str = "em-dlq-source-topic";
 /// Header carrying the source partition.
-pub const SOURCE_PARTITION_HEADER: &str = "em-dlq-source-partition";
+pub(crate) const SOURCE_PARTITION_HEADER: &str = "em-dlq-source-partition";
 /// Header carrying the source offset.
-pub const SOURCE_OFFSET_HEADER: &str = "em-dlq-source-offset";
+pub(crate) const SOURCE_OFFSET_HEADER: &str = "em-dlq-source-offset";
 /// Header carrying the source format.
-pub const FORMAT_HEADER: &str = "em-dlq-format";
+pub(crate) const FORMAT_HEADER: &str = "em-dlq-format";
 
 /// A message on its way to a dead-letter topic.
 #[derive(Debug, Clone)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// Target topic.
     pub topic: String,
     /// The original message.
@@ -37,7 +37,7 @@ pub struct DeadLetter {
 }
 
 /// Produces dead letters and waits for the broker's acknowledgement.
-pub async fn deliver<C: rdkafka::ClientContext + 'static>(
+pub(crate) async fn deliver<C: rdkafka::ClientContext + 'static>(
     producer: &FutureProducer<C>,
     letter: &DeadLetter,
     timeout: Duration,

@@ -76,7 +76,7 @@ impl FhirConfig {
     }
 
     /// Checks values serde cannot check.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| ConfigError::Invalid {
             key: key.to_owned(),
             reason: reason.to_owned(),
@@ -145,7 +145,7 @@ impl FhirConfig {
 /// Why a status could not be looked up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum LookupError {
+pub(crate) enum LookupError {
     /// The server does not have that resource version (404/410).
     #[error("the resource version was not found")]
     NotFound,
@@ -159,7 +159,7 @@ pub enum LookupError {
 
 impl LookupError {
     /// Label value for `event_manager_status_lookups_total`.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             LookupError::NotFound => "not_found",
             LookupError::Timeout => "timeout",
@@ -168,7 +168,7 @@ impl LookupError {
     }
 
     /// The dead-letter reason for this failure.
-    pub fn into_decode_error(self) -> DecodeError {
+    pub(crate) fn into_decode_error(self) -> DecodeError {
         let kind = match self {
             LookupError::NotFound => DecodeErrorKind::LookupNotFound,
             LookupError::Timeout => DecodeErrorKind::LookupTimeout,
@@ -183,14 +183,14 @@ impl LookupError {
 }
 
 /// Something that can tell the status of a resource version.
-pub trait StatusSource: Send + Sync {
+pub(crate) trait StatusSource: Send + Sync {
     /// The `status` of the version `lookup` names.
     fn status<'a>(&'a self, lookup: &'a StatusLookup)
         -> BoxFuture<'a, Result<String, LookupError>>;
 }
 
 /// Reads statuses from FHIR servers over HTTP.
-pub struct FhirStatusClient {
+pub(crate) struct FhirStatusClient {
     http: reqwest::Client,
     config: FhirConfig,
     token: Mutex<Option<(String, Instant)>>,
@@ -219,7 +219,7 @@ enum Attempt {
 
 impl FhirStatusClient {
     /// Builds the client; `None` when look-ups are not configured.
-    pub fn from_config(config: &FhirConfig) -> Result<Option<Self>, reqwest::Error> {
+    pub(crate) fn from_config(config: &FhirConfig) -> Result<Option<Self>, reqwest::Error> {
         if !config.enabled() {
             return Ok(None);
         }
@@ -235,7 +235,7 @@ impl FhirStatusClient {
     }
 
     /// The reachable URL of a reference's version, or why it may not be read.
-    pub fn url_for(&self, lookup: &StatusLookup) -> Result<String, LookupError> {
+    pub(crate) fn url_for(&self, lookup: &StatusLookup) -> Result<String, LookupError> {
         rewrite(&self.config.servers, &lookup.history_url()).ok_or_else(|| {
             LookupError::Failed("the resource reference is under no configured FHIR server".into())
         })

@@ -195,9 +195,9 @@ pub fn finish(rule: &CompiledRule, o: Observation) -> Result<Option<Observation>
 /// B-tree keys (`entity_state`, `event_counts`, `event_value_counts`, the type indexes of
 /// `events`), and a key row may not exceed 2 704 bytes: a longer text would fail every insert
 /// of its batch. The API accepts filter values of at most 256 characters anyway.
-pub const MAX_NAME_BYTES: usize = 256;
+pub(crate) const MAX_NAME_BYTES: usize = 256;
 /// Longest entity id stored, in bytes (part of the `entity_state` key, with the two above).
-pub const MAX_ENTITY_ID_BYTES: usize = 1024;
+pub(crate) const MAX_ENTITY_ID_BYTES: usize = 1024;
 
 /// Why the EventDB could not store this observation, if it could not: a NUL character
 /// (PostgreSQL text cannot hold it), or a name or entity id longer than the keys allow.

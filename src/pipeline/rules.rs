@@ -150,13 +150,13 @@ impl CompiledRule {
     }
 
     /// Whether an attribute is compared (watched).
-    pub fn watches(&self, attribute: &str) -> bool {
+    pub(crate) fn watches(&self, attribute: &str) -> bool {
         !self.capture.contains(attribute)
             && self.watch.as_ref().is_none_or(|w| w.contains(attribute))
     }
 
     /// Whether an attribute is captured.
-    pub fn captures(&self, attribute: &str) -> bool {
+    pub(crate) fn captures(&self, attribute: &str) -> bool {
         self.capture.contains(attribute)
     }
 }
@@ -177,7 +177,7 @@ impl RuleSet {
     }
 
     /// [`RuleSet::compile`] with what the decoders take from the service's configuration.
-    pub fn compile_with(
+    pub(crate) fn compile_with(
         rules: Vec<TopicRule>,
         context: &DecoderContext,
     ) -> Result<Self, ConfigError> {

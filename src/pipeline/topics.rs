@@ -102,7 +102,7 @@ impl TopicRule {
     }
 
     /// Topics to create on a development broker: the exact name, else none.
-    pub fn concrete_topics(&self) -> Vec<String> {
+    pub(crate) fn concrete_topics(&self) -> Vec<String> {
         self.name.iter().cloned().collect()
     }
 }

@@ -35,7 +35,7 @@ impl Default for DatabaseConfig {
 
 impl DatabaseConfig {
     /// Checks values serde cannot check, naming the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=1024).contains(&self.pool_size) {
             return Err(ConfigError::invalid(
                 "database.pool_size",
@@ -72,7 +72,7 @@ impl DatabaseUrl {
     }
 
     /// The URL as written, password included: for connecting other tools, never for logs.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.text
     }
 

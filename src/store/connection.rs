@@ -52,7 +52,7 @@ impl EventStore {
 
     /// Each pool by the name its metrics carry (`ingest`, `api`) with its current size,
     /// idle connections and waiting callers.
-    pub fn pool_statuses(&self) -> [(&'static str, deadpool_postgres::Status); 2] {
+    pub(crate) fn pool_statuses(&self) -> [(&'static str, deadpool_postgres::Status); 2] {
         [
             ("ingest", self.pool.status()),
             ("api", self.api_pool.status()),

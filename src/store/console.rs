@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use super::{EventStore, StoreError};
 
 /// Most values of each kind returned.
-pub const FACET_LIMIT: i64 = 200;
+pub(crate) const FACET_LIMIT: i64 = 200;
 
 /// Values seen in events since a moment, each list sorted and at most [`FACET_LIMIT`] long.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct Facets {
 impl EventStore {
     /// The event types, entity types and attributes of events whose `event_time` falls at or
     /// after the 10-minute span holding `since`, leaving out events of `hidden_event_types`.
-    pub async fn recent_facets(
+    pub(crate) async fn recent_facets(
         &self,
         since: DateTime<Utc>,
         hidden_event_types: &[String],

@@ -255,6 +255,28 @@ impl LocalPostgres {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// Creates the database `name` (letters, digits and `_`) and returns its URL.
+    pub async fn create_database(&self, name: &str) -> Result<String, LocalPostgresError> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(step(
+                "create the database",
+                format!("{name:?} is not a plain name"),
+            ));
+        }
+        let (admin, connection) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+                .await
+                .map_err(|e| step("connect to the private server", e))?;
+        let connection = tokio::spawn(connection);
+        let created = admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .map_err(|e| step("create the database", e));
+        drop(admin);
+        let _ = connection.await;
+        created.map(|()| self.url(name))
+    }
+
     /// Stops the server and removes its files.
     pub fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {

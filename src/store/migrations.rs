@@ -37,7 +37,7 @@ impl EventStore {
     /// `fhircast_session_ids`, after `sql/V9`): every id `rekey` maps is replaced in `events`,
     /// `entity_state` and `entities` in one transaction, one replica at a time. The number of
     /// ids rewritten, or `None` when it ran before.
-    pub async fn rekey_fhircast_sessions(
+    pub(crate) async fn rekey_fhircast_sessions(
         &self,
         rekey: &(dyn Fn(&str) -> Option<String> + Sync),
     ) -> Result<Option<usize>, StoreError> {

@@ -22,7 +22,7 @@ use crate::detect::{AttributeState, DetectedEvent, StateKey};
 use crate::model::SourceRef;
 
 pub use config::{DatabaseConfig, DatabaseUrl};
-pub use console::{Facets, FACET_LIMIT};
+pub use console::Facets;
 pub use local_server::{LocalPostgres, LocalPostgresError, ServerTls};
 pub use offsets_report::{LastEvent, StoredOffset};
 
@@ -62,7 +62,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether the batch can simply be retried later (outage, deadlock, serialization).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             StoreError::Pool { transient, .. } => *transient,
             StoreError::Db(e) => transient_pg_error(e),

@@ -31,7 +31,10 @@ pub struct LastEvent {
 
 impl EventStore {
     /// Every stored position of `group_id`, by topic and partition.
-    pub async fn group_offsets(&self, group_id: &str) -> Result<Vec<StoredOffset>, StoreError> {
+    pub(crate) async fn group_offsets(
+        &self,
+        group_id: &str,
+    ) -> Result<Vec<StoredOffset>, StoreError> {
         let client = self.api_client().await?;
         let rows = client
             .query(
@@ -52,7 +55,7 @@ impl EventStore {
     }
 
     /// The consumer groups with stored positions, by name.
-    pub async fn offset_groups(&self) -> Result<Vec<String>, StoreError> {
+    pub(crate) async fn offset_groups(&self) -> Result<Vec<String>, StoreError> {
         let client = self.api_client().await?;
         let rows = client
             .query(
@@ -65,7 +68,7 @@ impl EventStore {
 
     /// For each partition, the event stored from its highest source offset (one index probe
     /// per partition on `events_source_unique`); partitions without events are absent.
-    pub async fn last_events(
+    pub(crate) async fn last_events(
         &self,
         partitions: &[(String, i32)],
     ) -> Result<HashMap<(String, i32), LastEvent>, StoreError> {

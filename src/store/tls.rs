@@ -89,7 +89,7 @@ const TLS_PARAMS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
 /// Splits a `postgres://` URL into tokio-postgres's configuration (without the TLS parameters)
 /// and the TLS settings. Errors name the parameter.
-pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, TlsSettings), String> {
+pub(crate) fn parse_url(url: &str) -> Result<(tokio_postgres::Config, TlsSettings), String> {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, query),
         None => (url, ""),

@@ -26,7 +26,7 @@ use serde::{Deserialize, Deserializer};
 use super::schedule::CronSchedule;
 
 /// Advisory lock key the replicas contend for: "EVTERMIN".
-pub const DEFAULT_LOCK_KEY: i64 = 0x4556_5445_524D_494E;
+pub(crate) const DEFAULT_LOCK_KEY: i64 = 0x4556_5445_524D_494E;
 
 /// Longest rule duration accepted; keeps the cutoff arithmetic far from any overflow.
 const MAX_RULE_DURATION: Duration = Duration::from_secs(100 * 366 * 24 * 3600);

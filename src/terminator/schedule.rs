@@ -39,7 +39,7 @@ impl CronSchedule {
     }
 
     /// When the schedule fires next after `after` (exclusive); `None` if it never fires again.
-    pub fn next_after(
+    pub(crate) fn next_after(
         &self,
         after: chrono::DateTime<chrono::Utc>,
     ) -> Option<chrono::DateTime<chrono::Utc>> {

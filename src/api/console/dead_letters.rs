@@ -18,7 +18,7 @@ use crate::ops::OpsError;
 /// How far back the counts reach.
 pub const WINDOW: TimeDelta = TimeDelta::hours(1);
 /// How many of the latest dead letters are listed.
-pub const LATEST: usize = 20;
+pub(crate) const LATEST: usize = 20;
 
 /// `GET /api/dead-letters` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]

@@ -12,11 +12,11 @@ use crate::api::auth::Principal;
 use crate::api::error::ApiError;
 
 /// How far back the suggestions reach.
-pub const FACET_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+pub(crate) const FACET_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// `GET /api/facets` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct FacetList {
+pub(crate) struct FacetList {
     /// Values are of events whose `event_time` is at or after the 10-minute span holding this.
     pub since: DateTime<Utc>,
     /// Event types, sorted (at most 200; types the token may not see are left out).
@@ -40,7 +40,7 @@ pub struct FacetList {
     ),
     security(("bearer" = ["event:read"]))
 )]
-pub async fn facets(
+pub(crate) async fn facets(
     State(state): State<ConsoleState>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<FacetList>, ApiError> {

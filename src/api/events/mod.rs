@@ -54,7 +54,7 @@ pub use self::query::{parse_query, DATE_PATTERN};
     // Errors, scope and the parameters' rules: `openapi::document_events`.
     responses((status = 200, description = "A page of events.", body = EventList)),
 )]
-pub async fn list_events(
+pub(crate) async fn list_events(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
     RawQuery(raw): RawQuery,
@@ -95,7 +95,7 @@ pub async fn list_events(
     params(("id" = uuid::Uuid, Path, description = "Event id (a UUID; anything else is 404).")),
     responses((status = 200, description = "The event.", body = EventEnvelope)),
 )]
-pub async fn get_event(
+pub(crate) async fn get_event(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,

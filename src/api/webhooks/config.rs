@@ -87,7 +87,7 @@ impl Default for FhircastWebhookConfig {
 impl FhircastWebhookConfig {
     /// How entity ids stand for a session's `hub.topic`: the subscription's name, else the
     /// keyed hash (docs/architecture.md, "FHIRcast session ids").
-    pub fn session_ids(&self) -> SessionIds {
+    pub(crate) fn session_ids(&self) -> SessionIds {
         SessionIds::new(
             self.topic_id_key
                 .as_ref()
@@ -113,12 +113,12 @@ pub struct FhircastSubscription {
 
 impl WebhooksConfig {
     /// Whether any bridge can accept anything (and so needs a producer).
-    pub fn any_configured(&self) -> bool {
+    pub(crate) fn any_configured(&self) -> bool {
         !self.sfs.clinics.is_empty() || !self.fhircast.subscriptions.is_empty()
     }
 
     /// Checks values serde cannot check.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| ConfigError::Invalid {
             key: key.to_owned(),
             reason: reason.to_owned(),

@@ -32,7 +32,7 @@ use super::{find_secret, read_json_object, required_str, Bridges, Rejection};
 const BRIDGE: &str = "fhircast";
 
 /// The signature header (WebSub style).
-pub const SIGNATURE_HEADER: &str = "x-hub-signature";
+pub(crate) const SIGNATURE_HEADER: &str = "x-hub-signature";
 
 impl Bridges {
     /// The subscription of a `hub.topic` (constant-time comparison), with its name.
@@ -49,7 +49,7 @@ impl Bridges {
 }
 
 /// The longest `hub.challenge` echoed back.
-pub const MAX_CHALLENGE: usize = 256;
+pub(crate) const MAX_CHALLENGE: usize = 256;
 
 /// A challenge is echoed verbatim, so only a bounded random-looking token is: unreserved URL
 /// characters and those of base64, nothing a browser could read as markup.
@@ -142,7 +142,7 @@ fn verification(
 }
 
 /// `POST`: a notification.
-pub async fn notify(
+pub(crate) async fn notify(
     State(bridges): State<Arc<Bridges>>,
     headers: HeaderMap,
     body: Body,
@@ -208,7 +208,7 @@ async fn accept(bridges: &Bridges, headers: &HeaderMap, body: Body) -> Result<()
 }
 
 /// Checks `sha256=<hex>` (or sha384/sha512) against the HMAC of `body`, in constant time.
-pub fn signature_valid(secret: &[u8], body: &[u8], header: &str) -> bool {
+pub(crate) fn signature_valid(secret: &[u8], body: &[u8], header: &str) -> bool {
     let Some((algorithm, hex)) = header.trim().split_once('=') else {
         return false;
     };

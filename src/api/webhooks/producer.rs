@@ -11,7 +11,7 @@ use crate::kafka::{self, KafkaConfig, Role};
 /// Why a message was not acknowledged.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ProduceError {
+pub(crate) enum ProduceError {
     /// The local queue is full (the broker is slow or away).
     #[error("the producer queue is full")]
     QueueFull,
@@ -24,7 +24,7 @@ pub enum ProduceError {
 }
 
 /// An idempotent producer with a bounded wait for acknowledgements.
-pub struct BridgeProducer {
+pub(crate) struct BridgeProducer {
     producer: kafka::Producer,
     /// `kafka.sasl.password_file`, read again before sends so a rotated password is used.
     password_file: Option<kafka::PasswordFile>,
@@ -41,7 +41,7 @@ impl std::fmt::Debug for BridgeProducer {
 
 impl BridgeProducer {
     /// Creates the producer (it connects lazily).
-    pub fn new(config: &WebhooksConfig, kafka: &KafkaConfig) -> Result<Self, KafkaError> {
+    pub(crate) fn new(config: &WebhooksConfig, kafka: &KafkaConfig) -> Result<Self, KafkaError> {
         let timeout = config.produce_timeout;
         let role = Role::WebhookProducer {
             produce_timeout: timeout,
@@ -54,7 +54,12 @@ impl BridgeProducer {
     }
 
     /// Produces one message keyed by `key` and waits until the broker acknowledged it.
-    pub async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), ProduceError> {
+    pub(crate) async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<(), ProduceError> {
         if let Some(watch) = &self.password_file {
             if let Some(password) = watch.changed() {
                 if let Err(error) = watch.apply(self.producer.client(), &password) {
