@@ -209,6 +209,25 @@ def metrics_in_code():
             line = text.count("\n", 0, m.start()) + 1
             literal = re.match(r'"(event_manager_[a-z0-9_]+)"', rest)
             helper = re.match(r'format!\(\s*"event_manager_\{(\w+)\}"\s*\)', rest)
+            # A helper that passes its parameter through, `let NAME = |param: &str, …|` or
+            # `fn NAME(param: &str, …)` around `Opts::new(param, …)`: its call sites give the
+            # whole name, `NAME("event_manager_x", "help", &["label", …])`.
+            passed = re.match(r'(\w+)\s*[,)]', rest)
+            if passed and not literal and not helper:
+                before = text[:m.start()]
+                param = passed.group(1)
+                defined = list(re.finditer(r"(?:let\s+(\w+)\s*=\s*\|[^|]*?|fn\s+(\w+)\s*(?:<[^>]*>)?\([^)]*?)\b"
+                                           + param + r"\s*:", before))
+                if not defined:
+                    unreadable.append(f"{path.relative_to(REPO)}:{line}")
+                    continue
+                name = defined[-1].group(1) or defined[-1].group(2)
+                calls = list(re.finditer(r"\b" + name + r'\(\s*"(event_manager_[a-z0-9_]+)",\s*"[^"]*"(?:,\s*&\[([^\]]*)\])?', text))
+                if not calls:
+                    unreadable.append(f"{path.relative_to(REPO)}:{line}")
+                for call in calls:
+                    metrics[call.group(1)] = set(re.findall(r'"([a-z_]+)"', call.group(2) or ""))
+                continue
             if literal:
                 end = rest.find("registry.register")
                 labels = re.search(r"&\[([^\]]*)\]", rest[:end if end >= 0 else 600])
