@@ -198,6 +198,19 @@ def topics(_args):
 NAME_ARG = re.compile(r"\b(Opts|HistogramOpts|IntGauge|Gauge|IntCounter|Counter)::new\(\s*")
 
 
+def helper_calls(before, text, param, named):
+    """[(name, label names)] of the calls of the helper whose parameter `param` names the metric:
+    the closure or function defined last before the constructor, called with a string matching
+    `named` first (or after leading arguments), then the help and the labels."""
+    defined = list(re.finditer(r"(?:let\s+(\w+)\s*=\s*\|[^|]*?|fn\s+(\w+)\s*(?:<[^>]*>)?\([^)]*?)\b"
+                               + param + r"\s*:", before))
+    if not defined:
+        return []
+    helper = defined[-1].group(1) or defined[-1].group(2)
+    calls = re.finditer(r"\b" + helper + r'\((?:[^;"]*?,)?\s*"(' + named + r')",\s*"[^"]*"(?:,\s*&\[([^\]]*)\])?', text)
+    return [(c.group(1), set(re.findall(r'"([a-z_]+)"', c.group(2) or ""))) for c in calls]
+
+
 def metrics_in_code():
     """{metric name: label names} from every constructor in src/. A constructor whose name this
     cannot read fails loudly, so that a new way of naming metrics cannot hide one."""
@@ -208,45 +221,24 @@ def metrics_in_code():
             rest = text[m.end():]
             line = text.count("\n", 0, m.start()) + 1
             literal = re.match(r'"(event_manager_[a-z0-9_]+)"', rest)
-            helper = re.match(r'format!\(\s*"event_manager_\{(\w+)\}"\s*\)', rest)
-            # A helper that passes its parameter through, `let NAME = |param: &str, …|` or
-            # `fn NAME(param: &str, …)` around `Opts::new(param, …)`: its call sites give the
-            # whole name, `NAME("event_manager_x", "help", &["label", …])`.
+            # A helper, `let NAME = |param: &str, …|` or `fn NAME(param: &str, …)`, that builds
+            # `format!("event_manager_{param}")` (its call sites give the rest of the name,
+            # `NAME("x", "help", &["label", …])`) or passes `param` through to `Opts::new(param,
+            # …)` (its call sites give the whole name, `NAME("event_manager_x", …)`).
+            formatted = re.match(r'format!\(\s*"event_manager_\{(\w+)\}"\s*\)', rest)
             passed = re.match(r'(\w+)\s*[,)]', rest)
-            if passed and not literal and not helper:
-                before = text[:m.start()]
-                param = passed.group(1)
-                defined = list(re.finditer(r"(?:let\s+(\w+)\s*=\s*\|[^|]*?|fn\s+(\w+)\s*(?:<[^>]*>)?\([^)]*?)\b"
-                                           + param + r"\s*:", before))
-                if not defined:
-                    unreadable.append(f"{path.relative_to(REPO)}:{line}")
-                    continue
-                name = defined[-1].group(1) or defined[-1].group(2)
-                calls = list(re.finditer(r"\b" + name + r'\(\s*"(event_manager_[a-z0-9_]+)",\s*"[^"]*"(?:,\s*&\[([^\]]*)\])?', text))
-                if not calls:
-                    unreadable.append(f"{path.relative_to(REPO)}:{line}")
-                for call in calls:
-                    metrics[call.group(1)] = set(re.findall(r'"([a-z_]+)"', call.group(2) or ""))
-                continue
             if literal:
                 end = rest.find("registry.register")
                 labels = re.search(r"&\[([^\]]*)\]", rest[:end if end >= 0 else 600])
                 metrics[literal.group(1)] = set(re.findall(r'"([a-z_]+)"', labels.group(1))) if labels else set()
-            elif helper:
-                # A helper, `let NAME = |param: &str, …|` or `fn NAME(param: &str, …)`, that
-                # builds `format!("event_manager_{param}")`: its call sites name the metrics,
-                # `NAME("x", "help", &["label", …])`.
-                before = text[:m.start()]
-                param = helper.group(1)
-                defined = list(re.finditer(r"(?:let\s+(\w+)\s*=\s*\|[^|]*?|fn\s+(\w+)\s*(?:<[^>]*>)?\([^)]*?)\b"
-                                           + param + r"\s*:", before))
-                if not defined:
+            elif formatted or passed:
+                param, prefix, named = ((formatted.group(1), "event_manager_", r"[a-z0-9_]+") if formatted
+                                        else (passed.group(1), "", r"event_manager_[a-z0-9_]+"))
+                found = helper_calls(text[:m.start()], text, param, named)
+                if not found:
                     unreadable.append(f"{path.relative_to(REPO)}:{line}")
-                    continue
-                name = defined[-1].group(1) or defined[-1].group(2)
-                calls = re.finditer(r"\b" + name + r'\((?:[^;"]*?,)?\s*"([a-z0-9_]+)",\s*"[^"]*"(?:,\s*&\[([^\]]*)\])?', text)
-                for call in calls:
-                    metrics["event_manager_" + call.group(1)] = set(re.findall(r'"([a-z_]+)"', call.group(2) or ""))
+                for name, labels in found:
+                    metrics[prefix + name] = labels
             else:
                 unreadable.append(f"{path.relative_to(REPO)}:{line}")
     return metrics, unreadable
