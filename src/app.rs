@@ -130,6 +130,10 @@ impl App {
     /// Applies migrations, retrying while the database is not reachable yet (e.g. during a
     /// rolling start), until `shutdown`.
     pub async fn migrate(&self, shutdown: &CancellationToken) -> Result<(), AppError> {
+        let retry = RetryPolicy {
+            max_backoff: Duration::from_secs(5),
+            shutdown: shutdown.clone(),
+        };
         let mut attempt = 0;
         loop {
             match migrate_store(&self.store, &self.config).await {
@@ -146,10 +150,6 @@ impl App {
                 }
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() && attempt < 30 => {
                     tracing::warn!(error = %e, attempt, "database not reachable yet; retrying");
-                    let retry = RetryPolicy {
-                        max_backoff: Duration::from_secs(5),
-                        shutdown: shutdown.clone(),
-                    };
                     retry.wait(attempt).await;
                     attempt += 1;
                 }
