@@ -10,7 +10,7 @@
 //!      the Erlang term format the real producers write;
 //! 3. a run rate-limited at half the pipeline's maximum: p50/p99 from a message's broker
 //!    timestamp to its offset committed in PostgreSQL;
-//! 4. the events API while the pipeline ingests at that half rate, for as long: 50 keep-alive
+//! 4. the events API while the pipeline ingests at that half rate, for a minute: 50 keep-alive
 //!    HTTP clients in this process list events from the pipeline's own server with a token its
 //!    key signed, each request the last hour up to its "now" (to the second, so the window's
 //!    last minute is the one being written) with one of [`API_LISTS`]' filters in turn — none,
@@ -32,9 +32,10 @@
 //!   while they are consumed (in every phase alike);
 //! - `DATABASE_URL`: an existing PostgreSQL server, else a private one is started;
 //! - `EM_BENCH_MIXED_MESSAGES` (default 200 000), `EM_BENCH_ESOZ_MESSAGES` (default 100 000),
-//!   `EM_BENCH_LATENCY_SECS` (default 20; the API run's length too), `EM_BENCH_WORKLOADS`
-//!   (default `mixed,esoz`);
+//!   `EM_BENCH_LATENCY_SECS` (default 20), `EM_BENCH_WORKLOADS` (default `mixed,esoz`);
 //! - `EM_BENCH_API_CLIENTS` (default 50): the API run's clients; `0` leaves the run out;
+//! - `EM_BENCH_API_SECS` (default 60): the API run's length; a whole minute, since what a
+//!   window's total costs depends on where in its last minute the window ends;
 //! - `EM_BENCH_BIN`: the `event-manager` binary to run as the pipeline (default: this build's),
 //!   e.g. a copy built before a change, to compare both in one session;
 //! - `EM_BENCH_WRITE_VARIANTS=1`: the write ceiling also without the count triggers, without the
@@ -1278,6 +1279,7 @@ async fn pipeline_run(
     messages: &[Msg],
     latency_secs: u64,
     api_clients: usize,
+    api_secs: u64,
     rng: &mut Rng,
     clock: &mut DateTime<Utc>,
 ) -> PipelineFigures {
@@ -1339,7 +1341,7 @@ async fn pipeline_run(
             producer: &producer,
             watch: &watch,
         };
-        let secs = Duration::from_secs(latency_secs);
+        let secs = Duration::from_secs(api_secs);
         let run = ApiRun {
             clients: api_clients,
             rate: latency_rate,
@@ -1635,6 +1637,7 @@ fn main() {
     );
     let latency_secs: u64 = env_or("EM_BENCH_LATENCY_SECS", if smoke { 2 } else { 20 });
     let api_clients: usize = env_or("EM_BENCH_API_CLIENTS", if smoke { 4 } else { 50 });
+    let api_secs: u64 = env_or("EM_BENCH_API_SECS", if smoke { 2 } else { 60 });
     let selected: String = env_or("EM_BENCH_WORKLOADS", "mixed,esoz".to_owned());
     let variants = std::env::var("EM_BENCH_WRITE_VARIANTS").is_ok_and(|v| v == "1");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1684,6 +1687,7 @@ fn main() {
                 &messages,
                 latency_secs,
                 api_clients,
+                api_secs,
                 &mut rng,
                 &mut clock,
             )
@@ -1806,6 +1810,7 @@ fn main() {
     let document = json!({
         "broker": broker_name,
         "latency_secs": latency_secs,
+        "api_secs": api_secs,
         "workloads": results,
     });
     std::fs::write(&out, serde_json::to_string_pretty(&document).unwrap()).unwrap();
