@@ -24,7 +24,8 @@ const ORIGIN: i64 = 978_307_200_000_000;
 /// Values longer than this (in characters) are not counted by value (sql/V5).
 const MAX_COUNTED_VALUE: usize = 256;
 
-/// The setting that tells the insert trigger the writer counts its rows itself (sql/V10).
+/// The setting that tells the insert and delete triggers the writer counts its rows itself
+/// (sql/V10, sql/V11).
 pub(super) const COUNTS_WRITTEN: &str =
     "SELECT set_config('event_manager.counts_written', 'on', true)";
 

@@ -9,6 +9,7 @@ use deadpool_postgres::ClientWrapper;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
+use super::counts::COUNTS_WRITTEN;
 use super::{EventStore, StoreError};
 
 /// A position in insertion order: `(inserted_at, id)`.
@@ -50,6 +51,72 @@ pub(crate) struct DeletedBatch {
 const STALE: &str = "s.updated_at < $1 AND NOT EXISTS ( \
     SELECT 1 FROM entity_state o \
     WHERE o.entity_type = s.entity_type AND o.entity_id = s.entity_id AND o.updated_at >= $1)";
+
+/// One batch of the terminator's deletes, `{after}` the keyset condition of every batch but the
+/// first. Keyset cursor: each batch starts after the last row of the previous one instead of
+/// re-walking index entries of rows already deleted but not yet vacuumed. The rows are found on
+/// the `(inserted_at, id)` index and deleted by ctid (a TID scan, whatever the planner thinks of
+/// the batch size); ctids are stable here because events are never updated and a row visible to
+/// this statement cannot be vacuumed under it.
+///
+/// The counts of exactly the rows deleted (`gone`; a row another session deleted first is not
+/// among them) are subtracted in the same statement: the keys of sql/V11's delete trigger, which
+/// the transaction's `event_manager.counts_written` keeps from firing, added up the same way and
+/// handed to the same `event_counts_subtract` (sorted locks, rows that reach zero removed).
+const DELETE_EVENTS: &str = "\
+    WITH batch AS MATERIALIZED ( \
+        SELECT ctid AS tid, inserted_at, id FROM events \
+        WHERE (inserted_at, id) < ($1, $2) {after} \
+        ORDER BY inserted_at, id LIMIT $3 \
+    ), gone AS ( \
+        DELETE FROM events WHERE ctid = ANY(ARRAY(SELECT tid FROM batch)) \
+        RETURNING event_type, entity_type, event_time, properties \
+    ), r AS MATERIALIZED ( \
+        SELECT event_type, entity_type, \
+               date_bin('1 minute', event_time, TIMESTAMPTZ '2001-01-01 00:00:00+00') AS minute, \
+               CASE WHEN jsonb_typeof(properties) = 'object' THEN properties \
+                    ELSE '{}'::jsonb END AS props \
+          FROM gone \
+    ), a AS MATERIALIZED ( \
+        SELECT r.minute, r.event_type, r.entity_type, e.key, e.value, \
+               CASE WHEN jsonb_typeof(e.value) = 'object' \
+                     AND jsonb_typeof(e.value -> 'new_value') = 'string' \
+                    THEN e.value ? 'old_value' AND length(e.value ->> 'new_value') <= 256 \
+               END AS counted \
+          FROM r, jsonb_each(r.props) e \
+    ), per_minute AS ( \
+        SELECT 0::smallint AS kind, ''::text AS attribute, r.minute AS bucket, \
+               r.event_type, r.entity_type, count(*) AS n \
+          FROM r GROUP BY 3, 4, 5 \
+        UNION ALL \
+        SELECT 1::smallint, a.key, a.minute, a.event_type, a.entity_type, count(*) \
+          FROM a GROUP BY 2, 3, 4, 5 \
+    ), keys AS ( \
+        SELECT * FROM per_minute \
+        UNION ALL \
+        SELECT (m.kind + 10)::smallint, m.attribute, \
+               date_bin('10 minutes', m.bucket, TIMESTAMPTZ '2001-01-01 00:00:00+00'), \
+               m.event_type, m.entity_type, sum(m.n)::bigint \
+          FROM per_minute m GROUP BY 1, 2, 3, 4, 5 \
+        UNION ALL \
+        SELECT 3::smallint, a.key, a.minute, a.event_type, a.entity_type, count(*) \
+          FROM a WHERE NOT a.counted GROUP BY 2, 3, 4, 5 \
+    ), minutes AS ( \
+        SELECT a.key AS attribute, a.value ->> 'new_value' AS value, a.minute AS bucket, \
+               a.event_type, a.entity_type, count(*) AS n \
+          FROM a WHERE a.counted GROUP BY 1, 2, 3, 4, 5 \
+    ), tens AS ( \
+        SELECT m.attribute, m.value, \
+               date_bin('10 minutes', m.bucket, TIMESTAMPTZ '2001-01-01 00:00:00+00') AS bucket, \
+               m.event_type, m.entity_type, sum(m.n)::bigint AS n \
+          FROM minutes m GROUP BY 1, 2, 3, 4, 5 \
+    ) \
+    SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM r), last.inserted_at, last.id, \
+           event_counts_subtract( \
+               ARRAY(SELECT ROW(k.*)::event_counts FROM keys k), \
+               ARRAY(SELECT ROW(m.*)::event_value_counts FROM minutes m), \
+               ARRAY(SELECT ROW(t.*)::event_value_counts_10min FROM tens t)) \
+    FROM (SELECT inserted_at, id FROM batch ORDER BY inserted_at DESC, id DESC LIMIT 1) last";
 
 impl EventStore {
     /// A connection of its own holding the session advisory lock `key`, or `None` when another
@@ -146,32 +213,23 @@ impl RetentionSession {
         Ok(row.map(|row| (row.get(0), row.get(1))))
     }
 
-    /// Deletes the events before `bound` in insertion order, `batch` rows per statement.
+    /// Deletes the events before `bound` in insertion order, `batch` rows per statement, with
+    /// their counts.
     pub(crate) async fn events_before(
-        &self,
+        &mut self,
         bound: EventKey,
         batch: i64,
     ) -> Result<EventDeletes<'_>, StoreError> {
-        // Keyset cursor: each batch starts after the last row of the previous one instead of
-        // re-walking index entries of rows already deleted but not yet vacuumed. The rows are
-        // found on the (inserted_at, id) index and deleted by ctid (a TID scan, whatever the
-        // planner thinks of the batch size); ctids are stable here because events are never
-        // updated and a row visible to this statement cannot be vacuumed under it.
-        const BATCH: &str = "WITH batch AS MATERIALIZED ( \
-                SELECT ctid AS tid, inserted_at, id FROM events \
-                WHERE (inserted_at, id) < ($1, $2) {after} \
-                ORDER BY inserted_at, id LIMIT $3), \
-            gone AS (DELETE FROM events WHERE ctid = ANY(ARRAY(SELECT tid FROM batch)) RETURNING 1) \
-            SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone), \
-                   last.inserted_at, last.id \
-            FROM (SELECT inserted_at, id FROM batch ORDER BY inserted_at DESC, id DESC LIMIT 1) last";
-        let first = self.client.prepare(&BATCH.replace("{after}", "")).await?;
+        let first = self
+            .client
+            .prepare(&DELETE_EVENTS.replace("{after}", ""))
+            .await?;
         let next = self
             .client
-            .prepare(&BATCH.replace("{after}", "AND (inserted_at, id) > ($4, $5)"))
+            .prepare(&DELETE_EVENTS.replace("{after}", "AND (inserted_at, id) > ($4, $5)"))
             .await?;
         Ok(EventDeletes {
-            client: &self.client,
+            client: &mut self.client,
             first,
             next,
             bound,
@@ -220,7 +278,7 @@ impl RetentionSession {
 
 /// Batched deletes of expired events ([`RetentionSession::events_before`]).
 pub(crate) struct EventDeletes<'a> {
-    client: &'a Client,
+    client: &'a mut ClientWrapper,
     first: Statement,
     next: Statement,
     bound: EventKey,
@@ -229,21 +287,22 @@ pub(crate) struct EventDeletes<'a> {
 }
 
 impl EventDeletes<'_> {
-    /// Deletes the next batch, in its own short transaction.
+    /// Deletes the next batch and subtracts its counts, in one short transaction of its own.
     pub(crate) async fn next_batch(&mut self) -> Result<DeletedBatch, StoreError> {
         let (bound, batch) = (&self.bound, &self.batch);
+        let tx = self.client.transaction().await?;
+        tx.execute(COUNTS_WRITTEN, &[]).await?;
         let row = match &self.after {
             None => {
-                self.client
-                    .query_opt(&self.first, &[&bound.0, &bound.1, batch])
+                tx.query_opt(&self.first, &[&bound.0, &bound.1, batch])
                     .await?
             }
             Some((ts, id)) => {
-                self.client
-                    .query_opt(&self.next, &[&bound.0, &bound.1, batch, ts, id])
+                tx.query_opt(&self.next, &[&bound.0, &bound.1, batch, ts, id])
                     .await?
             }
         };
+        tx.commit().await?;
         let Some(row) = row else {
             return Ok(DeletedBatch {
                 deleted: 0,

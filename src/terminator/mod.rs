@@ -12,7 +12,7 @@
 //!
 //! Deletes go in batches of `batch_size` rows, each its own statement and short transaction,
 //! walking the `(inserted_at, id)` index with a keyset cursor, so ingestion and the API keep
-//! running. The shutdown token is checked between batches; an interrupted run simply leaves the
+//! running; each batch subtracts the counts of the events it deleted in the same statement. The shutdown token is checked between batches; an interrupted run simply leaves the
 //! rest to the next one. One replica at a time runs: the run holds a session-level advisory lock
 //! on a connection of its own (taken out of the pool and closed afterwards, so the lock can never
 //! leak into a pooled connection); a replica that finds it taken skips the run and says so.
@@ -296,7 +296,7 @@ impl Terminator {
         report: &mut TerminationReport,
         shutdown: &CancellationToken,
     ) -> Result<(), TerminatorError> {
-        let Some(session) = self
+        let Some(mut session) = self
             .store
             .lock_retention(self.config.lock_key)
             .await
@@ -305,7 +305,7 @@ impl Terminator {
             report.outcome = RunOutcome::Skipped;
             return Ok(());
         };
-        let result = self.delete(&session, report, shutdown).await;
+        let result = self.delete(&mut session, report, shutdown).await;
         if let Err(e) = session.unlock().await {
             tracing::warn!(error = %e, "terminator lock release failed; closing the session releases it");
         }
@@ -314,7 +314,7 @@ impl Terminator {
 
     async fn delete(
         &self,
-        session: &RetentionSession,
+        session: &mut RetentionSession,
         report: &mut TerminationReport,
         shutdown: &CancellationToken,
     ) -> Result<(), TerminatorError> {

@@ -613,3 +613,189 @@ async fn terminator_app_schedules_it_when_enabled_and_exports_the_metrics() {
         .iter()
         .any(|n| n == "event_manager_terminator_last_failure_timestamp_seconds"));
 }
+
+/// 3 000 events inserted 40 days ago, with event times over about two hours and the attribute
+/// shapes the count tables treat differently: watched values, captured values, long values,
+/// non-string and non-object values.
+const SEED_EXPIRED: &str = "
+INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, changed_by,
+                    inserted_at, source_topic, source_partition, source_offset, source_seq)
+SELECT gen_random_uuid(),
+       CASE WHEN i % 7 = 0 THEN 'StateChangeEvent' ELSE 'StatusChangeEvent' END,
+       (ARRAY['Episode','Encounter','Declaration'])[1 + i % 3],
+       'e' || i,
+       CASE i % 5
+            WHEN 0 THEN jsonb_build_object('status', jsonb_build_object('new_value', 'APPROVED', 'old_value', 'NEW'))
+            WHEN 1 THEN jsonb_build_object('status', jsonb_build_object('new_value', 'REJECTED', 'old_value', NULL),
+                                           'employee_id', jsonb_build_object('new_value', 'emp' || i))
+            WHEN 2 THEN jsonb_build_object('note', jsonb_build_object('new_value', repeat('x', 300), 'old_value', NULL))
+            WHEN 3 THEN jsonb_build_object('status', 'APPROVED', 'score', jsonb_build_object('new_value', i % 3))
+            ELSE '[]'::jsonb END,
+       timestamptz '2024-03-01 08:00:00+00' + (i * 2.3) * interval '1 second',
+       'u', now() - interval '40 days', 'seed', 0, i, 0
+FROM generate_series(1, 3000) AS i
+";
+
+/// Rows of the three count tables that a recount of `events` does not give, and the reverse.
+async fn counts_unlike_a_recount(client: &Client) -> Vec<String> {
+    let origin = "TIMESTAMPTZ '2001-01-01 00:00:00+00'";
+    let value_keys = "FROM events r, LATERAL event_value_keys(r.event_time, r.event_type, \
+                      r.entity_type, r.properties) k WHERE k.counted GROUP BY 1, 2, 3, 4, 5";
+    let mut differ = Vec::new();
+    for (table, recount) in [
+        (
+            "event_counts",
+            "SELECT k.kind, k.attribute, k.bucket, k.event_type, k.entity_type, count(*) \
+               FROM events r, LATERAL event_count_keys(r.event_time, r.event_type, \
+                                                       r.entity_type, r.properties) k \
+              GROUP BY 1, 2, 3, 4, 5"
+                .to_owned(),
+        ),
+        (
+            "event_value_counts",
+            format!(
+                "SELECT k.attribute, k.value, k.bucket, k.event_type, k.entity_type, count(*) \
+                 {value_keys}"
+            ),
+        ),
+        (
+            "event_value_counts_10min",
+            format!(
+                "SELECT k.attribute, k.value, date_bin('10 minutes', k.bucket, {origin}), \
+                        k.event_type, k.entity_type, count(*) {value_keys}"
+            ),
+        ),
+    ] {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT '{table} ' || d::text FROM ( \
+                       SELECT 'missing', * FROM (({recount}) EXCEPT ALL SELECT * FROM {table}) e \
+                       UNION ALL \
+                       SELECT 'extra', * FROM (SELECT * FROM {table} EXCEPT ALL ({recount})) t) d \
+                     LIMIT 10"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        differ.extend(rows.iter().map(|row| row.get::<_, String>(0)));
+    }
+    differ
+}
+
+/// The terminator subtracts the counts of exactly the rows it deletes (sql/V11, its batch
+/// statement in src/store/retention.rs) while the store's batches add events to the same minutes
+/// and another session deletes expired rows too (subtracted by the delete trigger): afterwards
+/// every count table equals a recount of the events left, and no count row is left at zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminator_keeps_the_counts_exact_beside_ingestion_and_other_deletes() {
+    use event_manager::detect::DetectedEvent;
+    use event_manager::model::SourceRef;
+    use event_manager::store::{BatchChanges, NewEvent};
+
+    let db = fresh_database().await;
+    let client = db.client().await;
+    client.batch_execute(SEED_EXPIRED).await.unwrap();
+    let config = TerminatorConfig {
+        batch_size: 200,
+        batch_pause: Duration::ZERO,
+        ..rules(Some(30 * DAY), None)
+    };
+    let (t, _) = terminator(&db, config);
+
+    let done = Arc::new(AtomicBool::new(false));
+    // Ingestion through the store (which counts its own rows), with event times in the minutes
+    // being deleted, so the run decrements count rows that ingestion keeps alive.
+    let ingest = {
+        let (done, store) = (done.clone(), db.store.clone());
+        tokio::spawn(async move {
+            let mut offset = 0i64;
+            loop {
+                let events = (0..40)
+                    .map(|i| NewEvent {
+                        event: DetectedEvent {
+                            event_type: "StatusChangeEvent".into(),
+                            entity_type: ["Episode", "Encounter"][i % 2].into(),
+                            entity_id: format!("n{offset}-{i}"),
+                            properties: serde_json::json!({
+                                "status": {"new_value": "APPROVED", "old_value": "NEW"},
+                                "employee_id": {"new_value": format!("emp{i}")},
+                            }),
+                            event_time: "2024-03-01T08:00:00Z".parse::<DateTime<Utc>>().unwrap()
+                                + chrono::Duration::seconds((offset + i as i64) * 97 % 6_900),
+                            changed_by: None,
+                        },
+                        source: SourceRef {
+                            topic: "live".into(),
+                            partition: 0,
+                            offset: offset + i as i64,
+                        },
+                        seq: 0,
+                    })
+                    .collect();
+                store
+                    .apply_batch("g", &[], &[], |_| BatchChanges {
+                        events,
+                        states: Vec::new(),
+                    })
+                    .await
+                    .unwrap();
+                offset += 40;
+                if done.load(Ordering::Acquire) || offset >= 4_000 {
+                    return offset;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    // Another deleter: deletes of expired rows, subtracted by the trigger, some of them rows the
+    // terminator is about to delete.
+    let other = {
+        let client = db.client().await;
+        tokio::spawn(async move {
+            let mut deleted = 0;
+            for k in 0..3i64 {
+                deleted += client
+                    .execute(
+                        "DELETE FROM events WHERE source_topic = 'seed' \
+                           AND source_offset % 10 = $1",
+                        &[&k],
+                    )
+                    .await
+                    .unwrap();
+            }
+            deleted
+        })
+    };
+    let report = t.run_once(false, &CancellationToken::new()).await.unwrap();
+    done.store(true, Ordering::Release);
+    let ingested = ingest.await.unwrap();
+    let deleted_by_other = other.await.unwrap();
+
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    assert_eq!(report.deleted_by_age + deleted_by_other, 3_000);
+    assert!(report.deleted_by_age >= 2_100);
+    let differ = counts_unlike_a_recount(&client).await;
+    assert!(
+        differ.is_empty(),
+        "counts differ from a recount: {differ:#?}"
+    );
+    let empty: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM event_counts WHERE n <= 0) \
+                  + (SELECT count(*) FROM event_value_counts WHERE n <= 0) \
+                  + (SELECT count(*) FROM event_value_counts_10min WHERE n <= 0)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(empty, 0, "count rows left at zero");
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, ingested);
+}
