@@ -31,6 +31,10 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use tokio_postgres::NoTls;
 
+#[path = "common/http_load.rs"]
+mod http_load;
+use http_load::{load, percentile};
+
 /// As the service (src/main.rs): measured with the allocator it runs with.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -178,92 +182,6 @@ async fn seed(url: &str, n: u64, per_hour: u64, end: DateTime<Utc>) -> Result<()
     Ok(())
 }
 
-struct Outcome {
-    latencies: Vec<Duration>,
-    errors: u64,
-    elapsed: Duration,
-}
-
-/// One keep-alive HTTP/1.1 connection per client, sending requests one after another: a lean
-/// load generator (like `wrk`), since it shares the machine's cores with the server and
-/// PostgreSQL.
-async fn load(
-    addr: std::net::SocketAddr,
-    token: &str,
-    paths: Arc<Vec<String>>,
-    concurrency: usize,
-    duration: Duration,
-) -> Outcome {
-    use http_body_util::BodyExt;
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = Vec::new();
-    for worker in 0..concurrency {
-        let paths = paths.clone();
-        let auth = format!("Bearer {token}");
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
-            let connect = async {
-                let stream = tokio::net::TcpStream::connect(addr).await?;
-                stream.set_nodelay(true)?;
-                let (sender, conn) = hyper::client::conn::http1::handshake::<
-                    _,
-                    http_body_util::Empty<bytes::Bytes>,
-                >(hyper_util::rt::TokioIo::new(stream))
-                .await?;
-                tokio::spawn(conn);
-                Ok::<_, BoxError>(sender)
-            };
-            let Ok(mut sender) = connect.await else {
-                return (latencies, 1);
-            };
-            let mut i = worker;
-            while Instant::now() < deadline {
-                let path = &paths[i % paths.len()];
-                i += concurrency;
-                let t = Instant::now();
-                let request = hyper::Request::get(path.as_str())
-                    .header("host", "bench")
-                    .header("authorization", &auth)
-                    .body(http_body_util::Empty::new());
-                let ok = match request {
-                    Ok(request) => match sender.send_request(request).await {
-                        Ok(response) => {
-                            let success = response.status().is_success();
-                            response.into_body().collect().await.is_ok() && success
-                        }
-                        Err(_) => false,
-                    },
-                    Err(_) => false,
-                };
-                if !ok {
-                    errors += 1;
-                    if sender.ready().await.is_err() {
-                        break;
-                    }
-                }
-                latencies.push(t.elapsed());
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut outcome = Outcome {
-        latencies: Vec::new(),
-        errors: 0,
-        elapsed: Duration::ZERO,
-    };
-    for t in tasks {
-        if let Ok((l, e)) = t.await {
-            outcome.latencies.extend(l);
-            outcome.errors += e;
-        }
-    }
-    outcome.elapsed = started.elapsed();
-    outcome.latencies.sort();
-    outcome
-}
-
 /// CPU time (user + system) used so far by this process (server, load generator) and by every
 /// PostgreSQL process (including exited backends, counted in their parent's children times),
 /// from `/proc`; zero where `/proc` is unavailable. Per request it stays comparable when another
@@ -302,13 +220,6 @@ fn cpu_time() -> (Duration, Duration) {
     }
     let secs = |ticks: u64| Duration::from_secs_f64(ticks as f64 / ticks_per_second);
     (secs(own), secs(pg))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 async fn run() -> Result<(), BoxError> {
@@ -501,34 +412,37 @@ async fn run() -> Result<(), BoxError> {
         if !name.contains(only.as_str()) {
             continue;
         }
+        let paths = Arc::new(paths);
+        let request = move |i: usize| (0, paths[i % paths.len()].clone());
         // Warm-up, then the measured run.
         load(
             addr,
             &token,
-            Arc::new(paths.clone()),
             concurrency,
             Duration::from_secs(1),
+            request.clone(),
         )
         .await;
         let cpu_before = cpu_time();
         let o = load(
             addr,
             &token,
-            Arc::new(paths),
             concurrency,
             Duration::from_secs(seconds),
+            request,
         )
         .await;
         let cpu_after = cpu_time();
-        let per_request = |d: Duration| d.as_secs_f64() * 1e6 / o.latencies.len().max(1) as f64;
+        let latencies = o.latencies(None);
+        let per_request = |d: Duration| d.as_secs_f64() * 1e6 / latencies.len().max(1) as f64;
         let app = per_request(cpu_after.0.saturating_sub(cpu_before.0));
         let pg = per_request(cpu_after.1.saturating_sub(cpu_before.1));
         println!(
             "{:<42} {:>9.2} {:>9.2} {:>9.0} {:>8} {:>12.0} {:>10.0}",
             name,
-            percentile(&o.latencies, 0.50).as_secs_f64() * 1e3,
-            percentile(&o.latencies, 0.99).as_secs_f64() * 1e3,
-            o.latencies.len() as f64 / o.elapsed.as_secs_f64(),
+            percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+            o.requests_per_s(),
             o.errors,
             app + pg,
             pg

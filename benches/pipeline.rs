@@ -10,10 +10,21 @@
 //!      the Erlang term format the real producers write;
 //! 3. a run rate-limited at half the pipeline's maximum: p50/p99 from a message's broker
 //!    timestamp to its offset committed in PostgreSQL;
-//! 4. the write ceiling: binary COPY of the event rows the pipeline stored into a fresh database
+//! 4. the events API while the pipeline ingests at that half rate, for as long: 50 keep-alive
+//!    HTTP clients in this process list events from the pipeline's own server with a token its
+//!    key signed, each request the last hour up to its "now" (to the second, so the window's
+//!    last minute is the one being written) with one of [`API_LISTS`]' filters in turn — none,
+//!    `event_type`, `entity_type`, `attribute_name`, `attribute_name` + `new_value`, two
+//!    filters, page 3 of 100 — after a second's warm-up: p50/p99/max latency, requests/s and
+//!    the consume-to-commit p99 of the messages ingested meanwhile;
+//! 5. the write ceiling: binary COPY of the event rows the pipeline stored into a fresh database
 //!    with the real schema (indexes and count triggers), in transactions of one batch's size.
 //!
-//! Prints one table and writes `target/bench/pipeline.json`.
+//! Prints two tables (the pipeline; the API under ingestion) and writes
+//! `target/bench/pipeline.json`: per workload the pipeline's figures and, from step 4,
+//! `api_clients`, `api_ingest_rate_per_s`, `api_requests_per_s`, `api_list_p50_ms`,
+//! `api_list_p99_ms`, `api_list_max_ms`, `api_list_p99_ms_by_filter`, `api_errors`,
+//! `api_p99_commit_latency_ms` and `api_peak_rss_mib` (`peak_rss_mib` is read before step 4).
 //!
 //! `cargo bench --bench pipeline`. Environment:
 //! - `EM_BENCH_BOOTSTRAP`: a real Kafka broker (`host:port`, PLAINTEXT); else the in-process
@@ -21,7 +32,9 @@
 //!   while they are consumed (in every phase alike);
 //! - `DATABASE_URL`: an existing PostgreSQL server, else a private one is started;
 //! - `EM_BENCH_MIXED_MESSAGES` (default 200 000), `EM_BENCH_ESOZ_MESSAGES` (default 100 000),
-//!   `EM_BENCH_LATENCY_SECS` (default 20), `EM_BENCH_WORKLOADS` (default `mixed,esoz`);
+//!   `EM_BENCH_LATENCY_SECS` (default 20; the API run's length too), `EM_BENCH_WORKLOADS`
+//!   (default `mixed,esoz`);
+//! - `EM_BENCH_API_CLIENTS` (default 50): the API run's clients; `0` leaves the run out;
 //! - `EM_BENCH_BIN`: the `event-manager` binary to run as the pipeline (default: this build's),
 //!   e.g. a copy built before a change, to compare both in one session;
 //! - `EM_BENCH_WRITE_VARIANTS=1`: the write ceiling also without the count triggers, without the
@@ -38,7 +51,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
+use event_manager::api::auth::mint_token;
 use event_manager::broker::EmbeddedBroker;
+use event_manager::config::AuthConfig;
 use event_manager::demo::feed::Rng;
 use event_manager::store::{DatabaseConfig, EventStore, LocalPostgres};
 use futures::pin_mut;
@@ -54,6 +69,9 @@ use serde_json::json;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
+#[path = "common/http_load.rs"]
+mod http_load;
+
 /// As the service (src/main.rs): measured with the allocator it runs with.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -62,6 +80,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_event-manager");
 
 /// Messages in flight per partition on the MockCluster (it keeps ~5 MiB per partition).
 const MOCK_WINDOW_PER_PARTITION: u64 = 6_000;
+
+/// Event time between two generated messages (the API run's messages follow the clock instead).
+const EVENT_TIME_STEP: chrono::Duration = chrono::Duration::microseconds(500);
 
 /// Rows per COPY transaction of the write ceiling (the pipeline's default batch size).
 const COPY_BATCH: usize = 1_000;
@@ -76,6 +97,28 @@ const MOCK_FETCH_WAIT_MS: &str = "10";
 
 /// How often the stored offsets are read for progress and latency.
 const OFFSET_POLL: Duration = Duration::from_millis(5);
+
+/// The pipeline's token key (`auth.hs256_secret`): the API run's clients send tokens signed
+/// with it, as a deployment's clients do.
+const TOKEN_KEY: &str = "bench-token-key-bench-token-key-bench";
+
+/// The list requests of the API run, taken in turn: a label and the filters after the window
+/// (the last hour). The values are the workloads' own (both have ESOZ events).
+const API_LISTS: &[(&str, &str)] = &[
+    ("last hour", ""),
+    ("+ event_type", "&event_type=StatusChangeEvent"),
+    ("+ entity_type", "&entity_type=EmployeeRequest"),
+    ("+ attribute_name", "&attribute_name=status"),
+    (
+        "+ attribute_name&new_value",
+        "&attribute_name=status&new_value=APPROVED",
+    ),
+    (
+        "+ entity_type&attribute_name",
+        "&entity_type=EmployeeRequest&attribute_name=employee_id",
+    ),
+    ("page 3 of 100", "&page=3&page_size=100"),
+];
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -930,10 +973,17 @@ async fn produce(
     sent
 }
 
-fn generate(workload: &mut Workload, n: u64, rng: &mut Rng, clock: &mut DateTime<Utc>) -> Vec<Msg> {
+/// `n` messages of the workload, their event times `step` apart after `clock`.
+fn generate(
+    workload: &mut Workload,
+    n: u64,
+    rng: &mut Rng,
+    clock: &mut DateTime<Utc>,
+    step: chrono::Duration,
+) -> Vec<Msg> {
     (0..n)
         .map(|_| {
-            *clock += chrono::Duration::microseconds(500);
+            *clock += step;
             workload.source.next(rng, *clock)
         })
         .collect()
@@ -1025,7 +1075,7 @@ impl Pipeline {
             .env("EM_HTTP__BIND", format!("127.0.0.1:{http}"))
             .env("DATABASE_URL", database_url)
             .env("EM_LOG__LEVEL", "warn")
-            .env("EM_AUTH__DISABLED", "true")
+            .env("EM_AUTH__HS256_SECRET", TOKEN_KEY)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap());
         // The bench's own settings are no configuration keys: `run` would refuse them.
@@ -1192,6 +1242,20 @@ struct PipelineFigures {
     latency_messages: usize,
     peak_rss_mib: f64,
     database_url: String,
+    /// The API run, unless `EM_BENCH_API_CLIENTS=0`.
+    api: Option<ApiFigures>,
+}
+
+/// What the events API answered while the pipeline ingested at half its maximum rate.
+struct ApiFigures {
+    clients: usize,
+    /// Messages per second produced meanwhile.
+    ingest_rate: f64,
+    load: http_load::Outcome,
+    /// Consume-to-commit latencies of the messages produced meanwhile (ms, sorted).
+    commit_latencies: Vec<i64>,
+    /// The pipeline's peak RSS after the API run.
+    peak_rss_mib: f64,
 }
 
 async fn create_database(admin: &tokio_postgres::Client, base_url: &str) -> String {
@@ -1213,6 +1277,7 @@ async fn pipeline_run(
     workload: &mut Workload,
     messages: &[Msg],
     latency_secs: u64,
+    api_clients: usize,
     rng: &mut Rng,
     clock: &mut DateTime<Utc>,
 ) -> PipelineFigures {
@@ -1251,7 +1316,7 @@ async fn pipeline_run(
     // Half the maximum, for the latency.
     let latency_rate = messages_per_s / 2.0;
     let n = (latency_rate * latency_secs as f64) as u64;
-    let more = generate(workload, n, rng, clock);
+    let more = generate(workload, n, rng, clock, EVENT_TIME_STEP);
     let before = watch.stored.load(Ordering::Relaxed);
     let sent = produce(
         &producer,
@@ -1265,8 +1330,26 @@ async fn pipeline_run(
     watch.wait_for(before + sent.len() as u64).await;
     tokio::time::sleep(OFFSET_POLL * 2).await;
     let latencies = watch.latencies(&topics, &sent);
-    watch.stop().await;
     let peak_rss_mib = pipeline.peak_rss_mib();
+
+    let api = if api_clients > 0 {
+        let ingest = Ingest {
+            topics: &topics,
+            broker,
+            producer: &producer,
+            watch: &watch,
+        };
+        let secs = Duration::from_secs(latency_secs);
+        let run = ApiRun {
+            clients: api_clients,
+            rate: latency_rate,
+            duration: secs,
+        };
+        Some(api_under_ingest(&pipeline, ingest, run, workload, rng, clock).await)
+    } else {
+        None
+    };
+    watch.stop().await;
     drop(pipeline);
 
     PipelineFigures {
@@ -1280,6 +1363,88 @@ async fn pipeline_run(
         latency_messages: latencies.len(),
         peak_rss_mib,
         database_url,
+        api,
+    }
+}
+
+/// Where a run's messages go and how their commits are watched.
+struct Ingest<'a> {
+    topics: &'a Topics,
+    broker: &'a Broker,
+    producer: &'a FutureProducer,
+    watch: &'a OffsetWatch,
+}
+
+/// The API run's load: `clients` keep-alive clients for `duration`, while messages are
+/// produced at `rate` per second.
+struct ApiRun {
+    clients: usize,
+    rate: f64,
+    duration: Duration,
+}
+
+/// The events API of the running pipeline under `run.clients` keep-alive clients listing
+/// events ([`API_LISTS`] in turn) while the pipeline ingests at `run.rate`. The messages'
+/// event times follow the wall clock at the rate they are sent, shifted by however far the
+/// generator's clock is ahead; each request asks for the hour up to its own "now" on that
+/// clock, to the second, as a client asking for the last hour does: the newest minute of its
+/// window is the one being written.
+async fn api_under_ingest(
+    pipeline: &Pipeline,
+    ingest: Ingest<'_>,
+    run: ApiRun,
+    workload: &mut Workload,
+    rng: &mut Rng,
+    clock: &mut DateTime<Utc>,
+) -> ApiFigures {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], pipeline.http));
+    let key = AuthConfig {
+        hs256_secret: Some(TOKEN_KEY.into()),
+        ..AuthConfig::default()
+    };
+    let token = mint_token(&key, &["event:read".into()], run.duration * 10, "bench").unwrap();
+    let n = (run.rate * run.duration.as_secs_f64()) as u64;
+    let step = chrono::Duration::microseconds((1e6 / run.rate).max(1.0) as i64);
+    let start = (*clock).max(Utc::now());
+    let mut at = start;
+    let messages = generate(workload, n, rng, &mut at, step);
+    *clock = at;
+    let lead = start - Utc::now();
+    let request = move |i: usize| {
+        let kind = i % API_LISTS.len();
+        let end = Utc::now() + lead;
+        let from = end - chrono::Duration::hours(1);
+        let format = "%Y-%m-%dT%H:%M:%SZ";
+        let path = format!(
+            "/api/events?date={}&date_to={}{}",
+            from.format(format),
+            end.format(format),
+            API_LISTS[kind].1
+        );
+        (kind, path)
+    };
+    // Warm-up (each pooled connection prepares its statements), then the measured run.
+    http_load::load(addr, &token, run.clients, Duration::from_secs(1), request).await;
+    let before = ingest.watch.stored.load(Ordering::Relaxed);
+    let (sent, load) = tokio::join!(
+        produce(
+            ingest.producer,
+            ingest.topics,
+            messages.into_iter(),
+            ingest.broker.window(ingest.topics.total_partitions()),
+            &ingest.watch.stored,
+            Some(run.rate),
+        ),
+        http_load::load(addr, &token, run.clients, run.duration, request),
+    );
+    ingest.watch.wait_for(before + sent.len() as u64).await;
+    tokio::time::sleep(OFFSET_POLL * 2).await;
+    ApiFigures {
+        clients: run.clients,
+        ingest_rate: run.rate,
+        load,
+        commit_latencies: ingest.watch.latencies(ingest.topics, &sent),
+        peak_rss_mib: pipeline.peak_rss_mib(),
     }
 }
 
@@ -1469,6 +1634,7 @@ fn main() {
         if smoke { 2_000 } else { 100_000 },
     );
     let latency_secs: u64 = env_or("EM_BENCH_LATENCY_SECS", if smoke { 2 } else { 20 });
+    let api_clients: usize = env_or("EM_BENCH_API_CLIENTS", if smoke { 4 } else { 50 });
     let selected: String = env_or("EM_BENCH_WORKLOADS", "mixed,esoz".to_owned());
     let variants = std::env::var("EM_BENCH_WRITE_VARIANTS").is_ok_and(|v| v == "1");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1495,6 +1661,7 @@ fn main() {
 
     let mut results = serde_json::Map::new();
     let mut table = Vec::new();
+    let mut api_table = Vec::new();
     runtime.block_on(async {
         let (admin, conn) = tokio_postgres::connect(&base_url, tokio_postgres::NoTls)
             .await
@@ -1506,7 +1673,7 @@ fn main() {
             }
             let mut rng = Rng::new(7);
             let mut clock = Utc::now();
-            let messages = generate(&mut workload, n, &mut rng, &mut clock);
+            let messages = generate(&mut workload, n, &mut rng, &mut clock, EVENT_TIME_STEP);
             let consume = consume_ceiling(&broker, &workload, &messages).await;
             println!("  {}: consume ceiling {consume:.0} msg/s", workload.name);
             let p = pipeline_run(
@@ -1516,6 +1683,7 @@ fn main() {
                 &mut workload,
                 &messages,
                 latency_secs,
+                api_clients,
                 &mut rng,
                 &mut clock,
             )
@@ -1560,9 +1728,7 @@ fn main() {
                 p.p99_ms,
                 p.peak_rss_mib,
             ));
-            results.insert(
-                workload.name.to_owned(),
-                json!({
+            let mut figures = json!({
                     "messages": n,
                     "events": p.events,
                     "change_rate": change_rate,
@@ -1576,8 +1742,50 @@ fn main() {
                     "p50_commit_latency_ms": p.p50_ms,
                     "p99_commit_latency_ms": p.p99_ms,
                     "peak_rss_mib": (p.peak_rss_mib * 10.0).round() / 10.0,
-                }),
-            );
+            });
+            if let Some(api) = &p.api {
+                let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+                let all = api.load.latencies(None);
+                let p99_by_filter: Vec<(&str, f64)> = API_LISTS
+                    .iter()
+                    .enumerate()
+                    .map(|(kind, (label, _))| {
+                        let of_kind = api.load.latencies(Some(kind));
+                        (*label, ms(http_load::percentile(&of_kind, 0.99)))
+                    })
+                    .collect();
+                let commit_p99 = percentile(&api.commit_latencies, 0.99);
+                api_table.push(format!(
+                    "| {:<6} | {:>7} | {:>8.0} | {:>8.0} | {:>6.1} | {:>7.1} | {:>7.1} | {:>6} | {:>13.0} |",
+                    workload.name,
+                    api.clients,
+                    api.load.requests_per_s(),
+                    api.ingest_rate,
+                    ms(http_load::percentile(&all, 0.50)),
+                    ms(http_load::percentile(&all, 0.99)),
+                    ms(all.last().copied().unwrap_or_default()),
+                    api.load.errors,
+                    commit_p99,
+                ));
+                for (label, p99) in &p99_by_filter {
+                    println!("  {}: API p99 {p99} ms for {label}", workload.name);
+                }
+                let p99_by_filter: serde_json::Map<_, _> = p99_by_filter
+                    .into_iter()
+                    .map(|(label, p99)| (label.to_owned(), json!(p99)))
+                    .collect();
+                figures["api_clients"] = json!(api.clients);
+                figures["api_ingest_rate_per_s"] = json!(api.ingest_rate.round());
+                figures["api_requests_per_s"] = json!(api.load.requests_per_s().round());
+                figures["api_list_p50_ms"] = json!(ms(http_load::percentile(&all, 0.50)));
+                figures["api_list_p99_ms"] = json!(ms(http_load::percentile(&all, 0.99)));
+                figures["api_list_max_ms"] = json!(ms(all.last().copied().unwrap_or_default()));
+                figures["api_list_p99_ms_by_filter"] = json!(p99_by_filter);
+                figures["api_errors"] = json!(api.load.errors);
+                figures["api_p99_commit_latency_ms"] = json!(commit_p99);
+                figures["api_peak_rss_mib"] = json!((api.peak_rss_mib * 10.0).round() / 10.0);
+            }
+            results.insert(workload.name.to_owned(), figures);
         }
     });
     println!();
@@ -1585,6 +1793,14 @@ fn main() {
     println!("|--------|-----------|-----------|--------|------------|------------|-------|--------|--------|---------|");
     for row in &table {
         println!("{row}");
+    }
+    if !api_table.is_empty() {
+        println!();
+        println!("| load   | clients |    req/s | ingest/s | p50 ms | p99 ms  | max ms  | errors | commit p99 ms |");
+        println!("|--------|---------|----------|----------|--------|---------|---------|--------|---------------|");
+        for row in &api_table {
+            println!("{row}");
+        }
     }
     let out = bench_dir().join("pipeline.json");
     let document = json!({

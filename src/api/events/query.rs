@@ -201,6 +201,7 @@ pub fn parse_query(
             attribute,
             page,
             page_size,
+            now,
         }),
         _ => {
             let names: Vec<&str> = invalid.iter().map(|p| p.parameter.as_str()).collect();

@@ -199,7 +199,10 @@ pub fn whole_minutes(from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, 
 /// spans, the per-minute counts over its other whole minutes (at most 18), and counts the rows
 /// of the partial minutes at both ends: the part inside the window, or the minute's count less
 /// the part outside when that is shorter — at most half a minute of rows at each end when the
-/// window holds a whole minute, whatever the window's length. With `new_value` it sums the
+/// window holds a whole minute, whatever the window's length. The part after the window counts
+/// as ending at the request's time (`now`), so a window that ends at the present counts the
+/// few rows after its end, not the rows of its last minute; events timed after the request
+/// are still counted, only at a higher cost. With `new_value` it sums the
 /// `event_value_counts` of the same spans, unless the minutes whose counts it uses hold
 /// occurrences of the attribute that are not counted by value (captured attributes, long
 /// values): then it counts the window's events.
@@ -226,20 +229,17 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
     // The partial minutes at the window's ends are counted row by row: the part inside the
     // window, or, when that is the longer part, the minute's count less the part outside (only
     // when the window holds a whole minute, so that `lo` and `hi` are the edges' boundaries).
+    // The part after the window is taken as ending at the request's time: a window that ends
+    // at the present, in the minute ingestion is writing, has next to nothing after it, while
+    // the part inside holds every event stored since the minute began.
     let whole = lo < hi;
     let half = chrono::Duration::seconds(30);
-    let first_minute_n = (whole && lo - q.from > half).then(|| {
-        push(
-            Box::new(lo - chrono::Duration::minutes(1)),
-            Type::TIMESTAMPTZ,
-        )
-    });
-    let after_last_n = (whole && q.to - hi > half).then(|| {
-        push(
-            Box::new(hi + chrono::Duration::minutes(1)),
-            Type::TIMESTAMPTZ,
-        )
-    });
+    let minute = chrono::Duration::minutes(1);
+    let after_window = (hi + minute).min(q.now.max(q.to)) - q.to;
+    let first_minute_n =
+        (whole && lo - q.from > half).then(|| push(Box::new(lo - minute), Type::TIMESTAMPTZ));
+    let after_last_n =
+        (whole && after_window < q.to - hi).then(|| push(Box::new(hi + minute), Type::TIMESTAMPTZ));
     let rows = |from: &str, to: &str| {
         format!(
             "(SELECT count(*) FROM events WHERE event_time >= {from} AND event_time < {to}{edges})"
@@ -473,6 +473,33 @@ mod tests {
             let sql = list_sql(&long, Vec::new());
             assert!(sql.list.contains(list), "{}", sql.list);
             assert!(sql.count.contains(count), "{}", sql.count);
+        }
+    }
+
+    #[test]
+    fn a_window_ending_at_the_present_counts_the_rows_after_it() {
+        let query = "date=2024-05-01T10:59:20Z&date_to=2024-05-01T11:59:20Z";
+        // Twenty seconds of the last minute inside: counted row by row when the request is
+        // read after the minute, as its count less the rows after the window when read a
+        // second after the window's end.
+        for (now, after) in [
+            (now(), false),
+            (now() - chrono::Duration::seconds(39), true),
+        ] {
+            let q = parse_query(Some(query), now, &ApiConfig::default()).unwrap();
+            let sql = list_sql(&q, Vec::new());
+            assert_eq!(
+                sql.count.contains("WHERE event_time >= $2 AND"),
+                after,
+                "{now}: {}",
+                sql.count
+            );
+            assert_eq!(
+                sql.count.contains("AND event_time < $2)"),
+                !after,
+                "{now}: {}",
+                sql.count
+            );
         }
     }
 

@@ -45,6 +45,9 @@ pub struct EventsQuery {
     pub page: u32,
     /// Events per page.
     pub page_size: u32,
+    /// When the request was read. Events are not expected to be timed after it, which tells
+    /// the total which part of the window's last minute holds fewer rows ([`list_sql`]).
+    pub now: DateTime<Utc>,
 }
 
 const COLUMNS: &str = "id, event_type, entity_type, entity_id, properties, event_time, changed_by";
