@@ -294,6 +294,7 @@ mod tests {
     fn bad_values_name_the_key_and_reason() {
         let cases = [
             ("[pipeline]\nbatch_size = 0", "pipeline.batch_size"),
+            ("[pipeline]\nstore_concurrency = 0", "pipeline.store_concurrency"),
             ("[pipeline]\nbatch_size = \"x\"", "pipeline.batch_size"),
             (
                 "[pipeline]\nbatch_linger = \"soon\"",

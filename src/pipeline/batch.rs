@@ -135,6 +135,65 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// Splits the batch by partition into at most `parts` batches of about equal size (by
+    /// selected messages), each with its partitions' fences, dead letters, messages and
+    /// entities: each can be stored in a transaction of its own. An entity seen in several of
+    /// them is locked by each in turn, as when several consumers share it.
+    pub(super) fn split(self, parts: usize) -> Vec<Batch> {
+        let parts = parts.min(self.fences.len()).max(1);
+        if parts == 1 {
+            return vec![self];
+        }
+        let mut weight: HashMap<Tp, usize> = self
+            .fences
+            .iter()
+            .map(|f| ((f.topic.clone(), f.partition), 1))
+            .collect();
+        for s in &self.selected {
+            if let Some(w) = weight.get_mut(&(s.source.topic.clone(), s.source.partition)) {
+                *w += 1;
+            }
+        }
+        // Heaviest partition first into the lightest part.
+        let mut order: Vec<(Tp, usize)> = weight.into_iter().collect();
+        order.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut load = vec![0usize; parts];
+        let mut part_of: HashMap<Tp, usize> = HashMap::new();
+        for (tp, w) in order {
+            let lightest = (0..parts).min_by_key(|&i| load[i]).unwrap_or(0);
+            load[lightest] += w;
+            part_of.insert(tp, lightest);
+        }
+        let index = |topic: &str, partition: i32| {
+            part_of
+                .get(&(topic.to_owned(), partition))
+                .copied()
+                .unwrap_or(0)
+        };
+        let mut out: Vec<Batch> = (0..parts).map(|_| Batch::default()).collect();
+        for fence in self.fences {
+            out[index(&fence.topic, fence.partition)].fences.push(fence);
+        }
+        for letter in self.letters {
+            let m = &letter.message;
+            out[index(&m.topic, m.partition)].letters.push(letter);
+        }
+        // `pending` indexes `selected`; look-ups are resolved before a batch is split.
+        debug_assert!(self.pending.is_empty());
+        for selected in self.selected {
+            let part = &mut out[index(&selected.source.topic, selected.source.partition)];
+            for o in &selected.observations {
+                part.entities
+                    .insert((o.entity_type.to_string(), o.entity_id.clone()));
+            }
+            part.selected.push(selected);
+        }
+        out.retain(|b| !b.fences.is_empty());
+        out
+    }
+}
+
 /// Keeps the messages of partitions this member owns that are not stored yet, and decodes and
 /// selects each by its topic's rule. `gap` hears of offsets a partition skipped:
 /// `(partition, first missing, next read)`.
@@ -364,5 +423,57 @@ mod tests {
         );
         assert_eq!(gaps, [(("t".to_owned(), 0), 5, 7)]);
         assert_eq!(fences(&batch), [("t".into(), 0, Some(4), 8)]);
+    }
+
+    #[test]
+    fn a_split_keeps_each_partition_whole_with_its_fence_letters_and_entities() {
+        let positions = HashMap::from([
+            (("t".to_owned(), 0), Some(0)),
+            (("t".to_owned(), 1), Some(0)),
+            (("t".to_owned(), 2), Some(0)),
+        ]);
+        let messages = vec![
+            message("t", 0, 0, esoz("Declaration", "a")),
+            message("t", 0, 1, esoz("Declaration", "shared")),
+            message("t", 0, 2, esoz("Declaration", "c")),
+            message("t", 1, 0, esoz("Declaration", "shared")),
+            message("t", 1, 1, b"{not json".to_vec()),
+            message("t", 2, 0, esoz("Declaration", "e")),
+        ];
+        let (instruments, _) = instruments();
+        let select = |parts| {
+            select(
+                messages.clone(),
+                &positions,
+                &rules(),
+                &instruments,
+                |_, _, _| panic!("no gap"),
+            )
+            .split(parts)
+        };
+        assert_eq!(select(1).len(), 1);
+        let parts = select(2);
+        assert_eq!(parts.len(), 2);
+        // Partition 0 (three messages) alone; 1 and 2 (two and one) together.
+        let partitions = |b: &Batch| -> Vec<i32> {
+            let mut p: Vec<i32> = b.fences.iter().map(|f| f.partition).collect();
+            p.sort();
+            p
+        };
+        assert_eq!(partitions(&parts[0]), [0]);
+        assert_eq!(partitions(&parts[1]), [1, 2]);
+        assert_eq!(parts[0].selected.len(), 3);
+        assert_eq!(parts[1].selected.len(), 2);
+        assert!(parts[0].letters.is_empty());
+        assert_eq!(parts[1].letters[0].message.offset, 1);
+        let entities = |b: &Batch| -> Vec<String> {
+            let mut e: Vec<String> = b.entities.iter().map(|(_, id)| id.clone()).collect();
+            e.sort();
+            e
+        };
+        assert_eq!(entities(&parts[0]), ["a", "c", "shared"]);
+        assert_eq!(entities(&parts[1]), ["e", "shared"]);
+        // Never more parts than partitions.
+        assert_eq!(select(8).len(), 3);
     }
 }

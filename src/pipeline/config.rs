@@ -16,6 +16,9 @@ pub struct PipelineConfig {
     /// Longest wait for a batch to fill before it is processed anyway.
     #[serde(with = "humantime_serde")]
     pub batch_linger: Duration,
+    /// Most transactions one batch is stored in at once: a batch of several partitions is
+    /// split by partition into up to this many, each with its own connection and offsets.
+    pub store_concurrency: usize,
     /// Directory of topic rule files (`*.toml`).
     pub topics_dir: PathBuf,
     /// How long shutdown may take before the process exits anyway.
@@ -31,6 +34,7 @@ impl Default for PipelineConfig {
         Self {
             batch_size: 1000,
             batch_linger: Duration::from_millis(100),
+            store_concurrency: 2,
             topics_dir: PathBuf::from("topics"),
             shutdown_grace: Duration::from_secs(30),
             max_retry_backoff: Duration::from_secs(10),
@@ -45,6 +49,12 @@ impl PipelineConfig {
             return Err(ConfigError::invalid(
                 "pipeline.batch_size",
                 "must be between 1 and 100000",
+            ));
+        }
+        if !(1..=64).contains(&self.store_concurrency) {
+            return Err(ConfigError::invalid(
+                "pipeline.store_concurrency",
+                "must be between 1 and 64",
             ));
         }
         if self.batch_linger > Duration::from_secs(60) {

@@ -22,7 +22,7 @@ use super::{PipelineError, PipelineSettings};
 use crate::detect::{detect_batch, Outcome};
 use crate::kafka::{self, Role};
 use crate::retry::RetryPolicy;
-use crate::store::{BatchChanges, EventStore, NewEvent, StoreError};
+use crate::store::{BatchChanges, EventStore, NewEvent, OffsetFence, StoreError};
 
 /// How often an idle consumer checks whether its stored positions were moved (by `replay`).
 const POSITION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -40,8 +40,17 @@ pub(super) struct ConsumerLoop {
     group_id: String,
     batch_size: usize,
     batch_linger: Duration,
+    store_concurrency: usize,
     retry: RetryPolicy,
     shutdown: CancellationToken,
+}
+
+/// How storing a batch ended, for the batch collected meanwhile.
+enum Stored {
+    /// Committed, or left uncommitted at shutdown.
+    Done,
+    /// Fenced: these partitions were sought back to their stored positions.
+    Rewound(Vec<OffsetFence>),
 }
 
 /// Per-outcome counts of one batch, applied to metrics after the commit.
@@ -91,6 +100,7 @@ pub(super) fn build(
         group_id: config.kafka.group_id.clone(),
         batch_size: config.pipeline.batch_size,
         batch_linger: config.pipeline.batch_linger,
+        store_concurrency: config.pipeline.store_concurrency,
         retry,
         shutdown,
     })
@@ -98,31 +108,89 @@ pub(super) fn build(
 
 impl ConsumerLoop {
     /// Runs until shutdown: poll, batch, process, commit. The in-flight batch is finished first.
+    ///
+    /// Two batches overlap: while one is stored (on a thread of its own), the next is collected
+    /// from Kafka. It is selected only once the stored one has finished, because selection reads
+    /// the positions that batch moves (docs/architecture.md, "Exactly once").
     pub(super) fn run(self) {
         let mut last_check = Instant::now();
-        while !self.shutdown.is_cancelled() {
-            let messages = batch::collect(
-                &self.member,
-                self.batch_size,
-                self.batch_linger,
-                &self.shutdown,
-            );
-            if messages.is_empty() {
-                self.member.refresh_password(&self.producer);
-                if last_check.elapsed() >= POSITION_CHECK_INTERVAL {
-                    self.member.check_positions();
-                    last_check = Instant::now();
+        let this = &self;
+        std::thread::scope(|scope| {
+            let mut in_flight: Vec<std::thread::ScopedJoinHandle<'_, Stored>> = Vec::new();
+            while !self.shutdown.is_cancelled() {
+                let mut messages = batch::collect(
+                    &self.member,
+                    self.batch_size,
+                    self.batch_linger,
+                    &self.shutdown,
+                );
+                self.after_store(std::mem::take(&mut in_flight), &mut messages);
+                if messages.is_empty() {
+                    self.member.refresh_password(&self.producer);
+                    if last_check.elapsed() >= POSITION_CHECK_INTERVAL {
+                        self.member.check_positions();
+                        last_check = Instant::now();
+                    }
+                    continue;
                 }
-                continue;
+                let started = Instant::now();
+                if let Some(batch) = self.prepare(messages) {
+                    in_flight = batch
+                        .split(self.store_concurrency)
+                        .into_iter()
+                        .map(|part| scope.spawn(move || this.store(part, started)))
+                        .collect();
+                }
             }
-            self.handle(messages);
-        }
+            self.after_store(in_flight, &mut Vec::new());
+        });
         tracing::info!("consumer stopping: leaving the group");
         self.member.leave();
     }
 
-    fn handle(&self, messages: Vec<Message>) {
-        let started = Instant::now();
+    /// Waits for the previous batch's transactions. The messages collected meanwhile from
+    /// partitions they rewound are dropped and those partitions sought to their stored positions
+    /// again: some of the messages were read before the first seek, from where the fenced batch
+    /// had left off.
+    fn after_store(
+        &self,
+        in_flight: Vec<std::thread::ScopedJoinHandle<'_, Stored>>,
+        messages: &mut Vec<Message>,
+    ) {
+        let mut rewound = Vec::new();
+        for handle in in_flight {
+            match handle.join() {
+                Ok(Stored::Done) => {}
+                Ok(Stored::Rewound(fences)) => rewound.extend(fences),
+                // Nothing in a store thread panics by design; should one, its transaction was
+                // not committed and every partition is read again from its stored position.
+                Err(_) => {
+                    tracing::error!("a batch's store thread panicked; rewinding all partitions");
+                    rewound.extend(self.member.positions().snapshot().into_iter().map(
+                        |((topic, partition), expected)| OffsetFence {
+                            topic,
+                            partition,
+                            expected,
+                            next: 0,
+                        },
+                    ));
+                }
+            }
+        }
+        if rewound.is_empty() {
+            return;
+        }
+        messages.retain(|m| {
+            !rewound
+                .iter()
+                .any(|f| f.topic == m.topic && f.partition == m.partition)
+        });
+        self.member.rewind(&rewound);
+    }
+
+    /// Selects and decodes a batch and looks up the statuses it announces; `None` when nothing
+    /// of it is this member's to store.
+    fn prepare(&self, messages: Vec<Message>) -> Option<Batch> {
         let positions = self.member.positions().snapshot();
         let mut batch = batch::select(
             messages,
@@ -135,9 +203,12 @@ impl ConsumerLoop {
             self.lookups
                 .resolve(&self.rules, &self.instruments, &mut batch),
         );
-        if batch.fences.is_empty() {
-            return;
-        }
+        (!batch.fences.is_empty()).then_some(batch)
+    }
+
+    /// Dead-letters and stores one batch with its offsets, retrying while the failure is
+    /// transient, then commits its offsets to Kafka.
+    fn store(&self, mut batch: Batch, started: Instant) -> Stored {
         let entities: Vec<(String, String)> =
             std::mem::take(&mut batch.entities).into_iter().collect();
         let mut attempt = 0u32;
@@ -151,7 +222,7 @@ impl ConsumerLoop {
                 self.instruments
                     .emit(DeadLetterTopicUnavailable { error: &error });
                 if !self.pause(attempt) {
-                    return;
+                    return Stored::Done;
                 }
                 attempt += 1;
                 continue;
@@ -173,7 +244,7 @@ impl ConsumerLoop {
                         partitions: batch.fences.len(),
                         took: started.elapsed(),
                     });
-                    return;
+                    return Stored::Done;
                 }
                 Err(StoreError::Fenced { topic, partition }) => {
                     self.instruments.emit(BatchFenced {
@@ -181,7 +252,7 @@ impl ConsumerLoop {
                         partition,
                     });
                     self.member.rewind(&batch.fences);
-                    return;
+                    return Stored::Rewound(batch.fences);
                 }
                 Err(error) => {
                     self.instruments.emit(BatchRetried {
@@ -189,7 +260,7 @@ impl ConsumerLoop {
                         attempt,
                     });
                     if !self.pause(attempt) {
-                        return;
+                        return Stored::Done;
                     }
                     attempt += 1;
                 }

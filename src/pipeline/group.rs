@@ -358,9 +358,11 @@ impl GroupMember {
         {
             let mut owned = self.positions.lock();
             for f in fences {
-                if let Some(slot) = owned.get_mut(&(f.topic.clone(), f.partition)) {
-                    *slot = Some(f.next);
-                }
+                // A partition revoked while its batch was stored is its new owner's to commit.
+                let Some(slot) = owned.get_mut(&(f.topic.clone(), f.partition)) else {
+                    continue;
+                };
+                *slot = Some(f.next);
                 if tpl
                     .add_partition_offset(&f.topic, f.partition, Offset::Offset(f.next))
                     .is_err()
@@ -368,6 +370,9 @@ impl GroupMember {
                     tracing::warn!(topic = %f.topic, partition = f.partition, "cannot build the Kafka commit");
                 }
             }
+        }
+        if tpl.count() == 0 {
+            return;
         }
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
             // PostgreSQL holds the truth; Kafka's copy only feeds lag tools.

@@ -26,6 +26,13 @@ pub use console::Facets;
 pub use local_server::{LocalPostgres, LocalPostgresError, ServerTls};
 pub use offsets_report::{LastEvent, StoredOffset};
 
+/// How stale `entity_state.updated_at` may be. Ingestion moves it only when it is older than
+/// this, so that most state updates change no indexed column and PostgreSQL can make them HOT
+/// updates (no new index entries; sql/V12); the terminator's state horizon is widened by as
+/// much, so that no state written within the horizon is pruned (docs/architecture.md,
+/// "Schema").
+pub(crate) const STATE_TOUCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -476,7 +483,9 @@ async fn upsert_states(
                value = EXCLUDED.value, version = EXCLUDED.version, event_time = EXCLUDED.event_time, \
                deleted = EXCLUDED.deleted, source_topic = EXCLUDED.source_topic, \
                source_partition = EXCLUDED.source_partition, source_offset = EXCLUDED.source_offset, \
-               set_by = EXCLUDED.set_by, updated_at = now()",
+               set_by = EXCLUDED.set_by, \
+               updated_at = CASE WHEN entity_state.updated_at > now() - make_interval(secs => $12) \
+                                 THEN entity_state.updated_at ELSE now() END",
         )
         .await?;
     Ok(tx
@@ -494,6 +503,7 @@ async fn upsert_states(
                 &partitions,
                 &offsets,
                 &set_by,
+                &STATE_TOUCH_INTERVAL.as_secs_f64(),
             ],
         )
         .await?)

@@ -347,11 +347,13 @@ async fn cutoffs(
     state_horizon: Option<Duration>,
 ) -> Result<Cutoffs, StoreError> {
     let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    // `updated_at` lags a write by up to `STATE_TOUCH_INTERVAL`.
+    let state = state_horizon.map(|h| h + super::STATE_TOUCH_INTERVAL);
     let row = client
         .query_one(
             "SELECT now() - make_interval(secs => $1::float8), \
                     now() - make_interval(secs => $2::float8)",
-            &[&secs(event_max_time), &secs(state_horizon)],
+            &[&secs(event_max_time), &secs(state)],
         )
         .await?;
     Ok(Cutoffs {
