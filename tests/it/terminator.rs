@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::support::{fresh_database, TestDatabase};
+use crate::support::{counts_unlike_a_recount, fresh_database, TestDatabase};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -635,54 +635,6 @@ SELECT gen_random_uuid(),
        'u', now() - interval '40 days', 'seed', 0, i, 0
 FROM generate_series(1, 3000) AS i
 ";
-
-/// Rows of the three count tables that a recount of `events` does not give, and the reverse.
-async fn counts_unlike_a_recount(client: &Client) -> Vec<String> {
-    let origin = "TIMESTAMPTZ '2001-01-01 00:00:00+00'";
-    let value_keys = "FROM events r, LATERAL event_value_keys(r.event_time, r.event_type, \
-                      r.entity_type, r.properties) k WHERE k.counted GROUP BY 1, 2, 3, 4, 5";
-    let mut differ = Vec::new();
-    for (table, recount) in [
-        (
-            "event_counts",
-            "SELECT k.kind, k.attribute, k.bucket, k.event_type, k.entity_type, count(*) \
-               FROM events r, LATERAL event_count_keys(r.event_time, r.event_type, \
-                                                       r.entity_type, r.properties) k \
-              GROUP BY 1, 2, 3, 4, 5"
-                .to_owned(),
-        ),
-        (
-            "event_value_counts",
-            format!(
-                "SELECT k.attribute, k.value, k.bucket, k.event_type, k.entity_type, count(*) \
-                 {value_keys}"
-            ),
-        ),
-        (
-            "event_value_counts_10min",
-            format!(
-                "SELECT k.attribute, k.value, date_bin('10 minutes', k.bucket, {origin}), \
-                        k.event_type, k.entity_type, count(*) {value_keys}"
-            ),
-        ),
-    ] {
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT '{table} ' || d::text FROM ( \
-                       SELECT 'missing', * FROM (({recount}) EXCEPT ALL SELECT * FROM {table}) e \
-                       UNION ALL \
-                       SELECT 'extra', * FROM (SELECT * FROM {table} EXCEPT ALL ({recount})) t) d \
-                     LIMIT 10"
-                ),
-                &[],
-            )
-            .await
-            .unwrap();
-        differ.extend(rows.iter().map(|row| row.get::<_, String>(0)));
-    }
-    differ
-}
 
 /// The terminator subtracts the counts of exactly the rows it deletes (sql/V11, its batch
 /// statement in src/store/retention.rs) while the store's batches add events to the same minutes

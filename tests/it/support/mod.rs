@@ -201,3 +201,52 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Rows of the three count tables that a recount of `events` does not give (`missing`), and
+/// the reverse (`extra`), each named by its table; at most ten per table.
+pub async fn counts_unlike_a_recount(client: &tokio_postgres::Client) -> Vec<String> {
+    let origin = "TIMESTAMPTZ '2001-01-01 00:00:00+00'";
+    let value_keys = "FROM events r, LATERAL event_value_keys(r.event_time, r.event_type, \
+                      r.entity_type, r.properties) k WHERE k.counted GROUP BY 1, 2, 3, 4, 5";
+    let mut differ = Vec::new();
+    for (table, recount) in [
+        (
+            "event_counts",
+            "SELECT k.kind, k.attribute, k.bucket, k.event_type, k.entity_type, count(*) \
+               FROM events r, LATERAL event_count_keys(r.event_time, r.event_type, \
+                                                       r.entity_type, r.properties) k \
+              GROUP BY 1, 2, 3, 4, 5"
+                .to_owned(),
+        ),
+        (
+            "event_value_counts",
+            format!(
+                "SELECT k.attribute, k.value, k.bucket, k.event_type, k.entity_type, count(*) \
+                 {value_keys}"
+            ),
+        ),
+        (
+            "event_value_counts_10min",
+            format!(
+                "SELECT k.attribute, k.value, date_bin('10 minutes', k.bucket, {origin}), \
+                        k.event_type, k.entity_type, count(*) {value_keys}"
+            ),
+        ),
+    ] {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT '{table} ' || d::text FROM ( \
+                       SELECT 'missing', * FROM (({recount}) EXCEPT ALL SELECT * FROM {table}) e \
+                       UNION ALL \
+                       SELECT 'extra', * FROM (SELECT * FROM {table} EXCEPT ALL ({recount})) t) d \
+                     LIMIT 10"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        differ.extend(rows.iter().map(|row| row.get::<_, String>(0)));
+    }
+    differ
+}
