@@ -33,6 +33,24 @@ pub use offsets_report::{LastEvent, StoredOffset};
 /// "Schema").
 pub(crate) const STATE_TOUCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// The known state of a batch's entities (`$1` types, `$2` ids).
+///
+/// One primary-key lookup per entity, whatever the planner thinks of the table: the statement is
+/// prepared once per connection, and a join planned while `entity_state` was small (a new
+/// deployment, a test) became a hash join over a sequential scan of the whole table, kept for
+/// every batch after. The lateral subquery with `OFFSET 0` is never flattened into a join, so
+/// it can only run as a lookup per entity.
+#[doc(hidden)]
+pub const STATE_READ: &str = "\
+    SELECT s.entity_type, s.entity_id, s.attribute, s.value, s.version, s.event_time, s.deleted, \
+           s.source_topic, s.source_partition, s.source_offset, s.set_by \
+    FROM UNNEST($1::text[], $2::text[]) AS q(entity_type, entity_id) \
+    CROSS JOIN LATERAL ( \
+        SELECT * FROM entity_state e \
+        WHERE e.entity_type = q.entity_type AND e.entity_id = q.entity_id \
+        OFFSET 0 \
+    ) AS s";
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -294,16 +312,7 @@ impl EventStore {
                      SET entity_type = EXCLUDED.entity_type WHERE false",
                 )
                 .await?;
-            let select = tx
-                .prepare_cached(
-                    "SELECT s.entity_type, s.entity_id, s.attribute, s.value, s.version, \
-                            s.event_time, s.deleted, s.source_topic, s.source_partition, \
-                            s.source_offset, s.set_by \
-                     FROM entity_state s \
-                     JOIN UNNEST($1::text[], $2::text[]) AS q(entity_type, entity_id) \
-                       ON s.entity_type = q.entity_type AND s.entity_id = q.entity_id",
-                )
-                .await?;
+            let select = tx.prepare_cached(STATE_READ).await?;
             // Sent together (the server runs them in this order): the state is read under the
             // locks.
             let keys: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&types, &ids];

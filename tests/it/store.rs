@@ -493,3 +493,59 @@ async fn counts_written_by_the_store_equal_the_sql_count_keys() {
         .get(0);
     assert_eq!(events, 40 + 25 + 3 + 1);
 }
+
+/// The batch's state read is prepared once per connection, often while `entity_state` is still
+/// small. Its generic plan must look each entity up by the primary key, never scan the table:
+/// a scan costs every later batch time in proportion to all the state ever stored.
+#[tokio::test]
+async fn the_state_read_looks_entities_up_whatever_the_table_held_when_it_was_planned() {
+    let db = fresh_database().await;
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "SET plan_cache_mode = force_generic_plan; \
+             PREPARE state_read(text[], text[]) AS {}",
+            event_manager::store::STATE_READ
+        ))
+        .await
+        .unwrap();
+    let empty = state_read_plan(&client).await;
+    // Grown and analysed afterwards: the plan is made again, and must still be a lookup.
+    client
+        .batch_execute(
+            "INSERT INTO entity_state (entity_type, entity_id, attribute, value, version, \
+                                       event_time, deleted) \
+             SELECT 'Declaration', 'e' || g, 'status', 'active', 1, now(), false \
+             FROM generate_series(1, 20000) AS g; \
+             ANALYZE entity_state",
+        )
+        .await
+        .unwrap();
+    let grown = state_read_plan(&client).await;
+    for plan in [empty, grown] {
+        assert!(
+            plan.contains("Index Scan using entity_state_pkey") && !plan.contains("Seq Scan"),
+            "the state read scans instead of looking up:\n{plan}"
+        );
+    }
+}
+
+/// The plan of the `state_read` statement prepared on `client`, for two entities.
+async fn state_read_plan(client: &tokio_postgres::Client) -> String {
+    let rows = client
+        .simple_query(
+            "EXPLAIN EXECUTE state_read(ARRAY['Declaration','Declaration'], ARRAY['a','b'])",
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
