@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{self, Batch};
 use super::dead_letter;
 use super::fhir_lookup::{FhirStatusClient, StatusSource};
-use super::group::{GroupMember, StoredOffsets};
+use super::flight::{Flight, Part, PartEnd, Verdict};
+use super::group::{GroupMember, StoredOffsets, Tp};
 use super::internal_events::{
     BatchCommitted, BatchFenced, BatchRetried, DeadLetterTopicUnavailable, Instruments,
 };
@@ -22,7 +23,7 @@ use super::{PipelineError, PipelineSettings};
 use crate::detect::{detect_batch, Outcome};
 use crate::kafka::{self, Role};
 use crate::retry::RetryPolicy;
-use crate::store::{BatchChanges, EventStore, NewEvent, OffsetFence, StoreError};
+use crate::store::{BatchChanges, EventStore, NewEvent, OffsetFence, StoreError, Turn};
 
 /// How often an idle consumer checks whether its stored positions were moved (by `replay`).
 const POSITION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -51,6 +52,13 @@ enum Stored {
     Done,
     /// Fenced: these partitions were sought back to their stored positions.
     Rewound(Vec<OffsetFence>),
+}
+
+/// A batch being stored: its parts' threads, their progress, and the positions it moves to.
+struct InFlight<'scope> {
+    handles: Vec<std::thread::ScopedJoinHandle<'scope, Stored>>,
+    flight: Flight,
+    fences: Vec<OffsetFence>,
 }
 
 /// Per-outcome counts of one batch, applied to metrics after the commit.
@@ -107,16 +115,20 @@ pub(super) fn build(
 }
 
 impl ConsumerLoop {
-    /// Runs until shutdown: poll, batch, process, commit. The in-flight batch is finished first.
+    /// Runs until shutdown: poll, batch, process, commit. The batches in flight are finished
+    /// first.
     ///
-    /// Two batches overlap: while one is stored (on a thread of its own), the next is collected
-    /// from Kafka. It is selected only once the stored one has finished, because selection reads
-    /// the positions that batch moves (docs/architecture.md, "Exactly once").
+    /// Batches overlap: while two are stored (on threads of their own), the next is collected
+    /// from Kafka. Once the older of the two has ended, the collected one is selected against
+    /// the positions the newer one moves to and stored behind it: it starts once the newer
+    /// one holds its entity locks and checks its fences once the newer one has committed
+    /// (docs/architecture.md, "Exactly once").
     pub(super) fn run(self) {
         let mut last_check = Instant::now();
         let this = &self;
         std::thread::scope(|scope| {
-            let mut in_flight: Vec<std::thread::ScopedJoinHandle<'_, Stored>> = Vec::new();
+            let mut older: Option<InFlight<'_>> = None;
+            let mut newer: Option<InFlight<'_>> = None;
             while !self.shutdown.is_cancelled() {
                 let mut messages = batch::collect(
                     &self.member,
@@ -124,8 +136,9 @@ impl ConsumerLoop {
                     self.batch_linger,
                     &self.shutdown,
                 );
-                self.after_store(std::mem::take(&mut in_flight), &mut messages);
+                self.after_store(older.take(), &mut messages);
                 if messages.is_empty() {
+                    self.after_store(newer.take(), &mut messages);
                     self.member.refresh_password(&self.producer);
                     if last_check.elapsed() >= POSITION_CHECK_INTERVAL {
                         self.member.check_positions();
@@ -134,15 +147,41 @@ impl ConsumerLoop {
                     continue;
                 }
                 let started = Instant::now();
-                if let Some(batch) = self.prepare(messages) {
-                    in_flight = batch
-                        .split(self.store_concurrency)
+                let before = newer.take();
+                let ahead = before.as_ref().map(|b| b.fences.as_slice());
+                if let Some(batch) = self.prepare(messages, ahead.unwrap_or_default()) {
+                    let fences = batch.fences.clone();
+                    let parts = batch.split(self.store_concurrency);
+                    let flight = Flight::new(parts.len());
+                    let handles = parts
                         .into_iter()
-                        .map(|part| scope.spawn(move || this.store(part, started)))
+                        .map(|part| {
+                            let reporter = flight.part(partitions(&part.fences));
+                            // Behind the batch in flight only where it has the same
+                            // partitions; elsewhere alone, as any other consumer would be.
+                            let before = before
+                                .as_ref()
+                                .filter(|b| {
+                                    b.fences.iter().any(|f| {
+                                        part.fences.iter().any(|g| {
+                                            g.topic == f.topic && g.partition == f.partition
+                                        })
+                                    })
+                                })
+                                .map(|b| b.flight.clone());
+                            scope.spawn(move || this.store(part, started, reporter, before))
+                        })
                         .collect();
+                    newer = Some(InFlight {
+                        handles,
+                        flight,
+                        fences,
+                    });
                 }
+                older = before;
             }
-            self.after_store(in_flight, &mut Vec::new());
+            self.after_store(older, &mut Vec::new());
+            self.after_store(newer, &mut Vec::new());
         });
         tracing::info!("consumer stopping: leaving the group");
         self.member.leave();
@@ -152,13 +191,12 @@ impl ConsumerLoop {
     /// partitions they rewound are dropped and those partitions sought to their stored positions
     /// again: some of the messages were read before the first seek, from where the fenced batch
     /// had left off.
-    fn after_store(
-        &self,
-        in_flight: Vec<std::thread::ScopedJoinHandle<'_, Stored>>,
-        messages: &mut Vec<Message>,
-    ) {
+    fn after_store(&self, in_flight: Option<InFlight<'_>>, messages: &mut Vec<Message>) {
+        let Some(in_flight) = in_flight else {
+            return;
+        };
         let mut rewound = Vec::new();
-        for handle in in_flight {
+        for handle in in_flight.handles {
             match handle.join() {
                 Ok(Stored::Done) => {}
                 Ok(Stored::Rewound(fences)) => rewound.extend(fences),
@@ -189,9 +227,15 @@ impl ConsumerLoop {
     }
 
     /// Selects and decodes a batch and looks up the statuses it announces; `None` when nothing
-    /// of it is this member's to store.
-    fn prepare(&self, messages: Vec<Message>) -> Option<Batch> {
-        let positions = self.member.positions().snapshot();
+    /// of it is this member's to store. `ahead`: the positions the batch still in flight moves
+    /// its partitions to.
+    fn prepare(&self, messages: Vec<Message>, ahead: &[OffsetFence]) -> Option<Batch> {
+        let mut positions = self.member.positions().snapshot();
+        for fence in ahead {
+            if let Some(slot) = positions.get_mut(&(fence.topic.clone(), fence.partition)) {
+                *slot = Some(fence.next);
+            }
+        }
         let mut batch = batch::select(
             messages,
             &positions,
@@ -207,10 +251,18 @@ impl ConsumerLoop {
     }
 
     /// Dead-letters and stores one batch with its offsets, retrying while the failure is
-    /// transient, then commits its offsets to Kafka.
-    fn store(&self, mut batch: Batch, started: Instant) -> Stored {
+    /// transient, then commits its offsets to Kafka. `before`: the batch stored before it, when
+    /// it may still be in flight; `part` tells the batch after it how this one is doing.
+    fn store(
+        &self,
+        mut batch: Batch,
+        started: Instant,
+        mut part: Part,
+        before: Option<Flight>,
+    ) -> Stored {
         let entities: Vec<(String, String)> =
             std::mem::take(&mut batch.entities).into_iter().collect();
+        let partitions = partitions(&batch.fences);
         let mut attempt = 0u32;
         loop {
             let delivered = self.runtime.block_on(dead_letter::deliver_all(
@@ -227,16 +279,40 @@ impl ConsumerLoop {
                 attempt += 1;
                 continue;
             }
+            // Behind the batch before while it is in flight, from when it holds its locks;
+            // alone once it has committed; not at all when it did not.
+            let behind = match self.wait_turn(before.as_ref(), &partitions) {
+                Ok(behind) => behind,
+                Err(Verdict::Rewound) => {
+                    self.member.rewind(&batch.fences);
+                    part.ended(PartEnd::Rewound);
+                    return Stored::Rewound(batch.fences);
+                }
+                Err(_) => return Stored::Done,
+            };
             let mut tally = Tally::default();
-            let result = self.runtime.block_on(self.store.apply_batch(
+            let turn = Turn {
+                locked: || part.locked(),
+                after: behind.map(|(flight, seen)| {
+                    let partitions = &partitions;
+                    move || async move {
+                        flight.finished(seen, partitions).await == Some(Verdict::Committed)
+                    }
+                }),
+            };
+            let result = self.runtime.block_on(self.store.apply_batch_in_turn(
                 &self.group_id,
                 &batch.fences,
                 &entities,
                 |states| detect(&self.rules, &batch, states, &mut tally),
+                turn,
             ));
             match result {
                 Ok(report) => {
+                    // Before the batch after this one hears of it, so that positions move on
+                    // in order.
                     self.member.committed(&batch.fences);
+                    part.ended(PartEnd::Committed);
                     self.instruments.emit(BatchCommitted {
                         outcomes: tally.outcomes,
                         events_by_type: tally.events_by_type,
@@ -252,9 +328,13 @@ impl ConsumerLoop {
                         partition,
                     });
                     self.member.rewind(&batch.fences);
+                    part.ended(PartEnd::Rewound);
                     return Stored::Rewound(batch.fences);
                 }
+                // The batch before did not commit (yet): its own retries report why.
+                Err(StoreError::PredecessorFailed) => part.failed(),
                 Err(error) => {
+                    part.failed();
                     self.instruments.emit(BatchRetried {
                         error: &error,
                         attempt,
@@ -265,6 +345,25 @@ impl ConsumerLoop {
                     attempt += 1;
                 }
             }
+        }
+    }
+
+    /// Waits until this batch may start behind `before`: `Ok(Some((flight, failures seen)))`
+    /// once every part of it holds its locks while some are still in flight, `Ok(None)` once
+    /// it has committed these partitions, `Err` when it has not (rewound or abandoned).
+    fn wait_turn<'f>(
+        &self,
+        before: Option<&'f Flight>,
+        partitions: &[Tp],
+    ) -> Result<Option<(&'f Flight, u64)>, Verdict> {
+        let Some(flight) = before else {
+            return Ok(None);
+        };
+        let seen = self.runtime.block_on(flight.started());
+        match flight.verdict(partitions) {
+            None => Ok(Some((flight, seen))),
+            Some(Verdict::Committed) => Ok(None),
+            Some(other) => Err(other),
         }
     }
 
@@ -300,4 +399,12 @@ fn detect(
             .collect(),
         states: found.states,
     }
+}
+
+/// The partitions of some fences.
+fn partitions(fences: &[OffsetFence]) -> Vec<Tp> {
+    fences
+        .iter()
+        .map(|f| (f.topic.clone(), f.partition))
+        .collect()
 }

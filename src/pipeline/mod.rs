@@ -6,6 +6,7 @@ mod config;
 mod consumer;
 pub mod dead_letter;
 pub mod fhir_lookup;
+mod flight;
 mod group;
 mod internal_events;
 mod lookups;

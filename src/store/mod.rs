@@ -65,6 +65,10 @@ pub enum StoreError {
         /// Partition.
         partition: i32,
     },
+    /// The batch stored before this one on the same partitions did not commit (it is retried,
+    /// or its partitions are read again): this one was rolled back and waits for it.
+    #[error("the batch before this one on its partitions did not commit")]
+    PredecessorFailed,
     /// No connection could be had.
     #[error("database unavailable: {message}")]
     Pool {
@@ -151,6 +155,37 @@ pub struct BatchReport {
     pub states_written: u64,
 }
 
+/// How a batch's transaction takes its turn behind the batch stored before it on the same
+/// partitions (docs/architecture.md, "Exactly once").
+///
+/// Alone, a batch checks its offset fences first and fails fast. Behind a predecessor still in
+/// flight, it locks its entities, reads their state and writes its events and state meanwhile,
+/// and checks its fences (which expect the predecessor's new positions) only once `after` says
+/// the predecessor committed; its counts follow, since the predecessor writes the same count
+/// rows. The caller starts it only once the predecessor holds its entity locks, and ends
+/// `after` (with `false`) as soon as a predecessor's attempt fails: a waiting transaction must
+/// never hold a lock its predecessor needs, since PostgreSQL cannot see this wait.
+pub struct Turn<L, W> {
+    /// Called once the batch's entities are locked: the next batch may start.
+    pub locked: L,
+    /// `None`: alone. `Some`: waits for the predecessor; `false` rolls this batch back with
+    /// [`StoreError::PredecessorFailed`].
+    pub after: Option<W>,
+}
+
+/// The turn of a batch with nothing before it in flight.
+pub type Alone = Turn<fn(), fn() -> std::future::Ready<bool>>;
+
+impl Alone {
+    /// Fences first, nobody to tell.
+    pub fn alone() -> Self {
+        Turn {
+            locked: || {},
+            after: None,
+        }
+    }
+}
+
 /// The EventDB.
 #[derive(Clone)]
 pub struct EventStore {
@@ -235,59 +270,30 @@ impl EventStore {
     where
         F: FnOnce(&mut HashMap<StateKey, AttributeState>) -> BatchChanges,
     {
+        self.apply_batch_in_turn(group_id, fences, entities, detect, Alone::alone())
+            .await
+    }
+
+    /// [`EventStore::apply_batch`], taking its turn behind the batch before it (see [`Turn`]).
+    pub async fn apply_batch_in_turn<F, L, W, Fut>(
+        &self,
+        group_id: &str,
+        fences: &[OffsetFence],
+        entities: &[(String, String)],
+        detect: F,
+        turn: Turn<L, W>,
+    ) -> Result<BatchReport, StoreError>
+    where
+        F: FnOnce(&mut HashMap<StateKey, AttributeState>) -> BatchChanges,
+        L: FnOnce(),
+        W: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-
-        let mut fences: Vec<&OffsetFence> = fences.iter().collect();
-        fences.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-        let update = tx
-            .prepare_cached(
-                "UPDATE consumer_offsets SET next_offset = $5, updated_at = now() \
-                 WHERE group_id = $1 AND topic = $2 AND partition = $3 AND next_offset = $4",
-            )
-            .await?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            )
-            .await?;
-        // Sent together: tokio-postgres pipelines them on the connection.
-        let checks = fences.iter().map(|fence| {
-            let (update, insert, tx) = (&update, &insert, &tx);
-            async move {
-                let rows = match fence.expected {
-                    Some(expected) => {
-                        tx.execute(
-                            update,
-                            &[
-                                &group_id,
-                                &fence.topic,
-                                &fence.partition,
-                                &expected,
-                                &fence.next,
-                            ],
-                        )
-                        .await?
-                    }
-                    None => {
-                        tx.execute(
-                            insert,
-                            &[&group_id, &fence.topic, &fence.partition, &fence.next],
-                        )
-                        .await?
-                    }
-                };
-                Ok::<_, tokio_postgres::Error>((rows, *fence))
-            }
-        });
-        for (rows, fence) in futures::future::try_join_all(checks).await? {
-            if rows != 1 {
-                return Err(StoreError::Fenced {
-                    topic: fence.topic.clone(),
-                    partition: fence.partition,
-                });
-            }
+        let behind = turn.after.is_some();
+        if !behind {
+            check_fences(&tx, group_id, fences).await?;
         }
 
         let mut states = HashMap::new();
@@ -345,13 +351,22 @@ impl EventStore {
             }
         }
 
+        (turn.locked)();
+
         let changes = detect(&mut states);
-        // Sent together: the events (with their counts) and the new state are independent.
-        let (events_inserted, states_written) = futures::try_join!(
+        let mut after = turn.after;
+        // Events older than the count buckets' origin are counted by the insert trigger, which
+        // takes count rows: behind a predecessor (which takes count rows too) that waits first.
+        if !counts::countable(changes.events.iter().map(|e| &e.event)) {
+            take_turn(&tx, group_id, fences, after.take()).await?;
+        }
+        // Sent together: the events and the new state are independent. Alone, the events'
+        // counts follow the insert at once; behind a predecessor, after the turn.
+        let ((events_inserted, counts), states_written) = futures::try_join!(
             async {
                 match changes.events.is_empty() {
-                    true => Ok(0),
-                    false => insert_events(&tx, &changes.events).await,
+                    true => Ok((0, None)),
+                    false => insert_events(&tx, &changes.events, after.is_some()).await,
                 }
             },
             async {
@@ -361,6 +376,10 @@ impl EventStore {
                 }
             },
         )?;
+        take_turn(&tx, group_id, fences, after).await?;
+        if let Some(counts) = counts {
+            counts.write(&tx).await?;
+        }
         tx.commit().await?;
         Ok(BatchReport {
             events_inserted,
@@ -369,10 +388,96 @@ impl EventStore {
     }
 }
 
-async fn insert_events(
+/// Behind a predecessor (`after` is `Some`): waits until it committed, then checks the fences.
+async fn take_turn<W, Fut>(
     tx: &deadpool_postgres::Transaction<'_>,
-    events: &[NewEvent],
-) -> Result<u64, StoreError> {
+    group_id: &str,
+    fences: &[OffsetFence],
+    after: Option<W>,
+) -> Result<(), StoreError>
+where
+    W: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let Some(after) = after else {
+        return Ok(());
+    };
+    if !after().await {
+        return Err(StoreError::PredecessorFailed);
+    }
+    check_fences(tx, group_id, fences).await
+}
+
+/// The offset fences of a batch: each partition's stored position must be the one the batch
+/// expects, and moves to the batch's next offset. A consumer whose partition moved on (another
+/// owner, a replay) fails here and its batch rolls back.
+async fn check_fences(
+    tx: &deadpool_postgres::Transaction<'_>,
+    group_id: &str,
+    fences: &[OffsetFence],
+) -> Result<(), StoreError> {
+    let mut fences: Vec<&OffsetFence> = fences.iter().collect();
+    fences.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    let update = tx
+        .prepare_cached(
+            "UPDATE consumer_offsets SET next_offset = $5, updated_at = now() \
+             WHERE group_id = $1 AND topic = $2 AND partition = $3 AND next_offset = $4",
+        )
+        .await?;
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    // Sent together: tokio-postgres pipelines them on the connection.
+    let checks = fences.iter().map(|fence| {
+        let (update, insert) = (&update, &insert);
+        async move {
+            let rows = match fence.expected {
+                Some(expected) => {
+                    tx.execute(
+                        update,
+                        &[
+                            &group_id,
+                            &fence.topic,
+                            &fence.partition,
+                            &expected,
+                            &fence.next,
+                        ],
+                    )
+                    .await?
+                }
+                None => {
+                    tx.execute(
+                        insert,
+                        &[&group_id, &fence.topic, &fence.partition, &fence.next],
+                    )
+                    .await?
+                }
+            };
+            Ok::<_, tokio_postgres::Error>((rows, *fence))
+        }
+    });
+    for (rows, fence) in futures::future::try_join_all(checks).await? {
+        if rows != 1 {
+            return Err(StoreError::Fenced {
+                topic: fence.topic.clone(),
+                partition: fence.partition,
+            });
+        }
+    }
+
+    Ok(())
+}
+
+/// Inserts the events; returns how many were new and, when `defer_counts`, their counts for
+/// the caller to write (else they are written here).
+async fn insert_events<'e>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    events: &'e [NewEvent],
+    defer_counts: bool,
+) -> Result<(u64, Option<counts::Counts<'e>>), StoreError> {
     let n = events.len();
     let mut ids = Vec::with_capacity(n);
     let mut event_types = Vec::with_capacity(n);
@@ -447,9 +552,12 @@ async fn insert_events(
                 batch.add(&e.event);
             }
         }
+        if defer_counts {
+            return Ok((inserted.len() as u64, Some(batch)));
+        }
         batch.write(tx).await?;
     }
-    Ok(inserted.len() as u64)
+    Ok((inserted.len() as u64, None))
 }
 
 async fn upsert_states(

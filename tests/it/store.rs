@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{TimeZone, Utc};
 use event_manager::detect::{ChangeDetector, DetectOptions};
 use event_manager::model::{Attributes, Observation, ObservationKind, Scope, SourceRef};
-use event_manager::store::{BatchChanges, NewEvent, OffsetFence, StoreError};
+use event_manager::store::{BatchChanges, NewEvent, OffsetFence, StoreError, Turn};
 
 use crate::support::{counts_unlike_a_recount, fresh_database};
 
@@ -29,45 +29,54 @@ async fn apply(
     fence: OffsetFence,
     observations: &[Observation],
 ) -> Result<u64, StoreError> {
-    let entities: Vec<(String, String)> = observations
-        .iter()
-        .map(|o| (o.entity_type.to_string(), o.entity_id.clone()))
-        .collect();
-    let detector = ChangeDetector::new(DetectOptions::default());
-    let topic = fence.topic.clone();
+    let entities = entities_of(observations);
     let first = fence.expected.unwrap_or(0);
     let report = db
         .store
         .apply_batch("g", &[fence], &entities, |states| {
-            let mut changes = BatchChanges::default();
-            for (i, o) in observations.iter().enumerate() {
-                let at = SourceRef {
-                    topic: topic.clone(),
-                    partition: 0,
-                    offset: first + i as i64,
-                };
-                let d = detector.detect(o, &at, states);
-                if let Some(event) = d.event {
-                    changes.events.push(NewEvent {
-                        event,
-                        source: SourceRef {
-                            topic: topic.clone(),
-                            partition: 0,
-                            offset: first + i as i64,
-                        },
-                        seq: 0,
-                    });
-                }
-                for k in d.dirty {
-                    let s = states[&k].clone();
-                    changes.states.retain(|(x, _)| x != &k);
-                    changes.states.push((k, s));
-                }
-            }
-            changes
+            detect_all(observations, first, states)
         })
         .await?;
     Ok(report.events_inserted)
+}
+
+fn entities_of(observations: &[Observation]) -> Vec<(String, String)> {
+    observations
+        .iter()
+        .map(|o| (o.entity_type.to_string(), o.entity_id.clone()))
+        .collect()
+}
+
+/// Detection of one observation per message on partition 0 of "t" from offset `first`, with
+/// the default detector.
+fn detect_all(
+    observations: &[Observation],
+    first: i64,
+    states: &mut HashMap<event_manager::detect::StateKey, event_manager::detect::AttributeState>,
+) -> BatchChanges {
+    let detector = ChangeDetector::new(DetectOptions::default());
+    let mut changes = BatchChanges::default();
+    for (i, o) in observations.iter().enumerate() {
+        let at = SourceRef {
+            topic: "t".into(),
+            partition: 0,
+            offset: first + i as i64,
+        };
+        let d = detector.detect(o, &at, states);
+        if let Some(event) = d.event {
+            changes.events.push(NewEvent {
+                event,
+                source: at.clone(),
+                seq: 0,
+            });
+        }
+        for k in d.dirty {
+            let s = states[&k].clone();
+            changes.states.retain(|(x, _)| x != &k);
+            changes.states.push((k, s));
+        }
+    }
+    changes
 }
 
 fn fence(expected: Option<i64>, next: i64) -> OffsetFence {
@@ -548,4 +557,146 @@ async fn state_read_plan(client: &tokio_postgres::Client) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Two batches of a partition in flight (docs/architecture.md, "Exactly once"): the second,
+/// started while the first holds its entity locks, waits for an entity they share until the
+/// first has committed, reads the state the first wrote, and checks its fence after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_behind_the_one_before_it_reads_what_that_one_wrote() {
+    let db = fresh_database().await;
+    apply(&db, fence(None, 1), &[obs("a", "active", 0)])
+        .await
+        .unwrap();
+    let first = [obs("a", "terminated", 1)];
+    let second = [obs("a", "closed", 2), obs("b", "active", 2)];
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
+    let store = &db.store;
+    // The first batch is itself behind a batch that "commits" on `go`.
+    let earlier = async {
+        let result = store
+            .apply_batch_in_turn(
+                "g",
+                &[fence(Some(1), 2)],
+                &entities_of(&first),
+                |states| detect_all(&first, 1, states),
+                Turn {
+                    locked: move || {
+                        let _ = locked_tx.send(());
+                    },
+                    after: Some(move || async move { go_rx.await.is_ok() }),
+                },
+            )
+            .await;
+        let _ = done_tx.send(result.is_ok());
+        result
+    };
+    let later = async {
+        locked_rx.await.unwrap();
+        store
+            .apply_batch_in_turn(
+                "g",
+                &[fence(Some(2), 4)],
+                &entities_of(&second),
+                |states| detect_all(&second, 2, states),
+                Turn {
+                    locked: || {},
+                    after: Some(move || async move { done_rx.await.unwrap_or(false) }),
+                },
+            )
+            .await
+    };
+    let release = async {
+        // The later batch is in flight, waiting for the entity lock the first one holds.
+        let client = db.client().await;
+        crate::support::wait_for(std::time::Duration::from_secs(30), || async {
+            client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        })
+        .await;
+        go_tx.send(()).unwrap();
+    };
+    let (earlier, later, ()) = tokio::join!(earlier, later, release);
+    assert_eq!(earlier.unwrap().events_inserted, 1);
+    assert_eq!(later.unwrap().events_inserted, 1);
+
+    let client = db.client().await;
+    let changes: Vec<(i64, serde_json::Value)> = client
+        .query(
+            "SELECT source_offset, properties -> 'status' FROM events ORDER BY source_offset",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                1,
+                serde_json::json!({"new_value": "terminated", "old_value": "active"})
+            ),
+            (
+                2,
+                serde_json::json!({"new_value": "closed", "old_value": "terminated"})
+            ),
+        ]
+    );
+    let offsets = store.load_offsets("g", &[("t".into(), 0)]).await.unwrap();
+    assert_eq!(offsets[&("t".to_owned(), 0)], 4);
+    assert_eq!(counts_unlike_a_recount(&client).await, Vec::<String>::new());
+}
+
+/// A batch behind one that did not commit rolls back: nothing of it is stored and the
+/// partition's position stays where it was.
+#[tokio::test]
+async fn a_batch_behind_one_that_did_not_commit_stores_nothing() {
+    let db = fresh_database().await;
+    apply(&db, fence(None, 1), &[obs("a", "active", 0)])
+        .await
+        .unwrap();
+    let batch = [obs("a", "terminated", 1), obs("b", "active", 1)];
+    let err = db
+        .store
+        .apply_batch_in_turn(
+            "g",
+            &[fence(Some(1), 3)],
+            &entities_of(&batch),
+            |states| detect_all(&batch, 1, states),
+            Turn {
+                locked: || {},
+                after: Some(|| async { false }),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PredecessorFailed), "{err}");
+    let client = db.client().await;
+    let stored: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM entity_state)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1, "only the first batch's baseline of a");
+    let offsets = db
+        .store
+        .load_offsets("g", &[("t".into(), 0)])
+        .await
+        .unwrap();
+    assert_eq!(offsets[&("t".to_owned(), 0)], 1);
 }
