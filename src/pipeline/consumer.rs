@@ -152,7 +152,7 @@ impl ConsumerLoop {
                 if let Some(batch) = self.prepare(messages, ahead.unwrap_or_default()) {
                     let fences = batch.fences.clone();
                     let parts = batch.split(self.store_concurrency);
-                    let flight = Flight::new(parts.len());
+                    let flight = Flight::new();
                     let handles = parts
                         .into_iter()
                         .map(|part| {
@@ -359,7 +359,7 @@ impl ConsumerLoop {
         let Some(flight) = before else {
             return Ok(None);
         };
-        let seen = self.runtime.block_on(flight.started());
+        let seen = self.runtime.block_on(flight.started(partitions));
         match flight.verdict(partitions) {
             None => Ok(Some((flight, seen))),
             Some(Verdict::Committed) => Ok(None),

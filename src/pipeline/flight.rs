@@ -1,7 +1,7 @@
 //! Two batches in flight: a batch is stored while the one before it on the same partitions
 //! is still committing (docs/architecture.md, "Exactly once"). Each batch publishes the
 //! progress of its parts; the batch after it starts once every part holds its entity locks,
-//! and checks its fences only once every part has committed.
+//! and checks its fences only once the parts with its partitions have committed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,19 +23,18 @@ pub(super) enum PartEnd {
 }
 
 #[derive(Debug, Default)]
-struct Progress {
-    parts: usize,
-    /// Parts holding their entity locks in their current attempt.
-    locked: usize,
+struct PartProgress {
+    partitions: Vec<Tp>,
+    /// Holds its entity locks in its current attempt.
+    locked: bool,
     /// Attempts that failed so far: a waiting successor rolls back at each.
     failures: u64,
-    /// The parts that ended: their partitions and how.
-    ended: Vec<(Vec<Tp>, PartEnd)>,
+    end: Option<PartEnd>,
 }
 
 /// What the batch after this one learns of it.
 #[derive(Debug, Clone)]
-pub(super) struct Flight(Arc<watch::Sender<Progress>>);
+pub(super) struct Flight(Arc<watch::Sender<Vec<PartProgress>>>);
 
 /// What the predecessor's parts did for some partitions, once all of them ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,68 +47,25 @@ pub(super) enum Verdict {
     Abandoned,
 }
 
-impl Flight {
-    /// The progress of a batch of `parts` parts.
-    pub(super) fn new(parts: usize) -> Self {
-        Self(Arc::new(watch::Sender::new(Progress {
-            parts,
-            ..Progress::default()
-        })))
-    }
-
-    /// One part of the batch, which reports its progress; dropped unreported, it counts as
-    /// abandoned, so that no successor waits for a thread that died.
-    pub(super) fn part(&self, partitions: Vec<Tp>) -> Part {
-        Part {
-            flight: self.clone(),
-            partitions,
-            locked: false,
-            ended: false,
-        }
-    }
-
-    /// Waits until every part holds its entity locks or has ended; returns the failures so far.
-    pub(super) async fn started(&self) -> u64 {
-        let mut rx = self.0.subscribe();
-        let progress = rx
-            .wait_for(|p| p.locked + p.ended.len() >= p.parts)
-            .await
-            .map(|p| p.failures);
-        // The sender lives in `self`: the wait cannot see it dropped.
-        progress.unwrap_or(u64::MAX)
-    }
-
-    /// Whether every part has ended, and if so what they did for `partitions`.
-    pub(super) fn verdict(&self, partitions: &[Tp]) -> Option<Verdict> {
-        verdict(&self.0.borrow(), partitions)
-    }
-
-    /// Waits until every part has ended (then what they did for `partitions`), or until an
-    /// attempt fails after `seen` failures (`None`: roll back, the predecessor needs its locks).
-    pub(super) async fn finished(&self, seen: u64, partitions: &[Tp]) -> Option<Verdict> {
-        let mut rx = self.0.subscribe();
-        let progress = rx
-            .wait_for(|p| p.failures != seen || p.ended.len() >= p.parts)
-            .await
-            .ok()?;
-        match progress.failures != seen {
-            true => None,
-            false => verdict(&progress, partitions),
-        }
-    }
+/// The parts that have some of `partitions`.
+fn sharing<'p>(
+    parts: &'p [PartProgress],
+    partitions: &[Tp],
+) -> impl Iterator<Item = &'p PartProgress> + use<'p> {
+    let mine: HashSet<Tp> = partitions.iter().cloned().collect();
+    parts
+        .iter()
+        .filter(move |p| p.partitions.iter().any(|tp| mine.contains(tp)))
 }
 
-fn verdict(p: &Progress, partitions: &[Tp]) -> Option<Verdict> {
-    if p.ended.len() < p.parts {
-        return None;
-    }
-    let mine: HashSet<&Tp> = partitions.iter().collect();
+fn failures(parts: &[PartProgress], partitions: &[Tp]) -> u64 {
+    sharing(parts, partitions).map(|p| p.failures).sum()
+}
+
+fn verdict(parts: &[PartProgress], partitions: &[Tp]) -> Option<Verdict> {
     let mut verdict = Verdict::Committed;
-    for (tps, end) in &p.ended {
-        if !tps.iter().any(|tp| mine.contains(tp)) {
-            continue;
-        }
-        match end {
+    for part in sharing(parts, partitions) {
+        match part.end? {
             PartEnd::Committed => {}
             PartEnd::Rewound => verdict = Verdict::Rewound,
             PartEnd::Abandoned => return Some(Verdict::Abandoned),
@@ -118,29 +74,92 @@ fn verdict(p: &Progress, partitions: &[Tp]) -> Option<Verdict> {
     Some(verdict)
 }
 
+impl Flight {
+    /// The progress of a batch, its parts not known yet.
+    pub(super) fn new() -> Self {
+        Self(Arc::new(watch::Sender::new(Vec::new())))
+    }
+
+    /// A part of the batch, with its partitions, which reports its progress; dropped
+    /// unreported, it counts as abandoned, so that no successor waits for a thread that died.
+    /// Every part is made before any successor starts.
+    pub(super) fn part(&self, partitions: Vec<Tp>) -> Part {
+        let mut index = 0;
+        self.0.send_modify(|parts| {
+            index = parts.len();
+            parts.push(PartProgress {
+                partitions,
+                ..PartProgress::default()
+            });
+        });
+        Part {
+            flight: self.clone(),
+            index,
+            ended: false,
+        }
+    }
+
+    /// Waits until every part holds its entity locks or has ended; returns the failures so far
+    /// of the parts with some of `partitions`.
+    pub(super) async fn started(&self, partitions: &[Tp]) -> u64 {
+        let mut rx = self.0.subscribe();
+        let seen = rx
+            .wait_for(|parts| parts.iter().all(|p| p.locked || p.end.is_some()))
+            .await
+            .map(|parts| failures(&parts, partitions));
+        // The sender lives in `self`: the wait cannot see it dropped.
+        seen.unwrap_or(u64::MAX)
+    }
+
+    /// What the parts with some of `partitions` did, once all of them ended.
+    pub(super) fn verdict(&self, partitions: &[Tp]) -> Option<Verdict> {
+        verdict(&self.0.borrow(), partitions)
+    }
+
+    /// Waits until the parts with some of `partitions` have ended (then what they did), or
+    /// until one of their attempts fails after `seen` failures (`None`: roll back, it needs
+    /// its locks again).
+    pub(super) async fn finished(&self, seen: u64, partitions: &[Tp]) -> Option<Verdict> {
+        let mut rx = self.0.subscribe();
+        let parts = rx
+            .wait_for(|parts| {
+                failures(parts, partitions) != seen || verdict(parts, partitions).is_some()
+            })
+            .await
+            .ok()?;
+        match failures(&parts, partitions) != seen {
+            true => None,
+            false => verdict(&parts, partitions),
+        }
+    }
+}
+
 /// One part's reporter.
 #[derive(Debug)]
 pub(super) struct Part {
     flight: Flight,
-    partitions: Vec<Tp>,
-    locked: bool,
+    index: usize,
     ended: bool,
 }
 
 impl Part {
+    fn update(&self, f: impl FnOnce(&mut PartProgress)) {
+        self.flight.0.send_modify(|parts| {
+            if let Some(part) = parts.get_mut(self.index) {
+                f(part);
+            }
+        });
+    }
+
     /// Its transaction holds its entity locks.
     pub(super) fn locked(&mut self) {
-        if !self.locked {
-            self.locked = true;
-            self.flight.0.send_modify(|p| p.locked += 1);
-        }
+        self.update(|p| p.locked = true);
     }
 
     /// An attempt failed and rolled back (its locks are gone).
     pub(super) fn failed(&mut self) {
-        let was_locked = std::mem::take(&mut self.locked);
-        self.flight.0.send_modify(|p| {
-            p.locked -= usize::from(was_locked);
+        self.update(|p| {
+            p.locked = false;
             p.failures += 1;
         });
     }
@@ -154,11 +173,9 @@ impl Part {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
-        let was_locked = std::mem::take(&mut self.locked);
-        let partitions = std::mem::take(&mut self.partitions);
-        self.flight.0.send_modify(|p| {
-            p.locked -= usize::from(was_locked);
-            p.ended.push((partitions, end));
+        self.update(|p| {
+            p.locked = false;
+            p.end = Some(end);
         });
     }
 }
@@ -179,13 +196,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_successor_starts_when_every_part_is_locked_or_ended() {
-        let flight = Flight::new(2);
+        let flight = Flight::new();
         let mut a = flight.part(vec![tp(0)]);
         let b = flight.part(vec![tp(1)]);
         a.locked();
         let started = tokio::spawn({
             let flight = flight.clone();
-            async move { flight.started().await }
+            async move { flight.started(&[tp(0)]).await }
         });
         tokio::task::yield_now().await;
         assert!(!started.is_finished());
@@ -195,19 +212,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_attempt_tells_the_waiting_successor_to_roll_back() {
-        let flight = Flight::new(1);
+        let flight = Flight::new();
         let mut a = flight.part(vec![tp(0)]);
+        // Another part's failures are not this successor's concern.
+        let mut other = flight.part(vec![tp(1)]);
+        other.locked();
         a.locked();
-        let seen = flight.started().await;
+        let seen = flight.started(&[tp(0)]).await;
         let waiting = tokio::spawn({
             let flight = flight.clone();
             async move { flight.finished(seen, &[tp(0)]).await }
         });
+        other.failed();
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
         a.failed();
         assert_eq!(waiting.await.unwrap(), None);
         // The next attempt commits.
         a.locked();
-        let seen = flight.started().await;
+        other.ended(PartEnd::Committed);
+        let seen = flight.started(&[tp(0)]).await;
         a.ended(PartEnd::Committed);
         assert_eq!(
             flight.finished(seen, &[tp(0)]).await,
@@ -217,12 +241,18 @@ mod tests {
 
     #[test]
     fn the_verdict_covers_only_the_partitions_asked_about() {
-        let flight = Flight::new(3);
+        let flight = Flight::new();
         flight.part(vec![tp(0)]).ended(PartEnd::Committed);
         flight.part(vec![tp(1)]).ended(PartEnd::Rewound);
-        assert_eq!(flight.verdict(&[tp(0)]), None, "a part has not ended yet");
+        let last = flight.part(vec![tp(2)]);
+        assert_eq!(
+            flight.verdict(&[tp(2)]),
+            None,
+            "that part has not ended yet"
+        );
+        assert_eq!(flight.verdict(&[tp(0)]), Some(Verdict::Committed));
         // Dropped without a report: its thread died.
-        drop(flight.part(vec![tp(2)]));
+        drop(last);
         assert_eq!(flight.verdict(&[tp(0)]), Some(Verdict::Committed));
         assert_eq!(flight.verdict(&[tp(0), tp(1)]), Some(Verdict::Rewound));
         assert_eq!(flight.verdict(&[tp(2)]), Some(Verdict::Abandoned));

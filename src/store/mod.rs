@@ -158,13 +158,14 @@ pub struct BatchReport {
 /// How a batch's transaction takes its turn behind the batch stored before it on the same
 /// partitions (docs/architecture.md, "Exactly once").
 ///
-/// Alone, a batch checks its offset fences first and fails fast. Behind a predecessor still in
-/// flight, it locks its entities, reads their state and writes its events and state meanwhile,
-/// and checks its fences (which expect the predecessor's new positions) only once `after` says
-/// the predecessor committed; its counts follow, since the predecessor writes the same count
-/// rows. The caller starts it only once the predecessor holds its entity locks, and ends
-/// `after` (with `false`) as soon as a predecessor's attempt fails: a waiting transaction must
-/// never hold a lock its predecessor needs, since PostgreSQL cannot see this wait.
+/// Every batch first takes the *turns* at its next positions (advisory locks, held until it
+/// ends). Alone, it checks its offset fences at once and fails fast. Behind a predecessor still
+/// in flight, it locks its entities, reads their state and writes its events and state
+/// meanwhile; then it waits for the turns at its expected positions (the predecessor's next
+/// ones: a wait PostgreSQL's deadlock detector sees), then for `after` to say the predecessor
+/// committed, and only then checks its fences and writes its counts (the predecessor writes
+/// the same count rows). The caller starts it only once the predecessor holds its entity
+/// locks, so that the predecessor never waits for this batch's.
 pub struct Turn<L, W> {
     /// Called once the batch's entities are locked: the next batch may start.
     pub locked: L,
@@ -291,9 +292,15 @@ impl EventStore {
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let behind = turn.after.is_some();
-        if !behind {
-            check_fences(&tx, group_id, fences).await?;
+        // The turn of the batch after this one, which waits for it in take_turn.
+        let next: Vec<(&OffsetFence, i64)> = fences.iter().map(|f| (f, f.next)).collect();
+        if turn.after.is_some() {
+            lock_turns(&tx, group_id, &next).await?;
+        } else {
+            futures::try_join!(
+                lock_turns(&tx, group_id, &next),
+                check_fences(&tx, group_id, fences)
+            )?;
         }
 
         let mut states = HashMap::new();
@@ -402,10 +409,44 @@ where
     let Some(after) = after else {
         return Ok(());
     };
+    // The predecessor's transactions hold the turns at this batch's expected positions until
+    // they end: waiting for them in PostgreSQL lets its deadlock detector see the wait.
+    let expected: Vec<(&OffsetFence, i64)> = fences
+        .iter()
+        .filter_map(|f| f.expected.map(|e| (f, e)))
+        .collect();
+    lock_turns(tx, group_id, &expected).await?;
     if !after().await {
         return Err(StoreError::PredecessorFailed);
     }
     check_fences(tx, group_id, fences).await
+}
+
+/// Takes the turns of partition positions: transaction-scoped advisory locks, one per
+/// `(group, topic, partition, offset)`, in sorted order. A batch takes the turns at its next
+/// positions first thing; the batch behind it waits for them before its fences (see [`Turn`]).
+async fn lock_turns(
+    tx: &deadpool_postgres::Transaction<'_>,
+    group_id: &str,
+    positions: &[(&OffsetFence, i64)],
+) -> Result<(), StoreError> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<&str> = positions.iter().map(|(f, _)| f.topic.as_str()).collect();
+    let partitions: Vec<i32> = positions.iter().map(|(f, _)| f.partition).collect();
+    let offsets: Vec<i64> = positions.iter().map(|(_, o)| *o).collect();
+    let statement = tx
+        .prepare_cached(
+            "SELECT count(pg_advisory_xact_lock(k)) FROM ( \
+                SELECT DISTINCT hashtextextended($1 || '/' || t || '/' || p, o) AS k \
+                FROM UNNEST($2::text[], $3::int[], $4::bigint[]) AS u(t, p, o) \
+                ORDER BY k OFFSET 0) AS turns",
+        )
+        .await?;
+    tx.query_one(&statement, &[&group_id, &topics, &partitions, &offsets])
+        .await?;
+    Ok(())
 }
 
 /// The offset fences of a batch: each partition's stored position must be the one the batch
