@@ -974,7 +974,9 @@ async fn produce(
     sent
 }
 
-/// `n` messages of the workload, their event times `step` apart after `clock`.
+/// `n` messages of the workload, their event times `step` apart after `clock`. A message sent
+/// again byte for byte (a re-delivery, a known state) means no new event, whatever the copy
+/// says: the sources clone the message they resend, its `events` too.
 fn generate(
     workload: &mut Workload,
     n: u64,
@@ -982,10 +984,15 @@ fn generate(
     clock: &mut DateTime<Utc>,
     step: chrono::Duration,
 ) -> Vec<Msg> {
+    let mut sent = std::collections::HashSet::new();
     (0..n)
         .map(|_| {
             *clock += step;
-            workload.source.next(rng, *clock)
+            let mut m = workload.source.next(rng, *clock);
+            if !sent.insert((m.topic, fnv(&m.key), fnv(&m.payload))) {
+                m.events = 0;
+            }
+            m
         })
         .collect()
 }

@@ -118,11 +118,12 @@ impl ConsumerLoop {
     /// Runs until shutdown: poll, batch, process, commit. The batches in flight are finished
     /// first.
     ///
-    /// Batches overlap: while two are stored (on threads of their own), the next is collected
-    /// from Kafka. Once the older of the two has ended, the collected one is selected against
-    /// the positions the newer one moves to and stored behind it: it starts once the newer
-    /// one holds its entity locks and checks its fences once the newer one has committed
-    /// (docs/architecture.md, "Exactly once").
+    /// Batches overlap: while one or two are stored (on threads of their own), the next is
+    /// collected from Kafka. Once the older of two has ended, the collected one is selected
+    /// against the positions the newer one moves to and stored behind it: it starts once the
+    /// newer one holds its entity locks and checks its fences once the newer one has committed
+    /// (docs/architecture.md, "Exactly once"). Where that would make more than
+    /// `pipeline.store_concurrency` transactions at once, it waits for the newer one instead.
     pub(super) fn run(self) {
         let mut last_check = Instant::now();
         let this = &self;
@@ -145,6 +146,20 @@ impl ConsumerLoop {
                         last_check = Instant::now();
                     }
                     continue;
+                }
+                // At most store_concurrency transactions at once: a batch that would exceed
+                // it with the one still in flight waits for that one to end instead.
+                let parts = messages
+                    .iter()
+                    .map(|m| (m.topic.as_str(), m.partition))
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+                    .min(self.store_concurrency);
+                if newer
+                    .as_ref()
+                    .is_some_and(|b| b.handles.len() + parts > self.store_concurrency)
+                {
+                    self.after_store(newer.take(), &mut messages);
                 }
                 let started = Instant::now();
                 let before = newer.take();
