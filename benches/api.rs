@@ -20,11 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use event_manager::api::admission::QuerySlots;
 use event_manager::api::auth::{mint_token, Authenticator};
 use event_manager::api::{self, ApiState};
 use event_manager::config::{ApiConfig, AuthConfig, DatabaseConfig};
 use event_manager::health::Readiness;
-use event_manager::metrics::{DbPoolMetrics, HttpMetrics};
+use event_manager::metrics::{ApiQueryMetrics, DbPoolMetrics, HttpMetrics};
 use event_manager::store::{EventStore, LocalPostgres};
 use futures::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -290,16 +291,19 @@ async fn run() -> Result<(), BoxError> {
         ..AuthConfig::default()
     };
     let registry = prometheus::Registry::new();
+    let api_config = ApiConfig {
+        indexed_attributes: indexed.clone(),
+        ..ApiConfig::default()
+    };
+    let query_slots = QuerySlots::new(&api_config, ApiQueryMetrics::register(&registry)?);
     let state = ApiState {
         store,
         readiness: Arc::new(Readiness::default()),
-        api: Arc::new(ApiConfig {
-            indexed_attributes: indexed.clone(),
-            ..ApiConfig::default()
-        }),
+        api: Arc::new(api_config),
         auth: Arc::new(Authenticator::from_config(&auth)?),
         http_metrics: HttpMetrics::register(&registry)?,
         db_pool_metrics: DbPoolMetrics::register(&registry)?,
+        query_slots,
         registry,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -9,6 +9,7 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::admission::QuerySlots;
 use crate::api::auth::Authenticator;
 use crate::api::console::{self, ConsoleState};
 use crate::api::webhooks::{self, Bridges};
@@ -17,7 +18,7 @@ use crate::config::{load_topic_rules, Config, ConfigError};
 use crate::formats::DecoderContext;
 use crate::health::Readiness;
 use crate::metrics::{
-    DbPoolMetrics, HttpMetrics, PipelineMetrics, TerminatorMetrics, WebhookMetrics,
+    ApiQueryMetrics, DbPoolMetrics, HttpMetrics, PipelineMetrics, TerminatorMetrics, WebhookMetrics,
 };
 use crate::pipeline::{self, PipelineError, RuleSet};
 use crate::retry::RetryPolicy;
@@ -79,6 +80,8 @@ pub struct App {
     pub http_metrics: HttpMetrics,
     /// EventDB pool gauges.
     pub db_pool_metrics: DbPoolMetrics,
+    /// The events API's query slots (`api.max_concurrent_queries`).
+    pub query_slots: QuerySlots,
     /// Bearer-token verification for the events API.
     pub auth: Arc<Authenticator>,
     /// The last run of this process's terminator, which the console shows.
@@ -111,6 +114,7 @@ impl App {
         );
         let http_metrics = HttpMetrics::register(&registry)?;
         let db_pool_metrics = DbPoolMetrics::register(&registry)?;
+        let query_slots = QuerySlots::new(&config.api, ApiQueryMetrics::register(&registry)?);
         Ok(Self {
             config,
             rules,
@@ -122,6 +126,7 @@ impl App {
             bridges,
             http_metrics,
             db_pool_metrics,
+            query_slots,
             auth,
             terminator_runs: LastRun::default(),
         })
@@ -200,6 +205,7 @@ impl App {
                 auth: self.auth.clone(),
                 http_metrics: self.http_metrics.clone(),
                 db_pool_metrics: self.db_pool_metrics.clone(),
+                query_slots: self.query_slots.clone(),
             },
             webhooks::router(self.bridges.clone()).merge(console::router(self.console_state())),
         )

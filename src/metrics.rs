@@ -343,3 +343,36 @@ impl DbPoolMetrics {
         }
     }
 }
+
+/// Metrics of the events API's query slots (`api.max_concurrent_queries`).
+#[derive(Debug, Clone)]
+pub struct ApiQueryMetrics {
+    /// How long queries waited for a slot, seconds (those that got one).
+    pub queue_wait: Histogram,
+    /// Requests answered 503 because no slot was free within `api.query_queue_timeout`.
+    pub rejected: IntCounter,
+}
+
+impl ApiQueryMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let queue_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "event_manager_api_query_queue_seconds",
+                "Time an events API query waited for a slot (api.max_concurrent_queries).",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                5.0,
+            ]),
+        );
+        let rejected = IntCounter::new(
+            "event_manager_api_queries_rejected_total",
+            "Events API requests answered 503 because no query slot was free in time.",
+        );
+        Ok(Self {
+            queue_wait: registered(registry, queue_wait)?,
+            rejected: registered(registry, rejected)?,
+        })
+    }
+}

@@ -46,7 +46,20 @@ pub struct ApiConfig {
     /// (`EM_API__INDEXED_ATTRIBUTES=employee_id,referral_id`).
     #[serde(deserialize_with = "names")]
     pub indexed_attributes: Vec<String>,
+    /// Events API queries (lists and single events) run at once by this process; more wait
+    /// in turn, so that when the cores are busy the EventDB's CPU goes to ingestion first.
+    /// Unset: the cores this process may use ([`ApiConfig::query_slots`]).
+    pub max_concurrent_queries: Option<u32>,
+    /// Longest wait of a query for its turn; past it the request is answered 503 with
+    /// `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub query_queue_timeout: Duration,
 }
+
+/// Most queries `api.max_concurrent_queries` may allow at once.
+pub(crate) const MAX_CONCURRENT_QUERIES: u32 = 1024;
+/// Longest `api.query_queue_timeout`.
+pub(crate) const MAX_QUERY_QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Longest name accepted in `api.indexed_attributes`.
 pub(crate) const MAX_INDEXED_ATTRIBUTE_LEN: usize = 64;
@@ -82,6 +95,8 @@ impl Default for ApiConfig {
             default_page_size: 50,
             max_page_size: 500,
             indexed_attributes: Vec::new(),
+            max_concurrent_queries: None,
+            query_queue_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -102,6 +117,22 @@ impl ApiConfig {
             return Err(invalid(
                 "api.default_page_size",
                 "must be between 1 and api.max_page_size",
+            ));
+        }
+        if self
+            .max_concurrent_queries
+            .is_some_and(|n| !(1..=MAX_CONCURRENT_QUERIES).contains(&n))
+        {
+            return Err(invalid(
+                "api.max_concurrent_queries",
+                format!("must be between 1 and {MAX_CONCURRENT_QUERIES}"),
+            ));
+        }
+        if self.query_queue_timeout.is_zero() || self.query_queue_timeout > MAX_QUERY_QUEUE_TIMEOUT
+        {
+            return Err(invalid(
+                "api.query_queue_timeout",
+                "must be more than 0s and at most 60s",
             ));
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -127,6 +158,18 @@ impl ApiConfig {
             }
         }
         Ok(())
+    }
+
+    /// How many queries may run at once: `api.max_concurrent_queries`, or as many as this
+    /// process has cores. Then, when the API and the pipeline share a machine with the
+    /// EventDB, the API's busy backends never outnumber the cores, and ingestion's backends
+    /// get their share of the CPU instead of one in five (measured with eight API backends:
+    /// commit p99 30 s at half the maximum rate; README "Performance").
+    pub fn query_slots(&self) -> usize {
+        match self.max_concurrent_queries {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
     }
 
     /// Whether `name` has its own indexes (`api.indexed_attributes`).
@@ -307,6 +350,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("auth.hs256_secret"));
+    }
+
+    #[test]
+    fn query_slots_are_bounded() {
+        assert!(ApiConfig::default().query_slots() >= 1);
+        let parse = |toml_text: &str| -> ApiConfig { toml::from_str(toml_text).unwrap() };
+        let api = parse("max_concurrent_queries = 3\nquery_queue_timeout = \"250ms\"");
+        api.validate().unwrap();
+        assert_eq!(api.query_slots(), 3);
+        assert_eq!(api.query_queue_timeout, Duration::from_millis(250));
+        for (bad, key) in [
+            ("max_concurrent_queries = 0", "api.max_concurrent_queries"),
+            (
+                "max_concurrent_queries = 1025",
+                "api.max_concurrent_queries",
+            ),
+            ("query_queue_timeout = \"0s\"", "api.query_queue_timeout"),
+            ("query_queue_timeout = \"61s\"", "api.query_queue_timeout"),
+        ] {
+            let e = parse(bad).validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

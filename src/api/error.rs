@@ -63,6 +63,13 @@ pub enum ApiError {
     /// The EventDB cannot be reached (503).
     #[error("the event database is unavailable")]
     Unavailable,
+    /// Too many queries wait for a slot (`api.max_concurrent_queries`) (503 with
+    /// `Retry-After`).
+    #[error("the server is busy with other queries; retry after {}s", retry_after.as_secs())]
+    Busy {
+        /// Sent as `Retry-After` (whole seconds).
+        retry_after: std::time::Duration,
+    },
     /// Kafka cannot be reached or refused a request (503); the cause as its log line says it.
     #[error("{0}")]
     KafkaUnavailable(String),
@@ -107,7 +114,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
-            ApiError::Unavailable | ApiError::KafkaUnavailable(_) => {
+            ApiError::Unavailable | ApiError::Busy { .. } | ApiError::KafkaUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,7 +127,9 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::InsufficientScope { .. } => "forbidden",
-            ApiError::Unavailable | ApiError::KafkaUnavailable(_) => "unavailable",
+            ApiError::Unavailable | ApiError::Busy { .. } | ApiError::KafkaUnavailable(_) => {
+                "unavailable"
+            }
             ApiError::Internal => "internal",
         }
     }
@@ -164,6 +173,10 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let challenge = self.challenge();
         let kind = self.kind();
+        let retry_after = match &self {
+            ApiError::Busy { retry_after } => Some(retry_after.as_secs().max(1)),
+            _ => None,
+        };
         let message = self.to_string();
         let invalid = match self {
             ApiError::Validation { invalid, .. } => Some(invalid),
@@ -181,6 +194,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, value);
+        }
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -2,6 +2,7 @@
 //! (`/healthz`, `/readyz`, `/metrics`), the OpenAPI document (`/openapi.json`) and the
 //! operator console (`/console`, [`console`]).
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod console;
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
+use self::admission::QuerySlots;
 use self::auth::Authenticator;
 use self::config::ApiConfig;
 use self::error::ApiError;
@@ -55,6 +57,8 @@ pub struct ApiState {
     pub http_metrics: HttpMetrics,
     /// Connection pool gauges, updated at scrape.
     pub db_pool_metrics: DbPoolMetrics,
+    /// The events API's query slots (`api.max_concurrent_queries`).
+    pub query_slots: QuerySlots,
 }
 
 /// Builds the router.

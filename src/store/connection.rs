@@ -24,18 +24,15 @@ impl EventStore {
         let options = with_default_setting(pg.get_options().unwrap_or_default(), "jit", "off");
         pg.options(&options);
         let pool = build_pool(pg.clone(), tls.clone(), config)?;
-        // The API's prepared statements run their generic plan from the first execution
-        // instead of being planned again every time (PostgreSQL keeps custom plans when their
-        // estimated cost is lower, which for short LIMIT queries is always; planning cost as
-        // much as running them). Every API statement is written so that its generic plan uses
-        // the right index (tests/it/api/indexes.rs); the one that needs a plan for its values
-        // asks for it (`SET LOCAL`). Ingestion keeps the default: its array-driven statements
-        // are faster with plans for their values (measured: 15-20 % more messages/s).
-        pg.options(with_default_setting(
-            &options,
-            "plan_cache_mode",
-            "force_generic_plan",
-        ));
+        // The API's sessions: the settings its statements are written for. Ingestion keeps the defaults:
+        // its array-driven statements are faster with plans for their values (measured:
+        // 15-20 % more messages/s).
+        let api_options = super::event_queries::API_SESSION_SETTINGS
+            .iter()
+            .fold(options, |options, (name, value)| {
+                with_default_setting(&options, name, value)
+            });
+        pg.options(&api_options);
         let api_pool = build_pool(pg, tls, config)?;
         Ok(Self { pool, api_pool })
     }

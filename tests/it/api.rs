@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use event_manager::api::admission::QuerySlots;
 use event_manager::api::auth::{mint_token, Authenticator};
 use event_manager::api::{self, ApiState};
 use event_manager::config::{ApiConfig, AuthConfig, DatabaseConfig};
 use event_manager::health::Readiness;
-use event_manager::metrics::{DbPoolMetrics, HttpMetrics};
+use event_manager::metrics::{ApiQueryMetrics, DbPoolMetrics, HttpMetrics};
 use event_manager::store::EventStore;
 use prometheus::Registry;
 use reqwest::StatusCode;
@@ -63,6 +64,7 @@ impl TestApi {
         readiness: Readiness,
     ) -> Self {
         let registry = Registry::new();
+        let query_slots = QuerySlots::new(&api, ApiQueryMetrics::register(&registry).unwrap());
         let state = ApiState {
             store,
             readiness: Arc::new(readiness),
@@ -70,6 +72,7 @@ impl TestApi {
             auth: Arc::new(Authenticator::from_config(&auth).expect("auth config")),
             http_metrics: HttpMetrics::register(&registry).unwrap(),
             db_pool_metrics: DbPoolMetrics::register(&registry).unwrap(),
+            query_slots,
             registry,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -71,10 +71,12 @@ pub(crate) async fn list_events(
             });
         }
     }
+    let slot = state.query_slots.acquire().await?;
     let page = state
         .store
         .list_events(&q, state.auth.hidden_event_types(&principal))
         .await?;
+    drop(slot);
     let page_size = i64::from(q.page_size);
     let paging = Paging {
         page_number: q.page,
@@ -101,7 +103,9 @@ pub(crate) async fn get_event(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id: uuid::Uuid = id.parse().map_err(|_| ApiError::NotFound)?;
+    let slot = state.query_slots.acquire().await?;
     let row = state.store.event(id).await?.ok_or(ApiError::NotFound)?;
+    drop(slot);
     let event = row.event().map_err(unreadable)?;
     if state
         .auth

@@ -7,7 +7,7 @@ use super::query::{DATE_PATTERN, MAX_PAGE, MAX_TEXT_LEN, TEXT_PATTERN};
 use crate::api::config::ApiConfig;
 
 const UNAUTHORIZED: &str = "Missing or invalid bearer token.";
-const UNAVAILABLE: &str = "The event database is unavailable.";
+const UNAVAILABLE: &str = "The event database is unavailable, or more queries wait than `api.query_queue_timeout` allows (then with `Retry-After`).";
 
 /// Each endpoint's error answers (every body an `ErrorBody`), by status.
 const ERRORS: [(&str, &[(&str, &str)]); 2] = [
