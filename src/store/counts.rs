@@ -1,12 +1,14 @@
-//! The count rows of the events a batch inserts (`event_counts`, `event_value_counts`,
-//! `event_value_counts_10min`; sql/V4–V6), added up per batch by the store instead of by the
-//! insert trigger (sql/V10, README "Performance"). The keys are those of `event_count_keys` and
-//! `event_value_keys` in SQL: tests/it/store.rs compares the two after random batches.
+//! The count rows of the events a batch inserts or the terminator deletes (`event_counts`,
+//! `event_value_counts`, `event_value_counts_10min`; sql/V4–V6), added up per batch by the store
+//! instead of by the insert and delete triggers (sql/V10, sql/V11, README "Performance"). The
+//! keys are those of `event_count_keys` and `event_value_keys` in SQL: tests/it/store.rs compares
+//! the two after random batches, tests/it/terminator.rs after deletes beside ingestion.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
+use tokio_postgres::types::ToSql;
 
 use super::StoreError;
 use crate::detect::DetectedEvent;
@@ -48,16 +50,35 @@ pub(super) fn countable<'a>(mut events: impl Iterator<Item = &'a DetectedEvent>)
 }
 
 impl<'a> Counts<'a> {
-    /// Adds one event's keys.
+    /// Adds one event's keys (its time after the origin, see [`countable`]).
     pub(super) fn add(&mut self, e: &'a DetectedEvent) {
         let t = e.event_time.timestamp_micros();
-        let minute = t.div_euclid(MINUTE) * MINUTE;
-        let ten = t.div_euclid(TEN_MINUTES) * TEN_MINUTES;
-        let (et, nt) = (e.event_type.as_str(), e.entity_type.as_str());
+        self.add_binned(
+            Buckets {
+                minute: t.div_euclid(MINUTE) * MINUTE,
+                ten: t.div_euclid(TEN_MINUTES) * TEN_MINUTES,
+            },
+            &e.event_type,
+            &e.entity_type,
+            &e.properties,
+        );
+    }
+
+    /// Adds the keys of one event whose time is already in its buckets (by the database's
+    /// `date_bin`, for rows it returns: any time, the origin's side included).
+    pub(super) fn add_binned(
+        &mut self,
+        buckets: Buckets,
+        event_type: &'a str,
+        entity_type: &'a str,
+        properties: &'a Json,
+    ) {
+        let Buckets { minute, ten } = buckets;
+        let (et, nt) = (event_type, entity_type);
         let mut count = |key: CountKey<'a>| *self.events.entry(key).or_default() += 1;
         count((0, "", minute, et, nt));
         count((10, "", ten, et, nt));
-        let Json::Object(properties) = &e.properties else {
+        let Json::Object(properties) = properties else {
             return;
         };
         for (name, value) in properties {
@@ -114,73 +135,105 @@ impl<'a> Counts<'a> {
             .prepare_cached(&upsert_values("event_value_counts_10min"))
             .await?;
 
-        let n = self.events.len();
-        let (mut kinds, mut attributes, mut buckets) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut event_types, mut entity_types, mut counts) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (&(kind, attribute, bucket, et, nt), &count) in &self.events {
-            kinds.push(kind);
-            attributes.push(attribute);
-            buckets.push(time(bucket)?);
-            event_types.push(et);
-            entity_types.push(nt);
-            counts.push(count);
-        }
+        let by_kind = Columns::of(&self.events)?;
         let by_value = Columns::of(&self.values)?;
         let by_value_10min = Columns::of(&self.values_10min)?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
-            &kinds,
-            &attributes,
-            &buckets,
-            &event_types,
-            &entity_types,
-            &counts,
-        ];
+        let by_kind = by_kind.params();
         futures::try_join!(
-            tx.execute(&events, &params),
+            tx.execute(&events, &by_kind),
             by_value.upsert(tx, &values),
             by_value_10min.upsert(tx, &values_10min),
         )?;
         Ok(())
     }
+
+    /// Subtracts the counts (of deleted events) from the tables with sql/V11's
+    /// `event_counts_subtract`, in one statement: each table's count rows locked in sorted key
+    /// order, as [`Counts::write`] and the triggers lock them; rows that reach zero removed.
+    pub(super) async fn subtract(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<(), StoreError> {
+        let statement = tx
+            .prepare_cached(
+                "SELECT event_counts_subtract( \
+                    ARRAY(SELECT ROW(k.*)::event_counts FROM UNNEST($1::int2[], $2::text[], \
+                          $3::timestamptz[], $4::text[], $5::text[], $6::int8[]) k), \
+                    ARRAY(SELECT ROW(v.*)::event_value_counts FROM UNNEST($7::text[], \
+                          $8::text[], $9::timestamptz[], $10::text[], $11::text[], $12::int8[]) v), \
+                    ARRAY(SELECT ROW(t.*)::event_value_counts_10min FROM UNNEST($13::text[], \
+                          $14::text[], $15::timestamptz[], $16::text[], $17::text[], $18::int8[]) t))",
+            )
+            .await?;
+        let by_kind = Columns::of(&self.events)?;
+        let by_value = Columns::of(&self.values)?;
+        let by_value_10min = Columns::of(&self.values_10min)?;
+        let params: Vec<&(dyn ToSql + Sync)> = by_kind
+            .params()
+            .into_iter()
+            .chain(by_value.params())
+            .chain(by_value_10min.params())
+            .collect();
+        tx.execute(&statement, &params).await?;
+        Ok(())
+    }
 }
 
-/// The per-value counts as the columns of one `UNNEST`.
-struct Columns<'a> {
-    attributes: Vec<&'a str>,
-    values: Vec<&'a str>,
+/// The minute and the ten minutes an event's time falls in (microseconds since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Buckets {
+    pub(super) minute: i64,
+    pub(super) ten: i64,
+}
+
+/// Counts as the columns of one `UNNEST`: the first column is the kind (`event_counts`) or
+/// the attribute (the per-value tables), the next the attribute or the value.
+struct Columns<'a, F> {
+    firsts: Vec<F>,
+    seconds: Vec<&'a str>,
     buckets: Vec<DateTime<Utc>>,
     event_types: Vec<&'a str>,
     entity_types: Vec<&'a str>,
     counts: Vec<i64>,
 }
 
-impl<'a> Columns<'a> {
-    fn of(counts: &HashMap<ValueKey<'a>, i64>) -> Result<Self, StoreError> {
+impl<'a, F: ToSql + Sync + Copy + Ord> Columns<'a, F> {
+    /// The columns in key order. The statements sort the keys again (their lock order is the
+    /// database's), but PostgreSQL's sort checks first whether its input is already sorted, and
+    /// then returns at once: where the database sorts text bytewise, as Rust does (the C
+    /// collation, which `LocalPostgres` uses), that saves about a quarter of the
+    /// subtraction's time (README "Performance").
+    fn of(counts: &HashMap<(F, &'a str, i64, &'a str, &'a str), i64>) -> Result<Self, StoreError> {
+        let mut sorted: Vec<_> = counts.iter().collect();
+        sorted.sort_unstable_by_key(|(key, _)| **key);
         let mut c = Columns {
-            attributes: Vec::with_capacity(counts.len()),
-            values: Vec::with_capacity(counts.len()),
+            firsts: Vec::with_capacity(counts.len()),
+            seconds: Vec::with_capacity(counts.len()),
             buckets: Vec::with_capacity(counts.len()),
             event_types: Vec::with_capacity(counts.len()),
             entity_types: Vec::with_capacity(counts.len()),
             counts: Vec::with_capacity(counts.len()),
         };
-        for (&(attribute, value, bucket, et, nt), &n) in counts {
-            c.attributes.push(attribute);
-            c.values.push(value);
+        for (&(first, second, bucket, et, nt), &n) in sorted {
+            c.firsts.push(first);
+            c.seconds.push(second);
             c.buckets.push(time(bucket)?);
             c.event_types.push(et);
             c.entity_types.push(nt);
             c.counts.push(n);
         }
         Ok(c)
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 6] {
+        [
+            &self.firsts,
+            &self.seconds,
+            &self.buckets,
+            &self.event_types,
+            &self.entity_types,
+            &self.counts,
+        ]
     }
 
     async fn upsert(
@@ -191,18 +244,7 @@ impl<'a> Columns<'a> {
         if self.counts.is_empty() {
             return Ok(0);
         }
-        tx.execute(
-            statement,
-            &[
-                &self.attributes,
-                &self.values,
-                &self.buckets,
-                &self.event_types,
-                &self.entity_types,
-                &self.counts,
-            ],
-        )
-        .await
+        tx.execute(statement, &self.params()).await
     }
 }
 

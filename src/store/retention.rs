@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::ClientWrapper;
+use serde_json::Value as Json;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
-use super::counts::COUNTS_WRITTEN;
+use super::counts::{Buckets, Counts, COUNTS_WRITTEN};
 use super::{EventStore, StoreError};
 
 /// A position in insertion order: `(inserted_at, id)`.
@@ -59,10 +60,13 @@ const STALE: &str = "s.updated_at < $1 AND NOT EXISTS ( \
 /// the batch size); ctids are stable here because events are never updated and a row visible to
 /// this statement cannot be vacuumed under it.
 ///
-/// The counts of exactly the rows deleted (`gone`; a row another session deleted first is not
-/// among them) are subtracted in the same statement: the keys of sql/V11's delete trigger, which
-/// the transaction's `event_manager.counts_written` keeps from firing, added up the same way and
-/// handed to the same `event_counts_subtract` (sorted locks, rows that reach zero removed).
+/// One row per row deleted (`gone`; a row another session deleted first is not among them),
+/// each with the batch's size and last position, and the deleted row's count keys' parts: its
+/// types, its minute and ten minutes by the `date_bin` of sql/V4 (any time, the origin's side
+/// included) and its properties. When the batch deleted nothing, one row of the batch alone;
+/// none for an empty batch. The keys are added up by the terminator (`Counts`, as ingestion
+/// adds up its own) and subtracted in the same transaction, whose
+/// `event_manager.counts_written` keeps sql/V11's delete trigger from firing.
 const DELETE_EVENTS: &str = "\
     WITH batch AS MATERIALIZED ( \
         SELECT ctid AS tid, inserted_at, id FROM events \
@@ -70,53 +74,16 @@ const DELETE_EVENTS: &str = "\
         ORDER BY inserted_at, id LIMIT $3 \
     ), gone AS ( \
         DELETE FROM events WHERE ctid = ANY(ARRAY(SELECT tid FROM batch)) \
-        RETURNING event_type, entity_type, event_time, properties \
-    ), r AS MATERIALIZED ( \
-        SELECT event_type, entity_type, \
-               date_bin('1 minute', event_time, TIMESTAMPTZ '2001-01-01 00:00:00+00') AS minute, \
-               CASE WHEN jsonb_typeof(properties) = 'object' THEN properties \
-                    ELSE '{}'::jsonb END AS props \
-          FROM gone \
-    ), a AS MATERIALIZED ( \
-        SELECT r.minute, r.event_type, r.entity_type, e.key, e.value, \
-               CASE WHEN jsonb_typeof(e.value) = 'object' \
-                     AND jsonb_typeof(e.value -> 'new_value') = 'string' \
-                    THEN e.value ? 'old_value' AND length(e.value ->> 'new_value') <= 256 \
-               END AS counted \
-          FROM r, jsonb_each(r.props) e \
-    ), per_minute AS ( \
-        SELECT 0::smallint AS kind, ''::text AS attribute, r.minute AS bucket, \
-               r.event_type, r.entity_type, count(*) AS n \
-          FROM r GROUP BY 3, 4, 5 \
-        UNION ALL \
-        SELECT 1::smallint, a.key, a.minute, a.event_type, a.entity_type, count(*) \
-          FROM a GROUP BY 2, 3, 4, 5 \
-    ), keys AS ( \
-        SELECT * FROM per_minute \
-        UNION ALL \
-        SELECT (m.kind + 10)::smallint, m.attribute, \
-               date_bin('10 minutes', m.bucket, TIMESTAMPTZ '2001-01-01 00:00:00+00'), \
-               m.event_type, m.entity_type, sum(m.n)::bigint \
-          FROM per_minute m GROUP BY 1, 2, 3, 4, 5 \
-        UNION ALL \
-        SELECT 3::smallint, a.key, a.minute, a.event_type, a.entity_type, count(*) \
-          FROM a WHERE NOT a.counted GROUP BY 2, 3, 4, 5 \
-    ), minutes AS ( \
-        SELECT a.key AS attribute, a.value ->> 'new_value' AS value, a.minute AS bucket, \
-               a.event_type, a.entity_type, count(*) AS n \
-          FROM a WHERE a.counted GROUP BY 1, 2, 3, 4, 5 \
-    ), tens AS ( \
-        SELECT m.attribute, m.value, \
-               date_bin('10 minutes', m.bucket, TIMESTAMPTZ '2001-01-01 00:00:00+00') AS bucket, \
-               m.event_type, m.entity_type, sum(m.n)::bigint AS n \
-          FROM minutes m GROUP BY 1, 2, 3, 4, 5 \
+        RETURNING event_type, entity_type, \
+                  date_bin('1 minute', event_time, TIMESTAMPTZ '2001-01-01 00:00:00+00') AS minute, \
+                  properties \
     ) \
-    SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM r), last.inserted_at, last.id, \
-           event_counts_subtract( \
-               ARRAY(SELECT ROW(k.*)::event_counts FROM keys k), \
-               ARRAY(SELECT ROW(m.*)::event_value_counts FROM minutes m), \
-               ARRAY(SELECT ROW(t.*)::event_value_counts_10min FROM tens t)) \
-    FROM (SELECT inserted_at, id FROM batch ORDER BY inserted_at DESC, id DESC LIMIT 1) last";
+    SELECT s.selected, s.inserted_at, s.id, g.event_type, g.entity_type, g.minute, \
+           date_bin('10 minutes', g.minute, TIMESTAMPTZ '2001-01-01 00:00:00+00'), g.properties \
+    FROM (SELECT (SELECT count(*) FROM batch) AS selected, last.inserted_at, last.id \
+            FROM (SELECT inserted_at, id FROM batch \
+                  ORDER BY inserted_at DESC, id DESC LIMIT 1) last) s \
+    LEFT JOIN gone g ON true";
 
 impl EventStore {
     /// A connection of its own holding the session advisory lock `key`, or `None` when another
@@ -292,25 +259,50 @@ impl EventDeletes<'_> {
         let (bound, batch) = (&self.bound, &self.batch);
         let tx = self.client.transaction().await?;
         tx.execute(COUNTS_WRITTEN, &[]).await?;
-        let row = match &self.after {
-            None => {
-                tx.query_opt(&self.first, &[&bound.0, &bound.1, batch])
-                    .await?
-            }
+        let rows = match &self.after {
+            None => tx.query(&self.first, &[&bound.0, &bound.1, batch]).await?,
             Some((ts, id)) => {
-                tx.query_opt(&self.next, &[&bound.0, &bound.1, batch, ts, id])
+                tx.query(&self.next, &[&bound.0, &bound.1, batch, ts, id])
                     .await?
             }
         };
-        tx.commit().await?;
-        let Some(row) = row else {
+        let Some(first) = rows.first() else {
+            tx.commit().await?;
             return Ok(DeletedBatch {
                 deleted: 0,
                 last: true,
             });
         };
-        self.after = Some((row.get(2), row.get(3)));
-        Ok(batch_result(&row, self.batch))
+        let selected: i64 = first.get(0);
+        let after = (first.get(1), first.get(2));
+        let properties = rows
+            .iter()
+            .map(|row| row.try_get::<_, Option<Json>>(7))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut counts = Counts::default();
+        let mut deleted = 0;
+        for (row, properties) in rows.iter().zip(&properties) {
+            // `None`: the batch's row when the batch deleted nothing.
+            let Some(properties) = properties else {
+                continue;
+            };
+            let bucket = |i| row.get::<_, DateTime<Utc>>(i).timestamp_micros();
+            let buckets = Buckets {
+                minute: bucket(5),
+                ten: bucket(6),
+            };
+            counts.add_binned(buckets, row.get(3), row.get(4), properties);
+            deleted += 1;
+        }
+        if deleted > 0 {
+            counts.subtract(&tx).await?;
+        }
+        tx.commit().await?;
+        self.after = Some(after);
+        Ok(DeletedBatch {
+            deleted,
+            last: selected < self.batch,
+        })
     }
 }
 

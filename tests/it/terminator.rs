@@ -751,3 +751,49 @@ async fn terminator_keeps_the_counts_exact_beside_ingestion_and_other_deletes() 
         .get(0);
     assert_eq!(left, ingested);
 }
+
+/// Events whose time is before the count buckets' origin (2001-01-01, where the store leaves
+/// counting to the trigger on insert) and just after it, with a multi-byte value of exactly 256
+/// characters: the terminator subtracts their counts in the database's own buckets, and the
+/// count tables equal a recount afterwards, in batches that end mid-minute.
+#[tokio::test]
+async fn terminator_subtracts_the_counts_of_events_before_the_count_origin() {
+    let db = fresh_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
+                                 inserted_at, source_topic, source_partition, source_offset, source_seq) \
+             SELECT gen_random_uuid(), 'StatusChangeEvent', 'Declaration', 'e' || i, \
+                    jsonb_build_object('status', jsonb_build_object( \
+                        'new_value', CASE WHEN i % 2 = 0 THEN repeat('é', 256) ELSE 'ok' END, \
+                        'old_value', 'x')), \
+                    timestamptz '2000-12-31 23:41:00+00' + (i * 37) * interval '1 second', \
+                    now() - interval '40 days' + i * interval '1 millisecond', 'old', 0, i, 0 \
+             FROM generate_series(1, 90) AS i",
+        )
+        .await
+        .unwrap();
+    // Live events in some of the same buckets, which must keep their counts.
+    client
+        .batch_execute(
+            "INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
+                                 source_topic, source_partition, source_offset, source_seq) \
+             SELECT gen_random_uuid(), 'StatusChangeEvent', 'Declaration', 'l' || i, \
+                    '{\"status\": {\"new_value\": \"ok\", \"old_value\": \"x\"}}', \
+                    timestamptz '2000-12-31 23:50:00+00' + (i * 60) * interval '1 second', \
+                    'live', 0, i, 0 \
+             FROM generate_series(1, 20) AS i",
+        )
+        .await
+        .unwrap();
+    let (t, _) = terminator(&db, rules(Some(30 * DAY), None));
+    let report = t.run_once(false, &CancellationToken::new()).await.unwrap();
+    assert_eq!(report.deleted_by_age, 90);
+    let differ = counts_unlike_a_recount(&client).await;
+    assert!(
+        differ.is_empty(),
+        "counts differ from a recount: {differ:#?}"
+    );
+    assert_eq!(count(&client).await, 20);
+}
