@@ -172,18 +172,7 @@ impl ConsumerLoop {
                         .into_iter()
                         .map(|part| {
                             let reporter = flight.part(partitions(&part.fences));
-                            // Behind the batch in flight only where it has the same
-                            // partitions; elsewhere alone, as any other consumer would be.
-                            let before = before
-                                .as_ref()
-                                .filter(|b| {
-                                    b.fences.iter().any(|f| {
-                                        part.fences.iter().any(|g| {
-                                            g.topic == f.topic && g.partition == f.partition
-                                        })
-                                    })
-                                })
-                                .map(|b| b.flight.clone());
+                            let before = before.as_ref().map(|b| b.flight.clone());
                             scope.spawn(move || this.store(part, started, reporter, before))
                         })
                         .collect();
@@ -364,8 +353,10 @@ impl ConsumerLoop {
     }
 
     /// Waits until this batch may start behind `before`: `Ok(Some((flight, failures seen)))`
-    /// once every part of it holds its locks while some are still in flight, `Ok(None)` once
-    /// it has committed these partitions, `Err` when it has not (rewound or abandoned).
+    /// once every part of it holds its locks while some with these partitions are still in
+    /// flight, `Ok(None)` when those have committed (or it has none of these partitions: then
+    /// this batch is alone, as any other consumer's would be), `Err` when they have not
+    /// (rewound or abandoned).
     fn wait_turn<'f>(
         &self,
         before: Option<&'f Flight>,
@@ -374,11 +365,17 @@ impl ConsumerLoop {
         let Some(flight) = before else {
             return Ok(None);
         };
+        let decided = |verdict| match verdict {
+            Verdict::Committed => Ok(None),
+            other => Err(other),
+        };
+        if let Some(verdict) = flight.verdict(partitions) {
+            return decided(verdict);
+        }
         let seen = self.runtime.block_on(flight.started(partitions));
         match flight.verdict(partitions) {
+            Some(verdict) => decided(verdict),
             None => Ok(Some((flight, seen))),
-            Some(Verdict::Committed) => Ok(None),
-            Some(other) => Err(other),
         }
     }
 

@@ -79,6 +79,16 @@ fn detect_all(
     changes
 }
 
+/// The stored next offset of group "g" on partition 0 of "t".
+async fn stored_position(db: &crate::support::TestDatabase) -> i64 {
+    let offsets = db
+        .store
+        .load_offsets("g", &[("t".into(), 0)])
+        .await
+        .unwrap();
+    offsets[&("t".to_owned(), 0)]
+}
+
 fn fence(expected: Option<i64>, next: i64) -> OffsetFence {
     OffsetFence {
         topic: "t".into(),
@@ -143,12 +153,7 @@ async fn baseline_then_change_then_fenced_zombie() {
         .unwrap()
         .get(0);
     assert_eq!(state.as_deref(), Some("active"));
-    let offsets = db
-        .store
-        .load_offsets("g", &[("t".into(), 0)])
-        .await
-        .unwrap();
-    assert_eq!(offsets[&("t".to_owned(), 0)], 4);
+    assert_eq!(stored_position(&db).await, 4);
 }
 
 /// ESOZ messages through the shipped rule's decoder and detector into the real store, once as
@@ -654,8 +659,7 @@ async fn a_batch_behind_the_one_before_it_reads_what_that_one_wrote() {
             ),
         ]
     );
-    let offsets = store.load_offsets("g", &[("t".into(), 0)]).await.unwrap();
-    assert_eq!(offsets[&("t".to_owned(), 0)], 4);
+    assert_eq!(stored_position(&db).await, 4);
     assert_eq!(counts_unlike_a_recount(&client).await, Vec::<String>::new());
 }
 
@@ -693,10 +697,5 @@ async fn a_batch_behind_one_that_did_not_commit_stores_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(stored, 1, "only the first batch's baseline of a");
-    let offsets = db
-        .store
-        .load_offsets("g", &[("t".into(), 0)])
-        .await
-        .unwrap();
-    assert_eq!(offsets[&("t".to_owned(), 0)], 1);
+    assert_eq!(stored_position(&db).await, 1);
 }
