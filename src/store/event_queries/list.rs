@@ -48,7 +48,7 @@ enum TotalFrom {
 
 /// The filters and their parameters for a list request. Every filter is served by an index of
 /// `sql/`: the time range (B-tree) and, over long windows, `properties @> {name: {new_value}}`
-/// (GIN `jsonb_path_ops`) and `properties ? name` (GIN `jsonb_ops`).
+/// and `properties ? name` (both the GIN `jsonb_ops` index of V3; V13 dropped the second).
 fn filters(q: &EventsQuery, hidden_types: Vec<String>) -> Filters {
     let time_first = q.to - q.from <= chrono::Duration::hours(TIME_FIRST_WINDOW_HOURS);
     // The function forms of `?` and `@>`: same results, not indexable, so the planner takes
