@@ -4,15 +4,41 @@
 //! keys are those of `event_count_keys` and `event_value_keys` in SQL: tests/it/store.rs compares
 //! the two after random batches, tests/it/terminator.rs after deletes beside ingestion.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt;
 
 use chrono::{DateTime, Utc};
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as Json;
 use tokio_postgres::types::ToSql;
 
 use super::StoreError;
 use crate::detect::DetectedEvent;
 
+/// The `visit_*` methods of a JSON value that is neither an object nor an array: `$none`.
+macro_rules! not_an_object {
+    ($none:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+    };
+}
 /// Microseconds in a minute and in ten minutes, the count buckets.
 const MINUTE: i64 = 60_000_000;
 const TEN_MINUTES: i64 = 10 * MINUTE;
@@ -53,6 +79,7 @@ impl<'a> Counts<'a> {
     /// Adds one event's keys (its time after the origin, see [`countable`]).
     pub(super) fn add(&mut self, e: &'a DetectedEvent) {
         let t = e.event_time.timestamp_micros();
+        let attributes = e.properties.as_object().into_iter().flatten();
         self.add_binned(
             Buckets {
                 minute: t.div_euclid(MINUTE) * MINUTE,
@@ -60,45 +87,41 @@ impl<'a> Counts<'a> {
             },
             &e.event_type,
             &e.entity_type,
-            &e.properties,
+            attributes.map(|(name, value)| (name.as_str(), Occurrence::of(value))),
         );
     }
 
     /// Adds the keys of one event whose time is already in its buckets (by the database's
-    /// `date_bin`, for rows it returns: any time, the origin's side included).
+    /// `date_bin`, for rows it returns: any time, the origin's side included), given the
+    /// top-level attributes of its properties (none when they are not an object).
     pub(super) fn add_binned(
         &mut self,
         buckets: Buckets,
         event_type: &'a str,
         entity_type: &'a str,
-        properties: &'a Json,
+        attributes: impl IntoIterator<Item = (&'a str, Occurrence<'a>)>,
     ) {
         let Buckets { minute, ten } = buckets;
         let (et, nt) = (event_type, entity_type);
         let mut count = |key: CountKey<'a>| *self.events.entry(key).or_default() += 1;
         count((0, "", minute, et, nt));
         count((10, "", ten, et, nt));
-        let Json::Object(properties) = properties else {
-            return;
-        };
-        for (name, value) in properties {
+        for (name, occurrence) in attributes {
             count((1, name, minute, et, nt));
             count((11, name, ten, et, nt));
-            let Json::Object(inner) = value else {
-                continue;
-            };
-            let Some(Json::String(new_value)) = inner.get("new_value") else {
-                continue;
-            };
-            if inner.contains_key("old_value") && new_value.chars().count() <= MAX_COUNTED_VALUE {
-                let key = (name.as_str(), new_value.as_str(), minute, et, nt);
-                *self.values.entry(key).or_default() += 1;
-                *self
-                    .values_10min
-                    .entry((key.0, key.1, ten, et, nt))
-                    .or_default() += 1;
-            } else {
-                count((3, name, minute, et, nt));
+            match occurrence {
+                Occurrence::Key => {}
+                Occurrence::Uncounted => count((3, name, minute, et, nt)),
+                Occurrence::Value(value) => {
+                    *self
+                        .values
+                        .entry((name, value, minute, et, nt))
+                        .or_default() += 1;
+                    *self
+                        .values_10min
+                        .entry((name, value, ten, et, nt))
+                        .or_default() += 1;
+                }
             }
         }
     }
@@ -147,9 +170,10 @@ impl<'a> Counts<'a> {
         Ok(())
     }
 
-    /// Subtracts the counts (of deleted events) from the tables with sql/V11's
-    /// `event_counts_subtract`, in one statement: each table's count rows locked in sorted key
-    /// order, as [`Counts::write`] and the triggers lock them; rows that reach zero removed.
+    /// Subtracts the counts (of deleted events) from the tables with `event_counts_subtract`
+    /// (sql/V11, its count rows found by range since sql/V14), in one statement: each table's
+    /// count rows locked in sorted key order, as [`Counts::write`] and the triggers lock them;
+    /// rows that reach zero removed.
     pub(super) async fn subtract(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
@@ -184,6 +208,214 @@ impl<'a> Counts<'a> {
 pub(super) struct Buckets {
     pub(super) minute: i64,
     pub(super) ten: i64,
+}
+
+/// How one top-level attribute of an event's properties is counted, besides by its name
+/// (sql/V5: `event_value_keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Occurrence<'a> {
+    /// By name only: not an object with a string `new_value`.
+    Key,
+    /// By value too: a watched attribute (it has an `old_value`) whose string `new_value` has at
+    /// most 256 characters.
+    Value(&'a str),
+    /// As an uncounted occurrence (kind 3): any other string `new_value`.
+    Uncounted,
+}
+
+impl<'a> Occurrence<'a> {
+    fn of(value: &'a Json) -> Self {
+        let Json::Object(inner) = value else {
+            return Occurrence::Key;
+        };
+        let Some(Json::String(new_value)) = inner.get("new_value") else {
+            return Occurrence::Key;
+        };
+        Self::of_new_value(new_value, inner.contains_key("old_value"))
+    }
+
+    fn of_new_value(new_value: &'a str, watched: bool) -> Self {
+        if watched && new_value.chars().count() <= MAX_COUNTED_VALUE {
+            Occurrence::Value(new_value)
+        } else {
+            Occurrence::Uncounted
+        }
+    }
+}
+
+/// An event's properties as its count keys read them: each top-level attribute's name and how
+/// it is counted, read from the JSON text without building a `Value`, borrowing the names and
+/// values that need no unescaping (the terminator reads those of every row it deletes).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct CountedAttributes<'a>(Vec<(Cow<'a, str>, Counted<'a>)>);
+
+/// [`Occurrence`], owning its value where the text had escapes.
+#[derive(Debug, PartialEq, Eq)]
+enum Counted<'a> {
+    Key,
+    Value(Cow<'a, str>),
+    Uncounted,
+}
+
+impl CountedAttributes<'_> {
+    /// The attributes, for [`Counts::add_binned`].
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, Occurrence<'_>)> {
+        self.0.iter().map(|(name, counted)| {
+            let occurrence = match counted {
+                Counted::Key => Occurrence::Key,
+                Counted::Value(value) => Occurrence::Value(value),
+                Counted::Uncounted => Occurrence::Uncounted,
+            };
+            (name.as_ref(), occurrence)
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for CountedAttributes<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Properties;
+        impl<'de> Visitor<'de> for Properties {
+            type Value = CountedAttributes<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut attributes = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some(Text(name)) = map.next_key()? {
+                    let Attribute(counted) = map.next_value()?;
+                    attributes.push((name, counted));
+                }
+                Ok(CountedAttributes(attributes))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(CountedAttributes::default())
+            }
+            not_an_object!(CountedAttributes::default());
+        }
+        deserializer.deserialize_any(Properties)
+    }
+}
+
+/// The value of one top-level attribute, as [`Counted`].
+struct Attribute<'a>(Counted<'a>);
+
+impl<'de> Deserialize<'de> for Attribute<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Value;
+        impl<'de> Visitor<'de> for Value {
+            type Value = Attribute<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut new_value, mut watched) = (None, false);
+                while let Some(Text(key)) = map.next_key()? {
+                    match key.as_ref() {
+                        "new_value" => new_value = map.next_value::<NewValue<'de>>()?.0,
+                        "old_value" => {
+                            watched = true;
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                let Some(new_value) = new_value else {
+                    return Ok(Attribute(Counted::Key));
+                };
+                let by_value = matches!(
+                    Occurrence::of_new_value(&new_value, watched),
+                    Occurrence::Value(_)
+                );
+                Ok(Attribute(if by_value {
+                    Counted::Value(new_value)
+                } else {
+                    Counted::Uncounted
+                }))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Attribute(Counted::Key))
+            }
+            not_an_object!(Attribute(Counted::Key));
+        }
+        deserializer.deserialize_any(Value)
+    }
+}
+
+/// A `new_value`: its text when it is a string.
+struct NewValue<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for NewValue<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Value;
+        impl<'de> Visitor<'de> for Value {
+            type Value = NewValue<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(NewValue(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(NewValue(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(NewValue(Some(Cow::Owned(v))))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(NewValue(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(NewValue(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(NewValue(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(NewValue(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(NewValue(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(NewValue(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(NewValue(None))
+            }
+        }
+        deserializer.deserialize_any(Value)
+    }
+}
+
+/// A key: borrowed where the JSON text has no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Value;
+        impl<'de> Visitor<'de> for Value {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Value)
+    }
 }
 
 /// Counts as the columns of one `UNNEST`: the first column is the kind (`event_counts`) or
@@ -328,5 +560,73 @@ mod tests {
         let new = event(json!({}), "2001-01-01T00:00:00Z");
         assert!(countable([&new].into_iter()));
         assert!(!countable([&new, &old].into_iter()));
+    }
+
+    /// The keys of one event read from its JSON text (the terminator's rows) and from its
+    /// `Value` (ingestion's events).
+    fn both_ways(text: &str) -> (Counts<'_>, Counts<'static>) {
+        let e: &'static DetectedEvent = Box::leak(Box::new(event(
+            serde_json::from_str(text).unwrap(),
+            "2024-03-01T10:17:59Z",
+        )));
+        let mut from_value = Counts::default();
+        from_value.add(e);
+        let t = e.event_time.timestamp_micros();
+        let buckets = Buckets {
+            minute: t.div_euclid(MINUTE) * MINUTE,
+            ten: t.div_euclid(TEN_MINUTES) * TEN_MINUTES,
+        };
+        let attributes: &CountedAttributes<'_> =
+            Box::leak(Box::new(serde_json::from_str(text).unwrap()));
+        let mut from_text = Counts::default();
+        from_text.add_binned(
+            buckets,
+            "StatusChangeEvent",
+            "Declaration",
+            attributes.iter(),
+        );
+        (from_text, from_value)
+    }
+
+    #[test]
+    fn keys_read_from_the_text_equal_those_of_the_value() {
+        let long = "y".repeat(300);
+        let at_limit = "é".repeat(256);
+        for text in [
+            r#"{"status": {"new_value": "active", "old_value": null}, "employee_id": {"new_value": "e1"}}"#.to_owned(),
+            format!(r#"{{"long": {{"new_value": "{long}", "old_value": "a"}}, "limit": {{"old_value": 1, "new_value": "{at_limit}"}}}}"#),
+            r#"{"esc\"aped": {"new_value": "a\nb\u00e9", "old_value": "x"}, "k\u00e9y": {"new_value": "\"q\""}}"#.to_owned(),
+            r#"{"n": {"new_value": 3, "old_value": 2}, "o": {"new_value": {"a": [1, {"b": null}]}, "old_value": {}}}"#.to_owned(),
+            r#"{"flat": "text", "num": 1.5, "neg": -2, "t": true, "nil": null, "arr": [1, "a", {"new_value": "x"}]}"#.to_owned(),
+            r#"{"no_new": {"old_value": "a", "other": [1, 2]}, "null_new": {"new_value": null, "old_value": "a"}}"#.to_owned(),
+            r#"{"nested": {"new_value": "v", "old_value": "w", "extra": {"new_value": "z"}}}"#.to_owned(),
+            r#"{}"#.to_owned(),
+            r#"[{"status": {"new_value": "active", "old_value": null}}]"#.to_owned(),
+            r#""just text""#.to_owned(),
+            r#"42"#.to_owned(),
+            r#"null"#.to_owned(),
+        ] {
+            let (from_text, from_value) = both_ways(&text);
+            assert_eq!(from_text.events, from_value.events, "{text}");
+            assert_eq!(from_text.values, from_value.values, "{text}");
+            assert_eq!(from_text.values_10min, from_value.values_10min, "{text}");
+        }
+    }
+
+    #[test]
+    fn names_and_values_without_escapes_are_borrowed() {
+        let text = r#"{"status": {"new_value": "active", "old_value": "x"}, "k\u00e9y": {"new_value": "a\tb", "old_value": 1}}"#;
+        let CountedAttributes(attributes) = serde_json::from_str(text).unwrap();
+        assert!(matches!(
+            &attributes[0],
+            (
+                Cow::Borrowed("status"),
+                Counted::Value(Cow::Borrowed("active"))
+            )
+        ));
+        assert!(matches!(
+            &attributes[1],
+            (Cow::Owned(k), Counted::Value(Cow::Owned(v))) if k == "k\u{e9}y" && v == "a\tb"
+        ));
     }
 }

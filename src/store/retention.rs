@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::ClientWrapper;
-use serde_json::Value as Json;
+use tokio_postgres::types::Json;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
-use super::counts::{Buckets, Counts, COUNTS_WRITTEN};
+use super::counts::{Buckets, CountedAttributes, Counts, COUNTS_WRITTEN};
 use super::{EventStore, StoreError};
 
 /// A position in insertion order: `(inserted_at, id)`.
@@ -195,8 +195,10 @@ impl RetentionSession {
             .client
             .prepare(&DELETE_EVENTS.replace("{after}", "AND (inserted_at, id) > ($4, $5)"))
             .await?;
+        let counts_written = self.client.prepare(COUNTS_WRITTEN).await?;
         Ok(EventDeletes {
             client: &mut self.client,
+            counts_written,
             first,
             next,
             bound,
@@ -246,6 +248,7 @@ impl RetentionSession {
 /// Batched deletes of expired events ([`RetentionSession::events_before`]).
 pub(crate) struct EventDeletes<'a> {
     client: &'a mut ClientWrapper,
+    counts_written: Statement,
     first: Statement,
     next: Statement,
     bound: EventKey,
@@ -258,7 +261,7 @@ impl EventDeletes<'_> {
     pub(crate) async fn next_batch(&mut self) -> Result<DeletedBatch, StoreError> {
         let (bound, batch) = (&self.bound, &self.batch);
         let tx = self.client.transaction().await?;
-        tx.execute(COUNTS_WRITTEN, &[]).await?;
+        tx.execute(&self.counts_written, &[]).await?;
         let rows = match &self.after {
             None => tx.query(&self.first, &[&bound.0, &bound.1, batch]).await?,
             Some((ts, id)) => {
@@ -277,13 +280,13 @@ impl EventDeletes<'_> {
         let after = (first.get(1), first.get(2));
         let properties = rows
             .iter()
-            .map(|row| row.try_get::<_, Option<Json>>(7))
+            .map(|row| row.try_get::<_, Option<Json<CountedAttributes<'_>>>>(7))
             .collect::<Result<Vec<_>, _>>()?;
         let mut counts = Counts::default();
         let mut deleted = 0;
         for (row, properties) in rows.iter().zip(&properties) {
             // `None`: the batch's row when the batch deleted nothing.
-            let Some(properties) = properties else {
+            let Some(Json(properties)) = properties else {
                 continue;
             };
             let bucket = |i| row.get::<_, DateTime<Utc>>(i).timestamp_micros();
@@ -291,7 +294,7 @@ impl EventDeletes<'_> {
                 minute: bucket(5),
                 ten: bucket(6),
             };
-            counts.add_binned(buckets, row.get(3), row.get(4), properties);
+            counts.add_binned(buckets, row.get(3), row.get(4), properties.iter());
             deleted += 1;
         }
         if deleted > 0 {
