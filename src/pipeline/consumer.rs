@@ -23,7 +23,7 @@ use super::{PipelineError, PipelineSettings};
 use crate::detect::{detect_batch, Outcome};
 use crate::kafka::{self, Role};
 use crate::retry::RetryPolicy;
-use crate::store::{BatchChanges, EventStore, NewEvent, OffsetFence, StoreError, Turn};
+use crate::store::{BatchChanges, EventStore, Handover, NewEvent, OffsetFence, StoreError, Turn};
 
 /// How often an idle consumer checks whether its stored positions were moved (by `replay`).
 const POSITION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -295,14 +295,19 @@ impl ConsumerLoop {
                 Err(_) => return Stored::Done,
             };
             let mut tally = Tally::default();
+            let (behind, handover) = match behind {
+                Some((flight, seen, handover)) => (Some((flight, seen)), handover),
+                None => (None, None),
+            };
             let turn = Turn {
-                locked: || part.locked(),
+                locked: |handover| part.locked(handover),
                 after: behind.map(|(flight, seen)| {
                     let partitions = &partitions;
                     move || async move {
                         flight.finished(seen, partitions).await == Some(Verdict::Committed)
                     }
                 }),
+                handover,
             };
             let result = self.runtime.block_on(self.store.apply_batch_in_turn(
                 &self.group_id,
@@ -335,8 +340,10 @@ impl ConsumerLoop {
                     part.ended(PartEnd::Rewound);
                     return Stored::Rewound(batch.fences);
                 }
-                // The batch before did not commit (yet): its own retries report why.
-                Err(StoreError::PredecessorFailed) => part.failed(),
+                // The batch before did not commit (yet): its own retries report why. Or
+                // another writer changed an entity between the two: stored again against
+                // the state as it is.
+                Err(StoreError::PredecessorFailed | StoreError::HandoverStale) => part.failed(),
                 Err(error) => {
                     part.failed();
                     self.instruments.emit(BatchRetried {
@@ -352,16 +359,16 @@ impl ConsumerLoop {
         }
     }
 
-    /// Waits until this batch may start behind `before`: `Ok(Some((flight, failures seen)))`
-    /// once every part of it holds its locks while some with these partitions are still in
-    /// flight, `Ok(None)` when those have committed (or it has none of these partitions: then
-    /// this batch is alone, as any other consumer's would be), `Err` when they have not
-    /// (rewound or abandoned).
+    /// Waits until this batch may start behind `before`: `Ok(Some((flight, failures seen,
+    /// handover)))` once every part of it holds its locks while some with these partitions are
+    /// still in flight, `Ok(None)` when those have committed (or it has none of these
+    /// partitions: then this batch is alone, as any other consumer's would be), `Err` when
+    /// they have not (rewound or abandoned).
     fn wait_turn<'f>(
         &self,
         before: Option<&'f Flight>,
         partitions: &[Tp],
-    ) -> Result<Option<(&'f Flight, u64)>, Verdict> {
+    ) -> Result<Option<Behind<'f>>, Verdict> {
         let Some(flight) = before else {
             return Ok(None);
         };
@@ -372,10 +379,10 @@ impl ConsumerLoop {
         if let Some(verdict) = flight.verdict(partitions) {
             return decided(verdict);
         }
-        let seen = self.runtime.block_on(flight.started(partitions));
+        let (seen, handover) = self.runtime.block_on(flight.started(partitions));
         match flight.verdict(partitions) {
             Some(verdict) => decided(verdict),
-            None => Ok(Some((flight, seen))),
+            None => Ok(Some((flight, seen, handover))),
         }
     }
 
@@ -412,6 +419,10 @@ fn detect(
         states: found.states,
     }
 }
+
+/// The batch in flight a batch is stored behind, the failures of its attempts seen so far and
+/// what it hands over.
+type Behind<'f> = (&'f Flight, u64, Option<Arc<Handover>>);
 
 /// The partitions of some fences.
 fn partitions(fences: &[OffsetFence]) -> Vec<Tp> {
