@@ -122,8 +122,9 @@ impl ConsumerLoop {
     /// collected from Kafka. Once the older of two has ended, the collected one is selected
     /// against the positions the newer one moves to and stored behind it: it starts once the
     /// newer one holds its entity locks and checks its fences once the newer one has committed
-    /// (docs/architecture.md, "Exactly once"). Where that would make more than
-    /// `pipeline.store_concurrency` transactions at once, it waits for the newer one instead.
+    /// (docs/architecture.md, "Exactly once"). Only a batch of one transaction is stored
+    /// behind one of one transaction (one busy partition), and only where
+    /// `pipeline.store_concurrency` allows two at once; otherwise it waits for the newer one.
     pub(super) fn run(self) {
         let mut last_check = Instant::now();
         let this = &self;
@@ -147,8 +148,11 @@ impl ConsumerLoop {
                     }
                     continue;
                 }
-                // At most store_concurrency transactions at once: a batch that would exceed
-                // it with the one still in flight waits for that one to end instead.
+                // A batch of one transaction is stored behind one of one transaction, at
+                // most store_concurrency at once; any other waits for the one still in flight
+                // to end. (A batch behind another locks the entities that one holds only after
+                // it committed; a batch of several parts could lock one of them before it,
+                // docs/architecture.md, "Exactly once".)
                 let parts = messages
                     .iter()
                     .map(|m| (m.topic.as_str(), m.partition))
@@ -157,7 +161,7 @@ impl ConsumerLoop {
                     .min(self.store_concurrency);
                 if newer
                     .as_ref()
-                    .is_some_and(|b| b.handles.len() + parts > self.store_concurrency)
+                    .is_some_and(|b| b.handles.len() + parts > self.store_concurrency.min(2))
                 {
                     self.after_store(newer.take(), &mut messages);
                 }
