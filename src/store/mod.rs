@@ -369,11 +369,10 @@ impl EventStore {
             states,
         }));
         // The new state of shared entities is written once they are locked.
-        let (shared_states, own_states) = std::mem::take(&mut changes.states)
+        let (shared_states, own_states): (Vec<_>, Vec<_>) = std::mem::take(&mut changes.states)
             .into_iter()
             .partition(|(k, _)| is_shared(k));
         changes.states = own_states;
-        let shared_states: Vec<(StateKey, AttributeState)> = shared_states;
         let mut after = turn.after;
         // Events older than the count buckets' origin are counted by the insert trigger, which
         // takes count rows: behind a predecessor (which takes count rows too) that waits first.

@@ -579,17 +579,32 @@ async fn state_read_plan(client: &tokio_postgres::Client) -> String {
 /// first has committed, reads the state the first wrote, and checks its fence after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_behind_the_one_before_it_reads_what_that_one_wrote() {
+    two_batches_in_flight(false).await;
+}
+
+/// With the handover of the batch before it, a batch locks only the entities that one does not
+/// hold: it writes its events while that one is still uncommitted, takes the shared entity's
+/// state from the handover, and checks it once the first has committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_behind_takes_the_state_the_one_before_hands_over() {
+    two_batches_in_flight(true).await;
+}
+
+/// `a` active, then a batch changing it that is itself behind a batch that "commits" when
+/// released, and behind it a batch changing `a` again and making `b`: the second waits in
+/// PostgreSQL, for `a`'s row lock without the first's handover, for its turn (an advisory lock)
+/// with it, and the first is released only then. Both are stored in order.
+async fn two_batches_in_flight(with_handover: bool) {
     let db = fresh_database().await;
     apply(&db, fence(None, 1), &[obs("a", "active", 0)])
         .await
         .unwrap();
     let first = [obs("a", "terminated", 1)];
     let second = [obs("a", "closed", 2), obs("b", "active", 2)];
-    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<()>();
+    let (handover_tx, handover_rx) = tokio::sync::oneshot::channel();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
     let store = &db.store;
-    // The first batch is itself behind a batch that "commits" on `go`.
     let earlier = async {
         let result = store
             .apply_batch_in_turn(
@@ -598,8 +613,8 @@ async fn a_batch_behind_the_one_before_it_reads_what_that_one_wrote() {
                 &entities_of(&first),
                 |states| detect_all(&first, 1, states),
                 Turn {
-                    locked: move |_| {
-                        let _ = locked_tx.send(());
+                    locked: move |handover| {
+                        let _ = handover_tx.send(handover);
                     },
                     after: Some(move || async move { go_rx.await.is_ok() }),
                     handover: None,
@@ -610,31 +625,36 @@ async fn a_batch_behind_the_one_before_it_reads_what_that_one_wrote() {
         result
     };
     let later = async {
-        locked_rx.await.unwrap();
+        let handover = handover_rx.await.unwrap();
         store
             .apply_batch_in_turn(
                 "g",
                 &[fence(Some(2), 4)],
                 &entities_of(&second),
                 |states| detect_all(&second, 2, states),
-                // Without the first batch's handover: it locks every entity at once.
                 Turn {
                     locked: |_| {},
                     after: Some(move || async move { done_rx.await.unwrap_or(false) }),
-                    handover: None,
+                    handover: with_handover.then_some(handover),
                 },
             )
             .await
     };
     let release = async {
-        // The later batch is in flight, waiting for the entity lock the first one holds.
+        // The later batch is in flight, waiting: for the entity lock the first one holds, or
+        // with the handover, having written its events, for its turn.
+        let waiting_for = match with_handover {
+            true => "advisory",
+            false => "transactionid",
+        };
         let client = db.client().await;
         crate::support::wait_for(std::time::Duration::from_secs(30), || async {
             client
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                    &[],
+                     WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                       AND wait_event = $1",
+                    &[&waiting_for],
                 )
                 .await
                 .unwrap()
@@ -647,20 +667,8 @@ async fn a_batch_behind_the_one_before_it_reads_what_that_one_wrote() {
     let (earlier, later, ()) = tokio::join!(earlier, later, release);
     assert_eq!(earlier.unwrap().events_inserted, 1);
     assert_eq!(later.unwrap().events_inserted, 1);
-
-    let client = db.client().await;
-    let changes: Vec<(i64, serde_json::Value)> = client
-        .query(
-            "SELECT source_offset, properties -> 'status' FROM events ORDER BY source_offset",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
     assert_eq!(
-        changes,
+        status_changes(&db).await,
         [
             (
                 1,
@@ -673,7 +681,25 @@ async fn a_batch_behind_the_one_before_it_reads_what_that_one_wrote() {
         ]
     );
     assert_eq!(stored_position(&db).await, 4);
+    let client = db.client().await;
     assert_eq!(counts_unlike_a_recount(&client).await, Vec::<String>::new());
+    let states: Vec<(String, String)> = client
+        .query(
+            "SELECT entity_id, value FROM entity_state ORDER BY entity_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a".to_owned(), "closed".to_owned()),
+            ("b".to_owned(), "active".to_owned())
+        ]
+    );
 }
 
 /// A batch behind one that did not commit rolls back: nothing of it is stored and the
@@ -727,123 +753,6 @@ async fn status_changes(db: &crate::support::TestDatabase) -> Vec<(i64, serde_js
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect()
-}
-
-/// With the handover of the batch before it, a batch locks only the entities that one does not
-/// hold: it writes its events while that one is still uncommitted, takes the shared entity's
-/// state from the handover, and checks it once the first has committed.
-#[tokio::test]
-async fn a_batch_behind_takes_the_state_the_one_before_hands_over() {
-    let db = fresh_database().await;
-    apply(&db, fence(None, 1), &[obs("a", "active", 0)])
-        .await
-        .unwrap();
-    let first = [obs("a", "terminated", 1)];
-    let second = [obs("a", "closed", 2), obs("b", "active", 2)];
-    let (handover_tx, handover_rx) = tokio::sync::oneshot::channel();
-    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
-    let store = &db.store;
-    let earlier = async {
-        let result = store
-            .apply_batch_in_turn(
-                "g",
-                &[fence(Some(1), 2)],
-                &entities_of(&first),
-                |states| detect_all(&first, 1, states),
-                Turn {
-                    locked: move |handover| {
-                        let _ = handover_tx.send(handover);
-                    },
-                    after: Some(move || async move { go_rx.await.is_ok() }),
-                    handover: None,
-                },
-            )
-            .await;
-        let _ = done_tx.send(result.is_ok());
-        result
-    };
-    let later = async {
-        let handover = handover_rx.await.unwrap();
-        store
-            .apply_batch_in_turn(
-                "g",
-                &[fence(Some(2), 4)],
-                &entities_of(&second),
-                |states| detect_all(&second, 2, states),
-                Turn {
-                    locked: |_| {},
-                    after: Some(move || async move { done_rx.await.unwrap_or(false) }),
-                    handover: Some(handover),
-                },
-            )
-            .await
-    };
-    let release = async {
-        // The later batch has written its events and waits for its turn (an advisory lock the
-        // first batch holds), not for an entity's row lock.
-        let client = db.client().await;
-        crate::support::wait_for(std::time::Duration::from_secs(30), || async {
-            client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock' \
-                       AND wait_event = 'advisory'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
-        })
-        .await;
-        let written: i64 = client
-            .query_one(
-                "SELECT n_tup_ins FROM pg_stat_xact_user_tables WHERE relname = 'events'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(written, 0, "this session wrote nothing itself");
-        go_tx.send(()).unwrap();
-    };
-    let (earlier, later, ()) = tokio::join!(earlier, later, release);
-    assert_eq!(earlier.unwrap().events_inserted, 1);
-    assert_eq!(later.unwrap().events_inserted, 1);
-    assert_eq!(
-        status_changes(&db).await,
-        [
-            (
-                1,
-                serde_json::json!({"new_value": "terminated", "old_value": "active"})
-            ),
-            (
-                2,
-                serde_json::json!({"new_value": "closed", "old_value": "terminated"})
-            ),
-        ]
-    );
-    assert_eq!(stored_position(&db).await, 4);
-    let client = db.client().await;
-    assert_eq!(counts_unlike_a_recount(&client).await, Vec::<String>::new());
-    let states: Vec<(String, String)> = client
-        .query(
-            "SELECT entity_id, value FROM entity_state ORDER BY entity_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_eq!(
-        states,
-        [
-            ("a".to_owned(), "closed".to_owned()),
-            ("b".to_owned(), "active".to_owned())
-        ]
-    );
 }
 
 /// When another writer changed a handed-over entity between the two batches, the batch behind
