@@ -225,6 +225,7 @@ impl App {
                 .collect(),
             self.config.terminator.clone(),
             self.terminator_runs.clone(),
+            self.query_slots.clone(),
         )
     }
 

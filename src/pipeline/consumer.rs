@@ -23,7 +23,7 @@ use super::{PipelineError, PipelineSettings};
 use crate::detect::{detect_batch, Outcome};
 use crate::kafka::{self, Role};
 use crate::retry::RetryPolicy;
-use crate::store::{BatchChanges, EventStore, NewEvent, OffsetFence, StoreError, Turn};
+use crate::store::{BatchChanges, EventStore, Handover, NewEvent, OffsetFence, StoreError, Turn};
 
 /// How often an idle consumer checks whether its stored positions were moved (by `replay`).
 const POSITION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -122,8 +122,9 @@ impl ConsumerLoop {
     /// collected from Kafka. Once the older of two has ended, the collected one is selected
     /// against the positions the newer one moves to and stored behind it: it starts once the
     /// newer one holds its entity locks and checks its fences once the newer one has committed
-    /// (docs/architecture.md, "Exactly once"). Where that would make more than
-    /// `pipeline.store_concurrency` transactions at once, it waits for the newer one instead.
+    /// (docs/architecture.md, "Exactly once"). Only a batch of one transaction is stored
+    /// behind one of one transaction (one busy partition), and only where
+    /// `pipeline.store_concurrency` allows two at once; otherwise it waits for the newer one.
     pub(super) fn run(self) {
         let mut last_check = Instant::now();
         let this = &self;
@@ -147,8 +148,11 @@ impl ConsumerLoop {
                     }
                     continue;
                 }
-                // At most store_concurrency transactions at once: a batch that would exceed
-                // it with the one still in flight waits for that one to end instead.
+                // A batch of one transaction is stored behind one of one transaction, at
+                // most store_concurrency at once; any other waits for the one still in flight
+                // to end. (A batch behind another locks the entities that one holds only after
+                // it committed; a batch of several parts could lock one of them before it,
+                // docs/architecture.md, "Exactly once".)
                 let parts = messages
                     .iter()
                     .map(|m| (m.topic.as_str(), m.partition))
@@ -157,7 +161,7 @@ impl ConsumerLoop {
                     .min(self.store_concurrency);
                 if newer
                     .as_ref()
-                    .is_some_and(|b| b.handles.len() + parts > self.store_concurrency)
+                    .is_some_and(|b| b.handles.len() + parts > self.store_concurrency.min(2))
                 {
                     self.after_store(newer.take(), &mut messages);
                 }
@@ -295,14 +299,19 @@ impl ConsumerLoop {
                 Err(_) => return Stored::Done,
             };
             let mut tally = Tally::default();
+            let (behind, handover) = match behind {
+                Some((flight, seen, handover)) => (Some((flight, seen)), handover),
+                None => (None, None),
+            };
             let turn = Turn {
-                locked: || part.locked(),
+                locked: |handover| part.locked(handover),
                 after: behind.map(|(flight, seen)| {
                     let partitions = &partitions;
                     move || async move {
                         flight.finished(seen, partitions).await == Some(Verdict::Committed)
                     }
                 }),
+                handover,
             };
             let result = self.runtime.block_on(self.store.apply_batch_in_turn(
                 &self.group_id,
@@ -335,8 +344,10 @@ impl ConsumerLoop {
                     part.ended(PartEnd::Rewound);
                     return Stored::Rewound(batch.fences);
                 }
-                // The batch before did not commit (yet): its own retries report why.
-                Err(StoreError::PredecessorFailed) => part.failed(),
+                // The batch before did not commit (yet): its own retries report why. Or
+                // another writer changed an entity between the two: stored again against
+                // the state as it is.
+                Err(StoreError::PredecessorFailed | StoreError::HandoverStale) => part.failed(),
                 Err(error) => {
                     part.failed();
                     self.instruments.emit(BatchRetried {
@@ -352,16 +363,16 @@ impl ConsumerLoop {
         }
     }
 
-    /// Waits until this batch may start behind `before`: `Ok(Some((flight, failures seen)))`
-    /// once every part of it holds its locks while some with these partitions are still in
-    /// flight, `Ok(None)` when those have committed (or it has none of these partitions: then
-    /// this batch is alone, as any other consumer's would be), `Err` when they have not
-    /// (rewound or abandoned).
+    /// Waits until this batch may start behind `before`: `Ok(Some((flight, failures seen,
+    /// handover)))` once every part of it holds its locks while some with these partitions are
+    /// still in flight, `Ok(None)` when those have committed (or it has none of these
+    /// partitions: then this batch is alone, as any other consumer's would be), `Err` when
+    /// they have not (rewound or abandoned).
     fn wait_turn<'f>(
         &self,
         before: Option<&'f Flight>,
         partitions: &[Tp],
-    ) -> Result<Option<(&'f Flight, u64)>, Verdict> {
+    ) -> Result<Option<Behind<'f>>, Verdict> {
         let Some(flight) = before else {
             return Ok(None);
         };
@@ -372,10 +383,10 @@ impl ConsumerLoop {
         if let Some(verdict) = flight.verdict(partitions) {
             return decided(verdict);
         }
-        let seen = self.runtime.block_on(flight.started(partitions));
+        let (seen, handover) = self.runtime.block_on(flight.started(partitions));
         match flight.verdict(partitions) {
             Some(verdict) => decided(verdict),
-            None => Ok(Some((flight, seen))),
+            None => Ok(Some((flight, seen, handover))),
         }
     }
 
@@ -412,6 +423,10 @@ fn detect(
         states: found.states,
     }
 }
+
+/// The batch in flight a batch is stored behind, the failures of its attempts seen so far and
+/// what it hands over.
+type Behind<'f> = (&'f Flight, u64, Option<Arc<Handover>>);
 
 /// The partitions of some fences.
 fn partitions(fences: &[OffsetFence]) -> Vec<Tp> {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::group::Tp;
+use crate::store::Handover;
 
 /// How a part of a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,8 +26,10 @@ pub(super) enum PartEnd {
 #[derive(Debug, Default)]
 struct PartProgress {
     partitions: Vec<Tp>,
-    /// Holds its entity locks in its current attempt.
+    /// Holds its entity locks in its current attempt, and has run detection.
     locked: bool,
+    /// What its current attempt leaves the batch after it.
+    handover: Option<Arc<Handover>>,
     /// Attempts that failed so far: a waiting successor rolls back at each.
     failures: u64,
     end: Option<PartEnd>,
@@ -100,15 +103,23 @@ impl Flight {
     }
 
     /// Waits until every part holds its entity locks or has ended; returns the failures so far
-    /// of the parts with some of `partitions`.
-    pub(super) async fn started(&self, partitions: &[Tp]) -> u64 {
+    /// of the parts with some of `partitions`, and the handover of the part with them when
+    /// exactly one has them and it is still in flight.
+    pub(super) async fn started(&self, partitions: &[Tp]) -> (u64, Option<Arc<Handover>>) {
         let mut rx = self.0.subscribe();
         let seen = rx
             .wait_for(|parts| parts.iter().all(|p| p.locked || p.end.is_some()))
             .await
-            .map(|parts| failures(&parts, partitions));
+            .map(|parts| {
+                let mut sharing = sharing(&parts, partitions);
+                let handover = match (sharing.next(), sharing.next()) {
+                    (Some(part), None) if part.end.is_none() => part.handover.clone(),
+                    _ => None,
+                };
+                (failures(&parts, partitions), handover)
+            });
         // The sender lives in `self`: the wait cannot see it dropped.
-        seen.unwrap_or(u64::MAX)
+        seen.unwrap_or((u64::MAX, None))
     }
 
     /// What the parts with some of `partitions` did, once all of them ended.
@@ -151,15 +162,20 @@ impl Part {
         });
     }
 
-    /// Its transaction holds its entity locks.
-    pub(super) fn locked(&mut self) {
-        self.update(|p| p.locked = true);
+    /// Its transaction holds its entity locks and has run detection; `handover` is what it
+    /// leaves the batch after it.
+    pub(super) fn locked(&mut self, handover: Arc<Handover>) {
+        self.update(|p| {
+            p.locked = true;
+            p.handover = Some(handover);
+        });
     }
 
     /// An attempt failed and rolled back (its locks are gone).
     pub(super) fn failed(&mut self) {
         self.update(|p| {
             p.locked = false;
+            p.handover = None;
             p.failures += 1;
         });
     }
@@ -175,6 +191,7 @@ impl Part {
         }
         self.update(|p| {
             p.locked = false;
+            p.handover = None;
             p.end = Some(end);
         });
     }
@@ -199,10 +216,10 @@ mod tests {
         let flight = Flight::new();
         let mut a = flight.part(vec![tp(0)]);
         let b = flight.part(vec![tp(1)]);
-        a.locked();
+        a.locked(Arc::default());
         let started = tokio::spawn({
             let flight = flight.clone();
-            async move { flight.started(&[tp(0)]).await }
+            async move { flight.started(&[tp(0)]).await.0 }
         });
         tokio::task::yield_now().await;
         assert!(!started.is_finished());
@@ -216,9 +233,9 @@ mod tests {
         let mut a = flight.part(vec![tp(0)]);
         // Another part's failures are not this successor's concern.
         let mut other = flight.part(vec![tp(1)]);
-        other.locked();
-        a.locked();
-        let seen = flight.started(&[tp(0)]).await;
+        other.locked(Arc::default());
+        a.locked(Arc::default());
+        let (seen, _) = flight.started(&[tp(0)]).await;
         let waiting = tokio::spawn({
             let flight = flight.clone();
             async move { flight.finished(seen, &[tp(0)]).await }
@@ -229,9 +246,9 @@ mod tests {
         a.failed();
         assert_eq!(waiting.await.unwrap(), None);
         // The next attempt commits.
-        a.locked();
+        a.locked(Arc::default());
         other.ended(PartEnd::Committed);
-        let seen = flight.started(&[tp(0)]).await;
+        let (seen, _) = flight.started(&[tp(0)]).await;
         a.ended(PartEnd::Committed);
         assert_eq!(
             flight.finished(seen, &[tp(0)]).await,

@@ -13,7 +13,8 @@ mod offsets_report;
 pub(crate) mod retention;
 pub mod tls;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -69,6 +70,11 @@ pub enum StoreError {
     /// or its partitions are read again): this one was rolled back and waits for it.
     #[error("the batch before this one on its partitions did not commit")]
     PredecessorFailed,
+    /// The state the batch before this one handed over was changed by another writer before
+    /// this one locked it: this one was rolled back, to be stored again against the state
+    /// as it is.
+    #[error("the state handed over by the batch before this one was changed meanwhile")]
+    HandoverStale,
     /// No connection could be had.
     #[error("database unavailable: {message}")]
     Pool {
@@ -165,24 +171,44 @@ pub struct BatchReport {
 /// ones: a wait PostgreSQL's deadlock detector sees), then for `after` to say the predecessor
 /// committed, and only then checks its fences and writes its counts (the predecessor writes
 /// the same count rows). The caller starts it only once the predecessor holds its entity
-/// locks, so that the predecessor never waits for this batch's.
+/// locks and has run detection, so that the predecessor never waits for this batch's.
+///
+/// The entities the predecessor locked too are not locked meanwhile (that would wait for its
+/// commit): their state is taken from its [`Handover`], and once the predecessor committed
+/// they are locked, their state read and compared with it. Where another writer changed it in
+/// between, the batch rolls back with [`StoreError::HandoverStale`].
 pub struct Turn<L, W> {
-    /// Called once the batch's entities are locked: the next batch may start.
+    /// Called once the batch's entities are locked and detection has run, with what the batch
+    /// leaves the one after it: that one may start.
     pub locked: L,
     /// `None`: alone. `Some`: waits for the predecessor; `false` rolls this batch back with
     /// [`StoreError::PredecessorFailed`].
     pub after: Option<W>,
+    /// What the predecessor leaves (used only with `after`).
+    pub handover: Option<Arc<Handover>>,
+}
+
+/// An entity's type and id.
+type EntityRef<'a> = (&'a str, &'a str);
+
+/// What a batch leaves the batch stored behind it: the entities it locked and their state as
+/// it stands once it commits.
+#[derive(Debug, Default)]
+pub struct Handover {
+    entities: HashSet<(String, String)>,
+    states: HashMap<StateKey, AttributeState>,
 }
 
 /// The turn of a batch with nothing before it in flight.
-pub type Alone = Turn<fn(), fn() -> std::future::Ready<bool>>;
+pub type Alone = Turn<fn(Arc<Handover>), fn() -> std::future::Ready<bool>>;
 
 impl Alone {
     /// Fences first, nobody to tell.
     pub fn alone() -> Self {
         Turn {
-            locked: || {},
+            locked: |_| {},
             after: None,
+            handover: None,
         }
     }
 }
@@ -286,7 +312,7 @@ impl EventStore {
     ) -> Result<BatchReport, StoreError>
     where
         F: FnOnce(&mut HashMap<StateKey, AttributeState>) -> BatchChanges,
-        L: FnOnce(),
+        L: FnOnce(Arc<Handover>),
         W: FnOnce() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
@@ -303,64 +329,50 @@ impl EventStore {
             )?;
         }
 
+        // Sorted, so that concurrent batches take their row locks in the same order.
+        let mut sorted: Vec<(&str, &str)> = entities
+            .iter()
+            .map(|(t, id)| (t.as_str(), id.as_str()))
+            .collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        // The entities the predecessor in flight holds are locked only once it committed.
+        let handover = turn.handover.filter(|_| turn.after.is_some());
+        let (shared, own): (Vec<EntityRef<'_>>, Vec<EntityRef<'_>>) =
+            sorted.iter().partition(|(t, id)| {
+                handover
+                    .as_ref()
+                    .is_some_and(|h| h.entities.contains(&((*t).to_owned(), (*id).to_owned())))
+            });
+        let shared_set: HashSet<(&str, &str)> = shared.iter().copied().collect();
+        let is_shared =
+            |k: &StateKey| shared_set.contains(&(k.entity_type.as_str(), k.entity_id.as_str()));
         let mut states = HashMap::new();
-        if !entities.is_empty() {
-            // Sorted, so that concurrent batches take their row locks in the same order.
-            let mut sorted: Vec<(&str, &str)> = entities
+        lock_and_read(&tx, &own, &mut states).await?;
+        let handed: HashMap<StateKey, AttributeState> = match &handover {
+            Some(h) if !shared.is_empty() => h
+                .states
                 .iter()
-                .map(|(t, id)| (t.as_str(), id.as_str()))
-                .collect();
-            sorted.sort_unstable();
-            sorted.dedup();
-            let types: Vec<&str> = sorted.iter().map(|(t, _)| *t).collect();
-            let ids: Vec<&str> = sorted.iter().map(|(_, id)| *id).collect();
-            // One statement makes the new entities' rows and locks the existing ones: the
-            // conflict action locks each conflicting row (as `FOR UPDATE` would) before its
-            // `WHERE false` declines the update, and the rows are taken in the order given.
-            let anchor = tx
-                .prepare_cached(
-                    "INSERT INTO entities AS e (entity_type, entity_id) \
-                     SELECT * FROM UNNEST($1::text[], $2::text[]) \
-                     ON CONFLICT (entity_type, entity_id) DO UPDATE \
-                     SET entity_type = EXCLUDED.entity_type WHERE false",
-                )
-                .await?;
-            let select = tx.prepare_cached(STATE_READ).await?;
-            // Sent together (the server runs them in this order): the state is read under the
-            // locks.
-            let keys: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&types, &ids];
-            let (_, rows) =
-                futures::try_join!(tx.execute(&anchor, &keys), tx.query(&select, &keys))?;
-            for row in rows {
-                let source = match (row.get(7), row.get(8), row.get(9)) {
-                    (Some(topic), Some(partition), Some(offset)) => Some(SourceRef {
-                        topic,
-                        partition,
-                        offset,
-                    }),
-                    _ => None,
-                };
-                states.insert(
-                    StateKey {
-                        entity_type: row.get(0),
-                        entity_id: row.get(1),
-                        attribute: row.get(2),
-                    },
-                    AttributeState {
-                        value: row.get(3),
-                        version: row.get(4),
-                        event_time: row.get(5),
-                        deleted: row.get(6),
-                        source,
-                        set_by: row.get(10),
-                    },
-                );
-            }
-        }
+                .filter(|(k, _)| is_shared(k))
+                .map(|(k, s)| (k.clone(), s.clone()))
+                .collect(),
+            _ => HashMap::new(),
+        };
+        states.extend(handed.iter().map(|(k, s)| (k.clone(), s.clone())));
 
-        (turn.locked)();
-
-        let changes = detect(&mut states);
+        let mut changes = detect(&mut states);
+        (turn.locked)(Arc::new(Handover {
+            entities: sorted
+                .iter()
+                .map(|(t, id)| ((*t).to_owned(), (*id).to_owned()))
+                .collect(),
+            states,
+        }));
+        // The new state of shared entities is written once they are locked.
+        let (shared_states, own_states): (Vec<_>, Vec<_>) = std::mem::take(&mut changes.states)
+            .into_iter()
+            .partition(|(k, _)| is_shared(k));
+        changes.states = own_states;
         let mut after = turn.after;
         // Events older than the count buckets' origin are counted by the insert trigger, which
         // takes count rows: behind a predecessor (which takes count rows too) that waits first.
@@ -369,7 +381,7 @@ impl EventStore {
         }
         // Sent together: the events and the new state are independent. Alone, the events'
         // counts follow the insert at once; behind a predecessor, after the turn.
-        let ((events_inserted, counts), states_written) = futures::try_join!(
+        let ((events_inserted, counts), mut states_written) = futures::try_join!(
             async {
                 match changes.events.is_empty() {
                     true => Ok((0, None)),
@@ -384,6 +396,16 @@ impl EventStore {
             },
         )?;
         take_turn(&tx, group_id, fences, after).await?;
+        if !shared.is_empty() {
+            let mut found = HashMap::new();
+            lock_and_read(&tx, &shared, &mut found).await?;
+            if found != handed {
+                return Err(StoreError::HandoverStale);
+            }
+            if !shared_states.is_empty() {
+                states_written += upsert_states(&tx, &shared_states).await?;
+            }
+        }
         if let Some(counts) = counts {
             counts.write(&tx).await?;
         }
@@ -393,6 +415,60 @@ impl EventStore {
             states_written,
         })
     }
+}
+
+/// Locks `entities` (sorted) and reads their known state into `states`.
+async fn lock_and_read(
+    tx: &deadpool_postgres::Transaction<'_>,
+    entities: &[(&str, &str)],
+    states: &mut HashMap<StateKey, AttributeState>,
+) -> Result<(), StoreError> {
+    if entities.is_empty() {
+        return Ok(());
+    }
+    let types: Vec<&str> = entities.iter().map(|(t, _)| *t).collect();
+    let ids: Vec<&str> = entities.iter().map(|(_, id)| *id).collect();
+    // One statement makes the new entities' rows and locks the existing ones: the conflict
+    // action locks each conflicting row (as `FOR UPDATE` would) before its `WHERE false`
+    // declines the update, and the rows are taken in the order given.
+    let anchor = tx
+        .prepare_cached(
+            "INSERT INTO entities AS e (entity_type, entity_id) \
+             SELECT * FROM UNNEST($1::text[], $2::text[]) \
+             ON CONFLICT (entity_type, entity_id) DO UPDATE \
+             SET entity_type = EXCLUDED.entity_type WHERE false",
+        )
+        .await?;
+    let select = tx.prepare_cached(STATE_READ).await?;
+    // Sent together (the server runs them in this order): the state is read under the locks.
+    let keys: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&types, &ids];
+    let (_, rows) = futures::try_join!(tx.execute(&anchor, &keys), tx.query(&select, &keys))?;
+    for row in rows {
+        let source = match (row.get(7), row.get(8), row.get(9)) {
+            (Some(topic), Some(partition), Some(offset)) => Some(SourceRef {
+                topic,
+                partition,
+                offset,
+            }),
+            _ => None,
+        };
+        states.insert(
+            StateKey {
+                entity_type: row.get(0),
+                entity_id: row.get(1),
+                attribute: row.get(2),
+            },
+            AttributeState {
+                value: row.get(3),
+                version: row.get(4),
+                event_time: row.get(5),
+                deleted: row.get(6),
+                source,
+                set_by: row.get(10),
+            },
+        );
+    }
+    Ok(())
 }
 
 /// Behind a predecessor (`after` is `Some`): waits until it committed, then checks the fences.

@@ -54,12 +54,22 @@ fn detect_all(
     first: i64,
     states: &mut HashMap<event_manager::detect::StateKey, event_manager::detect::AttributeState>,
 ) -> BatchChanges {
+    detect_on(0, observations, first, states)
+}
+
+/// [`detect_all`] on another partition of "t".
+fn detect_on(
+    partition: i32,
+    observations: &[Observation],
+    first: i64,
+    states: &mut HashMap<event_manager::detect::StateKey, event_manager::detect::AttributeState>,
+) -> BatchChanges {
     let detector = ChangeDetector::new(DetectOptions::default());
     let mut changes = BatchChanges::default();
     for (i, o) in observations.iter().enumerate() {
         let at = SourceRef {
             topic: "t".into(),
-            partition: 0,
+            partition,
             offset: first + i as i64,
         };
         let d = detector.detect(o, &at, states);
@@ -569,17 +579,32 @@ async fn state_read_plan(client: &tokio_postgres::Client) -> String {
 /// first has committed, reads the state the first wrote, and checks its fence after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_behind_the_one_before_it_reads_what_that_one_wrote() {
+    two_batches_in_flight(false).await;
+}
+
+/// With the handover of the batch before it, a batch locks only the entities that one does not
+/// hold: it writes its events while that one is still uncommitted, takes the shared entity's
+/// state from the handover, and checks it once the first has committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_behind_takes_the_state_the_one_before_hands_over() {
+    two_batches_in_flight(true).await;
+}
+
+/// `a` active, then a batch changing it that is itself behind a batch that "commits" when
+/// released, and behind it a batch changing `a` again and making `b`: the second waits in
+/// PostgreSQL, for `a`'s row lock without the first's handover, for its turn (an advisory lock)
+/// with it, and the first is released only then. Both are stored in order.
+async fn two_batches_in_flight(with_handover: bool) {
     let db = fresh_database().await;
     apply(&db, fence(None, 1), &[obs("a", "active", 0)])
         .await
         .unwrap();
     let first = [obs("a", "terminated", 1)];
     let second = [obs("a", "closed", 2), obs("b", "active", 2)];
-    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<()>();
+    let (handover_tx, handover_rx) = tokio::sync::oneshot::channel();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
     let store = &db.store;
-    // The first batch is itself behind a batch that "commits" on `go`.
     let earlier = async {
         let result = store
             .apply_batch_in_turn(
@@ -588,10 +613,11 @@ async fn a_batch_behind_the_one_before_it_reads_what_that_one_wrote() {
                 &entities_of(&first),
                 |states| detect_all(&first, 1, states),
                 Turn {
-                    locked: move || {
-                        let _ = locked_tx.send(());
+                    locked: move |handover| {
+                        let _ = handover_tx.send(handover);
                     },
                     after: Some(move || async move { go_rx.await.is_ok() }),
+                    handover: None,
                 },
             )
             .await;
@@ -599,7 +625,7 @@ async fn a_batch_behind_the_one_before_it_reads_what_that_one_wrote() {
         result
     };
     let later = async {
-        locked_rx.await.unwrap();
+        let handover = handover_rx.await.unwrap();
         store
             .apply_batch_in_turn(
                 "g",
@@ -607,21 +633,28 @@ async fn a_batch_behind_the_one_before_it_reads_what_that_one_wrote() {
                 &entities_of(&second),
                 |states| detect_all(&second, 2, states),
                 Turn {
-                    locked: || {},
+                    locked: |_| {},
                     after: Some(move || async move { done_rx.await.unwrap_or(false) }),
+                    handover: with_handover.then_some(handover),
                 },
             )
             .await
     };
     let release = async {
-        // The later batch is in flight, waiting for the entity lock the first one holds.
+        // The later batch is in flight, waiting: for the entity lock the first one holds, or
+        // with the handover, having written its events, for its turn.
+        let waiting_for = match with_handover {
+            true => "advisory",
+            false => "transactionid",
+        };
         let client = db.client().await;
         crate::support::wait_for(std::time::Duration::from_secs(30), || async {
             client
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                    &[],
+                     WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                       AND wait_event = $1",
+                    &[&waiting_for],
                 )
                 .await
                 .unwrap()
@@ -634,20 +667,8 @@ async fn a_batch_behind_the_one_before_it_reads_what_that_one_wrote() {
     let (earlier, later, ()) = tokio::join!(earlier, later, release);
     assert_eq!(earlier.unwrap().events_inserted, 1);
     assert_eq!(later.unwrap().events_inserted, 1);
-
-    let client = db.client().await;
-    let changes: Vec<(i64, serde_json::Value)> = client
-        .query(
-            "SELECT source_offset, properties -> 'status' FROM events ORDER BY source_offset",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
     assert_eq!(
-        changes,
+        status_changes(&db).await,
         [
             (
                 1,
@@ -660,7 +681,25 @@ async fn a_batch_behind_the_one_before_it_reads_what_that_one_wrote() {
         ]
     );
     assert_eq!(stored_position(&db).await, 4);
+    let client = db.client().await;
     assert_eq!(counts_unlike_a_recount(&client).await, Vec::<String>::new());
+    let states: Vec<(String, String)> = client
+        .query(
+            "SELECT entity_id, value FROM entity_state ORDER BY entity_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a".to_owned(), "closed".to_owned()),
+            ("b".to_owned(), "active".to_owned())
+        ]
+    );
 }
 
 /// A batch behind one that did not commit rolls back: nothing of it is stored and the
@@ -680,8 +719,9 @@ async fn a_batch_behind_one_that_did_not_commit_stores_nothing() {
             &entities_of(&batch),
             |states| detect_all(&batch, 1, states),
             Turn {
-                locked: || {},
+                locked: |_| {},
                 after: Some(|| async { false }),
+                handover: None,
             },
         )
         .await
@@ -698,4 +738,94 @@ async fn a_batch_behind_one_that_did_not_commit_stores_nothing() {
         .get(0);
     assert_eq!(stored, 1, "only the first batch's baseline of a");
     assert_eq!(stored_position(&db).await, 1);
+}
+
+/// The events of "t" in offset order, with their status change.
+async fn status_changes(db: &crate::support::TestDatabase) -> Vec<(i64, serde_json::Value)> {
+    db.client()
+        .await
+        .query(
+            "SELECT source_offset, properties -> 'status' FROM events ORDER BY source_offset",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// When another writer changed a handed-over entity between the two batches, the batch behind
+/// rolls back and, stored again alone, is judged against the state as it is.
+#[tokio::test]
+async fn a_stale_handover_rolls_the_batch_back() {
+    let db = fresh_database().await;
+    apply(&db, fence(None, 1), &[obs("a", "active", 0)])
+        .await
+        .unwrap();
+    let first = [obs("a", "terminated", 1)];
+    let (handover_tx, handover_rx) = tokio::sync::oneshot::channel();
+    db.store
+        .apply_batch_in_turn(
+            "g",
+            &[fence(Some(1), 2)],
+            &entities_of(&first),
+            |states| detect_all(&first, 1, states),
+            Turn {
+                locked: move |handover| {
+                    let _ = handover_tx.send(handover);
+                },
+                after: None::<fn() -> std::future::Ready<bool>>,
+                handover: None,
+            },
+        )
+        .await
+        .unwrap();
+    let handover = handover_rx.await.unwrap();
+    // Another partition's consumer moves `a` on.
+    let other = [obs("a", "entered_in_error", 5)];
+    db.store
+        .apply_batch(
+            "g",
+            &[OffsetFence {
+                topic: "t".into(),
+                partition: 1,
+                expected: None,
+                next: 1,
+            }],
+            &entities_of(&other),
+            |states| detect_on(1, &other, 0, states),
+        )
+        .await
+        .unwrap();
+
+    let second = [obs("a", "closed", 6), obs("b", "active", 6)];
+    let err = db
+        .store
+        .apply_batch_in_turn(
+            "g",
+            &[fence(Some(2), 4)],
+            &entities_of(&second),
+            |states| detect_all(&second, 2, states),
+            Turn {
+                locked: |_| {},
+                after: Some(|| async { true }),
+                handover: Some(handover),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::HandoverStale), "{err}");
+    assert_eq!(stored_position(&db).await, 2, "nothing of it was stored");
+    assert_eq!(status_changes(&db).await.len(), 2);
+
+    assert_eq!(apply(&db, fence(Some(2), 4), &second).await.unwrap(), 1);
+    let changes = status_changes(&db).await;
+    assert_eq!(
+        changes.last().unwrap(),
+        &(
+            2,
+            serde_json::json!({"new_value": "closed", "old_value": "entered_in_error"})
+        )
+    );
 }

@@ -20,6 +20,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::Router;
 
+use super::admission::QuerySlots;
 use super::auth::{self, Authenticator};
 use crate::kafka::KafkaConfig;
 use crate::store::EventStore;
@@ -35,12 +36,13 @@ pub struct ConsoleState {
     dead_letter_topics: Arc<[String]>,
     terminator: Arc<TerminatorConfig>,
     terminator_runs: LastRun,
+    query_slots: QuerySlots,
 }
 
 impl ConsoleState {
     /// The console of the process whose consumer group is `kafka.group_id`, whose rules
     /// dead-letter to `dead_letter_topics`, and whose terminator records its runs in
-    /// `terminator_runs`.
+    /// `terminator_runs`. Its queries of the EventDB take the events API's `query_slots`.
     pub fn new(
         store: EventStore,
         auth: Arc<Authenticator>,
@@ -48,6 +50,7 @@ impl ConsoleState {
         dead_letter_topics: Vec<String>,
         terminator: TerminatorConfig,
         terminator_runs: LastRun,
+        query_slots: QuerySlots,
     ) -> Self {
         let mut dead_letter_topics = dead_letter_topics;
         dead_letter_topics.sort();
@@ -60,6 +63,7 @@ impl ConsoleState {
             dead_letter_topics: dead_letter_topics.into(),
             terminator: Arc::new(terminator),
             terminator_runs,
+            query_slots,
         }
     }
 }

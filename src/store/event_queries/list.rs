@@ -245,83 +245,93 @@ pub fn list_sql(q: &EventsQuery, hidden_types: Vec<String>) -> ListSql {
             "(SELECT count(*) FROM events WHERE event_time >= {from} AND event_time < {to}{edges})"
         )
     };
-    // The count tables to sum (each a `FROM` source with its key condition), and for values
-    // the attribute whose uncounted occurrences make the events themselves the total.
+    // The rows of the end minutes counted one by one, with their signs; a part that is empty
+    // (a window starting or ending on a minute boundary) has no term.
+    let first_edge = match first_minute_n {
+        Some(m) => format!(" - {}", rows(&format!("${m}"), "$1")),
+        None if q.from < lo => format!(" + {}", rows("$1", &format!("${lo_n}"))),
+        None => String::new(),
+    };
+    let last_edge = match after_last_n {
+        Some(m) => format!(" - {}", rows("$2", &format!("${m}"))),
+        None if hi < q.to => format!(" + {}", rows(&format!("${hi_n}"), "$2")),
+        None => String::new(),
+    };
+    // The per-minute counts are summed over two spans: from the first minute whose count is
+    // used (the first edge's when it is counted from its minute, else `lo`) to the first whole
+    // 10-minute span, and from the end of the last one to the last minute whose count is used.
+    // The 10-minute counts cover the spans between.
     let (lo10, hi10) = whole_spans(lo, hi, TEN_MINUTES);
-    let (ten_minutes, minutes, lo10_n, hi10_n, uncounted_attribute_n) = match f.total {
+    let lo10_n = push(Box::new(lo10), Type::TIMESTAMPTZ);
+    let hi10_n = push(Box::new(hi10), Type::TIMESTAMPTZ);
+    let first_n = first_minute_n.unwrap_or(lo_n);
+    let last_n = after_last_n.unwrap_or(hi_n);
+    // Each sum is one sub-select over its spans (a `VALUES` list of `(…, lo, hi)`), each span
+    // read by its own range of the count table's key: the sub-select and its aggregate are set
+    // up once per request instead of once per span. `OFFSET 0` keeps the span's read a
+    // sub-query of its own, run once per span, so no plan joins all of the attribute's counts.
+    let sum = |spans: &[String], columns: &str, source: &str| {
+        format!(
+            "(SELECT coalesce(sum(s.n), 0)::bigint FROM (VALUES {}) r({columns}), \
+             LATERAL (SELECT n FROM {source} AND bucket >= r.lo AND bucket < r.hi{counts} \
+             OFFSET 0) s)",
+            spans.join(", ")
+        )
+    };
+    let (counted, uncounted_attribute_n) = match f.total {
         TotalFrom::Counts(kind, attribute) => {
             let kind_n = push(Box::new(kind), Type::INT2);
-            let attribute_n = push(Box::new(attribute), Type::TEXT);
-            let lo10_n = push(Box::new(lo10), Type::TIMESTAMPTZ);
-            let hi10_n = push(Box::new(hi10), Type::TIMESTAMPTZ);
             let kind10_n = push(Box::new(kind + 10), Type::INT2);
+            let attribute_n = push(Box::new(attribute), Type::TEXT);
+            let spans = [
+                format!("(${kind10_n}, ${lo10_n}, ${hi10_n})"),
+                format!("(${kind_n}, ${first_n}, ${lo10_n})"),
+                format!("(${kind_n}, ${hi10_n}, ${last_n})"),
+            ];
             (
-                format!("event_counts WHERE kind = ${kind10_n} AND attribute = ${attribute_n}"),
-                format!("event_counts WHERE kind = ${kind_n} AND attribute = ${attribute_n}"),
-                lo10_n,
-                hi10_n,
+                sum(
+                    &spans,
+                    "kind, lo, hi",
+                    &format!("event_counts WHERE kind = r.kind AND attribute = ${attribute_n}"),
+                ),
                 None,
             )
         }
         TotalFrom::Values(attribute, value) => {
             let attribute_n = push(Box::new(attribute), Type::TEXT);
             let value_n = push(Box::new(value), Type::TEXT);
-            let lo10_n = push(Box::new(lo10), Type::TIMESTAMPTZ);
-            let hi10_n = push(Box::new(hi10), Type::TIMESTAMPTZ);
             let key = format!("attribute = ${attribute_n} AND value = ${value_n}");
             (
-                format!("event_value_counts_10min WHERE {key}"),
-                format!("event_value_counts WHERE {key}"),
-                lo10_n,
-                hi10_n,
+                format!(
+                    "{} + {}",
+                    sum(
+                        &[format!("(${lo10_n}, ${hi10_n})")],
+                        "lo, hi",
+                        &format!("event_value_counts_10min WHERE {key}"),
+                    ),
+                    sum(
+                        &[
+                            format!("(${first_n}, ${lo10_n})"),
+                            format!("(${hi10_n}, ${last_n})"),
+                        ],
+                        "lo, hi",
+                        &format!("event_value_counts WHERE {key}"),
+                    ),
+                ),
                 Some(attribute_n),
             )
         }
     };
-    let sum = |source: &str, buckets: String| {
-        format!("coalesce((SELECT sum(n) FROM {source} AND {buckets}{counts}), 0)::bigint")
-    };
-    // The two end minutes (see above).
-    let minute_count = |bucket_n: usize| sum(&minutes, format!("bucket = ${bucket_n}"));
-    let first_edge = match first_minute_n {
-        Some(m) => format!("({} - {})", minute_count(m), rows(&format!("${m}"), "$1")),
-        None => rows("$1", &format!("${lo_n}")),
-    };
-    let last_edge = match after_last_n {
-        Some(m) => format!(
-            "({} - {})",
-            minute_count(hi_n),
-            rows("$2", &format!("${m}"))
-        ),
-        None => rows(&format!("${hi_n}"), "$2"),
-    };
-    let counted = format!(
-        "{} + {} + {} + {first_edge} + {last_edge}",
-        sum(
-            &ten_minutes,
-            format!("bucket >= ${lo10_n} AND bucket < ${hi10_n}")
-        ),
-        sum(
-            &minutes,
-            format!("bucket >= ${lo_n} AND bucket < ${lo10_n}")
-        ),
-        sum(
-            &minutes,
-            format!("bucket >= ${hi10_n} AND bucket < ${hi_n}")
-        ),
-    );
+    let counted = format!("{counted}{first_edge}{last_edge}");
     let total = match uncounted_attribute_n {
         None => counted,
         Some(attribute_n) => {
-            // The minutes whose per-value counts are used, edges counted from theirs included.
-            let uncounted_from = first_minute_n.unwrap_or(lo_n);
-            let uncounted_to = after_last_n.unwrap_or(hi_n);
             // Sub-selects run when their branch is taken, so a window without uncounted
             // occurrences never reads its events for the total.
             format!(
                 "CASE WHEN EXISTS (SELECT FROM event_counts \
                      WHERE kind = 3 AND attribute = ${attribute_n} \
-                       AND bucket >= ${uncounted_from} AND bucket < ${uncounted_to}{counts}) \
+                       AND bucket >= ${first_n} AND bucket < ${last_n}{counts}) \
                    THEN (SELECT count(*) FROM events \
                      WHERE event_time >= $1 AND event_time < $2{events}) \
                    ELSE {counted} END"
@@ -412,44 +422,61 @@ mod tests {
         assert!(sql.list.ends_with("LIMIT $7 OFFSET $8"), "{}", sql.list);
         assert!(!sql.list.contains("x'--"));
         // Values: their counts, or the events when the window holds uncounted occurrences;
-        // the filters, limit and offset, then the whole minutes, attribute, value and the whole
-        // 10-minute spans.
+        // the filters, limit and offset, then the whole minutes, the whole 10-minute spans,
+        // attribute and value. The window is whole minutes: no row is counted for the total.
         assert_eq!(sql.params.len(), 14);
         assert!(
             sql.count.contains(
-                "EXISTS (SELECT FROM event_counts WHERE kind = 3 AND attribute = $11 \
+                "EXISTS (SELECT FROM event_counts WHERE kind = 3 AND attribute = $13 \
                  AND bucket >= $9 AND bucket < $10"
             ) && sql.count.contains(
                 "THEN (SELECT count(*) FROM events WHERE event_time >= $1 AND event_time < $2"
             ) && sql.count.contains(
-                "FROM event_value_counts_10min WHERE attribute = $11 AND value = $12 \
-                       AND bucket >= $13 AND bucket < $14"
+                "(VALUES ($11, $12)) r(lo, hi), LATERAL (SELECT n FROM \
+                 event_value_counts_10min WHERE attribute = $13 AND value = $14 \
+                 AND bucket >= r.lo AND bucket < r.hi AND event_type = $3"
             ) && sql.count.contains(
-                "FROM event_value_counts WHERE attribute = $11 AND value = $12 \
-                       AND bucket >= $9 AND bucket < $13"
-            ),
+                "(VALUES ($9, $11), ($12, $10)) r(lo, hi), LATERAL (SELECT n FROM \
+                 event_value_counts WHERE attribute = $13 AND value = $14 \
+                 AND bucket >= r.lo AND bucket < r.hi AND event_type = $3"
+            ) && sql.count.matches("FROM events").count() == 1,
             "{}",
             sql.count
         );
-        // Otherwise both take the filters, limit and offset, then the whole minutes, the count
-        // key and the whole 10-minute spans.
+        // Otherwise both take the filters, limit and offset, then the whole minutes, the whole
+        // 10-minute spans and the count key, all summed in one sub-select.
         let q = parse("event_type=a&entity_type=b&attribute_name=status").unwrap();
         let sql = list_sql(&q, vec!["Hidden".into()]);
         assert_eq!(sql.params.len(), 15);
         for statement in [&sql.count, &sql.list] {
             assert!(
-                statement.contains("kind = $11 AND attribute = $12 AND bucket")
-                    && statement.contains("kind = $15 AND attribute = $12")
-                    && statement.contains("bucket >= $13 AND bucket < $14")
-                    && statement.contains("bucket >= $9 AND bucket < $13")
-                    && statement.contains("bucket >= $14 AND bucket < $10"),
+                statement.contains(
+                    "(VALUES ($14, $11, $12), ($13, $9, $11), ($13, $12, $10)) \
+                     r(kind, lo, hi), LATERAL (SELECT n FROM event_counts \
+                     WHERE kind = r.kind AND attribute = $15 AND bucket >= r.lo \
+                     AND bucket < r.hi AND event_type = $3 AND entity_type = $4 \
+                     AND event_type <> ALL($6::text[]) OFFSET 0) s"
+                ) && statement.matches("SELECT").count() == 3,
                 "{statement}"
             );
         }
-        let q = parse("attribute_name=status&page=3&page_size=20").unwrap();
+        // The partial minutes at the ends are counted row by row: here the minute before the
+        // window's first whole minute, less the 40 s of it before the window, and the 20 s of
+        // the last minute inside the window.
+        let q = parse(
+            "date=2024-05-01T10:59:20Z&date_to=2024-05-01T11:59:20Z\
+             &attribute_name=status&page=3&page_size=20",
+        )
+        .unwrap();
         let sql = list_sql(&q, Vec::new());
         assert!(
-            sql.count.contains("jsonb_exists(properties, $3)"),
+            sql.count.contains(
+                " - (SELECT count(*) FROM events WHERE event_time >= $8 AND event_time < $1 \
+                 AND jsonb_exists(properties, $3))"
+            ) && sql.count.contains(
+                " + (SELECT count(*) FROM events WHERE event_time >= $7 AND event_time < $2 \
+                 AND jsonb_exists(properties, $3))"
+            ),
             "{}",
             sql.count
         );
@@ -469,7 +496,7 @@ mod tests {
             ),
         ] {
             let mut long = parse(query).unwrap();
-            long.from = long.to - chrono::Duration::hours(25);
+            long.from = long.to - chrono::Duration::hours(25) + chrono::Duration::seconds(20);
             let sql = list_sql(&long, Vec::new());
             assert!(sql.list.contains(list), "{}", sql.list);
             assert!(sql.count.contains(count), "{}", sql.count);
@@ -510,7 +537,10 @@ mod tests {
             ..ApiConfig::default()
         };
         let parse = |q: &str| parse_query(Some(q), now(), &config).unwrap();
-        let q = parse("attribute_name=employee_id&new_value=x'--");
+        let q = parse(
+            "date=2024-05-01T10:59:20Z&date_to=2024-05-01T11:59:20Z\
+             &attribute_name=employee_id&new_value=x'--",
+        );
         assert!(q.attribute_indexed);
         let sql = list_sql(&q, Vec::new());
         // The page and an uncounted total read the value's index; the end minutes of a counted

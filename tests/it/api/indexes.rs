@@ -242,6 +242,54 @@ async fn pages_of_a_young_table_are_read_in_order() {
     }
 }
 
+/// A young deployment: the count tables hold a few rows when the API's connections prepare
+/// their statements. A generic plan made then would read a count table whole for every sum
+/// (and keep doing so as it grows, until the next `ANALYZE`); the API's sessions read the
+/// counts by their keys whatever the table holds.
+#[tokio::test]
+async fn totals_of_a_young_table_read_the_counts_by_their_keys() {
+    let db = fresh_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
+                                 changed_by, source_topic, source_partition, source_offset, \
+                                 source_seq) \
+             SELECT gen_random_uuid(), 'StatusChangeEvent', 'Episode', 'e' || i, \
+                    jsonb_build_object('status', \
+                        jsonb_build_object('new_value', 'APPROVED', 'old_value', 'NEW')), \
+                    timestamptz '2024-01-10 10:00:00+00' + i * interval '1 second', \
+                    'u', 'seed', 0, i, 0 \
+             FROM generate_series(1, 20) AS i",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("VACUUM ANALYZE events, event_counts, event_value_counts")
+        .await
+        .unwrap();
+    // Off minute boundaries, so that the ends are counted row by row too.
+    let window = "date=2024-01-10T09:59:20Z&date_to=2024-01-10T10:59:20Z";
+    for filter in [
+        "",
+        "&entity_type=Episode",
+        "&attribute_name=status",
+        "&attribute_name=status&new_value=APPROVED",
+    ] {
+        let query = format!("{window}{filter}");
+        let (list, count) = generic_plans(&client, &query, &ApiConfig::default()).await;
+        for plan in [&list, &count] {
+            assert!(!plan.contains("Seq Scan"), "{query}:\n{plan}");
+            let key = if filter.contains("new_value") {
+                "event_value_counts_pkey"
+            } else {
+                "event_counts_pkey"
+            };
+            assert!(plan.contains(key), "{query}:\n{plan}");
+        }
+    }
+}
+
 /// With `api.indexed_attributes`, a filter on such an attribute reads its partial indexes
 /// (`store::attribute_indexes`) in every window, and never the GIN indexes.
 #[tokio::test]
