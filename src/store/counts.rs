@@ -16,8 +16,9 @@ use tokio_postgres::types::ToSql;
 use super::StoreError;
 use crate::detect::DetectedEvent;
 
-/// The `visit_*` methods of a JSON value that is neither an object nor an array: `$none`.
-macro_rules! not_an_object {
+/// The `visit_*` methods of a JSON value that is neither an object nor a string (a number, a
+/// boolean, null or an array, whose elements are skipped): `$none`.
+macro_rules! neither_object_nor_text {
     ($none:expr) => {
         fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
             Ok($none)
@@ -31,14 +32,16 @@ macro_rules! not_an_object {
         fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
             Ok($none)
         }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
             Ok($none)
         }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
             Ok($none)
         }
     };
 }
+
 /// Microseconds in a minute and in ten minutes, the count buckets.
 const MINUTE: i64 = 60_000_000;
 const TEN_MINUTES: i64 = 10 * MINUTE;
@@ -287,11 +290,10 @@ impl<'de> Deserialize<'de> for CountedAttributes<'de> {
                 }
                 Ok(CountedAttributes(attributes))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
                 Ok(CountedAttributes::default())
             }
-            not_an_object!(CountedAttributes::default());
+            neither_object_nor_text!(CountedAttributes::default());
         }
         deserializer.deserialize_any(Properties)
     }
@@ -335,11 +337,10 @@ impl<'de> Deserialize<'de> for Attribute<'de> {
                     Counted::Uncounted
                 }))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
                 Ok(Attribute(Counted::Key))
             }
-            not_an_object!(Attribute(Counted::Key));
+            neither_object_nor_text!(Attribute(Counted::Key));
         }
         deserializer.deserialize_any(Value)
     }
@@ -369,25 +370,7 @@ impl<'de> Deserialize<'de> for NewValue<'de> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(NewValue(None))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(NewValue(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(NewValue(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(NewValue(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(NewValue(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(NewValue(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(NewValue(None))
-            }
+            neither_object_nor_text!(NewValue(None));
         }
         deserializer.deserialize_any(Value)
     }
