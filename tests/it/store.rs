@@ -1,11 +1,14 @@
 //! The batch transaction against real PostgreSQL: fences, state and events.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use event_manager::detect::{ChangeDetector, DetectOptions};
 use event_manager::model::{Attributes, Observation, ObservationKind, Scope, SourceRef};
-use event_manager::store::{BatchChanges, NewEvent, OffsetFence, StoreError, Turn};
+use event_manager::store::{
+    BatchChanges, BatchReport, Handover, NewEvent, OffsetFence, StoreError, Turn,
+};
 
 use crate::support::{counts_unlike_a_recount, fresh_database};
 
@@ -38,6 +41,30 @@ async fn apply(
         })
         .await?;
     Ok(report.events_inserted)
+}
+
+/// [`apply`] behind a batch in flight, which commits or not, with what it handed over.
+async fn apply_behind(
+    db: &crate::support::TestDatabase,
+    fence: OffsetFence,
+    observations: &[Observation],
+    committed: bool,
+    handover: Option<Arc<Handover>>,
+) -> Result<BatchReport, StoreError> {
+    let first = fence.expected.unwrap_or(0);
+    db.store
+        .apply_batch_in_turn(
+            "g",
+            &[fence],
+            &entities_of(observations),
+            |states| detect_all(observations, first, states),
+            Turn {
+                locked: |_| {},
+                after: Some(move || async move { committed }),
+                handover,
+            },
+        )
+        .await
 }
 
 fn entities_of(observations: &[Observation]) -> Vec<(String, String)> {
@@ -711,19 +738,7 @@ async fn a_batch_behind_one_that_did_not_commit_stores_nothing() {
         .await
         .unwrap();
     let batch = [obs("a", "terminated", 1), obs("b", "active", 1)];
-    let err = db
-        .store
-        .apply_batch_in_turn(
-            "g",
-            &[fence(Some(1), 3)],
-            &entities_of(&batch),
-            |states| detect_all(&batch, 1, states),
-            Turn {
-                locked: |_| {},
-                after: Some(|| async { false }),
-                handover: None,
-            },
-        )
+    let err = apply_behind(&db, fence(Some(1), 3), &batch, false, None)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::PredecessorFailed), "{err}");
@@ -800,19 +815,7 @@ async fn a_stale_handover_rolls_the_batch_back() {
         .unwrap();
 
     let second = [obs("a", "closed", 6), obs("b", "active", 6)];
-    let err = db
-        .store
-        .apply_batch_in_turn(
-            "g",
-            &[fence(Some(2), 4)],
-            &entities_of(&second),
-            |states| detect_all(&second, 2, states),
-            Turn {
-                locked: |_| {},
-                after: Some(|| async { true }),
-                handover: Some(handover),
-            },
-        )
+    let err = apply_behind(&db, fence(Some(2), 4), &second, true, Some(handover))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::HandoverStale), "{err}");
