@@ -13,11 +13,17 @@ use uuid::Uuid;
 use super::counts::{Buckets, CountedAttributes, Counts, COUNTS_WRITTEN};
 use super::{EventStore, StoreError};
 
-/// A position in insertion order: `(inserted_at, id)`.
-pub(crate) type EventKey = (DateTime<Utc>, Uuid);
+/// The first UUID v7 of the millisecond `at` falls in: ids made before that millisecond sort
+/// before it, ids made in it or later do not. Event ids are UUID v7 made as their rows are
+/// written (`Uuid::now_v7`, src/store/mod.rs), so id order is insertion order to the
+/// millisecond, and the terminator's rules walk the primary key (sql/V15).
+pub(crate) fn first_id_at(at: DateTime<Utc>) -> Uuid {
+    let ms = u128::try_from(at.timestamp_millis()).unwrap_or(0);
+    Uuid::from_u128((ms & 0xFFFF_FFFF_FFFF) << 80)
+}
 
-/// The instants before which rows are expired, from the database clock (the one that stamped
-/// `inserted_at`); `None` where the rule is off.
+/// The instants before which rows are expired, from the database clock; `None` where the rule
+/// is off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Cutoffs {
     /// Events inserted before this are expired by age.
@@ -31,7 +37,7 @@ pub(crate) struct Cutoffs {
 pub(crate) struct RetentionPreview {
     /// The cutoffs of the rules.
     pub(crate) cutoffs: Cutoffs,
-    /// Events inserted before the age cutoff.
+    /// Events whose ids were made before the age cutoff.
     pub(crate) expired_events: u64,
     /// All events.
     pub(crate) total_events: u64,
@@ -56,7 +62,7 @@ const STALE: &str = "s.updated_at < $1 AND NOT EXISTS ( \
 /// One batch of the terminator's deletes, `{after}` the keyset condition of every batch but the
 /// first. Keyset cursor: each batch starts after the last row of the previous one instead of
 /// re-walking index entries of rows already deleted but not yet vacuumed. The rows are found on
-/// the `(inserted_at, id)` index and deleted by ctid (a TID scan, whatever the planner thinks of
+/// the primary key, ids below `$1` in order, and deleted by ctid (a TID scan, whatever the planner thinks of
 /// the batch size); ctids are stable here because events are never updated and a row visible to
 /// this statement cannot be vacuumed under it.
 ///
@@ -69,20 +75,19 @@ const STALE: &str = "s.updated_at < $1 AND NOT EXISTS ( \
 /// `event_manager.counts_written` keeps sql/V11's delete trigger from firing.
 const DELETE_EVENTS: &str = "\
     WITH batch AS MATERIALIZED ( \
-        SELECT ctid AS tid, inserted_at, id FROM events \
-        WHERE (inserted_at, id) < ($1, $2) {after} \
-        ORDER BY inserted_at, id LIMIT $3 \
+        SELECT ctid AS tid, id FROM events \
+        WHERE id < $1 {after} \
+        ORDER BY id LIMIT $2 \
     ), gone AS ( \
         DELETE FROM events WHERE ctid = ANY(ARRAY(SELECT tid FROM batch)) \
         RETURNING event_type, entity_type, \
                   date_bin('1 minute', event_time, TIMESTAMPTZ '2001-01-01 00:00:00+00') AS minute, \
                   properties \
     ) \
-    SELECT s.selected, s.inserted_at, s.id, g.event_type, g.entity_type, g.minute, \
+    SELECT s.selected, s.id, g.event_type, g.entity_type, g.minute, \
            date_bin('10 minutes', g.minute, TIMESTAMPTZ '2001-01-01 00:00:00+00'), g.properties \
-    FROM (SELECT (SELECT count(*) FROM batch) AS selected, last.inserted_at, last.id \
-            FROM (SELECT inserted_at, id FROM batch \
-                  ORDER BY inserted_at DESC, id DESC LIMIT 1) last) s \
+    FROM (SELECT (SELECT count(*) FROM batch) AS selected, last.id \
+            FROM (SELECT id FROM batch ORDER BY id DESC LIMIT 1) last) s \
     LEFT JOIN gone g ON true";
 
 impl EventStore {
@@ -113,8 +118,8 @@ impl EventStore {
             Some(cutoff) => {
                 client
                     .query_one(
-                        "SELECT count(*) FILTER (WHERE inserted_at < $1), count(*) FROM events",
-                        &[&cutoff],
+                        "SELECT count(*) FILTER (WHERE id < $1), count(*) FROM events",
+                        &[&first_id_at(cutoff)],
                     )
                     .await?
             }
@@ -167,24 +172,23 @@ impl RetentionSession {
         cutoffs(&self.client, event_max_time, state_horizon).await
     }
 
-    /// The position of the `n`-th newest event (`n` ≥ 1), `None` with fewer events.
-    pub(crate) async fn nth_newest_event(&self, n: u64) -> Result<Option<EventKey>, StoreError> {
+    /// The id of the `n`-th newest event (`n` ≥ 1), `None` with fewer events.
+    pub(crate) async fn nth_newest_event(&self, n: u64) -> Result<Option<Uuid>, StoreError> {
         let row = self
             .client
             .query_opt(
-                "SELECT inserted_at, id FROM events \
-                 ORDER BY inserted_at DESC, id DESC OFFSET $1 LIMIT 1",
+                "SELECT id FROM events ORDER BY id DESC OFFSET $1 LIMIT 1",
                 &[&(n as i64 - 1)],
             )
             .await?;
-        Ok(row.map(|row| (row.get(0), row.get(1))))
+        Ok(row.map(|row| row.get(0)))
     }
 
-    /// Deletes the events before `bound` in insertion order, `batch` rows per statement, with
-    /// their counts.
+    /// Deletes the events whose ids sort before `bound` (insertion order, see [`first_id_at`]),
+    /// `batch` rows per statement, with their counts.
     pub(crate) async fn events_before(
         &mut self,
-        bound: EventKey,
+        bound: Uuid,
         batch: i64,
     ) -> Result<EventDeletes<'_>, StoreError> {
         let first = self
@@ -193,7 +197,7 @@ impl RetentionSession {
             .await?;
         let next = self
             .client
-            .prepare(&DELETE_EVENTS.replace("{after}", "AND (inserted_at, id) > ($4, $5)"))
+            .prepare(&DELETE_EVENTS.replace("{after}", "AND id > $3"))
             .await?;
         let counts_written = self.client.prepare(COUNTS_WRITTEN).await?;
         Ok(EventDeletes {
@@ -251,9 +255,9 @@ pub(crate) struct EventDeletes<'a> {
     counts_written: Statement,
     first: Statement,
     next: Statement,
-    bound: EventKey,
+    bound: Uuid,
     batch: i64,
-    after: Option<EventKey>,
+    after: Option<Uuid>,
 }
 
 impl EventDeletes<'_> {
@@ -263,11 +267,8 @@ impl EventDeletes<'_> {
         let tx = self.client.transaction().await?;
         tx.execute(&self.counts_written, &[]).await?;
         let rows = match &self.after {
-            None => tx.query(&self.first, &[&bound.0, &bound.1, batch]).await?,
-            Some((ts, id)) => {
-                tx.query(&self.next, &[&bound.0, &bound.1, batch, ts, id])
-                    .await?
-            }
+            None => tx.query(&self.first, &[bound, batch]).await?,
+            Some(after) => tx.query(&self.next, &[bound, batch, after]).await?,
         };
         let Some(first) = rows.first() else {
             tx.commit().await?;
@@ -277,10 +278,10 @@ impl EventDeletes<'_> {
             });
         };
         let selected: i64 = first.get(0);
-        let after = (first.get(1), first.get(2));
+        let after = first.get(1);
         let properties = rows
             .iter()
-            .map(|row| row.try_get::<_, Option<Json<CountedAttributes<'_>>>>(7))
+            .map(|row| row.try_get::<_, Option<Json<CountedAttributes<'_>>>>(6))
             .collect::<Result<Vec<_>, _>>()?;
         let mut counts = Counts::default();
         let mut deleted = 0;
@@ -291,10 +292,10 @@ impl EventDeletes<'_> {
             };
             let bucket = |i| row.get::<_, DateTime<Utc>>(i).timestamp_micros();
             let buckets = Buckets {
-                minute: bucket(5),
-                ten: bucket(6),
+                minute: bucket(4),
+                ten: bucket(5),
             };
-            counts.add_binned(buckets, row.get(3), row.get(4), properties.iter());
+            counts.add_binned(buckets, row.get(2), row.get(3), properties.iter());
             deleted += 1;
         }
         if deleted > 0 {
@@ -355,4 +356,35 @@ async fn cutoffs(
         age: row.get(0),
         state: row.get(1),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::{NoContext, Timestamp};
+
+    fn made_at(ms: u64, nanos_in_ms: u32) -> Uuid {
+        Uuid::new_v7(Timestamp::from_unix(
+            NoContext,
+            ms / 1000,
+            (ms % 1000) as u32 * 1_000_000 + nanos_in_ms,
+        ))
+    }
+
+    #[test]
+    fn ids_made_before_a_millisecond_sort_before_its_first_id() {
+        let ms = 1_764_000_000_123u64;
+        let at = DateTime::<Utc>::from_timestamp_millis(ms as i64).unwrap()
+            + chrono::Duration::microseconds(456);
+        let bound = first_id_at(at);
+        assert_eq!(bound.get_version_num(), 0, "a bound, not an id");
+        for i in 0..1000 {
+            assert!(made_at(ms - 1, 999_999) < bound);
+            assert!(made_at(ms - 1 - i, 0) < bound);
+            assert!(made_at(ms, 0) >= bound);
+            assert!(made_at(ms + i, 999_999) > bound);
+        }
+        assert!(Uuid::now_v7() > first_id_at(Utc::now() - chrono::Duration::seconds(1)));
+        assert_eq!(first_id_at(DateTime::<Utc>::MIN_UTC), Uuid::nil());
+    }
 }

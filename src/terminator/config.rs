@@ -5,8 +5,8 @@
 //! [terminator]
 //! enabled = true              # schedule the job in `run`; `terminate` runs regardless
 //! schedule = "0 0 3 * * *"    # sec min hour day-of-month month day-of-week [year], in UTC
-//! event_max_time = "1month"   # age rule on inserted_at (humantime: "30d", "1month", "12h")
-//! event_max_number = 50000    # count rule: keep the newest N by (inserted_at, id)
+//! event_max_time = "1month"   # age rule on insertion time, as the UUID v7 id records it (humantime: "30d", "1month", "12h")
+//! event_max_number = 50000    # count rule: keep the newest N in insertion order (by id)
 //! batch_size = 10000          # rows per DELETE statement (each its own short transaction)
 //! batch_pause = "20ms"        # rest between two batches, leaving the database to ingestion
 //! state_horizon = "0"         # prune entity_state of entities untouched this long

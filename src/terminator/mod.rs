@@ -2,16 +2,18 @@
 //! "ESOZ Event Manager").
 //!
 //! One run, in this order:
-//! 1. **age** — events whose `inserted_at` is older than `event_max_time` are deleted;
+//! 1. **age** — events inserted more than `event_max_time` ago are deleted. The insertion time
+//!    is the one in the event's id, a UUID v7 made as its row is written (to the millisecond,
+//!    by the clock of the replica that wrote it), compared with the database clock's now;
 //! 2. **count** — of what is left, only the newest `event_max_number` events are kept. "Newest" is
-//!    insertion order: `inserted_at`, then `id` (UUID v7, time-ordered) to break ties, so the
-//!    order is total and a run deletes exactly the rows past the N-th newest;
+//!    insertion order, the order of the ids, which is total, so a run deletes exactly the rows
+//!    past the N-th newest;
 //! 3. **state** — optionally, `entity_state` rows of entities none of whose rows was written
 //!    within `state_horizon`. State is never deleted together with events: it is the baseline
 //!    that later changes are detected against.
 //!
 //! Deletes go in batches of `batch_size` rows, each its own statement and short transaction,
-//! walking the `(inserted_at, id)` index with a keyset cursor, so ingestion and the API keep
+//! walking the primary key with a keyset cursor, so ingestion and the API keep
 //! running; each batch subtracts the counts of the events it deleted in the same statement. The shutdown token is checked between batches; an interrupted run simply leaves the
 //! rest to the next one. One replica at a time runs: the run holds a session-level advisory lock
 //! on a connection of its own (taken out of the pool and closed afterwards, so the lock can never
@@ -26,10 +28,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::metrics::TerminatorMetrics;
-use crate::store::retention::{EventDeletes, RetentionSession, StateDeletes};
+use crate::store::retention::{first_id_at, EventDeletes, RetentionSession, StateDeletes};
 use crate::store::{EventStore, StoreError};
 
 pub use config::TerminatorConfig;
@@ -327,8 +328,7 @@ impl Terminator {
         let batch = i64::from(self.config.batch_size);
 
         if let Some(cutoff) = cutoffs.age {
-            // No row sorts before the nil UUID, so this bound is exactly `inserted_at < cutoff`.
-            let deletes = session.events_before((cutoff, Uuid::nil()), batch).await;
+            let deletes = session.events_before(first_id_at(cutoff), batch).await;
             let deletes = deletes.map(Batches::Events);
             if !self
                 .in_batches(deletes, "age", shutdown, &mut report.deleted_by_age)

@@ -529,8 +529,11 @@ async fn the_console_shows_events_lag_dead_letters_and_the_terminator() {
     let client = console.setup.db.client().await;
     client
         .execute(
-            "UPDATE events SET inserted_at = now() - interval '40 days' \
-             WHERE entity_id IN ('er-000', 'er-001', 'er-002')",
+            &format!(
+                "UPDATE events SET inserted_at = now() - interval '40 days', id = {} \
+                 WHERE entity_id IN ('er-000', 'er-001', 'er-002')",
+                crate::support::v7_sql("now() - interval '40 days'")
+            ),
             &[],
         )
         .await

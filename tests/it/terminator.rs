@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::support::{counts_unlike_a_recount, fresh_database, TestDatabase};
+use crate::support::{counts_unlike_a_recount, fresh_database, v7_sql, TestDatabase};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -40,6 +40,13 @@ fn ago(d: Duration) -> DateTime<Utc> {
     Utc::now() - chrono::Duration::from_std(d).unwrap()
 }
 
+/// A UUID v7 of the millisecond of `at`, as the store makes event ids (the terminator reads
+/// insertion time from them): `counter` in the low bits keeps the ids of one instant in order.
+fn v7_at(at: DateTime<Utc>, counter: usize) -> Uuid {
+    let ms = at.timestamp_millis() as u128;
+    Uuid::from_u128((ms << 80) | (0x7 << 76) | (0b10 << 62) | counter as u128)
+}
+
 /// Inserts `ids.len()` events stamped `inserted_at` (database `now()` when `None`).
 async fn insert_with_ids(client: &Client, ids: &[Uuid], inserted_at: Option<DateTime<Utc>>) {
     let topic = Uuid::now_v7().to_string();
@@ -57,15 +64,20 @@ async fn insert_with_ids(client: &Client, ids: &[Uuid], inserted_at: Option<Date
         .unwrap();
 }
 
+/// Inserts `n` events made at `inserted_at` (now when `None`), their ids of that millisecond in
+/// the order returned.
 async fn insert(client: &Client, n: usize, inserted_at: Option<DateTime<Utc>>) -> Vec<Uuid> {
-    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+    let ids: Vec<Uuid> = match inserted_at {
+        Some(at) => (0..n).map(|i| v7_at(at, i)).collect(),
+        None => (0..n).map(|_| Uuid::now_v7()).collect(),
+    };
     insert_with_ids(client, &ids, inserted_at).await;
     ids
 }
 
 async fn ids_left(client: &Client) -> Vec<Uuid> {
     client
-        .query("SELECT id FROM events ORDER BY inserted_at, id", &[])
+        .query("SELECT id FROM events ORDER BY id", &[])
         .await
         .unwrap()
         .iter()
@@ -126,12 +138,12 @@ async fn terminator_count_rule_keeps_the_newest() {
 }
 
 #[tokio::test]
-async fn terminator_count_rule_breaks_inserted_at_ties_by_id() {
+async fn terminator_count_rule_follows_the_ids_not_the_rows_order() {
     let db = fresh_database().await;
     let client = db.client().await;
     let same = Some(ago(DAY));
-    let ids: Vec<Uuid> = (1..=6u128).map(|i| Uuid::from_u128(i << 64)).collect();
-    // Insertion order of the rows does not matter, only (inserted_at, id).
+    let ids: Vec<Uuid> = (1..=6).map(|i| v7_at(ago(DAY), i)).collect();
+    // The order the rows were written in does not matter, nor `inserted_at`: only the ids'.
     let shuffled = [ids[3], ids[0], ids[5], ids[1], ids[4], ids[2]];
     insert_with_ids(&client, &shuffled, same).await;
 
@@ -617,10 +629,11 @@ async fn terminator_app_schedules_it_when_enabled_and_exports_the_metrics() {
 /// 3 000 events inserted 40 days ago, with event times over about two hours and the attribute
 /// shapes the count tables treat differently: watched values, captured values, long values,
 /// non-string and non-object values.
-const SEED_EXPIRED: &str = "
+fn seed_expired() -> String {
+    format!("
 INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, changed_by,
                     inserted_at, source_topic, source_partition, source_offset, source_seq)
-SELECT gen_random_uuid(),
+SELECT {},
        CASE WHEN i % 7 = 0 THEN 'StateChangeEvent' ELSE 'StatusChangeEvent' END,
        (ARRAY['Episode','Encounter','Declaration'])[1 + i % 3],
        'e' || i,
@@ -634,7 +647,10 @@ SELECT gen_random_uuid(),
        timestamptz '2024-03-01 08:00:00+00' + (i * 2.3) * interval '1 second',
        'u', now() - interval '40 days', 'seed', 0, i, 0
 FROM generate_series(1, 3000) AS i
-";
+",
+        v7_sql("now() - interval '40 days'")
+    )
+}
 
 /// The terminator subtracts the counts of exactly the rows it deletes (sql/V11, its batch
 /// statement in src/store/retention.rs) while the store's batches add events to the same minutes
@@ -648,7 +664,7 @@ async fn terminator_keeps_the_counts_exact_beside_ingestion_and_other_deletes() 
 
     let db = fresh_database().await;
     let client = db.client().await;
-    client.batch_execute(SEED_EXPIRED).await.unwrap();
+    client.batch_execute(&seed_expired()).await.unwrap();
     let config = TerminatorConfig {
         batch_size: 200,
         batch_pause: Duration::ZERO,
@@ -762,28 +778,32 @@ async fn terminator_subtracts_the_counts_of_events_before_the_count_origin() {
     let client = db.client().await;
     client
         .batch_execute(
-            "INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
+            &format!("INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
                                  inserted_at, source_topic, source_partition, source_offset, source_seq) \
-             SELECT gen_random_uuid(), 'StatusChangeEvent', 'Declaration', 'e' || i, \
+             SELECT {}, 'StatusChangeEvent', 'Declaration', 'e' || i, \
                     jsonb_build_object('status', jsonb_build_object( \
                         'new_value', CASE WHEN i % 2 = 0 THEN repeat('é', 256) ELSE 'ok' END, \
                         'old_value', 'x')), \
                     timestamptz '2000-12-31 23:41:00+00' + (i * 37) * interval '1 second', \
                     now() - interval '40 days' + i * interval '1 millisecond', 'old', 0, i, 0 \
              FROM generate_series(1, 90) AS i",
+                v7_sql("now() - interval '40 days' + i * interval '1 millisecond'")
+            ),
         )
         .await
         .unwrap();
     // Live events in some of the same buckets, which must keep their counts.
     client
         .batch_execute(
-            "INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
+            &format!("INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
                                  source_topic, source_partition, source_offset, source_seq) \
-             SELECT gen_random_uuid(), 'StatusChangeEvent', 'Declaration', 'l' || i, \
-                    '{\"status\": {\"new_value\": \"ok\", \"old_value\": \"x\"}}', \
+             SELECT {}, 'StatusChangeEvent', 'Declaration', 'l' || i, \
+                    '{{\"status\": {{\"new_value\": \"ok\", \"old_value\": \"x\"}}}}', \
                     timestamptz '2000-12-31 23:50:00+00' + (i * 60) * interval '1 second', \
                     'live', 0, i, 0 \
              FROM generate_series(1, 20) AS i",
+                v7_sql("now()")
+            ),
         )
         .await
         .unwrap();

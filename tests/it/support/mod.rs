@@ -250,3 +250,14 @@ pub async fn counts_unlike_a_recount(client: &tokio_postgres::Client) -> Vec<Str
     }
     differ
 }
+
+/// A SQL expression for a UUID v7 of the millisecond of the `timestamptz` expression `at`,
+/// random in its other bits: an event id as the store makes it, for rows the tests write
+/// themselves (the terminator reads insertion time from the ids).
+pub fn v7_sql(at: &str) -> String {
+    format!(
+        "encode(set_byte(overlay(uuid_send(gen_random_uuid()) \
+             placing substring(int8send((extract(epoch FROM {at}) * 1000)::bigint) FROM 3) \
+             FROM 1 FOR 6), 6, 112 + (random() * 15)::int), 'hex')::uuid"
+    )
+}
