@@ -14,7 +14,8 @@ use super::fhir_lookup::{FhirStatusClient, StatusSource};
 use super::flight::{Flight, Part, PartEnd, Verdict};
 use super::group::{GroupMember, StoredOffsets, Tp};
 use super::internal_events::{
-    BatchCommitted, BatchFenced, BatchRetried, DeadLetterTopicUnavailable, Instruments,
+    BatchCommitted, BatchFenced, BatchRetried, BatchStoredAgain, DeadLetterTopicUnavailable,
+    Instruments,
 };
 use super::lookups::Lookups;
 use super::process::Message;
@@ -347,7 +348,12 @@ impl ConsumerLoop {
                 // The batch before did not commit (yet): its own retries report why. Or
                 // another writer changed an entity between the two: stored again against
                 // the state as it is.
-                Err(StoreError::PredecessorFailed | StoreError::HandoverStale) => part.failed(),
+                Err(error @ (StoreError::PredecessorFailed | StoreError::HandoverStale)) => {
+                    part.failed();
+                    self.instruments.emit(BatchStoredAgain {
+                        stale: matches!(error, StoreError::HandoverStale),
+                    });
+                }
                 Err(error) => {
                     part.failed();
                     self.instruments.emit(BatchRetried {

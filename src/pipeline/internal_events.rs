@@ -299,6 +299,29 @@ impl InternalEvent for BatchFenced<'_> {
     }
 }
 
+/// A batch stored behind the one before it on the same partition (docs/architecture.md, "Exactly
+/// once") was rolled back to be stored again at once: that one did not commit, or another
+/// writer changed an entity the two share between them (`stale`). No pause: nothing is wrong
+/// with the EventDB, and the batch before reports its own failure.
+pub(crate) struct BatchStoredAgain {
+    pub(crate) stale: bool,
+}
+
+impl InternalEvent for BatchStoredAgain {
+    fn emit(self, to: &Instruments) {
+        let result = if self.stale {
+            "handover_stale"
+        } else {
+            "predecessor_failed"
+        };
+        tracing::debug!(
+            result,
+            "batch rolled back behind the one before it; storing it again"
+        );
+        to.metrics.batches.with_label_values(&[result]).inc();
+    }
+}
+
 /// The EventDB did not take a batch: it waits and is tried again.
 pub(crate) struct BatchRetried<'a> {
     pub(crate) error: &'a crate::store::StoreError,
