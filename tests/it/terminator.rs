@@ -794,17 +794,16 @@ async fn terminator_subtracts_the_counts_of_events_before_the_count_origin() {
         .unwrap();
     // Live events in some of the same buckets, which must keep their counts.
     client
-        .batch_execute(
-            &format!("INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
+        .batch_execute(&format!(
+            "INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
                                  source_topic, source_partition, source_offset, source_seq) \
              SELECT {}, 'StatusChangeEvent', 'Declaration', 'l' || i, \
                     '{{\"status\": {{\"new_value\": \"ok\", \"old_value\": \"x\"}}}}', \
                     timestamptz '2000-12-31 23:50:00+00' + (i * 60) * interval '1 second', \
                     'live', 0, i, 0 \
              FROM generate_series(1, 20) AS i",
-                v7_sql("now()")
-            ),
-        )
+            v7_sql("now()")
+        ))
         .await
         .unwrap();
     let (t, _) = terminator(&db, rules(Some(30 * DAY), None));
