@@ -271,7 +271,7 @@ async fn run() -> Result<(), BoxError> {
     let indexed = event_manager::api::config::split_names(
         &std::env::var("EM_BENCH_INDEXED_ATTRIBUTES").unwrap_or_default(),
     );
-    for (index, took) in store.ensure_attribute_indexes(&indexed).await?.built {
+    for (index, took) in store.ensure_api_indexes(&indexed, false).await?.built {
         println!("  index {index} built in {took:.1?}");
     }
     // The steady state of a running EventDB, where autovacuum has visited the tables written

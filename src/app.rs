@@ -163,11 +163,16 @@ impl App {
         }
     }
 
-    /// Builds the missing indexes of `api.indexed_attributes` in the background: the API and
-    /// the pipeline do not wait, and queries use each index once it is valid.
+    /// Builds the missing indexes of `api.indexed_attributes`, and the GIN index on
+    /// `properties` where `api.events_list_max_period_hours` allows lists longer than a day, in
+    /// the background: the API and the pipeline do not wait, and queries use each index once it
+    /// is valid.
     pub fn build_attribute_indexes(&self, shutdown: &CancellationToken) {
         let attributes = self.config.api.indexed_attributes.clone();
-        if attributes.is_empty() {
+        let properties_index = crate::store::attribute_indexes::properties_index_needed(
+            self.config.api.events_list_max_period_hours,
+        );
+        if attributes.is_empty() && !properties_index {
             return;
         }
         let store = self.store.clone();
@@ -175,19 +180,19 @@ impl App {
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                result = store.ensure_attribute_indexes(&attributes) => match result {
+                result = store.ensure_api_indexes(&attributes, properties_index) => match result {
                     Ok(report) => {
                         for (index, took) in report.built {
-                            tracing::info!(%index, ?took, "attribute index built");
+                            tracing::info!(%index, ?took, "index built");
                         }
                         if report.skipped_busy {
-                            tracing::info!("another instance is building the attribute indexes");
+                            tracing::info!("another instance is building the API's indexes");
                         }
                     }
                     Err(e) => tracing::warn!(
                         error = %e,
-                        "attribute indexes not built; lists filtered on them read whole windows \
-                         until a restart or `event-manager migrate` builds them"
+                        "API indexes not built; lists filtered on their attributes read whole \
+                         windows until a restart builds them"
                     ),
                 },
             }

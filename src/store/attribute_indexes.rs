@@ -1,4 +1,6 @@
-//! The partial B-tree indexes of `api.indexed_attributes`.
+//! The indexes of `events` that the configuration asks for: the partial B-tree indexes of
+//! `api.indexed_attributes` and, where lists may span more than a day, the GIN index on
+//! `properties` (sql/V16).
 //!
 //! Within a short window the list API reads events in time order and checks attribute filters
 //! row by row (see `TIME_FIRST_WINDOW_HOURS` in `store::event_queries::list`): PostgreSQL keeps
@@ -34,6 +36,27 @@ const INDEX_LOCK: i64 = 0x4556_4D49_4E44_4558; // "EVMINDEX"
 /// The SQL string literal of `text` (standard-conforming strings: quotes doubled).
 pub fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The GIN index on `properties` (`jsonb_ops`: every key and value), which serves the
+/// `attribute_name` and `new_value` filters of lists over windows longer than the time-first
+/// limit (`TIME_FIRST_WINDOW_HOURS` in `store::event_queries::list`). Only such windows use it,
+/// so it is built only where `api.events_list_max_period_hours` allows them
+/// ([`properties_index_needed`]); V3 created it for every deployment and V16 dropped it. Its name
+/// and definition are V3's.
+pub fn properties_index() -> AttributeIndex {
+    let name = "events_properties_keys_idx";
+    AttributeIndex {
+        definition: format!(
+            "CREATE INDEX CONCURRENTLY {name} ON events USING gin (properties jsonb_ops)"
+        ),
+        name: name.to_owned(),
+    }
+}
+
+/// Whether lists of up to `max_period_hours` can use [`properties_index`].
+pub fn properties_index_needed(max_period_hours: u32) -> bool {
+    i64::from(max_period_hours) > super::event_queries::TIME_FIRST_WINDOW_HOURS
 }
 
 /// One index of an indexed attribute.
@@ -86,7 +109,7 @@ pub fn attribute_indexes(attribute: &str) -> [AttributeIndex; 2] {
     })
 }
 
-/// What [`EventStore::ensure_attribute_indexes`] did.
+/// What [`EventStore::ensure_api_indexes`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct IndexReport {
     /// Indexes built, with the time each took.
@@ -96,14 +119,21 @@ pub struct IndexReport {
 }
 
 impl EventStore {
-    /// Builds the missing indexes of `attributes` (and rebuilds any left invalid by an
-    /// interrupted build). Returns at once when another replica is building them.
-    pub async fn ensure_attribute_indexes(
+    /// Builds the missing indexes of `attributes` and, with `properties_index`, the GIN index
+    /// on `properties` (and rebuilds any left invalid by an interrupted build). Returns at once
+    /// when another replica is building them.
+    pub async fn ensure_api_indexes(
         &self,
         attributes: &[String],
+        properties_index: bool,
     ) -> Result<IndexReport, StoreError> {
         let mut report = IndexReport::default();
-        if attributes.is_empty() {
+        let indexes: Vec<AttributeIndex> = properties_index
+            .then(self::properties_index)
+            .into_iter()
+            .chain(attributes.iter().flat_map(|a| attribute_indexes(a)))
+            .collect();
+        if indexes.is_empty() {
             return Ok(report);
         }
         let client = self.client().await?;
@@ -116,30 +146,28 @@ impl EventStore {
             return Ok(report);
         }
         let result = async {
-            for attribute in attributes {
-                for index in attribute_indexes(attribute) {
-                    // NULL: no such index; false: a concurrent build that did not finish.
-                    let valid: Option<bool> = client
-                        .query_one(
-                            "SELECT (SELECT indisvalid FROM pg_index \
-                              WHERE indexrelid = to_regclass($1))",
-                            &[&index.name],
-                        )
-                        .await?
-                        .get(0);
-                    match valid {
-                        Some(true) => continue,
-                        Some(false) => {
-                            client
-                                .batch_execute(&format!("DROP INDEX CONCURRENTLY {}", index.name))
-                                .await?;
-                        }
-                        None => {}
+            for index in indexes {
+                // NULL: no such index; false: a concurrent build that did not finish.
+                let valid: Option<bool> = client
+                    .query_one(
+                        "SELECT (SELECT indisvalid FROM pg_index \
+                          WHERE indexrelid = to_regclass($1))",
+                        &[&index.name],
+                    )
+                    .await?
+                    .get(0);
+                match valid {
+                    Some(true) => continue,
+                    Some(false) => {
+                        client
+                            .batch_execute(&format!("DROP INDEX CONCURRENTLY {}", index.name))
+                            .await?;
                     }
-                    let started = Instant::now();
-                    client.batch_execute(&index.definition).await?;
-                    report.built.push((index.name, started.elapsed()));
+                    None => {}
                 }
+                let started = Instant::now();
+                client.batch_execute(&index.definition).await?;
+                report.built.push((index.name, started.elapsed()));
             }
             Ok::<_, StoreError>(())
         }

@@ -438,17 +438,20 @@ async fn ten_thousand_messages_over_six_partitions_give_exactly_the_expected_row
     let total: usize = stream.iter().map(Vec::len).sum();
     produce_all(&s.producer(), &s.topic, &stream).await;
 
-    // The captured identifier gets its own indexes, built in the background while the
-    // pipeline ingests (as `run` does).
+    // The captured identifier gets its own indexes, and lists of up to two days the GIN index
+    // on `properties`, built in the background while the pipeline ingests (as `run` does).
     let mut config = s.config(&s.db.url);
     config.api.indexed_attributes = vec!["employee_id".into()];
+    config.api.events_list_max_period_hours = 48;
     let running = start(config).await;
     running.app.build_attribute_indexes(&running.stop);
     wait_for(Duration::from_secs(120), || async {
         s.db.stored_offsets_total().await == total as i64
     })
     .await;
-    let indexes = event_manager::store::attribute_indexes::attribute_indexes("employee_id");
+    let mut indexes =
+        event_manager::store::attribute_indexes::attribute_indexes("employee_id").to_vec();
+    indexes.push(event_manager::store::attribute_indexes::properties_index());
     wait_for(Duration::from_secs(60), || async {
         let mut valid = 0;
         for index in &indexes {
@@ -462,7 +465,7 @@ async fn ten_thousand_messages_over_six_partitions_give_exactly_the_expected_row
             )
             .await;
         }
-        valid == 2
+        valid == 3
     })
     .await;
     running.stop().await;

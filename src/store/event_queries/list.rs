@@ -14,7 +14,7 @@ use super::{AttributeFilter, EventsQuery, COLUMNS};
 /// operators, so that rare attributes and values are found through the GIN indexes of V3.
 /// Attributes of `api.indexed_attributes` have partial indexes of their own, used in any window
 /// (`store::attribute_indexes`).
-const TIME_FIRST_WINDOW_HOURS: i64 = 24;
+pub(crate) const TIME_FIRST_WINDOW_HOURS: i64 = 24;
 
 /// The filters of a list request after its time range (`event_time >= $1 AND event_time < $2`),
 /// each as ` AND …` with parameters numbered from `$3`.

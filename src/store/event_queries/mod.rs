@@ -10,6 +10,7 @@ use tokio_postgres::Row;
 
 use super::{EventStore, StoreError};
 
+pub(crate) use list::TIME_FIRST_WINDOW_HOURS;
 pub use list::{list_sql, whole_minutes, whole_spans, ListSql, Param};
 
 /// How the list filters on `properties`.

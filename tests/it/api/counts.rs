@@ -224,7 +224,7 @@ async fn totals_agree_with_a_plain_count_through_every_change() {
     let attributes = ATTRIBUTES.map(str::to_owned);
     let report = db
         .store
-        .ensure_attribute_indexes(&attributes)
+        .ensure_api_indexes(&attributes, false)
         .await
         .unwrap();
     assert_eq!(report.built.len(), 2 * ATTRIBUTES.len(), "{report:?}");

@@ -6,6 +6,8 @@ use event_manager::api::events::parse_query;
 use event_manager::config::ApiConfig;
 use event_manager::store::event_queries::{list_sql, ListSql, API_SESSION_SETTINGS};
 
+use event_manager::store::attribute_indexes::properties_index_needed;
+
 use crate::support::fresh_database;
 
 /// 50 000 events, one a minute from 2024-01-01: five entity types, two event types, four status
@@ -152,14 +154,29 @@ async fn every_filter_combination_uses_an_index() {
         }
     }
 
-    // Across a long period, a rare attribute or value is found through the GIN index of V3
-    // (sql/V3__api_indexes.sql; V13 left the `jsonb_ops` one, which serves both `?` and `@>`);
-    // the total comes from the counts of V4, or for a value from the same GIN index.
+    // Across a long period, a rare attribute or value is found through the GIN index on
+    // `properties` (`jsonb_ops`, which serves both `?` and `@>`); the total comes from the
+    // counts of V4, or for a value from the same GIN index. Only such periods use it, so V16
+    // dropped it and `run` builds it where the configuration allows them.
     let config = ApiConfig {
         events_list_max_period_hours: 24 * 366,
         ..ApiConfig::default()
     };
+    assert!(properties_index_needed(config.events_list_max_period_hours));
+    assert!(!properties_index_needed(
+        ApiConfig::default().events_list_max_period_hours
+    ));
+    assert!(!properties_index_needed(24));
     let year = "date=2024-01-01&date_to=2024-12-31";
+    let rare = format!("{year}&attribute_name=rare_attr");
+    let (list, _) = plans(&client, &rare, &config).await;
+    assert!(!list.contains("events_properties_"), "{rare}:\n{list}");
+    let report = db.store.ensure_api_indexes(&[], true).await.unwrap();
+    let built: Vec<&str> = report.built.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(built, ["events_properties_keys_idx"]);
+    let again = db.store.ensure_api_indexes(&[], true).await.unwrap();
+    assert!(again.built.is_empty(), "{again:?}");
+    client.batch_execute("ANALYZE events").await.unwrap();
     for (filter, index) in [
         ("&attribute_name=rare_attr", "events_properties_keys_idx"),
         (
@@ -321,7 +338,7 @@ async fn indexed_attributes_use_their_own_indexes() {
     }
     let report = db
         .store
-        .ensure_attribute_indexes(&attributes)
+        .ensure_api_indexes(&attributes, false)
         .await
         .unwrap();
     assert_eq!(report.built.len(), 4, "{report:?}");
@@ -379,7 +396,7 @@ async fn indexed_attributes_use_their_own_indexes() {
     // Built once; an index left invalid by an interrupted build is built again.
     let again = db
         .store
-        .ensure_attribute_indexes(&attributes)
+        .ensure_api_indexes(&attributes, false)
         .await
         .unwrap();
     assert!(again.built.is_empty() && !again.skipped_busy, "{again:?}");
@@ -392,7 +409,7 @@ async fn indexed_attributes_use_their_own_indexes() {
         .unwrap();
     let rebuilt = db
         .store
-        .ensure_attribute_indexes(&attributes)
+        .ensure_api_indexes(&attributes, false)
         .await
         .unwrap();
     let names: Vec<&str> = rebuilt.built.iter().map(|(n, _)| n.as_str()).collect();
