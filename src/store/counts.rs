@@ -1,6 +1,6 @@
 //! The count rows of the events a batch inserts or the terminator deletes (`event_counts`,
 //! `event_value_counts`, `event_value_counts_10min`; sql/V4–V6), added up per batch by the store
-//! instead of by the insert and delete triggers (sql/V10, sql/V11, README "Performance"). The
+//! instead of by the insert and delete triggers (sql/V10, sql/V11, docs/performance-log.md). The
 //! keys are those of `event_count_keys` and `event_value_keys` in SQL: tests/it/store.rs compares
 //! the two after random batches, tests/it/terminator.rs after deletes beside ingestion.
 
@@ -417,7 +417,7 @@ impl<'a, F: ToSql + Sync + Copy + Ord> Columns<'a, F> {
     /// database's), but PostgreSQL's sort checks first whether its input is already sorted, and
     /// then returns at once: where the database sorts text bytewise, as Rust does (the C
     /// collation, which `LocalPostgres` uses), that saves about a quarter of the
-    /// subtraction's time (README "Performance").
+    /// subtraction's time (docs/performance-log.md).
     fn of(counts: &HashMap<(F, &'a str, i64, &'a str, &'a str), i64>) -> Result<Self, StoreError> {
         let mut sorted: Vec<_> = counts.iter().collect();
         sorted.sort_unstable_by_key(|(key, _)| **key);
