@@ -80,7 +80,9 @@ BIN=${EM_VALIDATE_BIN:-}
 setup_binary() {
     if [[ -z $BIN ]]; then
         need cargo "Rust" && cargo build --quiet --bin event-manager || return 1
-        BIN="$(pwd)/${CARGO_TARGET_DIR:-target}/debug/event-manager"
+        local target=${CARGO_TARGET_DIR:-target}
+        [[ $target == /* ]] || target="$(pwd)/$target"
+        BIN="$target/debug/event-manager"
     fi
     echo "  $("$BIN" --version)"
 }
