@@ -81,13 +81,9 @@ pub(super) fn countable<'a>(mut events: impl Iterator<Item = &'a DetectedEvent>)
 impl<'a> Counts<'a> {
     /// Adds one event's keys (its time after the origin, see [`countable`]).
     pub(super) fn add(&mut self, e: &'a DetectedEvent) {
-        let t = e.event_time.timestamp_micros();
         let attributes = e.properties.as_object().into_iter().flatten();
         self.add_binned(
-            Buckets {
-                minute: t.div_euclid(MINUTE) * MINUTE,
-                ten: t.div_euclid(TEN_MINUTES) * TEN_MINUTES,
-            },
+            Buckets::of(e.event_time),
             &e.event_type,
             &e.entity_type,
             attributes.map(|(name, value)| (name.as_str(), Occurrence::of(value))),
@@ -211,6 +207,18 @@ impl<'a> Counts<'a> {
 pub(super) struct Buckets {
     pub(super) minute: i64,
     pub(super) ten: i64,
+}
+
+impl Buckets {
+    /// The buckets of `t` counted from the Unix epoch, which are those of the database's
+    /// `date_bin` for times after the count origin (see [`countable`]).
+    fn of(t: DateTime<Utc>) -> Self {
+        let t = t.timestamp_micros();
+        Buckets {
+            minute: t.div_euclid(MINUTE) * MINUTE,
+            ten: t.div_euclid(TEN_MINUTES) * TEN_MINUTES,
+        }
+    }
 }
 
 /// How one top-level attribute of an event's properties is counted, besides by its name
@@ -554,11 +562,7 @@ mod tests {
         )));
         let mut from_value = Counts::default();
         from_value.add(e);
-        let t = e.event_time.timestamp_micros();
-        let buckets = Buckets {
-            minute: t.div_euclid(MINUTE) * MINUTE,
-            ten: t.div_euclid(TEN_MINUTES) * TEN_MINUTES,
-        };
+        let buckets = Buckets::of(e.event_time);
         let attributes: &CountedAttributes<'_> =
             Box::leak(Box::new(serde_json::from_str(text).unwrap()));
         let mut from_text = Counts::default();
