@@ -12,7 +12,8 @@
 //!
 //! `EM_BENCH_ONLY=<text>` runs only the scenarios whose name contains the text.
 //! `EM_BENCH_INDEXED_ATTRIBUTES=rare_attr,employee_id` gives those attributes their own indexes
-//! (`api.indexed_attributes`), built before the run.
+//! (`api.indexed_attributes`), built before the run; `EM_BENCH_INDEXED_VALUES` (default `status`,
+//! as `api.indexed_values`; empty for none) the index of their values only.
 //!
 //! `EM_BENCH_EVENTS=1000000 cargo bench --bench api`
 
@@ -267,11 +268,21 @@ async fn run() -> Result<(), BoxError> {
     store.migrate().await?;
     let end = Utc::now();
     seed(&url, n, per_hour, end).await?;
-    // Attributes with their own indexes (`api.indexed_attributes`), comma-separated.
+    // Attributes with their own indexes (`api.indexed_attributes`), and those with only the
+    // index of their values (`api.indexed_values`, default `status` as in a deployment),
+    // comma-separated.
     let indexed = event_manager::api::config::split_names(
         &std::env::var("EM_BENCH_INDEXED_ATTRIBUTES").unwrap_or_default(),
     );
-    for (index, took) in store.ensure_api_indexes(&indexed, false).await?.built {
+    let indexed_values = std::env::var("EM_BENCH_INDEXED_VALUES").map_or_else(
+        |_| ApiConfig::default().indexed_values,
+        |names| event_manager::api::config::split_names(&names),
+    );
+    for (index, took) in store
+        .ensure_api_indexes(&indexed, &indexed_values, false)
+        .await?
+        .built
+    {
         println!("  index {index} built in {took:.1?}");
     }
     // The steady state of a running EventDB, where autovacuum has visited the tables written
@@ -293,6 +304,7 @@ async fn run() -> Result<(), BoxError> {
     let registry = prometheus::Registry::new();
     let api_config = ApiConfig {
         indexed_attributes: indexed.clone(),
+        indexed_values: indexed_values.clone(),
         ..ApiConfig::default()
     };
     let query_slots = QuerySlots::new(&api_config, ApiQueryMetrics::register(&registry)?);
@@ -405,7 +417,7 @@ async fn run() -> Result<(), BoxError> {
     ];
     println!(
         "\n{n} events ({per_hour}/h), {concurrency} clients, {seconds}s per scenario, pool {pool_size}, \
-         indexed attributes {indexed:?}"
+         indexed attributes {indexed:?}, indexed values {indexed_values:?}"
     );
     println!(
         "{:<42} {:>9} {:>9} {:>9} {:>8} {:>12} {:>10}",

@@ -19,7 +19,8 @@
 //!    messages stored per second meanwhile and the consume-to-commit p99 of those sent
 //!    meanwhile;
 //! 5. the write ceiling: binary COPY of the event rows the pipeline stored into a fresh database
-//!    with the real schema (indexes and count triggers), in transactions of one batch's size.
+//!    with the real schema (indexes, the default settings' attribute indexes and count
+//!    triggers), in transactions of one batch's size.
 //!
 //! Prints two tables (the pipeline; the API under ingestion) and writes
 //! `target/bench/pipeline.json`: per workload the pipeline's figures and, from step 4,
@@ -39,8 +40,9 @@
 //!   window's total costs depends on where in its last minute the window ends;
 //! - `EM_BENCH_BIN`: the `event-manager` binary to run as the pipeline (default: this build's),
 //!   e.g. a copy built before a change, to compare both in one session;
-//! - `EM_BENCH_WRITE_VARIANTS=1`: the write ceiling also without the count triggers, and with the
-//!   GIN index on `properties` that `run` builds where lists may span more than a day (sql/V16);
+//! - `EM_BENCH_WRITE_VARIANTS=1`: the write ceiling also without the count triggers, with the
+//!   GIN index on `properties` that `run` builds where lists may span more than a day (sql/V16),
+//!   and without the value index of `status` that it builds by default (`api.indexed_values`);
 //! - `EM_PIPELINE__…`, `EM_DATABASE__…`: passed to the pipeline process (batch size 1000 and
 //!   linger 50 ms unless set). On the MockCluster the pipeline's consumer gets
 //!   `fetch.wait.max.ms` 10, as the bare consumer (see `MOCK_FETCH_WAIT_MS`).
@@ -1475,22 +1477,35 @@ struct EventRow {
     source_seq: i32,
 }
 
-/// How the write ceiling's schema is changed before the COPY.
-const WRITE_VARIANTS: &[(&str, &str)] = &[
-    ("schema", ""),
-    (
-        "no count triggers",
-        "ALTER TABLE events DISABLE TRIGGER USER",
-    ),
-    (
-        "with the GIN index of long windows",
-        "CREATE INDEX events_properties_keys_idx ON events USING gin (properties jsonb_ops)",
-    ),
-];
+/// How the write ceiling's schema is changed before the COPY: its name in the table and the JSON,
+/// and the SQL.
+fn write_variants() -> Vec<(&'static str, String)> {
+    vec![
+        ("schema", String::new()),
+        (
+            "no count triggers",
+            "ALTER TABLE events DISABLE TRIGGER USER".to_owned(),
+        ),
+        (
+            "with the GIN index of long windows",
+            "CREATE INDEX events_properties_keys_idx ON events USING gin (properties jsonb_ops)"
+                .to_owned(),
+        ),
+        (
+            "without the value index of status",
+            format!(
+                "DROP INDEX {}",
+                event_manager::store::attribute_indexes::value_index("status").name
+            ),
+        ),
+    ]
+}
 
 /// Rows per second a binary COPY writes the pipeline's event rows at, into a fresh database of
-/// the real schema changed by `alter`, in transactions of [`COPY_BATCH`] rows. The rows are
-/// repeated (with new ids and source offsets) up to `min_rows`.
+/// the real schema changed by `alter`, in transactions of [`COPY_BATCH`] rows. The real schema
+/// is the one `run` makes with the default settings: the migrations and the indexes of
+/// `api.indexed_attributes` and `api.indexed_values` (the value index of `status`). The rows
+/// are repeated (with new ids and source offsets) up to `min_rows`.
 async fn write_ceiling(
     admin: &tokio_postgres::Client,
     base_url: &str,
@@ -1506,6 +1521,11 @@ async fn write_ceiling(
     })
     .unwrap();
     store.migrate().await.unwrap();
+    let api = event_manager::config::ApiConfig::default();
+    store
+        .ensure_api_indexes(&api.indexed_attributes, &api.indexed_values, false)
+        .await
+        .unwrap();
     drop(store);
     let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
@@ -1707,16 +1727,16 @@ fn main() {
             let min_rows = if smoke { 1_000 } else { 50_000 };
             let mut writes = serde_json::Map::new();
             let mut write = f64::NAN;
-            for (name, alter) in WRITE_VARIANTS {
-                if !variants && !name.is_empty() && *name != "schema" {
+            for (name, alter) in write_variants() {
+                if !variants && name != "schema" {
                     continue;
                 }
-                let per_s = write_ceiling(&admin, &base_url, &rows, min_rows, alter).await;
+                let per_s = write_ceiling(&admin, &base_url, &rows, min_rows, &alter).await;
                 println!("  {}: write ceiling ({name}) {per_s:.0} rows/s", workload.name);
-                if *name == "schema" {
+                if name == "schema" {
                     write = per_s;
                 }
-                writes.insert((*name).to_owned(), json!(per_s.round()));
+                writes.insert(name.to_owned(), json!(per_s.round()));
             }
             let change_rate = p.events as f64 / n as f64;
             let ceiling = if change_rate > 0.0 {

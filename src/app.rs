@@ -163,16 +163,17 @@ impl App {
         }
     }
 
-    /// Builds the missing indexes of `api.indexed_attributes`, and the GIN index on
-    /// `properties` where `api.events_list_max_period_hours` allows lists longer than a day, in
-    /// the background: the API and the pipeline do not wait, and queries use each index once it
-    /// is valid.
+    /// Builds the missing indexes of `api.indexed_attributes` and `api.indexed_values`, and the
+    /// GIN index on `properties` where `api.events_list_max_period_hours` allows lists longer
+    /// than a day, in the background: the API and the pipeline do not wait, and queries use
+    /// each index once it is valid.
     pub fn build_attribute_indexes(&self, shutdown: &CancellationToken) {
         let attributes = self.config.api.indexed_attributes.clone();
+        let values = self.config.api.indexed_values.clone();
         let properties_index = crate::store::attribute_indexes::properties_index_needed(
             self.config.api.events_list_max_period_hours,
         );
-        if attributes.is_empty() && !properties_index {
+        if attributes.is_empty() && values.is_empty() && !properties_index {
             return;
         }
         let store = self.store.clone();
@@ -180,7 +181,7 @@ impl App {
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                result = store.ensure_api_indexes(&attributes, properties_index) => match result {
+                result = store.ensure_api_indexes(&attributes, &values, properties_index) => match result {
                     Ok(report) => {
                         for (index, took) in report.built {
                             tracing::info!(%index, ?took, "index built");

@@ -46,9 +46,17 @@ pub struct ApiConfig {
     /// (`EM_API__INDEXED_ATTRIBUTES=employee_id,referral_id`).
     #[serde(deserialize_with = "names")]
     pub indexed_attributes: Vec<String>,
+    /// Attributes whose `new_value` filter gets its own partial B-tree index on `events` (by
+    /// new value and time), built like those of `indexed_attributes` (which get this index
+    /// too): for an attribute in most events whose single values are looked up, where a rare
+    /// value would otherwise mean reading much of the window. Default `["status"]`, the
+    /// attribute the producers' status changes are about; an empty list (`EM_API__INDEXED_VALUES=`)
+    /// builds none.
+    #[serde(deserialize_with = "names")]
+    pub indexed_values: Vec<String>,
     /// Events API queries (lists and single events) run at once by this process; more wait
     /// in turn, so that when the cores are busy the EventDB's CPU goes to ingestion first.
-    /// Unset: the cores this process may use ([`ApiConfig::query_slots`]).
+    /// Unset: half the cores this process may use, at least one ([`ApiConfig::query_slots`]).
     pub max_concurrent_queries: Option<u32>,
     /// Longest wait of a query for its turn; past it the request is answered 503 with
     /// `Retry-After`.
@@ -61,7 +69,7 @@ pub(crate) const MAX_CONCURRENT_QUERIES: u32 = 1024;
 /// Longest `api.query_queue_timeout`.
 pub(crate) const MAX_QUERY_QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Longest name accepted in `api.indexed_attributes`.
+/// Longest name accepted in `api.indexed_attributes` and `api.indexed_values`.
 pub(crate) const MAX_INDEXED_ATTRIBUTE_LEN: usize = 64;
 
 /// A list of names, or one string of comma-separated names (as environment variables give it).
@@ -79,7 +87,7 @@ fn names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
 }
 
 /// The names of a comma-separated list, trimmed, empty ones left out: how an environment
-/// variable gives `api.indexed_attributes`.
+/// variable gives `api.indexed_attributes` and `api.indexed_values`.
 pub fn split_names(text: &str) -> Vec<String> {
     text.split(',')
         .map(str::trim)
@@ -95,6 +103,7 @@ impl Default for ApiConfig {
             default_page_size: 50,
             max_page_size: 500,
             indexed_attributes: Vec::new(),
+            indexed_values: vec!["status".to_owned()],
             max_concurrent_queries: None,
             query_queue_timeout: Duration::from_secs(5),
         }
@@ -135,52 +144,63 @@ impl ApiConfig {
                 "must be more than 0s and at most 60s",
             ));
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for name in &self.indexed_attributes {
-            let valid = (1..=MAX_INDEXED_ATTRIBUTE_LEN).contains(&name.len())
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
-            if !valid {
-                return Err(invalid(
-                    "api.indexed_attributes",
-                    format!(
-                        "{name:?} is not an attribute name: 1 to {MAX_INDEXED_ATTRIBUTE_LEN} \
-                         ASCII letters, digits, '_', '-', '.' or ':'"
-                    ),
-                ));
-            }
-            if !seen.insert(name) {
-                return Err(invalid(
-                    "api.indexed_attributes",
-                    format!("{name:?} is listed twice"),
-                ));
-            }
-        }
-        Ok(())
+        attribute_names("api.indexed_attributes", &self.indexed_attributes)?;
+        attribute_names("api.indexed_values", &self.indexed_values)
     }
 
-    /// How many queries may run at once: `api.max_concurrent_queries`, or as many as this
-    /// process has cores. Then, when the API and the pipeline share a machine with the
-    /// EventDB, the API's busy backends never outnumber the cores, and ingestion's backends
-    /// get their share of the CPU instead of one in five (measured with eight API backends:
-    /// commit p99 30 s at half the maximum rate; README "Performance").
+    /// How many queries may run at once: `api.max_concurrent_queries`, or half as many as
+    /// this process has cores, at least one. Then, when the API and the pipeline share a
+    /// machine with the EventDB, the API's busy backends take at most half its CPU and
+    /// ingestion keeps the rest (measured with eight API backends on 2 cores: commit p99 30 s
+    /// at half the maximum rate; with two, ingestion fell to 80 % of that rate; with one it
+    /// kept it; docs/performance-log.md).
     pub fn query_slots(&self) -> usize {
         match self.max_concurrent_queries {
             Some(n) => n as usize,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         }
     }
 
-    /// Whether `name` has its own indexes (`api.indexed_attributes`).
+    /// Whether `name` has its own index by time (`api.indexed_attributes`), for the
+    /// `attribute_name` filter alone.
     pub(crate) fn is_indexed(&self, name: &str) -> bool {
         self.indexed_attributes.iter().any(|a| a == name)
+    }
+
+    /// Whether `name` has its own index by new value and time (`api.indexed_values` or
+    /// `api.indexed_attributes`), for the `attribute_name` + `new_value` filter.
+    pub(crate) fn is_value_indexed(&self, name: &str) -> bool {
+        self.is_indexed(name) || self.indexed_values.iter().any(|a| a == name)
     }
 
     /// The longest list period.
     pub(crate) fn max_period(&self) -> chrono::Duration {
         chrono::Duration::hours(i64::from(self.events_list_max_period_hours))
     }
+}
+
+/// Checks the attribute names of the list under `key`: each a name an index can carry, once.
+fn attribute_names(key: &str, names: &[String]) -> Result<(), ConfigError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        let valid = (1..=MAX_INDEXED_ATTRIBUTE_LEN).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+        if !valid {
+            return Err(invalid(
+                key,
+                format!(
+                    "{name:?} is not an attribute name: 1 to {MAX_INDEXED_ATTRIBUTE_LEN} \
+                     ASCII letters, digits, '_', '-', '.' or ':'"
+                ),
+            ));
+        }
+        if !seen.insert(name) {
+            return Err(invalid(key, format!("{name:?} is listed twice")));
+        }
+    }
+    Ok(())
 }
 
 /// Bearer-token (JWT) settings. At least one key must be configured for the API to start,
@@ -354,7 +374,8 @@ mod tests {
 
     #[test]
     fn query_slots_are_bounded() {
-        assert!(ApiConfig::default().query_slots() >= 1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(ApiConfig::default().query_slots(), (cores / 2).max(1));
         let parse = |toml_text: &str| -> ApiConfig { toml::from_str(toml_text).unwrap() };
         let api = parse("max_concurrent_queries = 3\nquery_queue_timeout = \"250ms\"");
         api.validate().unwrap();
@@ -381,8 +402,17 @@ mod tests {
         assert_eq!(list.indexed_attributes, ["employee_id", "referral.id"]);
         list.validate().unwrap();
         assert!(list.is_indexed("referral.id") && !list.is_indexed("status"));
+        // An indexed attribute has the value index too; `status` has only that one by default.
+        assert!(list.is_value_indexed("referral.id") && list.is_value_indexed("status"));
         let text = parse(r#"indexed_attributes = "employee_id, referral.id,""#);
         assert_eq!(text.indexed_attributes, list.indexed_attributes);
+        // As the environment gives them: an empty value builds no value index.
+        let none = parse(r#"indexed_values = """#);
+        none.validate().unwrap();
+        assert!(none.indexed_values.is_empty() && !none.is_value_indexed("status"));
+        let values = parse(r#"indexed_values = "status,priority""#);
+        values.validate().unwrap();
+        assert!(values.is_value_indexed("priority") && !values.is_indexed("priority"));
         for bad in [
             vec!["it's".to_owned()],
             vec![String::new()],
@@ -396,6 +426,12 @@ mod tests {
             };
             let e = api.validate().unwrap_err().to_string();
             assert!(e.contains("api.indexed_attributes"), "{bad:?}: {e}");
+            let api = ApiConfig {
+                indexed_values: bad.clone(),
+                ..ApiConfig::default()
+            };
+            let e = api.validate().unwrap_err().to_string();
+            assert!(e.contains("api.indexed_values"), "{bad:?}: {e}");
         }
     }
 

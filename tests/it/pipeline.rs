@@ -438,8 +438,9 @@ async fn ten_thousand_messages_over_six_partitions_give_exactly_the_expected_row
     let total: usize = stream.iter().map(Vec::len).sum();
     produce_all(&s.producer(), &s.topic, &stream).await;
 
-    // The captured identifier gets its own indexes, and lists of up to two days the GIN index
-    // on `properties`, built in the background while the pipeline ingests (as `run` does).
+    // The captured identifier gets its own indexes, lists of up to two days the GIN index on
+    // `properties`, and `status` the index of its values (`api.indexed_values`' default), built
+    // in the background while the pipeline ingests (as `run` does).
     let mut config = s.config(&s.db.url);
     config.api.indexed_attributes = vec!["employee_id".into()];
     config.api.events_list_max_period_hours = 48;
@@ -452,6 +453,9 @@ async fn ten_thousand_messages_over_six_partitions_give_exactly_the_expected_row
     let mut indexes =
         event_manager::store::attribute_indexes::attribute_indexes("employee_id").to_vec();
     indexes.push(event_manager::store::attribute_indexes::properties_index());
+    indexes.push(event_manager::store::attribute_indexes::value_index(
+        "status",
+    ));
     wait_for(Duration::from_secs(60), || async {
         let mut valid = 0;
         for index in &indexes {
@@ -465,7 +469,7 @@ async fn ten_thousand_messages_over_six_partitions_give_exactly_the_expected_row
             )
             .await;
         }
-        valid == 3
+        valid == 4
     })
     .await;
     running.stop().await;

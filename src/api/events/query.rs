@@ -193,10 +193,9 @@ pub fn parse_query(
             to,
             event_type: get("event_type").map(str::to_owned),
             entity_type: get("entity_type").map(str::to_owned),
-            attribute_indexed: attribute.as_ref().is_some_and(|a| {
-                config.is_indexed(match a {
-                    AttributeFilter::Exists(name) | AttributeFilter::NewValue { name, .. } => name,
-                })
+            attribute_indexed: attribute.as_ref().is_some_and(|a| match a {
+                AttributeFilter::Exists(name) => config.is_indexed(name),
+                AttributeFilter::NewValue { name, .. } => config.is_value_indexed(name),
             }),
             attribute,
             page,

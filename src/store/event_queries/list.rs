@@ -407,7 +407,8 @@ mod tests {
 
     #[test]
     fn sql_uses_numbered_parameters_only() {
-        let q = parse("event_type=a&entity_type=b&attribute_name=status&new_value=x'--").unwrap();
+        // (`priority`: not indexed, as `status`'s values are by default.)
+        let q = parse("event_type=a&entity_type=b&attribute_name=priority&new_value=x'--").unwrap();
         let sql = list_sql(&q, vec!["Hidden".into()]);
         assert!(
             sql.list.contains("jsonb_contains(properties, $5::jsonb)"),
@@ -485,7 +486,7 @@ mod tests {
         // minutes at the ends of a counted total are few rows, checked row by row.
         for (query, list, count) in [
             (
-                "attribute_name=status&new_value=x",
+                "attribute_name=priority&new_value=x",
                 "properties @> $3::jsonb",
                 "properties @> $3::jsonb",
             ),
@@ -577,11 +578,32 @@ mod tests {
             "{}",
             sql.list
         );
-        // Other attributes are unchanged.
+        // `status`, of `api.indexed_values` by default, has only its value index: alone, the
+        // attribute is checked row by row in time order; with a value, named as a literal.
         let q = parse("attribute_name=status");
         assert!(!q.attribute_indexed);
         assert!(list_sql(&q, Vec::new())
             .list
             .contains("jsonb_exists(properties, $3)"));
+        let q = parse("attribute_name=status&new_value=APPROVED");
+        assert!(q.attribute_indexed);
+        assert!(list_sql(&q, Vec::new())
+            .list
+            .contains("AND properties -> 'status' -> 'new_value' = $4::jsonb ORDER BY"));
+        // Without it, as any other attribute.
+        let config = ApiConfig {
+            indexed_values: Vec::new(),
+            ..ApiConfig::default()
+        };
+        let q = parse_query(
+            Some("attribute_name=status&new_value=APPROVED"),
+            now(),
+            &config,
+        )
+        .unwrap();
+        assert!(!q.attribute_indexed);
+        assert!(list_sql(&q, Vec::new())
+            .list
+            .contains("jsonb_contains(properties, $3::jsonb)"));
     }
 }

@@ -40,7 +40,9 @@ pub struct EventsQuery {
     pub entity_type: Option<String>,
     /// `attribute_name` / `new_value` filter.
     pub attribute: Option<AttributeFilter>,
-    /// Whether the filtered attribute has its own indexes (`api.indexed_attributes`).
+    /// Whether the attribute filter has an index of its own: for `attribute_name` alone, one
+    /// by time (`api.indexed_attributes`); with `new_value`, one by new value and time
+    /// (`api.indexed_values` too; `store::attribute_indexes`).
     pub attribute_indexed: bool,
     /// 1-based page number.
     pub page: u32,

@@ -6,7 +6,7 @@ use event_manager::api::events::parse_query;
 use event_manager::config::ApiConfig;
 use event_manager::store::event_queries::{list_sql, ListSql, API_SESSION_SETTINGS};
 
-use event_manager::store::attribute_indexes::properties_index_needed;
+use event_manager::store::attribute_indexes::{properties_index_needed, value_index};
 
 use crate::support::fresh_database;
 
@@ -158,8 +158,10 @@ async fn every_filter_combination_uses_an_index() {
     // `properties` (`jsonb_ops`, which serves both `?` and `@>`); the total comes from the
     // counts of V4, or for a value from the same GIN index. Only such periods use it, so V16
     // dropped it and `run` builds it where the configuration allows them.
+    // (Without the default value index of `status`, which would serve its values instead.)
     let config = ApiConfig {
         events_list_max_period_hours: 24 * 366,
+        indexed_values: Vec::new(),
         ..ApiConfig::default()
     };
     assert!(properties_index_needed(config.events_list_max_period_hours));
@@ -171,10 +173,10 @@ async fn every_filter_combination_uses_an_index() {
     let rare = format!("{year}&attribute_name=rare_attr");
     let (list, _) = plans(&client, &rare, &config).await;
     assert!(!list.contains("events_properties_"), "{rare}:\n{list}");
-    let report = db.store.ensure_api_indexes(&[], true).await.unwrap();
+    let report = db.store.ensure_api_indexes(&[], &[], true).await.unwrap();
     let built: Vec<&str> = report.built.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(built, ["events_properties_keys_idx"]);
-    let again = db.store.ensure_api_indexes(&[], true).await.unwrap();
+    let again = db.store.ensure_api_indexes(&[], &[], true).await.unwrap();
     assert!(again.built.is_empty(), "{again:?}");
     client.batch_execute("ANALYZE events").await.unwrap();
     for (filter, index) in [
@@ -338,7 +340,7 @@ async fn indexed_attributes_use_their_own_indexes() {
     }
     let report = db
         .store
-        .ensure_api_indexes(&attributes, false)
+        .ensure_api_indexes(&attributes, &[], false)
         .await
         .unwrap();
     assert_eq!(report.built.len(), 4, "{report:?}");
@@ -396,7 +398,7 @@ async fn indexed_attributes_use_their_own_indexes() {
     // Built once; an index left invalid by an interrupted build is built again.
     let again = db
         .store
-        .ensure_api_indexes(&attributes, false)
+        .ensure_api_indexes(&attributes, &[], false)
         .await
         .unwrap();
     assert!(again.built.is_empty() && !again.skipped_busy, "{again:?}");
@@ -409,9 +411,41 @@ async fn indexed_attributes_use_their_own_indexes() {
         .unwrap();
     let rebuilt = db
         .store
-        .ensure_api_indexes(&attributes, false)
+        .ensure_api_indexes(&attributes, &[], false)
         .await
         .unwrap();
     let names: Vec<&str> = rebuilt.built.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, [rare_value.as_str()]);
+}
+
+/// By default `status` has the index of its values (`api.indexed_values`) and no other: a
+/// value's page reads that index, `attribute_name=status` alone the time range.
+#[tokio::test]
+async fn status_values_are_indexed_by_default() {
+    let db = fresh_database().await;
+    let client = db.client().await;
+    client.batch_execute(SEED).await.unwrap();
+    let config = ApiConfig::default();
+    let report = db
+        .store
+        .ensure_api_indexes(&config.indexed_attributes, &config.indexed_values, false)
+        .await
+        .unwrap();
+    let value = value_index("status").name;
+    let built: Vec<&str> = report.built.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(built, [value.as_str()]);
+    client.batch_execute("VACUUM ANALYZE events").await.unwrap();
+    let window = "date=2024-01-10T10:00:00Z&date_to=2024-01-10T11:00:00Z";
+    for (filter, index) in [
+        ("&attribute_name=status&new_value=APPROVED", value.as_str()),
+        ("&attribute_name=status", "events_event_time_idx"),
+    ] {
+        let query = format!("{window}{filter}");
+        let (list, count) = generic_plans(&client, &query, &config).await;
+        for plan in [&list, &count] {
+            assert!(!plan.contains("Seq Scan on events"), "{query}:\n{plan}");
+        }
+        assert!(list.contains(index), "{query}:\n{list}");
+        assert!(!list.contains("Sort"), "{query}:\n{list}");
+    }
 }
