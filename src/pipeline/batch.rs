@@ -136,6 +136,38 @@ impl Batch {
 }
 
 impl Batch {
+    /// The batch without the partitions of `rewound` (their fences, dead letters, messages and
+    /// the entities only those touch), or `None` when nothing is left: it was selected against
+    /// positions a fenced batch did not reach, and the partitions are read again from their
+    /// stored positions.
+    pub(super) fn without(mut self, rewound: &[OffsetFence]) -> Option<Batch> {
+        if rewound.is_empty() {
+            return Some(self);
+        }
+        let kept = |topic: &str, partition: i32| {
+            !rewound
+                .iter()
+                .any(|f| f.topic == topic && f.partition == partition)
+        };
+        self.fences.retain(|f| kept(&f.topic, f.partition));
+        if self.fences.is_empty() {
+            return None;
+        }
+        self.letters
+            .retain(|l| kept(&l.message.topic, l.message.partition));
+        // `pending` indexes `selected`; look-ups are resolved before a batch is stored.
+        debug_assert!(self.pending.is_empty());
+        self.selected
+            .retain(|s| kept(&s.source.topic, s.source.partition));
+        self.entities = self
+            .selected
+            .iter()
+            .flat_map(|s| &s.observations)
+            .map(|o| (o.entity_type.to_string(), o.entity_id.clone()))
+            .collect();
+        Some(self)
+    }
+
     /// Splits the batch by partition into at most `parts` batches of about equal size (by
     /// selected messages), each with its partitions' fences, dead letters, messages and
     /// entities: each can be stored in a transaction of its own. An entity seen in several of
@@ -475,5 +507,30 @@ mod tests {
         assert_eq!(entities(&parts[1]), ["e", "shared"]);
         // Never more parts than partitions.
         assert_eq!(select(8).len(), 3);
+
+        // Without a rewound partition: the others whole, the entities only it touched gone.
+        let rewound = |partitions: &[i32]| -> Vec<OffsetFence> {
+            partitions
+                .iter()
+                .map(|&partition| OffsetFence {
+                    topic: "t".into(),
+                    partition,
+                    expected: Some(0),
+                    next: 0,
+                })
+                .collect()
+        };
+        let all = || select(1).remove(0);
+        let kept = all().without(&rewound(&[0])).unwrap();
+        assert_eq!(partitions(&kept), [1, 2]);
+        assert_eq!(kept.selected.len(), 2);
+        assert_eq!(kept.letters.len(), 1);
+        assert_eq!(entities(&kept), ["e", "shared"]);
+        let kept = all().without(&rewound(&[1])).unwrap();
+        assert_eq!(partitions(&kept), [0, 2]);
+        assert!(kept.letters.is_empty());
+        assert_eq!(entities(&kept), ["a", "c", "e", "shared"]);
+        assert_eq!(all().without(&[]).unwrap().selected.len(), 5);
+        assert!(all().without(&rewound(&[0, 1, 2])).is_none());
     }
 }

@@ -125,7 +125,9 @@ impl ConsumerLoop {
     /// newer one holds its entity locks and checks its fences once the newer one has committed
     /// (docs/architecture.md, "Exactly once"). Only a batch of one transaction is stored
     /// behind one of one transaction (one busy partition), and only where
-    /// `pipeline.store_concurrency` allows two at once; otherwise it waits for the newer one.
+    /// `pipeline.store_concurrency` allows two at once; otherwise it is selected against the
+    /// same positions while the newer one is stored, and stored once that one has ended,
+    /// without the partitions it rewound.
     pub(super) fn run(self) {
         let mut last_check = Instant::now();
         let this = &self;
@@ -160,16 +162,24 @@ impl ConsumerLoop {
                     .collect::<std::collections::HashSet<_>>()
                     .len()
                     .min(self.store_concurrency);
-                if newer
+                let started = Instant::now();
+                let prepared = if newer
                     .as_ref()
                     .is_some_and(|b| b.handles.len() + parts > self.store_concurrency.min(2))
                 {
-                    self.after_store(newer.take(), &mut messages);
-                }
-                let started = Instant::now();
+                    // Selected while that one is stored, against the positions it moves to,
+                    // then stored once it has ended: without the partitions it rewound.
+                    let in_flight = newer.take();
+                    let ahead = in_flight.as_ref().map(|b| b.fences.clone());
+                    let batch = self.prepare(messages, &ahead.unwrap_or_default());
+                    let rewound = self.after_store(in_flight, &mut Vec::new());
+                    batch.and_then(|b| b.without(&rewound))
+                } else {
+                    let ahead = newer.as_ref().map(|b| b.fences.as_slice());
+                    self.prepare(messages, ahead.unwrap_or_default())
+                };
                 let before = newer.take();
-                let ahead = before.as_ref().map(|b| b.fences.as_slice());
-                if let Some(batch) = self.prepare(messages, ahead.unwrap_or_default()) {
+                if let Some(batch) = prepared {
                     let fences = batch.fences.clone();
                     let parts = batch.split(self.store_concurrency);
                     let flight = Flight::new();
@@ -199,10 +209,14 @@ impl ConsumerLoop {
     /// Waits for the previous batch's transactions. The messages collected meanwhile from
     /// partitions they rewound are dropped and those partitions sought to their stored positions
     /// again: some of the messages were read before the first seek, from where the fenced batch
-    /// had left off.
-    fn after_store(&self, in_flight: Option<InFlight<'_>>, messages: &mut Vec<Message>) {
+    /// had left off. Returns the fences of the partitions rewound.
+    fn after_store(
+        &self,
+        in_flight: Option<InFlight<'_>>,
+        messages: &mut Vec<Message>,
+    ) -> Vec<OffsetFence> {
         let Some(in_flight) = in_flight else {
-            return;
+            return Vec::new();
         };
         let mut rewound = Vec::new();
         for handle in in_flight.handles {
@@ -225,7 +239,7 @@ impl ConsumerLoop {
             }
         }
         if rewound.is_empty() {
-            return;
+            return rewound;
         }
         messages.retain(|m| {
             !rewound
@@ -233,6 +247,7 @@ impl ConsumerLoop {
                 .any(|f| f.topic == m.topic && f.partition == m.partition)
         });
         self.member.rewind(&rewound);
+        rewound
     }
 
     /// Selects and decodes a batch and looks up the statuses it announces; `None` when nothing
