@@ -13,7 +13,8 @@
 //! `EM_BENCH_ONLY=<text>` runs only the scenarios whose name contains the text.
 //! `EM_BENCH_INDEXED_ATTRIBUTES=rare_attr,employee_id` gives those attributes their own indexes
 //! (`api.indexed_attributes`), built before the run; `EM_BENCH_INDEXED_VALUES` (default `status`,
-//! as `api.indexed_values`; empty for none) the index of their values only.
+//! as `api.indexed_values`; empty for none) the index of their values only. The server has a
+//! query slot per core (`api.max_concurrent_queries`): nothing else runs beside it.
 //!
 //! `EM_BENCH_EVENTS=1000000 cargo bench --bench api`
 
@@ -302,9 +303,13 @@ async fn run() -> Result<(), BoxError> {
         ..AuthConfig::default()
     };
     let registry = prometheus::Registry::new();
+    // A query slot per core: the API alone, with no ingestion to leave half of them to
+    // (`api.max_concurrent_queries`' default), as its figures before that default were taken.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let api_config = ApiConfig {
         indexed_attributes: indexed.clone(),
         indexed_values: indexed_values.clone(),
+        max_concurrent_queries: Some(cores as u32),
         ..ApiConfig::default()
     };
     let query_slots = QuerySlots::new(&api_config, ApiQueryMetrics::register(&registry)?);

@@ -50,8 +50,8 @@ pub struct ApiConfig {
     /// new value and time), built like those of `indexed_attributes` (which get this index
     /// too): for an attribute in most events whose single values are looked up, where a rare
     /// value would otherwise mean reading much of the window. Default `["status"]`, the
-    /// attribute the producers' status changes are about; an empty list (`EM_API__INDEXED_VALUES=`)
-    /// builds none.
+    /// attribute the producers' status changes are about; an empty list
+    /// (`EM_API__INDEXED_VALUES=`) builds none.
     #[serde(deserialize_with = "names")]
     pub indexed_values: Vec<String>,
     /// Events API queries (lists and single events) run at once by this process; more wait
@@ -152,8 +152,8 @@ impl ApiConfig {
     /// this process has cores, at least one. Then, when the API and the pipeline share a
     /// machine with the EventDB, the API's busy backends take at most half its CPU and
     /// ingestion keeps the rest (measured with eight API backends on 2 cores: commit p99 30 s
-    /// at half the maximum rate; with two, ingestion fell to 80 % of that rate; with one it
-    /// kept it; docs/performance-log.md).
+    /// at half the maximum rate; with two and `status`'s values indexed, ingestion fell to
+    /// 80 % of that rate; with one it kept it; docs/performance-log.md).
     pub fn query_slots(&self) -> usize {
         match self.max_concurrent_queries {
             Some(n) => n as usize,

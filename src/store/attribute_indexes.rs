@@ -16,8 +16,8 @@
 //!
 //! An attribute of `api.indexed_values` (default `status`) gets only the second: it is in most
 //! events, so `attribute_name` alone finds its rows at once in time order, but one of its
-//! values may be rare among them (measured under the pipeline bench's mixed ingestion:
-//! `status=APPROVED` pages read ~4 500 buffers, 10 ms, in time order; through the index a few).
+//! values may be rare among them (under the pipeline bench's mixed ingestion `status=APPROVED`
+//! pages read ~4 500 buffers, 10 ms, in time order, and every request queued behind them).
 //! One index, not two, is what each such event costs ingestion (docs/performance-log.md).
 //!
 //! The list query names such an attribute as a literal (`jsonb_exists(properties, 'name')`),
