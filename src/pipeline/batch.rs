@@ -135,6 +135,13 @@ impl Batch {
     }
 }
 
+/// Whether one of `fences` is that of `topic`'s `partition`.
+pub(super) fn fenced(fences: &[OffsetFence], topic: &str, partition: i32) -> bool {
+    fences
+        .iter()
+        .any(|f| f.topic == topic && f.partition == partition)
+}
+
 impl Batch {
     /// The batch without the partitions of `rewound` (their fences, dead letters, messages and
     /// the entities only those touch), or `None` when nothing is left: it was selected against
@@ -144,11 +151,7 @@ impl Batch {
         if rewound.is_empty() {
             return Some(self);
         }
-        let kept = |topic: &str, partition: i32| {
-            !rewound
-                .iter()
-                .any(|f| f.topic == topic && f.partition == partition)
-        };
+        let kept = |topic: &str, partition: i32| !fenced(rewound, topic, partition);
         self.fences.retain(|f| kept(&f.topic, f.partition));
         if self.fences.is_empty() {
             return None;

@@ -163,16 +163,13 @@ impl ConsumerLoop {
                     .len()
                     .min(self.store_concurrency);
                 let started = Instant::now();
-                let prepared = if newer
-                    .as_ref()
-                    .is_some_and(|b| b.handles.len() + parts > self.store_concurrency.min(2))
+                let prepared = if let Some(in_flight) =
+                    newer.take_if(|b| b.handles.len() + parts > self.store_concurrency.min(2))
                 {
                     // Selected while that one is stored, against the positions it moves to,
                     // then stored once it has ended: without the partitions it rewound.
-                    let in_flight = newer.take();
-                    let ahead = in_flight.as_ref().map(|b| b.fences.clone());
-                    let batch = self.prepare(messages, &ahead.unwrap_or_default());
-                    let rewound = self.after_store(in_flight, &mut Vec::new());
+                    let batch = self.prepare(messages, &in_flight.fences);
+                    let rewound = self.after_store(Some(in_flight), &mut Vec::new());
                     batch.and_then(|b| b.without(&rewound))
                 } else {
                     let ahead = newer.as_ref().map(|b| b.fences.as_slice());
@@ -241,11 +238,7 @@ impl ConsumerLoop {
         if rewound.is_empty() {
             return rewound;
         }
-        messages.retain(|m| {
-            !rewound
-                .iter()
-                .any(|f| f.topic == m.topic && f.partition == m.partition)
-        });
+        messages.retain(|m| !batch::fenced(&rewound, &m.topic, m.partition));
         self.member.rewind(&rewound);
         rewound
     }

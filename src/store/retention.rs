@@ -62,9 +62,9 @@ const STALE: &str = "s.updated_at < $1 AND NOT EXISTS ( \
 /// One batch of the terminator's deletes, `{after}` the keyset condition of every batch but the
 /// first. Keyset cursor: each batch starts after the last row of the previous one instead of
 /// re-walking index entries of rows already deleted but not yet vacuumed. The rows are found on
-/// the primary key, ids below `$1` in order, and deleted by ctid (a TID scan, whatever the planner thinks of
-/// the batch size); ctids are stable here because events are never updated and a row visible to
-/// this statement cannot be vacuumed under it.
+/// the primary key, ids below `$1` in order, and deleted by ctid (a TID scan, whatever the
+/// planner thinks of the batch size); ctids are stable here because events are never updated
+/// and a row visible to this statement cannot be vacuumed under it.
 ///
 /// One row per row deleted (`gone`; a row another session deleted first is not among them),
 /// each with the batch's size and last position, and the deleted row's count keys' parts: its
