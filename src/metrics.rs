@@ -28,8 +28,12 @@ pub struct PipelineMetrics {
     pub events_stored: IntCounterVec,
     /// Batch processing time (decode to database commit), seconds.
     pub batch_duration: Histogram,
-    /// Batches by result (committed, fenced, retried).
+    /// Batches by result (committed, fenced, retried, and rolled back to be stored again at
+    /// once: predecessor_failed, handover_stale, state_moved).
     pub batches: IntCounterVec,
+    /// Entities of committed batches by where their state came from: `recalled` from the
+    /// state cache, `read` (locked and read) from the EventDB.
+    pub state_cache_entities: IntCounterVec,
     /// Consumer lag in messages, by topic and partition.
     pub consumer_lag: IntGaugeVec,
     /// Partitions currently assigned to this process.
@@ -97,6 +101,11 @@ impl PipelineMetrics {
                 "event_manager_batches_total",
                 "Batches by result.",
                 &["result"],
+            )?,
+            state_cache_entities: counter(
+                "event_manager_state_cache_entities_total",
+                "Entities of committed batches by where their state came from (recalled, read).",
+                &["source"],
             )?,
             status_lookups: counter(
                 "event_manager_status_lookups_total",

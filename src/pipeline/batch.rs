@@ -135,6 +135,32 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// The one partition each of `entities` was read from in this batch; `None` for one read
+    /// from several (the state cache remembers an entity per partition).
+    pub(super) fn partitions_of(&self, entities: &[(String, String)]) -> Vec<Option<Tp>> {
+        let mut seen: HashMap<(&str, &str), Option<(&str, i32)>> = HashMap::new();
+        for item in &self.selected {
+            let here = (item.source.topic.as_str(), item.source.partition);
+            for o in &item.observations {
+                let slot = seen
+                    .entry((&*o.entity_type, o.entity_id.as_str()))
+                    .or_insert(Some(here));
+                if *slot != Some(here) {
+                    *slot = None;
+                }
+            }
+        }
+        entities
+            .iter()
+            .map(|(t, id)| {
+                let (topic, partition) = seen.get(&(t.as_str(), id.as_str())).copied()??;
+                Some((topic.to_owned(), partition))
+            })
+            .collect()
+    }
+}
+
 /// Whether one of `fences` is that of `topic`'s `partition`.
 pub(super) fn fenced(fences: &[OffsetFence], topic: &str, partition: i32) -> bool {
     fences

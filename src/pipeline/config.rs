@@ -19,6 +19,10 @@ pub struct PipelineConfig {
     /// Most transactions one batch is stored in at once: a batch of several partitions is
     /// split by partition into up to this many, each with its own connection and offsets.
     pub store_concurrency: usize,
+    /// Most entities whose state the consumer remembers between batches, over all its
+    /// partitions; `0` reads every entity's state from the EventDB in every batch
+    /// (docs/architecture.md, "The state cache").
+    pub state_cache_entities: usize,
     /// Directory of topic rule files (`*.toml`).
     pub topics_dir: PathBuf,
     /// How long shutdown may take before the process exits anyway.
@@ -35,6 +39,7 @@ impl Default for PipelineConfig {
             batch_size: 1000,
             batch_linger: Duration::from_millis(100),
             store_concurrency: 2,
+            state_cache_entities: 50_000,
             topics_dir: PathBuf::from("topics"),
             shutdown_grace: Duration::from_secs(30),
             max_retry_backoff: Duration::from_secs(10),
@@ -55,6 +60,12 @@ impl PipelineConfig {
             return Err(ConfigError::invalid(
                 "pipeline.store_concurrency",
                 "must be between 1 and 64",
+            ));
+        }
+        if self.state_cache_entities > 10_000_000 {
+            return Err(ConfigError::invalid(
+                "pipeline.state_cache_entities",
+                "must be at most 10000000",
             ));
         }
         if self.batch_linger > Duration::from_secs(60) {

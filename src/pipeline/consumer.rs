@@ -24,7 +24,10 @@ use super::{PipelineError, PipelineSettings};
 use crate::detect::{detect_batch, Outcome};
 use crate::kafka::{self, Role};
 use crate::retry::RetryPolicy;
-use crate::store::{BatchChanges, EventStore, Handover, NewEvent, OffsetFence, StoreError, Turn};
+use crate::store::{
+    BatchChanges, CacheUse, EventStore, Handover, NewEvent, OffsetFence, StateCache, StoreError,
+    Turn,
+};
 
 /// How often an idle consumer checks whether its stored positions were moved (by `replay`).
 const POSITION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -96,8 +99,14 @@ pub(super) fn build(
         retry.clone(),
         instruments.clone(),
     );
-    let member =
-        GroupMember::subscribe(&config.kafka, connection, offsets, &rules.subscriptions())?;
+    let cache = Arc::new(StateCache::new(config.pipeline.state_cache_entities));
+    let member = GroupMember::subscribe(
+        &config.kafka,
+        connection,
+        offsets,
+        &rules.subscriptions(),
+        cache,
+    )?;
     Ok(ConsumerLoop {
         member,
         producer,
@@ -279,6 +288,7 @@ impl ConsumerLoop {
     ) -> Stored {
         let entities: Vec<(String, String)> =
             std::mem::take(&mut batch.entities).into_iter().collect();
+        let entity_partitions = batch.partitions_of(&entities);
         let partitions = partitions(&batch.fences);
         let mut attempt = 0u32;
         loop {
@@ -328,6 +338,10 @@ impl ConsumerLoop {
                 &entities,
                 |states| detect(&self.rules, &batch, states, &mut tally),
                 turn,
+                Some(CacheUse {
+                    cache: self.member.state_cache(),
+                    partitions: &entity_partitions,
+                }),
             ));
             match result {
                 Ok(report) => {
@@ -339,6 +353,8 @@ impl ConsumerLoop {
                         outcomes: tally.outcomes,
                         events_by_type: tally.events_by_type,
                         events_inserted: report.events_inserted,
+                        entities_recalled: report.entities_recalled,
+                        entities_read: report.entities_read,
                         partitions: batch.fences.len(),
                         took: started.elapsed(),
                     });
@@ -354,13 +370,15 @@ impl ConsumerLoop {
                     return Stored::Rewound(batch.fences);
                 }
                 // The batch before did not commit (yet): its own retries report why. Or
-                // another writer changed an entity between the two: stored again against
-                // the state as it is.
-                Err(error @ (StoreError::PredecessorFailed | StoreError::HandoverStale)) => {
+                // another writer changed an entity between the two, or since the state cache
+                // remembered it: stored again against the state as it is.
+                Err(
+                    error @ (StoreError::PredecessorFailed
+                    | StoreError::HandoverStale
+                    | StoreError::StateMoved),
+                ) => {
                     part.failed();
-                    self.instruments.emit(BatchStoredAgain {
-                        stale: matches!(error, StoreError::HandoverStale),
-                    });
+                    self.instruments.emit(BatchStoredAgain { error: &error });
                 }
                 Err(error) => {
                     part.failed();

@@ -25,7 +25,7 @@ use super::internal_events::{
 use crate::health::Readiness;
 use crate::kafka::{self, KafkaConfig, Role};
 use crate::retry::RetryPolicy;
-use crate::store::{EventStore, OffsetFence};
+use crate::store::{EventStore, OffsetFence, StateCache};
 
 /// A topic partition.
 pub(super) type Tp = (String, i32);
@@ -106,6 +106,8 @@ pub(super) struct GroupContext {
     connection: kafka::ConnectionReporter,
     offsets: StoredOffsets,
     positions: Positions,
+    /// What the consumer remembers of its partitions' entities: forgotten as they come and go.
+    cache: Arc<StateCache>,
 }
 
 impl GroupContext {
@@ -139,6 +141,7 @@ impl GroupContext {
                 }
             }
             tracing::info!(topic = %tp.0, partition = tp.1, stored_offset = ?next, "partition assigned");
+            self.cache.forget(&tp.0, tp.1);
             owned.insert(tp, next);
         }
     }
@@ -219,6 +222,7 @@ impl ConsumerContext for GroupContext {
                     let mut owned = self.positions.lock();
                     for e in tpl.elements() {
                         owned.remove(&(e.topic().to_owned(), e.partition()));
+                        self.cache.forget(e.topic(), e.partition());
                         self.instruments().emit(PartitionRevoked {
                             topic: e.topic(),
                             partition: e.partition(),
@@ -238,6 +242,7 @@ impl ConsumerContext for GroupContext {
             other => {
                 tracing::error!(error = ?other, "rebalance error; dropping the assignment");
                 self.positions.lock().clear();
+                self.cache.forget_all();
                 let _ = consumer.unassign();
             }
         }
@@ -253,6 +258,7 @@ pub(super) struct GroupMember {
     offsets: StoredOffsets,
     /// `kafka.sasl.password_file`, read again while idle so a rotated password is used.
     password_file: Option<kafka::PasswordFile>,
+    cache: Arc<StateCache>,
 }
 
 impl GroupMember {
@@ -262,12 +268,14 @@ impl GroupMember {
         connection: kafka::ConnectionReporter,
         offsets: StoredOffsets,
         topics: &[String],
+        cache: Arc<StateCache>,
     ) -> KafkaResult<Self> {
         let positions = Positions::default();
         let context = GroupContext {
             connection,
             offsets: offsets.clone(),
             positions: positions.clone(),
+            cache: Arc::clone(&cache),
         };
         let consumer: BaseConsumer<GroupContext> =
             kafka::client_config(config, Role::Consumer)?.create_with_context(context)?;
@@ -279,7 +287,14 @@ impl GroupMember {
             positions,
             offsets,
             password_file: kafka::PasswordFile::watch(&config.sasl),
+            cache,
         })
+    }
+
+    /// What the consumer remembers of its partitions' entities (docs/architecture.md, "The
+    /// state cache").
+    pub(super) fn state_cache(&self) -> &StateCache {
+        &self.cache
     }
 
     /// The partitions owned and the positions believed in.
@@ -426,6 +441,10 @@ impl GroupMember {
             .iter()
             .map(|f| (f.topic.clone(), f.partition))
             .collect();
+        // Another consumer (or a replay) moved these partitions: what they did is unknown.
+        for (topic, partition) in &partitions {
+            self.cache.forget(topic, *partition);
+        }
         let Some(stored) = self.offsets.read_retrying(&partitions) else {
             return;
         };

@@ -252,6 +252,9 @@ pub(crate) struct BatchCommitted {
     /// Events stored by entity type.
     pub(crate) events_by_type: HashMap<String, u64>,
     pub(crate) events_inserted: u64,
+    /// Entities whose state came from the state cache, and those locked and read.
+    pub(crate) entities_recalled: u64,
+    pub(crate) entities_read: u64,
     pub(crate) partitions: usize,
     /// From the first decode to the commit.
     pub(crate) took: Duration,
@@ -272,6 +275,13 @@ impl InternalEvent for BatchCommitted {
                 .inc_by(n);
         }
         to.metrics.batches.with_label_values(&["committed"]).inc();
+        let cache = &to.metrics.state_cache_entities;
+        cache
+            .with_label_values(&["recalled"])
+            .inc_by(self.entities_recalled);
+        cache
+            .with_label_values(&["read"])
+            .inc_by(self.entities_read);
         to.metrics.batch_duration.observe(self.took.as_secs_f64());
         database_reachable(to, true);
         tracing::debug!(
@@ -299,25 +309,24 @@ impl InternalEvent for BatchFenced<'_> {
     }
 }
 
-/// A batch stored behind the one before it on the same partition (docs/architecture.md, "Exactly
-/// once") was rolled back to be stored again at once: that one did not commit, or another
-/// writer changed an entity the two share between them (`stale`). No pause: nothing is wrong
-/// with the EventDB, and the batch before reports its own failure.
-pub(crate) struct BatchStoredAgain {
-    pub(crate) stale: bool,
+/// A batch was rolled back to be stored again at once (docs/architecture.md, "Exactly once"):
+/// the batch stored before it on the same partition did not commit, or another writer changed
+/// an entity the two share between them (handover_stale), or a state row it writes since the
+/// state cache remembered it (state_moved). No pause: nothing is wrong with the EventDB, and a
+/// batch before reports its own failure.
+pub(crate) struct BatchStoredAgain<'a> {
+    pub(crate) error: &'a crate::store::StoreError,
 }
 
-impl InternalEvent for BatchStoredAgain {
+impl InternalEvent for BatchStoredAgain<'_> {
     fn emit(self, to: &Instruments) {
-        let result = if self.stale {
-            "handover_stale"
-        } else {
-            "predecessor_failed"
+        use crate::store::StoreError;
+        let result = match self.error {
+            StoreError::HandoverStale => "handover_stale",
+            StoreError::StateMoved => "state_moved",
+            _ => "predecessor_failed",
         };
-        tracing::debug!(
-            result,
-            "batch rolled back behind the one before it; storing it again"
-        );
+        tracing::debug!(result, "batch rolled back; storing it again");
         to.metrics.batches.with_label_values(&[result]).inc();
     }
 }

@@ -11,6 +11,7 @@ mod local_server;
 mod migrations;
 mod offsets_report;
 pub(crate) mod retention;
+mod state_cache;
 pub mod tls;
 
 use std::collections::{HashMap, HashSet};
@@ -26,6 +27,7 @@ pub use config::{DatabaseConfig, DatabaseUrl};
 pub use console::Facets;
 pub use local_server::{LocalPostgres, LocalPostgresError, ServerTls};
 pub use offsets_report::{LastEvent, StoredOffset};
+pub use state_cache::{Partition, StateCache};
 
 /// How stale `entity_state.updated_at` may be. Ingestion moves it only when it is older than
 /// this, so that most state updates change no indexed column and PostgreSQL can make them HOT
@@ -52,6 +54,47 @@ pub const STATE_READ: &str = "\
         OFFSET 0 \
     ) AS s";
 
+/// How the batch transaction plans [`STATE_UPDATE`]: never by scanning `entity_state`. The
+/// statement is prepared once per connection, and a plan made while the table was small (a new
+/// deployment, a test) joins the arrays with a sequential scan of the table and would be kept
+/// once it is large; without sequential scans the planner takes one primary-key lookup per
+/// row whatever the table held. Local to the transaction, whose other statements look their
+/// rows up by key too (without a usable index a scan is still taken: the setting only makes
+/// scans look expensive).
+#[doc(hidden)]
+pub const STATE_UPDATE_PLAN: &str = "SET LOCAL enable_seqscan = off";
+
+/// The compare-and-set update of state rows: `$1`–`$3` the keys, `$4`–`$11` the new state,
+/// `$12`–`$19` the state detection started from, `$20` [`STATE_TOUCH_INTERVAL`] in seconds.
+#[doc(hidden)]
+pub const STATE_UPDATE: &str = "\
+    UPDATE entity_state AS e SET \
+      value = u.value, version = u.version, event_time = u.event_time, \
+      deleted = u.deleted, source_topic = u.source_topic, \
+      source_partition = u.source_partition, source_offset = u.source_offset, \
+      set_by = u.set_by, \
+      updated_at = CASE WHEN e.updated_at > now() - make_interval(secs => $20) \
+                        THEN e.updated_at ELSE now() END \
+    FROM UNNEST($1::text[], $2::text[], $3::text[], \
+                $4::text[], $5::bigint[], $6::timestamptz[], $7::bool[], \
+                $8::text[], $9::int[], $10::bigint[], $11::text[], \
+                $12::text[], $13::bigint[], $14::timestamptz[], $15::bool[], \
+                $16::text[], $17::int[], $18::bigint[], $19::text[]) \
+      AS u(entity_type, entity_id, attribute, \
+           value, version, event_time, deleted, \
+           source_topic, source_partition, source_offset, set_by, \
+           was_value, was_version, was_event_time, was_deleted, \
+           was_source_topic, was_source_partition, was_source_offset, was_set_by) \
+    WHERE e.entity_type = u.entity_type AND e.entity_id = u.entity_id \
+      AND e.attribute = u.attribute \
+      AND e.value IS NOT DISTINCT FROM u.was_value \
+      AND e.version IS NOT DISTINCT FROM u.was_version \
+      AND e.event_time = u.was_event_time AND e.deleted = u.was_deleted \
+      AND e.source_topic IS NOT DISTINCT FROM u.was_source_topic \
+      AND e.source_partition IS NOT DISTINCT FROM u.was_source_partition \
+      AND e.source_offset IS NOT DISTINCT FROM u.was_source_offset \
+      AND e.set_by IS NOT DISTINCT FROM u.was_set_by";
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -75,6 +118,11 @@ pub enum StoreError {
     /// as it is.
     #[error("the state handed over by the batch before this one was changed meanwhile")]
     HandoverStale,
+    /// A state row the batch writes is no longer the one it detected against (another writer
+    /// or the terminator changed it after the state cache remembered it): the batch was rolled
+    /// back and its entities forgotten, to be stored again against the state as it is.
+    #[error("the state of an entity of the batch was changed by another writer")]
+    StateMoved,
     /// No connection could be had.
     #[error("database unavailable: {message}")]
     Pool {
@@ -159,6 +207,10 @@ pub struct BatchReport {
     pub events_inserted: u64,
     /// State rows written.
     pub states_written: u64,
+    /// Entities whose state came from the state cache instead of the EventDB.
+    pub entities_recalled: u64,
+    /// Entities locked and read in the EventDB.
+    pub entities_read: u64,
 }
 
 /// How a batch's transaction takes its turn behind the batch stored before it on the same
@@ -198,6 +250,21 @@ pub struct Handover {
     entities: HashSet<(String, String)>,
     states: HashMap<StateKey, AttributeState>,
 }
+
+/// The state cache a batch uses: `partitions[i]` is the one partition `entities[i]` was read
+/// from in the batch, `None` when it came from several (then it is locked and read).
+#[derive(Clone, Copy)]
+pub struct CacheUse<'a> {
+    /// The consumer's cache.
+    pub cache: &'a StateCache,
+    /// Per entity of the batch, in the same order.
+    pub partitions: &'a [Option<Partition>],
+}
+
+/// The prune count the state cache's entries are valid under (sql/V17): 0 before the first
+/// `nextval`, which leaves `last_value` at the sequence's start and only sets `is_called`.
+const PRUNE_COUNT: &str =
+    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM entity_state_prunes";
 
 /// The turn of a batch with nothing before it in flight.
 pub type Alone = Turn<fn(Arc<Handover>), fn() -> std::future::Ready<bool>>;
@@ -297,11 +364,15 @@ impl EventStore {
     where
         F: FnOnce(&mut HashMap<StateKey, AttributeState>) -> BatchChanges,
     {
-        self.apply_batch_in_turn(group_id, fences, entities, detect, Alone::alone())
+        self.apply_batch_in_turn(group_id, fences, entities, detect, Alone::alone(), None)
             .await
     }
 
-    /// [`EventStore::apply_batch`], taking its turn behind the batch before it (see [`Turn`]).
+    /// [`EventStore::apply_batch`], taking its turn behind the batch before it (see [`Turn`]),
+    /// and detecting against the state `cache` remembers of the entities it has (see
+    /// [`StateCache`]) instead of locking and reading them. Every state row the batch writes is
+    /// a compare-and-set against the state it detected against; should one have moved, the
+    /// batch rolls back with [`StoreError::StateMoved`] and its entities are forgotten.
     pub async fn apply_batch_in_turn<F, L, W, Fut>(
         &self,
         group_id: &str,
@@ -309,6 +380,48 @@ impl EventStore {
         entities: &[(String, String)],
         detect: F,
         turn: Turn<L, W>,
+        cache: Option<CacheUse<'_>>,
+    ) -> Result<BatchReport, StoreError>
+    where
+        F: FnOnce(&mut HashMap<StateKey, AttributeState>) -> BatchChanges,
+        L: FnOnce(Arc<Handover>),
+        W: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let cache = cache.filter(|c| c.cache.enabled());
+        // Sorted, so that concurrent batches take their row locks in the same order.
+        let mut sorted: Vec<(&str, &str, Option<&Partition>)> = entities
+            .iter()
+            .enumerate()
+            .map(|(i, (t, id))| {
+                let partition = cache.and_then(|c| c.partitions.get(i)?.as_ref());
+                (t.as_str(), id.as_str(), partition)
+            })
+            .collect();
+        sorted.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        sorted.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+        let result = self
+            .store_batch(group_id, fences, &sorted, detect, turn, cache)
+            .await;
+        if let (Err(StoreError::StateMoved | StoreError::HandoverStale), Some(c)) = (&result, cache)
+        {
+            c.cache.evict(
+                sorted
+                    .iter()
+                    .filter_map(|(t, id, p)| Some((*t, *id, (*p)?))),
+            );
+        }
+        result
+    }
+
+    async fn store_batch<F, L, W, Fut>(
+        &self,
+        group_id: &str,
+        fences: &[OffsetFence],
+        sorted: &[(&str, &str, Option<&Partition>)],
+        detect: F,
+        turn: Turn<L, W>,
+        cache: Option<CacheUse<'_>>,
     ) -> Result<BatchReport, StoreError>
     where
         F: FnOnce(&mut HashMap<StateKey, AttributeState>) -> BatchChanges,
@@ -320,26 +433,34 @@ impl EventStore {
         let tx = client.transaction().await?;
         // The turn of the batch after this one, which waits for it in take_turn.
         let next: Vec<(&OffsetFence, i64)> = fences.iter().map(|f| (f, f.next)).collect();
-        if turn.after.is_some() {
-            lock_turns(&tx, group_id, &next).await?;
+        // Read with the turns: the cache's entries are valid only under the prune count they
+        // were read under.
+        let prunes = async {
+            match cache {
+                Some(_) => {
+                    let statement = tx.prepare_cached(PRUNE_COUNT).await?;
+                    Ok::<_, StoreError>(Some(tx.query_one(&statement, &[]).await?.get::<_, i64>(0)))
+                }
+                None => Ok(None),
+            }
+        };
+        let epoch = if turn.after.is_some() {
+            futures::try_join!(lock_turns(&tx, group_id, &next), prunes)?.1
         } else {
             futures::try_join!(
                 lock_turns(&tx, group_id, &next),
-                check_fences(&tx, group_id, fences)
-            )?;
-        }
+                check_fences(&tx, group_id, fences),
+                prunes
+            )?
+            .2
+        };
 
-        // Sorted, so that concurrent batches take their row locks in the same order.
-        let mut sorted: Vec<(&str, &str)> = entities
-            .iter()
-            .map(|(t, id)| (t.as_str(), id.as_str()))
-            .collect();
-        sorted.sort_unstable();
-        sorted.dedup();
         // The entities the predecessor in flight holds are locked only once it committed.
         let handover = turn.handover.filter(|_| turn.after.is_some());
-        let (shared, own): (Vec<EntityRef<'_>>, Vec<EntityRef<'_>>) =
-            sorted.iter().partition(|(t, id)| {
+        let (shared, own): (Vec<EntityRef<'_>>, Vec<EntityRef<'_>>) = sorted
+            .iter()
+            .map(|(t, id, _)| (*t, *id))
+            .partition(|(t, id)| {
                 handover
                     .as_ref()
                     .is_some_and(|h| h.entities.contains(&((*t).to_owned(), (*id).to_owned())))
@@ -348,7 +469,26 @@ impl EventStore {
         let is_shared =
             |k: &StateKey| shared_set.contains(&(k.entity_type.as_str(), k.entity_id.as_str()));
         let mut states = HashMap::new();
-        lock_and_read(&tx, &own, &mut states).await?;
+        // The entities the cache remembers (read from one partition, not shared) are not
+        // locked: their state is the remembered one.
+        let recalled = match (cache, epoch) {
+            (Some(c), Some(epoch)) => c.cache.recall(
+                epoch,
+                sorted.iter().filter_map(|(t, id, p)| {
+                    (!shared_set.contains(&(*t, *id))).then_some((*t, *id, (*p)?))
+                }),
+                &mut states,
+            ),
+            _ => Default::default(),
+        };
+        let read: Vec<EntityRef<'_>> = match recalled.entities.is_empty() {
+            true => own,
+            false => own
+                .into_iter()
+                .filter(|(t, id)| !recalled.entities.contains(&state_cache::entity_key(t, id)))
+                .collect(),
+        };
+        lock_and_read(&tx, &read, &mut states).await?;
         let handed: HashMap<StateKey, AttributeState> = match &handover {
             Some(h) if !shared.is_empty() => h
                 .states
@@ -360,14 +500,17 @@ impl EventStore {
         };
         states.extend(handed.iter().map(|(k, s)| (k.clone(), s.clone())));
 
+        // What every write compares with.
+        let before = states.clone();
         let mut changes = detect(&mut states);
-        (turn.locked)(Arc::new(Handover {
+        let left = Arc::new(Handover {
             entities: sorted
                 .iter()
-                .map(|(t, id)| ((*t).to_owned(), (*id).to_owned()))
+                .map(|(t, id, _)| ((*t).to_owned(), (*id).to_owned()))
                 .collect(),
             states,
-        }));
+        });
+        (turn.locked)(Arc::clone(&left));
         // The new state of shared entities is written once they are locked.
         let (shared_states, own_states): (Vec<_>, Vec<_>) = std::mem::take(&mut changes.states)
             .into_iter()
@@ -388,12 +531,7 @@ impl EventStore {
                     false => insert_events(&tx, &changes.events, after.is_some()).await,
                 }
             },
-            async {
-                match changes.states.is_empty() {
-                    true => Ok(0),
-                    false => upsert_states(&tx, &changes.states).await,
-                }
-            },
+            write_states(&tx, &mut changes.states, &before),
         )?;
         take_turn(&tx, group_id, fences, after).await?;
         if !shared.is_empty() {
@@ -402,17 +540,28 @@ impl EventStore {
             if found != handed {
                 return Err(StoreError::HandoverStale);
             }
-            if !shared_states.is_empty() {
-                states_written += upsert_states(&tx, &shared_states).await?;
-            }
+            let mut shared_states = shared_states;
+            states_written += write_states(&tx, &mut shared_states, &before).await?;
         }
         if let Some(counts) = counts {
             counts.write(&tx).await?;
         }
         tx.commit().await?;
+        if let (Some(c), Some(epoch)) = (cache, epoch) {
+            c.cache.remember(
+                epoch,
+                &recalled,
+                sorted
+                    .iter()
+                    .filter_map(|(t, id, p)| Some((*t, *id, (*p)?))),
+                &left.states,
+            );
+        }
         Ok(BatchReport {
             events_inserted,
             states_written,
+            entities_recalled: recalled.entities.len() as u64,
+            entities_read: (read.len() + shared.len()) as u64,
         })
     }
 }
@@ -677,34 +826,153 @@ async fn insert_events<'e>(
     Ok((inserted.len() as u64, None))
 }
 
-async fn upsert_states(
+/// Writes the new state of attributes, each a compare-and-set against `before`, the state
+/// detection started from: an attribute that had a row is updated only where the row is still
+/// exactly that one, and one that had none is inserted only where there is still none. Should
+/// any row not be written, the batch fails with [`StoreError::StateMoved`]. Sorted by key, so
+/// that concurrent writers take the rows' locks in the same order.
+async fn write_states(
     tx: &deadpool_postgres::Transaction<'_>,
-    states: &[(StateKey, AttributeState)],
+    states: &mut [(StateKey, AttributeState)],
+    before: &HashMap<StateKey, AttributeState>,
 ) -> Result<u64, StoreError> {
-    let n = states.len();
-    let mut entity_types = Vec::with_capacity(n);
-    let mut entity_ids = Vec::with_capacity(n);
-    let mut attributes = Vec::with_capacity(n);
-    let mut values = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut times = Vec::with_capacity(n);
-    let mut deleted = Vec::with_capacity(n);
-    let mut topics = Vec::with_capacity(n);
-    let mut partitions = Vec::with_capacity(n);
-    let mut offsets = Vec::with_capacity(n);
-    let mut set_by = Vec::with_capacity(n);
-    for (k, s) in states {
-        entity_types.push(k.entity_type.as_str());
-        entity_ids.push(k.entity_id.as_str());
-        attributes.push(k.attribute.as_str());
-        values.push(s.value.as_deref());
-        versions.push(s.version);
-        times.push(s.event_time);
-        deleted.push(s.deleted);
-        topics.push(s.source.as_ref().map(|at| at.topic.as_str()));
-        partitions.push(s.source.as_ref().map(|at| at.partition));
-        offsets.push(s.source.as_ref().map(|at| at.offset));
-        set_by.push(s.set_by.as_deref());
+    if states.is_empty() {
+        return Ok(0);
+    }
+    states.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let (updates, inserts): (Vec<_>, Vec<_>) = states
+        .iter()
+        .map(|(k, s)| (k, s, before.get(k)))
+        .partition(|(_, _, was)| was.is_some());
+    let (updated, inserted) = futures::try_join!(
+        async {
+            match updates.is_empty() {
+                true => Ok(0),
+                false => update_states(tx, &updates).await,
+            }
+        },
+        async {
+            match inserts.is_empty() {
+                true => Ok(0),
+                false => insert_states(tx, &inserts).await,
+            }
+        }
+    )?;
+    if updated != updates.len() as u64 || inserted != inserts.len() as u64 {
+        return Err(StoreError::StateMoved);
+    }
+    Ok(updated + inserted)
+}
+
+/// A state write: the key, the new state and the state detection started from.
+type StateWrite<'s> = (&'s StateKey, &'s AttributeState, Option<&'s AttributeState>);
+
+/// The columns of `entity_state` as arrays, in the order of the statements below.
+struct StateColumns<'s> {
+    entity_types: Vec<&'s str>,
+    entity_ids: Vec<&'s str>,
+    attributes: Vec<&'s str>,
+    values: Vec<Option<&'s str>>,
+    versions: Vec<Option<i64>>,
+    times: Vec<DateTime<Utc>>,
+    deleted: Vec<bool>,
+    topics: Vec<Option<&'s str>>,
+    partitions: Vec<Option<i32>>,
+    offsets: Vec<Option<i64>>,
+    set_by: Vec<Option<&'s str>>,
+}
+
+impl<'s> StateColumns<'s> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            entity_types: Vec::with_capacity(n),
+            entity_ids: Vec::with_capacity(n),
+            attributes: Vec::with_capacity(n),
+            values: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            times: Vec::with_capacity(n),
+            deleted: Vec::with_capacity(n),
+            topics: Vec::with_capacity(n),
+            partitions: Vec::with_capacity(n),
+            offsets: Vec::with_capacity(n),
+            set_by: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, k: &'s StateKey, s: &'s AttributeState) {
+        self.entity_types.push(k.entity_type.as_str());
+        self.entity_ids.push(k.entity_id.as_str());
+        self.attributes.push(k.attribute.as_str());
+        self.push_state(s);
+    }
+
+    fn push_state(&mut self, s: &'s AttributeState) {
+        self.values.push(s.value.as_deref());
+        self.versions.push(s.version);
+        self.times.push(s.event_time);
+        self.deleted.push(s.deleted);
+        self.topics
+            .push(s.source.as_ref().map(|at| at.topic.as_str()));
+        self.partitions
+            .push(s.source.as_ref().map(|at| at.partition));
+        self.offsets.push(s.source.as_ref().map(|at| at.offset));
+        self.set_by.push(s.set_by.as_deref());
+    }
+
+    /// The state's eight columns (after the key's three).
+    fn state(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
+        [
+            &self.values,
+            &self.versions,
+            &self.times,
+            &self.deleted,
+            &self.topics,
+            &self.partitions,
+            &self.offsets,
+            &self.set_by,
+        ]
+    }
+}
+
+/// Updates rows that are still exactly the state detection started from; returns how many.
+async fn update_states(
+    tx: &deadpool_postgres::Transaction<'_>,
+    writes: &[StateWrite<'_>],
+) -> Result<u64, StoreError> {
+    let mut new = StateColumns::with_capacity(writes.len());
+    let mut old = StateColumns::with_capacity(writes.len());
+    for (k, s, was) in writes {
+        new.push(k, s);
+        if let Some(was) = was {
+            old.push_state(was);
+        }
+    }
+    // A join with the arrays, one primary-key lookup per row (STATE_UPDATE_PLAN). A row
+    // another transaction changes meanwhile is compared again in its new version (READ
+    // COMMITTED), so a write never replaces state it did not detect against.
+    let (plan, stmt) = futures::try_join!(
+        tx.prepare_cached(STATE_UPDATE_PLAN),
+        tx.prepare_cached(STATE_UPDATE)
+    )?;
+    let touch = STATE_TOUCH_INTERVAL.as_secs_f64();
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&new.entity_types, &new.entity_ids, &new.attributes];
+    params.extend(new.state());
+    params.extend(old.state());
+    params.push(&touch);
+    // Sent together, in this order.
+    let (_, updated) = futures::try_join!(tx.execute(&plan, &[]), tx.execute(&stmt, &params))?;
+    Ok(updated)
+}
+
+/// Inserts rows where there still is none; returns how many.
+async fn insert_states(
+    tx: &deadpool_postgres::Transaction<'_>,
+    writes: &[StateWrite<'_>],
+) -> Result<u64, StoreError> {
+    let mut new = StateColumns::with_capacity(writes.len());
+    for (k, s, _) in writes {
+        new.push(k, s);
     }
     let stmt = tx
         .prepare_cached(
@@ -713,32 +981,11 @@ async fn upsert_states(
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
                                   $6::timestamptz[], $7::bool[], $8::text[], $9::int[], $10::bigint[], \
                                   $11::text[]) \
-             ON CONFLICT (entity_type, entity_id, attribute) DO UPDATE SET \
-               value = EXCLUDED.value, version = EXCLUDED.version, event_time = EXCLUDED.event_time, \
-               deleted = EXCLUDED.deleted, source_topic = EXCLUDED.source_topic, \
-               source_partition = EXCLUDED.source_partition, source_offset = EXCLUDED.source_offset, \
-               set_by = EXCLUDED.set_by, \
-               updated_at = CASE WHEN entity_state.updated_at > now() - make_interval(secs => $12) \
-                                 THEN entity_state.updated_at ELSE now() END",
+             ON CONFLICT (entity_type, entity_id, attribute) DO NOTHING",
         )
         .await?;
-    Ok(tx
-        .execute(
-            &stmt,
-            &[
-                &entity_types,
-                &entity_ids,
-                &attributes,
-                &values,
-                &versions,
-                &times,
-                &deleted,
-                &topics,
-                &partitions,
-                &offsets,
-                &set_by,
-                &STATE_TOUCH_INTERVAL.as_secs_f64(),
-            ],
-        )
-        .await?)
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&new.entity_types, &new.entity_ids, &new.attributes];
+    params.extend(new.state());
+    Ok(tx.execute(&stmt, &params).await?)
 }

@@ -219,7 +219,9 @@ impl RetentionSession {
         batch: i64,
     ) -> Result<StateDeletes<'_>, StoreError> {
         // The outer `updated_at < $1` is re-checked against a row that ingestion updates while
-        // this statement waits for it, so freshly written state is never pruned.
+        // this statement waits for it, so freshly written state is never pruned. A statement
+        // that pruned rows advances the prune count before it commits: the consumers' state
+        // caches forget what they remember (sql/V17).
         let statement = self
             .client
             .prepare(&format!(
@@ -229,7 +231,9 @@ impl RetentionSession {
                  gone AS (DELETE FROM entity_state s USING batch b \
                     WHERE s.entity_type = b.entity_type AND s.entity_id = b.entity_id \
                       AND s.attribute = b.attribute AND s.updated_at < $1 RETURNING 1) \
-                 SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone)"
+                 SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone), \
+                        CASE WHEN EXISTS (SELECT FROM gone) \
+                             THEN nextval('entity_state_prunes') END"
             ))
             .await?;
         Ok(StateDeletes {

@@ -7,7 +7,8 @@ use chrono::{TimeZone, Utc};
 use event_manager::detect::{ChangeDetector, DetectOptions};
 use event_manager::model::{Attributes, Observation, ObservationKind, Scope, SourceRef};
 use event_manager::store::{
-    BatchChanges, BatchReport, Handover, NewEvent, OffsetFence, StoreError, Turn,
+    Alone, BatchChanges, BatchReport, CacheUse, Handover, NewEvent, OffsetFence, StateCache,
+    StoreError, Turn,
 };
 
 use crate::support::{counts_unlike_a_recount, fresh_database};
@@ -63,6 +64,7 @@ async fn apply_behind(
                 after: Some(move || async move { committed }),
                 handover,
             },
+            None,
         )
         .await
 }
@@ -646,6 +648,7 @@ async fn two_batches_in_flight(with_handover: bool) {
                     after: Some(move || async move { go_rx.await.is_ok() }),
                     handover: None,
                 },
+                None,
             )
             .await;
         let _ = done_tx.send(result.is_ok());
@@ -664,6 +667,7 @@ async fn two_batches_in_flight(with_handover: bool) {
                     after: Some(move || async move { done_rx.await.unwrap_or(false) }),
                     handover: with_handover.then_some(handover),
                 },
+                None,
             )
             .await
     };
@@ -793,6 +797,7 @@ async fn a_stale_handover_rolls_the_batch_back() {
                 after: None::<fn() -> std::future::Ready<bool>>,
                 handover: None,
             },
+            None,
         )
         .await
         .unwrap();
@@ -831,4 +836,203 @@ async fn a_stale_handover_rolls_the_batch_back() {
             serde_json::json!({"new_value": "closed", "old_value": "entered_in_error"})
         )
     );
+}
+
+/// [`apply`] on partition 0 of "t", detecting against what `cache` remembers.
+async fn apply_cached(
+    db: &crate::support::TestDatabase,
+    cache: &StateCache,
+    fence: OffsetFence,
+    observations: &[Observation],
+) -> Result<BatchReport, StoreError> {
+    let entities = entities_of(observations);
+    let partitions = vec![Some(("t".to_owned(), 0)); entities.len()];
+    let first = fence.expected.unwrap_or(0);
+    db.store
+        .apply_batch_in_turn(
+            "g",
+            &[fence],
+            &entities,
+            |states| detect_all(observations, first, states),
+            Alone::alone(),
+            Some(CacheUse {
+                cache,
+                partitions: &partitions,
+            }),
+        )
+        .await
+}
+
+/// A write on partition 1 of "t" by a consumer without a cache (another replica).
+async fn apply_elsewhere(
+    db: &crate::support::TestDatabase,
+    expected: Option<i64>,
+    observations: &[Observation],
+) {
+    let first = expected.unwrap_or(0);
+    db.store
+        .apply_batch(
+            "g",
+            &[OffsetFence {
+                topic: "t".into(),
+                partition: 1,
+                expected,
+                next: first + observations.len() as i64,
+            }],
+            &entities_of(observations),
+            |states| detect_on(1, observations, first, states),
+        )
+        .await
+        .unwrap();
+}
+
+/// The state cache (docs/architecture.md, "The state cache"): a remembered entity is neither
+/// locked nor read, and a write against a remembered state another writer has changed since
+/// rolls the batch back, which stored again reads the state as it is.
+#[tokio::test]
+async fn a_remembered_state_is_not_read_and_a_moved_one_rolls_the_batch_back() {
+    let db = fresh_database().await;
+    let cache = StateCache::new(100);
+    let report = apply_cached(&db, &cache, fence(None, 1), &[obs("a", "active", 0)])
+        .await
+        .unwrap();
+    assert_eq!((report.entities_read, report.entities_recalled), (1, 0));
+    assert_eq!(cache.len(), 1);
+    let report = apply_cached(&db, &cache, fence(Some(1), 2), &[obs("a", "closed", 1)])
+        .await
+        .unwrap();
+    assert_eq!((report.entities_read, report.entities_recalled), (0, 1));
+    assert_eq!(report.events_inserted, 1);
+
+    // Another replica moves `a` on (a new value), then a new attribute's row appears.
+    apply_elsewhere(&db, None, &[obs("a", "entered_in_error", 2)]).await;
+    let third = [obs("a", "active", 3)];
+    let err = apply_cached(&db, &cache, fence(Some(2), 3), &third)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::StateMoved), "{err}");
+    assert_eq!(stored_position(&db).await, 2, "nothing of it was stored");
+    assert_eq!(cache.len(), 0, "its entities are forgotten");
+    let report = apply_cached(&db, &cache, fence(Some(2), 3), &third)
+        .await
+        .unwrap();
+    assert_eq!((report.entities_read, report.entities_recalled), (1, 0));
+    assert_eq!(
+        status_changes(&db).await.last().unwrap(),
+        &(
+            2,
+            serde_json::json!({"new_value": "active", "old_value": "entered_in_error"})
+        )
+    );
+
+    // A message that changes nothing against the remembered state writes nothing, whatever
+    // another writer did meanwhile: it is applied before that writer's message.
+    apply_elsewhere(&db, Some(1), &[obs("a", "closed", 4)]).await;
+    let report = apply_cached(&db, &cache, fence(Some(3), 4), &[obs("a", "active", 3)])
+        .await
+        .unwrap();
+    assert_eq!((report.entities_recalled, report.states_written), (1, 0));
+    // A new attribute's row another writer inserted first is not overwritten either.
+    let priority = |value: &str| {
+        let mut o = obs("a", "", 5);
+        o.attributes = Attributes::from([("priority".to_owned(), Some(value.to_owned()))]);
+        o
+    };
+    apply_elsewhere(&db, Some(2), &[priority("low")]).await;
+    let err = apply_cached(&db, &cache, fence(Some(4), 5), &[priority("high")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::StateMoved), "{err}");
+}
+
+/// State the terminator pruned is forgotten: the prune count moved (sql/V17), so the next batch
+/// reads the table and sees a first status again, as it would without the cache.
+#[tokio::test]
+async fn a_prune_makes_the_cache_forget() {
+    let db = fresh_database().await;
+    let cache = StateCache::new(100);
+    apply_cached(&db, &cache, fence(None, 1), &[obs("a", "active", 0)])
+        .await
+        .unwrap();
+    assert_eq!(cache.len(), 1);
+    let client = db.client().await;
+    let state_rows = || async {
+        client
+            .query_one("SELECT count(*) FROM entity_state", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    // What the terminator's state pruning does (tests/it/terminator.rs runs the real one).
+    client
+        .batch_execute("DELETE FROM entity_state; SELECT nextval('entity_state_prunes')")
+        .await
+        .unwrap();
+    assert_eq!(state_rows().await, 0);
+    let report = apply_cached(&db, &cache, fence(Some(1), 2), &[obs("a", "active", 0)])
+        .await
+        .unwrap();
+    assert_eq!((report.entities_read, report.entities_recalled), (1, 0));
+    assert_eq!(state_rows().await, 1, "a first status again: its baseline");
+}
+
+/// The state cache's compare-and-set update (docs/architecture.md, "The state cache") looks
+/// each row up by its key, whatever the table held when it was planned, as the state read does.
+#[tokio::test]
+async fn the_state_update_looks_rows_up_whatever_the_table_held_when_it_was_planned() {
+    let db = fresh_database().await;
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "SET plan_cache_mode = force_generic_plan; \
+             PREPARE state_update(text[], text[], text[], text[], bigint[], timestamptz[], \
+                 bool[], text[], int[], bigint[], text[], text[], bigint[], timestamptz[], bool[], \
+                 text[], int[], bigint[], text[], float8) AS {}",
+            event_manager::store::STATE_UPDATE
+        ))
+        .await
+        .unwrap();
+    // Planned (at its first execution, and again after the ANALYZE) in a batch transaction.
+    let explain = format!(
+        "BEGIN; {}; \
+         EXPLAIN EXECUTE state_update('{{Declaration}}', '{{a}}', '{{status}}', '{{active}}', \
+           '{{1}}', '{{2026-01-01}}', '{{f}}', '{{t}}', '{{0}}', '{{1}}', '{{NULL}}', '{{draft}}', \
+           '{{1}}', '{{2025-01-01}}', '{{f}}', '{{t}}', '{{0}}', '{{0}}', '{{NULL}}', 3600); \
+         ROLLBACK",
+        event_manager::store::STATE_UPDATE_PLAN
+    );
+    let plan = || async {
+        client
+            .simple_query(&explain)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let empty = plan().await;
+    client
+        .batch_execute(
+            "INSERT INTO entity_state (entity_type, entity_id, attribute, value, version, \
+                                       event_time, deleted) \
+             SELECT 'Declaration', 'e' || g, 'status', 'active', 1, now(), false \
+             FROM generate_series(1, 20000) AS g; \
+             ANALYZE entity_state",
+        )
+        .await
+        .unwrap();
+    let grown = plan().await;
+    for plan in [empty, grown] {
+        assert!(
+            plan.contains("Index Scan using entity_state_pkey") && !plan.contains("Seq Scan"),
+            "the state update scans instead of looking up:\n{plan}"
+        );
+    }
 }

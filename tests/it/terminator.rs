@@ -457,6 +457,15 @@ async fn terminator_keeps_state_with_old_events_and_prunes_only_untouched_entiti
     let report = t.run_once(false, &CancellationToken::new()).await.unwrap();
     assert_eq!((report.deleted_by_age, report.deleted_state), (5, 0));
     assert_eq!(state_entities(&client).await.len(), 5);
+    // The prune count the consumers' state caches follow (sql/V17) moves only with a prune.
+    let prunes = || async {
+        let row = client
+            .query_one("SELECT last_value, is_called FROM entity_state_prunes", &[])
+            .await
+            .unwrap();
+        row.get::<_, bool>(1).then(|| row.get::<_, i64>(0))
+    };
+    assert_eq!(prunes().await, None);
 
     let (t, m) = terminator(
         &db,
@@ -475,6 +484,8 @@ async fn terminator_keeps_state_with_old_events_and_prunes_only_untouched_entiti
         state_entities(&client).await,
         ["fresh.status", "mixed.context", "mixed.status"]
     );
+    // Two statements pruned a row each (batch size 1), the last found nothing.
+    assert_eq!(prunes().await, Some(2));
 }
 
 #[tokio::test]

@@ -1,0 +1,391 @@
+//! What a consumer remembers of its entities' state between batches (docs/architecture.md,
+//! "The state cache"): per partition, every `entity_state` row of each entity a committed batch
+//! of that partition read or wrote, as the batch left it. A batch detects against it instead of
+//! locking and reading those entities; every state it writes is a compare-and-set against what
+//! it detected against ([`super::EventStore::apply_batch_in_turn`]), so a stale entry costs a
+//! retry, never a wrong state.
+//!
+//! Entries are dropped when their partition is revoked, rewound or sought, when a batch's
+//! compare-and-set fails (its entities), and all at once when the terminator has pruned state
+//! since they were read (the `entity_state_prunes` sequence, sql/V17). The capacity is kept by
+//! two generations per partition: entries a batch used move to the young one, and when the
+//! cache is full the fullest partition's old generation is dropped and its young one becomes
+//! old.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::SubsecRound;
+
+use crate::detect::{AttributeState, StateKey};
+
+/// A topic partition.
+pub type Partition = (String, i32);
+
+/// Every state row of one entity: `(attribute, state)`.
+type Rows = Vec<(String, AttributeState)>;
+
+/// An entity's type and id as one key (`type NUL id`: the pipeline refuses NUL in both).
+pub(super) fn entity_key(entity_type: &str, entity_id: &str) -> String {
+    let mut key = String::with_capacity(entity_type.len() + entity_id.len() + 1);
+    key.push_str(entity_type);
+    key.push('\0');
+    key.push_str(entity_id);
+    key
+}
+
+#[derive(Debug, Default)]
+struct Generations {
+    young: HashMap<String, Rows>,
+    old: HashMap<String, Rows>,
+}
+
+impl Generations {
+    fn get(&self, key: &str) -> Option<&Rows> {
+        self.young.get(key).or_else(|| self.old.get(key))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// The value of `entity_state_prunes` every entry was read under.
+    epoch: Option<i64>,
+    partitions: HashMap<Partition, Generations>,
+    /// How many times partitions were forgotten: a batch that recalled before cannot
+    /// remember after (its partition may have been revoked meanwhile).
+    forgets: u64,
+    young: usize,
+    old: usize,
+}
+
+impl Inner {
+    fn clear(&mut self) {
+        self.partitions.clear();
+        self.young = 0;
+        self.old = 0;
+    }
+
+    /// Once the young generations hold half the capacity, the old ones are dropped and the
+    /// young ones become old: at most `capacity` entries, the recently used ones kept.
+    fn age(&mut self, capacity: usize) {
+        if self.young < capacity.div_ceil(2) {
+            return;
+        }
+        for generations in self.partitions.values_mut() {
+            generations.old = std::mem::take(&mut generations.young);
+        }
+        self.partitions.retain(|_, g| !g.old.is_empty());
+        self.old = self.young;
+        self.young = 0;
+    }
+}
+
+/// The entities' state a consumer remembers, per partition.
+#[derive(Debug)]
+pub struct StateCache {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+/// What one batch found in the cache.
+#[derive(Debug, Default)]
+pub(crate) struct Recalled {
+    /// The entities found (as `type NUL id`).
+    pub(crate) entities: HashSet<String>,
+    /// The forget count when they were.
+    forgets: u64,
+}
+
+impl StateCache {
+    /// A cache of at most `capacity` entities over all partitions; `0` remembers nothing.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Whether it remembers anything at all.
+    pub fn enabled(&self) -> bool {
+        self.capacity > 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every update leaves the maps consistent; a panic elsewhere cannot break them.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many entities it remembers.
+    pub fn len(&self) -> usize {
+        let inner = self.lock();
+        inner.young + inner.old
+    }
+
+    /// Whether it remembers no entity.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets a partition's entities: it was revoked, rewound or sought.
+    pub fn forget(&self, topic: &str, partition: i32) {
+        let mut inner = self.lock();
+        inner.forgets += 1;
+        if let Some(gone) = inner.partitions.remove(&(topic.to_owned(), partition)) {
+            inner.young -= gone.young.len();
+            inner.old -= gone.old.len();
+        }
+    }
+
+    /// Forgets everything.
+    pub fn forget_all(&self) {
+        let mut inner = self.lock();
+        inner.forgets += 1;
+        inner.clear();
+    }
+
+    /// Adds the remembered rows of `entities` (each with the one partition the batch read it
+    /// from) to `states`, under the prune count `epoch` read in the batch's transaction: when
+    /// the terminator pruned state since the entries were read, everything is forgotten first.
+    pub(crate) fn recall<'e>(
+        &self,
+        epoch: i64,
+        entities: impl IntoIterator<Item = (&'e str, &'e str, &'e Partition)>,
+        states: &mut HashMap<StateKey, AttributeState>,
+    ) -> Recalled {
+        let mut recalled = Recalled::default();
+        if !self.enabled() {
+            return recalled;
+        }
+        let mut inner = self.lock();
+        if inner.epoch != Some(epoch) {
+            inner.clear();
+            inner.epoch = Some(epoch);
+        }
+        recalled.forgets = inner.forgets;
+        for (entity_type, entity_id, partition) in entities {
+            let key = entity_key(entity_type, entity_id);
+            let Some(rows) = inner.partitions.get(partition).and_then(|g| g.get(&key)) else {
+                continue;
+            };
+            for (attribute, state) in rows {
+                states.insert(
+                    StateKey {
+                        entity_type: entity_type.to_owned(),
+                        entity_id: entity_id.to_owned(),
+                        attribute: attribute.clone(),
+                    },
+                    state.clone(),
+                );
+            }
+            recalled.entities.insert(key);
+        }
+        recalled
+    }
+
+    /// Remembers the state a committed batch left `entities` in (each with the one partition
+    /// the batch read it from; every row of theirs is in `states`), read under `epoch` after
+    /// `recalled`. Nothing is remembered when a later batch saw the terminator prune since, or
+    /// a partition was forgotten since.
+    pub(crate) fn remember<'e>(
+        &self,
+        epoch: i64,
+        recalled: &Recalled,
+        entities: impl IntoIterator<Item = (&'e str, &'e str, &'e Partition)>,
+        states: &HashMap<StateKey, AttributeState>,
+    ) {
+        if !self.enabled() {
+            return;
+        }
+        let mut rows: HashMap<String, Rows> = HashMap::new();
+        for (k, s) in states {
+            let mut s = s.clone();
+            // As PostgreSQL stores it (microseconds), so that detection against the cache
+            // and against the table agree.
+            s.event_time = s.event_time.trunc_subsecs(6);
+            rows.entry(entity_key(&k.entity_type, &k.entity_id))
+                .or_default()
+                .push((k.attribute.clone(), s));
+        }
+        let mut inner = self.lock();
+        if inner.epoch != Some(epoch) || inner.forgets != recalled.forgets {
+            return;
+        }
+        for (entity_type, entity_id, partition) in entities {
+            let key = entity_key(entity_type, entity_id);
+            let entry = rows.remove(&key).unwrap_or_default();
+            let generations = inner.partitions.entry(partition.clone()).or_default();
+            let was_old = generations.old.remove(&key).is_some();
+            let new = generations.young.insert(key, entry).is_none();
+            inner.old -= usize::from(was_old);
+            inner.young += usize::from(new);
+        }
+        inner.age(self.capacity);
+    }
+
+    /// Forgets `entities` (each with the partition it was remembered under): a write against
+    /// their remembered state failed.
+    pub(crate) fn evict<'e>(
+        &self,
+        entities: impl IntoIterator<Item = (&'e str, &'e str, &'e Partition)>,
+    ) {
+        let mut inner = self.lock();
+        for (entity_type, entity_id, partition) in entities {
+            let key = entity_key(entity_type, entity_id);
+            let Some(generations) = inner.partitions.get_mut(partition) else {
+                continue;
+            };
+            let young = usize::from(generations.young.remove(&key).is_some());
+            let old = usize::from(generations.old.remove(&key).is_some());
+            inner.young -= young;
+            inner.old -= old;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+
+    fn state(value: &str) -> AttributeState {
+        AttributeState {
+            value: Some(value.to_owned()),
+            version: None,
+            event_time: Utc.timestamp_opt(1_700_000_000, 123_456_789).unwrap(),
+            deleted: false,
+            source: None,
+            set_by: None,
+        }
+    }
+
+    fn key(id: &str, attribute: &str) -> StateKey {
+        StateKey {
+            entity_type: "T".into(),
+            entity_id: id.into(),
+            attribute: attribute.into(),
+        }
+    }
+
+    fn p(n: i32) -> Partition {
+        ("t".to_owned(), n)
+    }
+
+    fn states(ids: &[&str]) -> HashMap<StateKey, AttributeState> {
+        ids.iter()
+            .flat_map(|id| [(key(id, "a"), state("x")), (key(id, "b"), state("y"))])
+            .collect()
+    }
+
+    fn recall(cache: &StateCache, epoch: i64, ids: &[&str], partition: &Partition) -> usize {
+        recalled(cache, epoch, ids, partition).entities.len()
+    }
+
+    fn recalled(cache: &StateCache, epoch: i64, ids: &[&str], partition: &Partition) -> Recalled {
+        let mut found = HashMap::new();
+        cache.recall(
+            epoch,
+            ids.iter().map(|id| ("T", *id, partition)),
+            &mut found,
+        )
+    }
+
+    /// Remembers `ids` after a batch that recalled nothing.
+    fn remember(cache: &StateCache, epoch: i64, ids: &[&str], partition: &Partition) {
+        let before = recalled(cache, epoch, &[], partition);
+        cache.remember(
+            epoch,
+            &before,
+            ids.iter().map(|id| ("T", *id, partition)),
+            &states(ids),
+        );
+    }
+
+    #[test]
+    fn an_entity_is_recalled_whole_and_only_under_its_partition() {
+        let cache = StateCache::new(10);
+        let p0 = p(0);
+        assert_eq!(recall(&cache, 1, &["e"], &p0), 0);
+        // An entity without rows is remembered too: it has no state.
+        let before = recalled(&cache, 1, &[], &p0);
+        cache.remember(
+            1,
+            &before,
+            [("T", "e", &p0), ("T", "none", &p0)],
+            &states(&["e"]),
+        );
+        let mut found = HashMap::new();
+        let recalled = cache.recall(1, [("T", "e", &p0), ("T", "none", &p0)], &mut found);
+        assert_eq!(recalled.entities.len(), 2);
+        assert_eq!(found.len(), 2);
+        // Stored as PostgreSQL stores it: microseconds.
+        assert_eq!(
+            found[&key("e", "a")].event_time.timestamp_subsec_nanos(),
+            123_456_000
+        );
+        assert_eq!(recall(&cache, 1, &["e"], &p(1)), 0);
+    }
+
+    #[test]
+    fn a_prune_forgets_everything_and_a_batch_read_before_it_is_not_remembered() {
+        let cache = StateCache::new(10);
+        let p0 = p(0);
+        remember(&cache, 1, &["e"], &p0);
+        assert_eq!(recall(&cache, 1, &["e"], &p0), 1);
+        // A batch that read the count before the prune...
+        let early = recalled(&cache, 1, &[], &p0);
+        // ... and one that saw it.
+        assert_eq!(recall(&cache, 2, &["e"], &p0), 0);
+        assert!(cache.is_empty());
+        cache.remember(1, &early, [("T", "e", &p0)], &states(&["e"]));
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn forgetting_and_evicting_drop_entries() {
+        let cache = StateCache::new(10);
+        let (p0, p1) = (p(0), p(1));
+        remember(&cache, 1, &["a", "b"], &p0);
+        remember(&cache, 1, &["c"], &p1);
+        assert_eq!(cache.len(), 3);
+        cache.evict([("T", "a", &p0)]);
+        assert_eq!(recall(&cache, 1, &["a", "b"], &p0), 1);
+        // A batch in flight while a partition is forgotten (revoked) remembers nothing.
+        let in_flight = recalled(&cache, 1, &[], &p1);
+        cache.forget("t", 0);
+        assert_eq!(cache.len(), 1);
+        cache.remember(1, &in_flight, [("T", "d", &p1)], &states(&["d"]));
+        assert_eq!(cache.len(), 1);
+        assert_eq!(recall(&cache, 1, &["c"], &p1), 1);
+        cache.forget_all();
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn the_capacity_drops_the_least_recently_used_generation() {
+        let cache = StateCache::new(4);
+        let p0 = p(0);
+        // Half the capacity young: it becomes the old generation, nothing is lost yet.
+        remember(&cache, 1, &["a", "b"], &p0);
+        assert_eq!(cache.len(), 2);
+        remember(&cache, 1, &["c"], &p0);
+        assert_eq!(cache.len(), 3);
+        // "a" is used again: it moves to the young generation, which is half full again, so
+        // the old one ("b") is dropped.
+        remember(&cache, 1, &["a"], &p0);
+        assert_eq!(cache.len(), 2);
+        assert_eq!(recall(&cache, 1, &["a", "c"], &p0), 2);
+        assert_eq!(recall(&cache, 1, &["b"], &p0), 0);
+    }
+
+    #[test]
+    fn a_disabled_cache_remembers_nothing() {
+        let cache = StateCache::new(0);
+        let p0 = p(0);
+        remember(&cache, 1, &["e"], &p0);
+        assert!(cache.is_empty());
+        assert_eq!(recall(&cache, 1, &["e"], &p0), 0);
+    }
+}
