@@ -534,13 +534,13 @@ impl EventStore {
             write_states(&tx, &mut changes.states, &before),
         )?;
         take_turn(&tx, group_id, fences, after).await?;
+        let mut shared_states = shared_states;
         if !shared.is_empty() {
             let mut found = HashMap::new();
             lock_and_read(&tx, &shared, &mut found).await?;
             if found != handed {
                 return Err(StoreError::HandoverStale);
             }
-            let mut shared_states = shared_states;
             states_written += write_states(&tx, &mut shared_states, &before).await?;
         }
         if let Some(counts) = counts {
@@ -548,6 +548,12 @@ impl EventStore {
         }
         tx.commit().await?;
         if let (Some(c), Some(epoch)) = (cache, epoch) {
+            let written: HashSet<(&str, &str)> = changes
+                .states
+                .iter()
+                .chain(&shared_states)
+                .map(|(k, _)| (k.entity_type.as_str(), k.entity_id.as_str()))
+                .collect();
             c.cache.remember(
                 epoch,
                 &recalled,
@@ -555,6 +561,7 @@ impl EventStore {
                     .iter()
                     .filter_map(|(t, id, p)| Some((*t, *id, (*p)?))),
                 &left.states,
+                |t, id| written.contains(&(t, id)),
             );
         }
         Ok(BatchReport {

@@ -28,10 +28,16 @@ type Rows = Vec<(String, AttributeState)>;
 /// An entity's type and id as one key (`type NUL id`: the pipeline refuses NUL in both).
 pub(super) fn entity_key(entity_type: &str, entity_id: &str) -> String {
     let mut key = String::with_capacity(entity_type.len() + entity_id.len() + 1);
+    fill_key(&mut key, entity_type, entity_id);
+    key
+}
+
+/// [`entity_key`] into a buffer used again.
+pub(super) fn fill_key(key: &mut String, entity_type: &str, entity_id: &str) {
+    key.clear();
     key.push_str(entity_type);
     key.push('\0');
     key.push_str(entity_id);
-    key
 }
 
 #[derive(Debug, Default)]
@@ -164,8 +170,9 @@ impl StateCache {
             inner.epoch = Some(epoch);
         }
         recalled.forgets = inner.forgets;
+        let mut key = String::new();
         for (entity_type, entity_id, partition) in entities {
-            let key = entity_key(entity_type, entity_id);
+            fill_key(&mut key, entity_type, entity_id);
             let Some(rows) = inner.partitions.get(partition).and_then(|g| g.get(&key)) else {
                 continue;
             };
@@ -179,45 +186,69 @@ impl StateCache {
                     state.clone(),
                 );
             }
-            recalled.entities.insert(key);
+            recalled.entities.insert(key.clone());
         }
         recalled
     }
 
     /// Remembers the state a committed batch left `entities` in (each with the one partition
     /// the batch read it from; every row of theirs is in `states`), read under `epoch` after
-    /// `recalled`. Nothing is remembered when a later batch saw the terminator prune since, or
-    /// a partition was forgotten since.
+    /// `recalled`. An entity recalled and not `written` is remembered as it was (it is only
+    /// kept young). Nothing is remembered when a later batch saw the terminator prune since,
+    /// or a partition was forgotten since.
     pub(crate) fn remember<'e>(
         &self,
         epoch: i64,
         recalled: &Recalled,
         entities: impl IntoIterator<Item = (&'e str, &'e str, &'e Partition)>,
         states: &HashMap<StateKey, AttributeState>,
+        written: impl Fn(&str, &str) -> bool,
     ) {
         if !self.enabled() {
             return;
         }
-        let mut rows: HashMap<String, Rows> = HashMap::new();
-        for (k, s) in states {
-            let mut s = s.clone();
-            // As PostgreSQL stores it (microseconds), so that detection against the cache
-            // and against the table agree.
-            s.event_time = s.event_time.trunc_subsecs(6);
-            rows.entry(entity_key(&k.entity_type, &k.entity_id))
-                .or_default()
-                .push((k.attribute.clone(), s));
+        let mut key = String::new();
+        let mut kept = Vec::new();
+        let mut copied: HashMap<(&str, &str), (&Partition, Rows)> = HashMap::new();
+        for (entity_type, entity_id, partition) in entities {
+            fill_key(&mut key, entity_type, entity_id);
+            if recalled.entities.contains(key.as_str()) && !written(entity_type, entity_id) {
+                kept.push((key.clone(), partition));
+            } else {
+                copied.insert((entity_type, entity_id), (partition, Vec::new()));
+            }
+        }
+        if !copied.is_empty() {
+            for (k, s) in states {
+                let entity = (k.entity_type.as_str(), k.entity_id.as_str());
+                if let Some((_, rows)) = copied.get_mut(&entity) {
+                    let mut s = s.clone();
+                    // As PostgreSQL stores it (microseconds), so that detection against the
+                    // cache and against the table agree.
+                    s.event_time = s.event_time.trunc_subsecs(6);
+                    rows.push((k.attribute.clone(), s));
+                }
+            }
         }
         let mut inner = self.lock();
         if inner.epoch != Some(epoch) || inner.forgets != recalled.forgets {
             return;
         }
-        for (entity_type, entity_id, partition) in entities {
+        for (key, partition) in kept {
+            let Some(generations) = inner.partitions.get_mut(partition) else {
+                continue;
+            };
+            if let Some(rows) = generations.old.remove(&key) {
+                generations.young.insert(key, rows);
+                inner.old -= 1;
+                inner.young += 1;
+            }
+        }
+        for ((entity_type, entity_id), (partition, rows)) in copied {
             let key = entity_key(entity_type, entity_id);
-            let entry = rows.remove(&key).unwrap_or_default();
             let generations = inner.partitions.entry(partition.clone()).or_default();
             let was_old = generations.old.remove(&key).is_some();
-            let new = generations.young.insert(key, entry).is_none();
+            let new = generations.young.insert(key, rows).is_none();
             inner.old -= usize::from(was_old);
             inner.young += usize::from(new);
         }
@@ -300,6 +331,7 @@ mod tests {
             &before,
             ids.iter().map(|id| ("T", *id, partition)),
             &states(ids),
+            |_, _| true,
         );
     }
 
@@ -315,6 +347,7 @@ mod tests {
             &before,
             [("T", "e", &p0), ("T", "none", &p0)],
             &states(&["e"]),
+            |_, _| true,
         );
         let mut found = HashMap::new();
         let recalled = cache.recall(1, [("T", "e", &p0), ("T", "none", &p0)], &mut found);
@@ -339,7 +372,7 @@ mod tests {
         // ... and one that saw it.
         assert_eq!(recall(&cache, 2, &["e"], &p0), 0);
         assert!(cache.is_empty());
-        cache.remember(1, &early, [("T", "e", &p0)], &states(&["e"]));
+        cache.remember(1, &early, [("T", "e", &p0)], &states(&["e"]), |_, _| true);
         assert!(cache.is_empty());
     }
 
@@ -356,7 +389,9 @@ mod tests {
         let in_flight = recalled(&cache, 1, &[], &p1);
         cache.forget("t", 0);
         assert_eq!(cache.len(), 1);
-        cache.remember(1, &in_flight, [("T", "d", &p1)], &states(&["d"]));
+        cache.remember(1, &in_flight, [("T", "d", &p1)], &states(&["d"]), |_, _| {
+            true
+        });
         assert_eq!(cache.len(), 1);
         assert_eq!(recall(&cache, 1, &["c"], &p1), 1);
         cache.forget_all();
@@ -378,6 +413,26 @@ mod tests {
         assert_eq!(cache.len(), 2);
         assert_eq!(recall(&cache, 1, &["a", "c"], &p0), 2);
         assert_eq!(recall(&cache, 1, &["b"], &p0), 0);
+    }
+
+    #[test]
+    fn an_entity_recalled_and_not_written_is_kept_as_it_was() {
+        let cache = StateCache::new(10);
+        let p0 = p(0);
+        remember(&cache, 1, &["e"], &p0);
+        let value = |cache: &StateCache| {
+            let mut found = HashMap::new();
+            cache.recall(1, [("T", "e", &p0)], &mut found);
+            found[&key("e", "a")].value.clone()
+        };
+        let mut changed = states(&["e"]);
+        changed.get_mut(&key("e", "a")).unwrap().value = Some("z".into());
+        let batch = recalled(&cache, 1, &["e"], &p0);
+        cache.remember(1, &batch, [("T", "e", &p0)], &changed, |_, _| false);
+        assert_eq!(value(&cache).as_deref(), Some("x"));
+        let batch = recalled(&cache, 1, &["e"], &p0);
+        cache.remember(1, &batch, [("T", "e", &p0)], &changed, |_, _| true);
+        assert_eq!(value(&cache).as_deref(), Some("z"));
     }
 
     #[test]
