@@ -414,6 +414,8 @@ impl EventStore {
         result
     }
 
+    /// The transaction of [`EventStore::apply_batch_in_turn`], over its entities sorted and
+    /// each with the partition the cache may remember it under.
     async fn store_batch<F, L, W, Fut>(
         &self,
         group_id: &str,

@@ -552,6 +552,22 @@ async fn counts_written_by_the_store_equal_the_sql_count_keys() {
 /// a scan costs every later batch time in proportion to all the state ever stored.
 #[tokio::test]
 async fn the_state_read_looks_entities_up_whatever_the_table_held_when_it_was_planned() {
+    looks_state_up_however_planned(
+        &format!(
+            "PREPARE state_read(text[], text[]) AS {}",
+            event_manager::store::STATE_READ
+        ),
+        "EXPLAIN EXECUTE state_read(ARRAY['Declaration','Declaration'], ARRAY['a','b'])",
+        "the state read",
+    )
+    .await;
+}
+
+/// Prepares a statement (`prepare`) with generic plans and asserts that `explain` shows it
+/// looking `entity_state` up by key, planned while the table is empty and again once it is
+/// grown and analysed: a statement is prepared once per connection, and a plan made while the
+/// table was small must not scan it once it is large.
+async fn looks_state_up_however_planned(prepare: &str, explain: &str, what: &str) {
     let db = fresh_database().await;
     let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
@@ -559,13 +575,24 @@ async fn the_state_read_looks_entities_up_whatever_the_table_held_when_it_was_pl
     tokio::spawn(conn);
     client
         .batch_execute(&format!(
-            "SET plan_cache_mode = force_generic_plan; \
-             PREPARE state_read(text[], text[]) AS {}",
-            event_manager::store::STATE_READ
+            "SET plan_cache_mode = force_generic_plan; {prepare}"
         ))
         .await
         .unwrap();
-    let empty = state_read_plan(&client).await;
+    let plan = || async {
+        client
+            .simple_query(explain)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let empty = plan().await;
     // Grown and analysed afterwards: the plan is made again, and must still be a lookup.
     client
         .batch_execute(
@@ -577,30 +604,13 @@ async fn the_state_read_looks_entities_up_whatever_the_table_held_when_it_was_pl
         )
         .await
         .unwrap();
-    let grown = state_read_plan(&client).await;
+    let grown = plan().await;
     for plan in [empty, grown] {
         assert!(
             plan.contains("Index Scan using entity_state_pkey") && !plan.contains("Seq Scan"),
-            "the state read scans instead of looking up:\n{plan}"
+            "{what} scans instead of looking up:\n{plan}"
         );
     }
-}
-
-/// The plan of the `state_read` statement prepared on `client`, for two entities.
-async fn state_read_plan(client: &tokio_postgres::Client) -> String {
-    let rows = client
-        .simple_query(
-            "EXPLAIN EXECUTE state_read(ARRAY['Declaration','Declaration'], ARRAY['a','b'])",
-        )
-        .await
-        .unwrap();
-    rows.iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Two batches of a partition in flight (docs/architecture.md, "Exactly once"): the second,
@@ -980,59 +990,24 @@ async fn a_prune_makes_the_cache_forget() {
 /// each row up by its key, whatever the table held when it was planned, as the state read does.
 #[tokio::test]
 async fn the_state_update_looks_rows_up_whatever_the_table_held_when_it_was_planned() {
-    let db = fresh_database().await;
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!(
-            "SET plan_cache_mode = force_generic_plan; \
-             PREPARE state_update(text[], text[], text[], text[], bigint[], timestamptz[], \
+    // Planned (at its first execution, and again after the ANALYZE) in a batch transaction.
+    looks_state_up_however_planned(
+        &format!(
+            "PREPARE state_update(text[], text[], text[], text[], bigint[], timestamptz[], \
                  bool[], text[], int[], bigint[], text[], text[], bigint[], timestamptz[], bool[], \
                  text[], int[], bigint[], text[], float8) AS {}",
             event_manager::store::STATE_UPDATE
-        ))
-        .await
-        .unwrap();
-    // Planned (at its first execution, and again after the ANALYZE) in a batch transaction.
-    let explain = format!(
-        "BEGIN; {}; \
-         EXPLAIN EXECUTE state_update('{{Declaration}}', '{{a}}', '{{status}}', '{{active}}', \
-           '{{1}}', '{{2026-01-01}}', '{{f}}', '{{t}}', '{{0}}', '{{1}}', '{{NULL}}', '{{draft}}', \
-           '{{1}}', '{{2025-01-01}}', '{{f}}', '{{t}}', '{{0}}', '{{0}}', '{{NULL}}', 3600); \
-         ROLLBACK",
-        event_manager::store::STATE_UPDATE_PLAN
-    );
-    let plan = || async {
-        client
-            .simple_query(&explain)
-            .await
-            .unwrap()
-            .iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let empty = plan().await;
-    client
-        .batch_execute(
-            "INSERT INTO entity_state (entity_type, entity_id, attribute, value, version, \
-                                       event_time, deleted) \
-             SELECT 'Declaration', 'e' || g, 'status', 'active', 1, now(), false \
-             FROM generate_series(1, 20000) AS g; \
-             ANALYZE entity_state",
-        )
-        .await
-        .unwrap();
-    let grown = plan().await;
-    for plan in [empty, grown] {
-        assert!(
-            plan.contains("Index Scan using entity_state_pkey") && !plan.contains("Seq Scan"),
-            "the state update scans instead of looking up:\n{plan}"
-        );
-    }
+        ),
+        &format!(
+            "BEGIN; {}; \
+             EXPLAIN EXECUTE state_update('{{Declaration}}', '{{a}}', '{{status}}', '{{active}}', \
+               '{{1}}', '{{2026-01-01}}', '{{f}}', '{{t}}', '{{0}}', '{{1}}', '{{NULL}}', \
+               '{{draft}}', '{{1}}', '{{2025-01-01}}', '{{f}}', '{{t}}', '{{0}}', '{{0}}', \
+               '{{NULL}}', 3600); \
+             ROLLBACK",
+            event_manager::store::STATE_UPDATE_PLAN
+        ),
+        "the state update",
+    )
+    .await;
 }
