@@ -133,9 +133,7 @@ impl Batch {
             })
         })
     }
-}
 
-impl Batch {
     /// The one partition each of `entities` was read from in this batch; `None` for one read
     /// from several (the state cache remembers an entity per partition).
     pub(super) fn partitions_of(&self, entities: &[(String, String)]) -> Vec<Option<Tp>> {
@@ -484,6 +482,40 @@ mod tests {
         );
         assert_eq!(gaps, [(("t".to_owned(), 0), 5, 7)]);
         assert_eq!(fences(&batch), [("t".into(), 0, Some(4), 8)]);
+    }
+
+    #[test]
+    fn an_entity_read_from_several_partitions_has_no_partition_of_its_own() {
+        let positions = HashMap::from([
+            (("t".to_owned(), 0), Some(0)),
+            (("t".to_owned(), 1), Some(0)),
+        ]);
+        let messages = vec![
+            message("t", 0, 0, esoz("Declaration", "a")),
+            message("t", 0, 1, esoz("Declaration", "shared")),
+            message("t", 1, 0, esoz("Declaration", "shared")),
+            message("t", 1, 1, esoz("Declaration", "b")),
+        ];
+        let batch = select(
+            messages,
+            &positions,
+            &rules(),
+            &instruments().0,
+            |_, _, _| panic!("no gap"),
+        );
+        let entities: Vec<(String, String)> = ["a", "shared", "b", "unknown"]
+            .iter()
+            .map(|id| ("Declaration".to_owned(), (*id).to_owned()))
+            .collect();
+        assert_eq!(
+            batch.partitions_of(&entities),
+            [
+                Some(("t".to_owned(), 0)),
+                None,
+                Some(("t".to_owned(), 1)),
+                None
+            ]
+        );
     }
 
     #[test]
