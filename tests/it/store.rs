@@ -813,21 +813,7 @@ async fn a_stale_handover_rolls_the_batch_back() {
         .unwrap();
     let handover = handover_rx.await.unwrap();
     // Another partition's consumer moves `a` on.
-    let other = [obs("a", "entered_in_error", 5)];
-    db.store
-        .apply_batch(
-            "g",
-            &[OffsetFence {
-                topic: "t".into(),
-                partition: 1,
-                expected: None,
-                next: 1,
-            }],
-            &entities_of(&other),
-            |states| detect_on(1, &other, 0, states),
-        )
-        .await
-        .unwrap();
+    apply_elsewhere(&db, None, &[obs("a", "entered_in_error", 5)]).await;
 
     let second = [obs("a", "closed", 6), obs("b", "active", 6)];
     let err = apply_behind(&db, fence(Some(2), 4), &second, true, Some(handover))
@@ -873,7 +859,7 @@ async fn apply_cached(
         .await
 }
 
-/// A write on partition 1 of "t" by a consumer without a cache (another replica).
+/// A write on partition 1 of "t" by another consumer (without a state cache).
 async fn apply_elsewhere(
     db: &crate::support::TestDatabase,
     expected: Option<i64>,
