@@ -43,7 +43,7 @@
 //! - `EM_BENCH_WRITE_VARIANTS=1`: the write ceiling also without the count triggers, with the
 //!   GIN index on `properties` that `run` builds where lists may span more than a day (sql/V16),
 //!   and without the value index of `status` that it builds by default (`api.indexed_values`);
-//! - `EM_PIPELINE__…`, `EM_DATABASE__…`: passed to the pipeline process (batch size 1000 and
+//! - `EM_PIPELINE__…`, `EM_DATABASE__…`: passed to the pipeline process (batch size 2000 and
 //!   linger 50 ms unless set). On the MockCluster the pipeline's consumer gets
 //!   `fetch.wait.max.ms` 10, as the bare consumer (see `MOCK_FETCH_WAIT_MS`).
 
@@ -1109,7 +1109,7 @@ impl Pipeline {
             file
         });
         for (key, default) in [
-            ("EM_PIPELINE__BATCH_SIZE", "1000"),
+            ("EM_PIPELINE__BATCH_SIZE", "2000"),
             ("EM_PIPELINE__BATCH_LINGER", "50ms"),
         ] {
             if std::env::var_os(key).is_none() {

@@ -199,7 +199,7 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = load("", &[]).unwrap();
-        assert_eq!(c.pipeline.batch_size, 1000);
+        assert_eq!(c.pipeline.batch_size, 2000);
         assert_eq!(c.pipeline.shutdown_grace, Duration::from_secs(30));
     }
 

@@ -36,7 +36,7 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
-            batch_size: 1000,
+            batch_size: 2000,
             batch_linger: Duration::from_millis(100),
             store_concurrency: 2,
             state_cache_entities: 50_000,
