@@ -405,11 +405,7 @@ impl EventStore {
             .await;
         if let (Err(StoreError::StateMoved | StoreError::HandoverStale), Some(c)) = (&result, cache)
         {
-            c.cache.evict(
-                sorted
-                    .iter()
-                    .filter_map(|(t, id, p)| Some((*t, *id, (*p)?))),
-            );
+            c.cache.evict(remembered_under(&sorted));
         }
         result
     }
@@ -476,19 +472,19 @@ impl EventStore {
         let recalled = match (cache, epoch) {
             (Some(c), Some(epoch)) => c.cache.recall(
                 epoch,
-                sorted.iter().filter_map(|(t, id, p)| {
-                    (!shared_set.contains(&(*t, *id))).then_some((*t, *id, (*p)?))
-                }),
+                remembered_under(sorted).filter(|(t, id, _)| !shared_set.contains(&(*t, *id))),
                 &mut states,
             ),
             _ => Default::default(),
         };
-        let read: Vec<EntityRef<'_>> = match recalled.entities.is_empty() {
-            true => own,
-            false => own
-                .into_iter()
-                .filter(|(t, id)| !recalled.entities.contains(&state_cache::entity_key(t, id)))
-                .collect(),
+        let read: Vec<EntityRef<'_>> = match recalled.len() {
+            0 => own,
+            _ => {
+                let mut key = String::new();
+                own.into_iter()
+                    .filter(|(t, id)| !recalled.contains(&mut key, t, id))
+                    .collect()
+            }
         };
         lock_and_read(&tx, &read, &mut states).await?;
         let handed: HashMap<StateKey, AttributeState> = match &handover {
@@ -559,9 +555,7 @@ impl EventStore {
             c.cache.remember(
                 epoch,
                 &recalled,
-                sorted
-                    .iter()
-                    .filter_map(|(t, id, p)| Some((*t, *id, (*p)?))),
+                remembered_under(sorted),
                 &left.states,
                 |t, id| written.contains(&(t, id)),
             );
@@ -569,10 +563,19 @@ impl EventStore {
         Ok(BatchReport {
             events_inserted,
             states_written,
-            entities_recalled: recalled.entities.len() as u64,
+            entities_recalled: recalled.len() as u64,
             entities_read: (read.len() + shared.len()) as u64,
         })
     }
+}
+
+/// The entities of a batch the state cache may remember, each with its partition.
+fn remembered_under<'a>(
+    sorted: &'a [(&'a str, &'a str, Option<&'a Partition>)],
+) -> impl Iterator<Item = (&'a str, &'a str, &'a Partition)> {
+    sorted
+        .iter()
+        .filter_map(|(t, id, p)| Some((*t, *id, (*p)?)))
 }
 
 /// Locks `entities` (sorted) and reads their known state into `states`.

@@ -26,14 +26,14 @@ pub type Partition = (String, i32);
 type Rows = Vec<(String, AttributeState)>;
 
 /// An entity's type and id as one key (`type NUL id`: the pipeline refuses NUL in both).
-pub(super) fn entity_key(entity_type: &str, entity_id: &str) -> String {
+fn entity_key(entity_type: &str, entity_id: &str) -> String {
     let mut key = String::with_capacity(entity_type.len() + entity_id.len() + 1);
     fill_key(&mut key, entity_type, entity_id);
     key
 }
 
 /// [`entity_key`] into a buffer used again.
-pub(super) fn fill_key(key: &mut String, entity_type: &str, entity_id: &str) {
+fn fill_key(key: &mut String, entity_type: &str, entity_id: &str) {
     key.clear();
     key.push_str(entity_type);
     key.push('\0');
@@ -97,9 +97,22 @@ pub struct StateCache {
 #[derive(Debug, Default)]
 pub(crate) struct Recalled {
     /// The entities found (as `type NUL id`).
-    pub(crate) entities: HashSet<String>,
+    entities: HashSet<String>,
     /// The forget count when they were.
     forgets: u64,
+}
+
+impl Recalled {
+    /// How many entities were found.
+    pub(crate) fn len(&self) -> usize {
+        self.entities.len()
+    }
+
+    /// Whether an entity was found; `key` is a buffer the caller uses again.
+    pub(crate) fn contains(&self, key: &mut String, entity_type: &str, entity_id: &str) -> bool {
+        fill_key(key, entity_type, entity_id);
+        self.entities.contains(key.as_str())
+    }
 }
 
 impl StateCache {
@@ -211,8 +224,9 @@ impl StateCache {
         let mut kept = Vec::new();
         let mut copied: HashMap<(&str, &str), (&Partition, Rows)> = HashMap::new();
         for (entity_type, entity_id, partition) in entities {
-            fill_key(&mut key, entity_type, entity_id);
-            if recalled.entities.contains(key.as_str()) && !written(entity_type, entity_id) {
+            if recalled.contains(&mut key, entity_type, entity_id)
+                && !written(entity_type, entity_id)
+            {
                 kept.push((key.clone(), partition));
             } else {
                 copied.insert((entity_type, entity_id), (partition, Vec::new()));
