@@ -2,9 +2,11 @@
 //! message's observations in message order, against the state the batch's transaction read.
 //! Each entity's final state is written once. Pure: no I/O.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use super::{AttributeState, ChangeDetector, DetectedEvent, Outcome, StateKey};
+use foldhash::{HashSet, HashSetExt};
+
+use super::{AttributeState, ChangeDetector, DetectedEvent, Outcome, StateKey, StateMap};
 use crate::model::{Observation, SourceRef};
 
 /// One message's observations, with where it was read and its rule's detector.
@@ -45,7 +47,7 @@ pub struct BatchDetection {
 /// Detects the changes of a batch's messages, in order, updating `states` in place.
 pub(crate) fn detect_batch<'a>(
     items: impl IntoIterator<Item = BatchItem<'a>>,
-    states: &mut HashMap<StateKey, AttributeState>,
+    states: &mut StateMap,
 ) -> BatchDetection {
     let mut found = BatchDetection::default();
     let mut dirty = HashSet::new();
@@ -126,7 +128,7 @@ mod tests {
     fn detect(
         detector: &ChangeDetector,
         messages: &[(SourceRef, Vec<Observation>)],
-        states: &mut HashMap<StateKey, AttributeState>,
+        states: &mut StateMap,
     ) -> BatchDetection {
         detect_batch(
             messages.iter().map(|(source, observations)| BatchItem {

@@ -2,8 +2,6 @@
 //! of an observation with the entity's last known value and decides whether a status change
 //! happened. Pure: no I/O.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
@@ -43,6 +41,10 @@ pub struct AttributeState {
     /// The anchor the value was set under ([`Scope::SetUnder`]), if any.
     pub set_by: Option<String>,
 }
+
+/// Known state by attribute. Detection, the store and the state cache look keys up for every
+/// observation: the hasher is foldhash's, randomly seeded per map, not the standard SipHash.
+pub type StateMap = foldhash::HashMap<StateKey, AttributeState>;
 
 /// What happened to one attribute of an observation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,7 +158,7 @@ impl ChangeDetector {
         &self,
         obs: &Observation,
         at: &SourceRef,
-        states: &mut HashMap<StateKey, AttributeState>,
+        states: &mut StateMap,
     ) -> Detection {
         let mut detection = Detection::default();
         let mut changed = Map::new();

@@ -2,7 +2,7 @@
 //! each one kept only if this member owns its partition and has not stored it yet, then decoded
 //! and selected by its topic's rule (docs/architecture.md, "Data flow").
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::RDKafkaErrorCode;
@@ -118,7 +118,7 @@ pub(super) struct Batch {
     /// Each partition's expected and next stored offset.
     pub(super) fences: Vec<OffsetFence>,
     /// Every entity the observations touch, to lock in the transaction.
-    pub(super) entities: HashSet<(String, String)>,
+    pub(super) entities: foldhash::HashSet<(String, String)>,
 }
 
 impl Batch {
@@ -137,7 +137,8 @@ impl Batch {
     /// The one partition each of `entities` was read from in this batch; `None` for one read
     /// from several (the state cache remembers an entity per partition).
     pub(super) fn partitions_of(&self, entities: &[(String, String)]) -> Vec<Option<Tp>> {
-        let mut seen: HashMap<(&str, &str), Option<(&str, i32)>> = HashMap::new();
+        let mut seen: foldhash::HashMap<(&str, &str), Option<(&str, i32)>> =
+            foldhash::HashMap::with_capacity_and_hasher(entities.len(), Default::default());
         for item in &self.selected {
             let here = (item.source.topic.as_str(), item.source.partition);
             for o in &item.observations {

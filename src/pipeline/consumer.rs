@@ -434,7 +434,7 @@ impl ConsumerLoop {
 fn detect(
     rules: &RuleSet,
     batch: &Batch,
-    states: &mut HashMap<crate::detect::StateKey, crate::detect::AttributeState>,
+    states: &mut crate::detect::StateMap,
     tally: &mut Tally,
 ) -> BatchChanges {
     let found = detect_batch(batch.items(rules), states);

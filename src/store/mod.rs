@@ -14,13 +14,13 @@ pub(crate) mod retention;
 mod state_cache;
 pub mod tls;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 
-use crate::detect::{AttributeState, DetectedEvent, StateKey};
+use crate::detect::{AttributeState, DetectedEvent, StateKey, StateMap};
 use crate::model::SourceRef;
 
 pub use config::{DatabaseConfig, DatabaseUrl};
@@ -247,8 +247,8 @@ type EntityRef<'a> = (&'a str, &'a str);
 /// it stands once it commits.
 #[derive(Debug, Default)]
 pub struct Handover {
-    entities: HashSet<(String, String)>,
-    states: HashMap<StateKey, AttributeState>,
+    entities: foldhash::HashSet<(String, String)>,
+    states: StateMap,
 }
 
 /// The state cache a batch uses: `partitions[i]` is the one partition `entities[i]` was read
@@ -362,7 +362,7 @@ impl EventStore {
         detect: F,
     ) -> Result<BatchReport, StoreError>
     where
-        F: FnOnce(&mut HashMap<StateKey, AttributeState>) -> BatchChanges,
+        F: FnOnce(&mut StateMap) -> BatchChanges,
     {
         self.apply_batch_in_turn(group_id, fences, entities, detect, Alone::alone(), None)
             .await
@@ -383,7 +383,7 @@ impl EventStore {
         cache: Option<CacheUse<'_>>,
     ) -> Result<BatchReport, StoreError>
     where
-        F: FnOnce(&mut HashMap<StateKey, AttributeState>) -> BatchChanges,
+        F: FnOnce(&mut StateMap) -> BatchChanges,
         L: FnOnce(Arc<Handover>),
         W: FnOnce() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -422,7 +422,7 @@ impl EventStore {
         cache: Option<CacheUse<'_>>,
     ) -> Result<BatchReport, StoreError>
     where
-        F: FnOnce(&mut HashMap<StateKey, AttributeState>) -> BatchChanges,
+        F: FnOnce(&mut StateMap) -> BatchChanges,
         L: FnOnce(Arc<Handover>),
         W: FnOnce() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -463,10 +463,10 @@ impl EventStore {
                     .as_ref()
                     .is_some_and(|h| h.entities.contains(&((*t).to_owned(), (*id).to_owned())))
             });
-        let shared_set: HashSet<(&str, &str)> = shared.iter().copied().collect();
+        let shared_set: foldhash::HashSet<(&str, &str)> = shared.iter().copied().collect();
         let is_shared =
             |k: &StateKey| shared_set.contains(&(k.entity_type.as_str(), k.entity_id.as_str()));
-        let mut states = HashMap::new();
+        let mut states = StateMap::with_capacity_and_hasher(sorted.len(), Default::default());
         // The entities the cache remembers (read from one partition, not shared) are not
         // locked: their state is the remembered one.
         let recalled = match (cache, epoch) {
@@ -487,14 +487,14 @@ impl EventStore {
             }
         };
         lock_and_read(&tx, &read, &mut states).await?;
-        let handed: HashMap<StateKey, AttributeState> = match &handover {
+        let handed: StateMap = match &handover {
             Some(h) if !shared.is_empty() => h
                 .states
                 .iter()
                 .filter(|(k, _)| is_shared(k))
                 .map(|(k, s)| (k.clone(), s.clone()))
                 .collect(),
-            _ => HashMap::new(),
+            _ => StateMap::default(),
         };
         states.extend(handed.iter().map(|(k, s)| (k.clone(), s.clone())));
 
@@ -534,7 +534,7 @@ impl EventStore {
         take_turn(&tx, group_id, fences, after).await?;
         let mut shared_states = shared_states;
         if !shared.is_empty() {
-            let mut found = HashMap::new();
+            let mut found = StateMap::default();
             lock_and_read(&tx, &shared, &mut found).await?;
             if found != handed {
                 return Err(StoreError::HandoverStale);
@@ -546,7 +546,7 @@ impl EventStore {
         }
         tx.commit().await?;
         if let (Some(c), Some(epoch)) = (cache, epoch) {
-            let written: HashSet<(&str, &str)> = changes
+            let written: foldhash::HashSet<(&str, &str)> = changes
                 .states
                 .iter()
                 .chain(&shared_states)
@@ -582,7 +582,7 @@ fn remembered_under<'a>(
 async fn lock_and_read(
     tx: &deadpool_postgres::Transaction<'_>,
     entities: &[(&str, &str)],
-    states: &mut HashMap<StateKey, AttributeState>,
+    states: &mut StateMap,
 ) -> Result<(), StoreError> {
     if entities.is_empty() {
         return Ok(());
@@ -846,7 +846,7 @@ async fn insert_events<'e>(
 async fn write_states(
     tx: &deadpool_postgres::Transaction<'_>,
     states: &mut [(StateKey, AttributeState)],
-    before: &HashMap<StateKey, AttributeState>,
+    before: &StateMap,
 ) -> Result<u64, StoreError> {
     if states.is_empty() {
         return Ok(0);

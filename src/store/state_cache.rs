@@ -12,12 +12,12 @@
 //! cache is full the fullest partition's old generation is dropped and its young one becomes
 //! old.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use chrono::SubsecRound;
 
-use crate::detect::{AttributeState, StateKey};
+use crate::detect::{AttributeState, StateKey, StateMap};
 
 /// A topic partition.
 pub type Partition = (String, i32);
@@ -171,7 +171,7 @@ impl StateCache {
         &self,
         epoch: i64,
         entities: impl IntoIterator<Item = (&'e str, &'e str, &'e Partition)>,
-        states: &mut HashMap<StateKey, AttributeState>,
+        states: &mut StateMap,
     ) -> Recalled {
         let mut recalled = Recalled::default();
         if !self.enabled() {
@@ -214,7 +214,7 @@ impl StateCache {
         epoch: i64,
         recalled: &Recalled,
         entities: impl IntoIterator<Item = (&'e str, &'e str, &'e Partition)>,
-        states: &HashMap<StateKey, AttributeState>,
+        states: &StateMap,
         written: impl Fn(&str, &str) -> bool,
     ) {
         if !self.enabled() {
@@ -318,7 +318,7 @@ mod tests {
         ("t".to_owned(), n)
     }
 
-    fn states(ids: &[&str]) -> HashMap<StateKey, AttributeState> {
+    fn states(ids: &[&str]) -> StateMap {
         ids.iter()
             .flat_map(|id| [(key(id, "a"), state("x")), (key(id, "b"), state("y"))])
             .collect()
