@@ -157,7 +157,7 @@ mod tests {
             ),
             (at(1), vec![snapshot("a", "active", 1)]),
         ];
-        let found = detect(&first_event(), &messages, &mut HashMap::new());
+        let found = detect(&first_event(), &messages, &mut StateMap::default());
         let coordinates: Vec<(i64, i32, &str)> = found
             .events
             .iter()
@@ -178,7 +178,7 @@ mod tests {
             (at(1), vec![snapshot("a", "active", 1)]),
             (at(2), vec![snapshot("a", "closed", 2)]),
         ];
-        let found = detect(&first_event(), &messages, &mut HashMap::new());
+        let found = detect(&first_event(), &messages, &mut StateMap::default());
         assert_eq!(found.states.len(), 1);
         assert_eq!(status_of(&found, "a").as_deref(), Some("closed"));
         assert_eq!(found.states[0].1.source, Some(at(2)));
@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn nothing_changed_writes_nothing() {
-        let mut states = HashMap::new();
+        let mut states = StateMap::default();
         let first = [(at(0), vec![snapshot("a", "active", 0)])];
         detect(&ChangeDetector::default(), &first, &mut states);
         let again = [(at(1), vec![snapshot("a", "active", 0)])];
@@ -215,7 +215,7 @@ mod tests {
                     observations: &second,
                 },
             ],
-            &mut HashMap::new(),
+            &mut StateMap::default(),
         );
         let ids: Vec<&str> = found
             .events
@@ -240,9 +240,9 @@ mod tests {
             .enumerate()
             .map(|(i, s)| (at(i as i64), vec![snapshot("a", s, i as i64 / 2)]))
             .collect();
-        let whole = detect(&first_event(), &messages, &mut HashMap::new());
+        let whole = detect(&first_event(), &messages, &mut StateMap::default());
         for cut in 1..messages.len() {
-            let mut states = HashMap::new();
+            let mut states = StateMap::default();
             let head = detect(&first_event(), &messages[..cut], &mut states);
             let tail = detect(&first_event(), &messages[cut..], &mut states);
             let events: Vec<SourcedEvent> = head.events.into_iter().chain(tail.events).collect();

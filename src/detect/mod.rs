@@ -154,12 +154,7 @@ impl ChangeDetector {
 
     /// Detects the changes an observation of the message read at `at` makes against `states`,
     /// updating `states` in place.
-    pub fn detect(
-        &self,
-        obs: &Observation,
-        at: &SourceRef,
-        states: &mut StateMap,
-    ) -> Detection {
+    pub fn detect(&self, obs: &Observation, at: &SourceRef, states: &mut StateMap) -> Detection {
         let mut detection = Detection::default();
         let mut changed = Map::new();
         for (attribute, new_value) in &obs.attributes {
@@ -337,11 +332,8 @@ mod tests {
         }
     }
 
-    fn run(
-        detector: ChangeDetector,
-        steps: &[Observation],
-    ) -> (Vec<Detection>, HashMap<StateKey, AttributeState>) {
-        let mut states = HashMap::new();
+    fn run(detector: ChangeDetector, steps: &[Observation]) -> (Vec<Detection>, StateMap) {
+        let mut states = StateMap::default();
         let out = steps
             .iter()
             .enumerate()

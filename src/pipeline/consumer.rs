@@ -131,7 +131,7 @@ impl ConsumerLoop {
     /// Batches overlap: while one or two are stored (on threads of their own), the next is
     /// collected from Kafka. Once the older of two has ended, the collected one is selected
     /// against the positions the newer one moves to and stored behind it: it starts once the
-    /// newer one holds its entity locks and checks its fences once the newer one has committed
+    /// newer one has run detection and checks its fences once the newer one has committed
     /// (docs/architecture.md, "Exactly once"). Only a batch of one transaction is stored
     /// behind one of one transaction (one busy partition), and only where
     /// `pipeline.store_concurrency` allows two at once; otherwise it is selected against the
@@ -162,9 +162,10 @@ impl ConsumerLoop {
                 }
                 // A batch of one transaction is stored behind one of one transaction, at
                 // most store_concurrency at once; any other waits for the one still in flight
-                // to end. (A batch behind another locks the entities that one holds only after
-                // it committed; a batch of several parts could lock one of them before it,
-                // docs/architecture.md, "Exactly once".)
+                // to end. (A batch behind another takes the state of the entities that one
+                // writes from its handover; a part of a batch of several parts could write an
+                // entity another part of the one before writes, without its handover, and
+                // would roll back as moved, docs/architecture.md, "Exactly once".)
                 let parts = messages
                     .iter()
                     .map(|m| (m.topic.as_str(), m.partition))
@@ -306,7 +307,7 @@ impl ConsumerLoop {
                 attempt += 1;
                 continue;
             }
-            // Behind the batch before while it is in flight, from when it holds its locks;
+            // Behind the batch before while it is in flight, from when it has run detection;
             // alone once it has committed; not at all when it did not.
             let behind = match self.wait_turn(before.as_ref(), &partitions) {
                 Ok(behind) => behind,
@@ -323,7 +324,7 @@ impl ConsumerLoop {
                 None => (None, None),
             };
             let turn = Turn {
-                locked: |handover| part.locked(handover),
+                detected: |handover| part.detected(handover),
                 after: behind.map(|(flight, seen)| {
                     let partitions = &partitions;
                     move || async move {
@@ -396,7 +397,7 @@ impl ConsumerLoop {
     }
 
     /// Waits until this batch may start behind `before`: `Ok(Some((flight, failures seen,
-    /// handover)))` once every part of it holds its locks while some with these partitions are
+    /// handover)))` once every part of it has run detection while some with these partitions are
     /// still in flight, `Ok(None)` when those have committed (or it has none of these
     /// partitions: then this batch is alone, as any other consumer's would be), `Err` when
     /// they have not (rewound or abandoned).

@@ -1,6 +1,6 @@
 //! Two batches in flight: a batch is stored while the one before it on the same partitions
 //! is still committing (docs/architecture.md, "Exactly once"). Each batch publishes the
-//! progress of its parts; the batch after it starts once every part holds its entity locks,
+//! progress of its parts; the batch after it starts once every part has run detection,
 //! and checks its fences only once the parts with its partitions have committed.
 
 use std::collections::HashSet;
@@ -26,8 +26,8 @@ pub(super) enum PartEnd {
 #[derive(Debug, Default)]
 struct PartProgress {
     partitions: Vec<Tp>,
-    /// Holds its entity locks in its current attempt, and has run detection.
-    locked: bool,
+    /// Has read its state and run detection in its current attempt.
+    detected: bool,
     /// What its current attempt leaves the batch after it.
     handover: Option<Arc<Handover>>,
     /// Attempts that failed so far: a waiting successor rolls back at each.
@@ -102,13 +102,13 @@ impl Flight {
         }
     }
 
-    /// Waits until every part holds its entity locks or has ended; returns the failures so far
+    /// Waits until every part has run detection or has ended; returns the failures so far
     /// of the parts with some of `partitions`, and the handover of the part with them when
     /// exactly one has them and it is still in flight.
     pub(super) async fn started(&self, partitions: &[Tp]) -> (u64, Option<Arc<Handover>>) {
         let mut rx = self.0.subscribe();
         let seen = rx
-            .wait_for(|parts| parts.iter().all(|p| p.locked || p.end.is_some()))
+            .wait_for(|parts| parts.iter().all(|p| p.detected || p.end.is_some()))
             .await
             .map(|parts| {
                 let mut sharing = sharing(&parts, partitions);
@@ -128,8 +128,8 @@ impl Flight {
     }
 
     /// Waits until the parts with some of `partitions` have ended (then what they did), or
-    /// until one of their attempts fails after `seen` failures (`None`: roll back, it needs
-    /// its locks again).
+    /// until one of their attempts fails after `seen` failures (`None`: roll back, its
+    /// handover is gone).
     pub(super) async fn finished(&self, seen: u64, partitions: &[Tp]) -> Option<Verdict> {
         let mut rx = self.0.subscribe();
         let parts = rx
@@ -162,19 +162,19 @@ impl Part {
         });
     }
 
-    /// Its transaction holds its entity locks and has run detection; `handover` is what it
+    /// Its transaction has read its state and run detection; `handover` is what it
     /// leaves the batch after it.
-    pub(super) fn locked(&mut self, handover: Arc<Handover>) {
+    pub(super) fn detected(&mut self, handover: Arc<Handover>) {
         self.update(|p| {
-            p.locked = true;
+            p.detected = true;
             p.handover = Some(handover);
         });
     }
 
-    /// An attempt failed and rolled back (its locks are gone).
+    /// An attempt failed and rolled back (its handover is gone).
     pub(super) fn failed(&mut self) {
         self.update(|p| {
-            p.locked = false;
+            p.detected = false;
             p.handover = None;
             p.failures += 1;
         });
@@ -190,7 +190,7 @@ impl Part {
             return;
         }
         self.update(|p| {
-            p.locked = false;
+            p.detected = false;
             p.handover = None;
             p.end = Some(end);
         });
@@ -212,11 +212,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_successor_starts_when_every_part_is_locked_or_ended() {
+    async fn a_successor_starts_when_every_part_has_detected_or_ended() {
         let flight = Flight::new();
         let mut a = flight.part(vec![tp(0)]);
         let b = flight.part(vec![tp(1)]);
-        a.locked(Arc::default());
+        a.detected(Arc::default());
         let started = tokio::spawn({
             let flight = flight.clone();
             async move { flight.started(&[tp(0)]).await.0 }
@@ -233,8 +233,8 @@ mod tests {
         let mut a = flight.part(vec![tp(0)]);
         // Another part's failures are not this successor's concern.
         let mut other = flight.part(vec![tp(1)]);
-        other.locked(Arc::default());
-        a.locked(Arc::default());
+        other.detected(Arc::default());
+        a.detected(Arc::default());
         let (seen, _) = flight.started(&[tp(0)]).await;
         let waiting = tokio::spawn({
             let flight = flight.clone();
@@ -246,7 +246,7 @@ mod tests {
         a.failed();
         assert_eq!(waiting.await.unwrap(), None);
         // The next attempt commits.
-        a.locked(Arc::default());
+        a.detected(Arc::default());
         other.ended(PartEnd::Committed);
         let (seen, _) = flight.started(&[tp(0)]).await;
         a.ended(PartEnd::Committed);

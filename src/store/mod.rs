@@ -114,13 +114,13 @@ pub enum StoreError {
     #[error("the batch before this one on its partitions did not commit")]
     PredecessorFailed,
     /// The state the batch before this one handed over was changed by another writer before
-    /// this one locked it: this one was rolled back, to be stored again against the state
+    /// this one read it again: this one was rolled back, to be stored again against the state
     /// as it is.
     #[error("the state handed over by the batch before this one was changed meanwhile")]
     HandoverStale,
     /// A state row the batch writes is no longer the one it detected against (another writer
-    /// or the terminator changed it after the state cache remembered it): the batch was rolled
-    /// back and its entities forgotten, to be stored again against the state as it is.
+    /// or the terminator changed it after the batch read it or the state cache remembered it):
+    /// the batch was rolled back and its entities forgotten, to be stored again against the state as it is.
     #[error("the state of an entity of the batch was changed by another writer")]
     StateMoved,
     /// No connection could be had.
@@ -209,7 +209,7 @@ pub struct BatchReport {
     pub states_written: u64,
     /// Entities whose state came from the state cache instead of the EventDB.
     pub entities_recalled: u64,
-    /// Entities locked and read in the EventDB.
+    /// Entities read in the EventDB.
     pub entities_read: u64,
 }
 
@@ -218,21 +218,21 @@ pub struct BatchReport {
 ///
 /// Every batch first takes the *turns* at its next positions (advisory locks, held until it
 /// ends). Alone, it checks its offset fences at once and fails fast. Behind a predecessor still
-/// in flight, it locks its entities, reads their state and writes its events and state
-/// meanwhile; then it waits for the turns at its expected positions (the predecessor's next
-/// ones: a wait PostgreSQL's deadlock detector sees), then for `after` to say the predecessor
-/// committed, and only then checks its fences and writes its counts (the predecessor writes
-/// the same count rows). The caller starts it only once the predecessor holds its entity
-/// locks and has run detection, so that the predecessor never waits for this batch's.
+/// in flight, it reads its entities' state and writes its events and state meanwhile; then it
+/// waits for the turns at its expected positions (the predecessor's next ones: a wait
+/// PostgreSQL's deadlock detector sees), then for `after` to say the predecessor committed, and
+/// only then checks its fences and writes its counts (the predecessor writes the same count
+/// rows). The caller starts it only once the predecessor has run detection, so that it can hand
+/// its entities' state over.
 ///
-/// The entities the predecessor locked too are not locked meanwhile (that would wait for its
-/// commit): their state is taken from its [`Handover`], and once the predecessor committed
-/// they are locked, their state read and compared with it. Where another writer changed it in
-/// between, the batch rolls back with [`StoreError::HandoverStale`].
+/// The entities the predecessor has too are not read meanwhile (the predecessor writes them):
+/// their state is taken from its [`Handover`], and once the predecessor committed their state
+/// is read and compared with it. Where another writer changed it in between, the batch rolls
+/// back with [`StoreError::HandoverStale`].
 pub struct Turn<L, W> {
-    /// Called once the batch's entities are locked and detection has run, with what the batch
-    /// leaves the one after it: that one may start.
-    pub locked: L,
+    /// Called once the batch has read its state and run detection, with what the batch leaves
+    /// the one after it: that one may start.
+    pub detected: L,
     /// `None`: alone. `Some`: waits for the predecessor; `false` rolls this batch back with
     /// [`StoreError::PredecessorFailed`].
     pub after: Option<W>,
@@ -243,8 +243,8 @@ pub struct Turn<L, W> {
 /// An entity's type and id.
 type EntityRef<'a> = (&'a str, &'a str);
 
-/// What a batch leaves the batch stored behind it: the entities it locked and their state as
-/// it stands once it commits.
+/// What a batch leaves the batch stored behind it: its entities and their state as it stands
+/// once it commits.
 #[derive(Debug, Default)]
 pub struct Handover {
     entities: foldhash::HashSet<(String, String)>,
@@ -252,7 +252,7 @@ pub struct Handover {
 }
 
 /// The state cache a batch uses: `partitions[i]` is the one partition `entities[i]` was read
-/// from in the batch, `None` when it came from several (then it is locked and read).
+/// from in the batch, `None` when it came from several (then it is read).
 #[derive(Clone, Copy)]
 pub struct CacheUse<'a> {
     /// The consumer's cache.
@@ -273,7 +273,7 @@ impl Alone {
     /// Fences first, nobody to tell.
     pub fn alone() -> Self {
         Turn {
-            locked: |_| {},
+            detected: |_| {},
             after: None,
             handover: None,
         }
@@ -351,9 +351,11 @@ impl EventStore {
     }
 
     /// Writes one batch in one transaction: first the offset fences (a consumer whose partition
-    /// moved on fails here and the whole batch rolls back), then per-entity locks so that the same
-    /// entity arriving through several consumers is serialised (row locks on `entities`), then the known state of the batch's
+    /// moved on fails here and the whole batch rolls back), then the known state of the batch's
     /// entities is read, `detect` runs against it, and the events and new state are written.
+    /// Every state write is a compare-and-set against the state read: should another writer
+    /// (another consumer with the same entity) have changed it meanwhile, the batch rolls back
+    /// with [`StoreError::StateMoved`], to be stored again.
     pub async fn apply_batch<F>(
         &self,
         group_id: &str,
@@ -370,7 +372,7 @@ impl EventStore {
 
     /// [`EventStore::apply_batch`], taking its turn behind the batch before it (see [`Turn`]),
     /// and detecting against the state `cache` remembers of the entities it has (see
-    /// [`StateCache`]) instead of locking and reading them. Every state row the batch writes is
+    /// [`StateCache`]) instead of reading them. Every state row the batch writes is
     /// a compare-and-set against the state it detected against; should one have moved, the
     /// batch rolls back with [`StoreError::StateMoved`] and its entities are forgotten.
     pub async fn apply_batch_in_turn<F, L, W, Fut>(
@@ -389,7 +391,7 @@ impl EventStore {
         Fut: std::future::Future<Output = bool>,
     {
         let cache = cache.filter(|c| c.cache.enabled());
-        // Sorted, so that concurrent batches take their row locks in the same order.
+        // Sorted, so that concurrent batches take the state rows' locks in the same order.
         let mut sorted: Vec<(&str, &str, Option<&Partition>)> = entities
             .iter()
             .enumerate()
@@ -453,7 +455,7 @@ impl EventStore {
             .2
         };
 
-        // The entities the predecessor in flight holds are locked only once it committed.
+        // The entities the predecessor in flight writes are read only once it committed.
         let handover = turn.handover.filter(|_| turn.after.is_some());
         let (shared, own): (Vec<EntityRef<'_>>, Vec<EntityRef<'_>>) = sorted
             .iter()
@@ -467,8 +469,8 @@ impl EventStore {
         let is_shared =
             |k: &StateKey| shared_set.contains(&(k.entity_type.as_str(), k.entity_id.as_str()));
         let mut states = StateMap::with_capacity_and_hasher(sorted.len(), Default::default());
-        // The entities the cache remembers (read from one partition, not shared) are not
-        // locked: their state is the remembered one.
+        // The entities the cache remembers (read from one partition, not shared) are not read:
+        // their state is the remembered one.
         let recalled = match (cache, epoch) {
             (Some(c), Some(epoch)) => c.cache.recall(
                 epoch,
@@ -486,7 +488,7 @@ impl EventStore {
                     .collect()
             }
         };
-        lock_and_read(&tx, &read, &mut states).await?;
+        read_states(&tx, &read, &mut states).await?;
         let handed: StateMap = match &handover {
             Some(h) if !shared.is_empty() => h
                 .states
@@ -508,8 +510,8 @@ impl EventStore {
                 .collect(),
             states,
         });
-        (turn.locked)(Arc::clone(&left));
-        // The new state of shared entities is written once they are locked.
+        (turn.detected)(Arc::clone(&left));
+        // The new state of shared entities is written once their state is checked.
         let (shared_states, own_states): (Vec<_>, Vec<_>) = std::mem::take(&mut changes.states)
             .into_iter()
             .partition(|(k, _)| is_shared(k));
@@ -535,7 +537,7 @@ impl EventStore {
         let mut shared_states = shared_states;
         if !shared.is_empty() {
             let mut found = StateMap::default();
-            lock_and_read(&tx, &shared, &mut found).await?;
+            read_states(&tx, &shared, &mut found).await?;
             if found != handed {
                 return Err(StoreError::HandoverStale);
             }
@@ -578,8 +580,9 @@ fn remembered_under<'a>(
         .filter_map(|(t, id, p)| Some((*t, *id, (*p)?)))
 }
 
-/// Locks `entities` (sorted) and reads their known state into `states`.
-async fn lock_and_read(
+/// Reads the known state of `entities` into `states`. Nothing is locked: every write of the
+/// state is a compare-and-set against what was read (see [`write_states`]).
+async fn read_states(
     tx: &deadpool_postgres::Transaction<'_>,
     entities: &[(&str, &str)],
     states: &mut StateMap,
@@ -589,21 +592,8 @@ async fn lock_and_read(
     }
     let types: Vec<&str> = entities.iter().map(|(t, _)| *t).collect();
     let ids: Vec<&str> = entities.iter().map(|(_, id)| *id).collect();
-    // One statement makes the new entities' rows and locks the existing ones: the conflict
-    // action locks each conflicting row (as `FOR UPDATE` would) before its `WHERE false`
-    // declines the update, and the rows are taken in the order given.
-    let anchor = tx
-        .prepare_cached(
-            "INSERT INTO entities AS e (entity_type, entity_id) \
-             SELECT * FROM UNNEST($1::text[], $2::text[]) \
-             ON CONFLICT (entity_type, entity_id) DO UPDATE \
-             SET entity_type = EXCLUDED.entity_type WHERE false",
-        )
-        .await?;
     let select = tx.prepare_cached(STATE_READ).await?;
-    // Sent together (the server runs them in this order): the state is read under the locks.
-    let keys: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&types, &ids];
-    let (_, rows) = futures::try_join!(tx.execute(&anchor, &keys), tx.query(&select, &keys))?;
+    let rows = tx.query(&select, &[&types, &ids]).await?;
     for row in rows {
         let source = match (row.get(7), row.get(8), row.get(9)) {
             (Some(topic), Some(partition), Some(offset)) => Some(SourceRef {

@@ -686,7 +686,7 @@ async fn a_database_outage_pauses_and_loses_nothing() {
 async fn the_same_entity_through_several_consumers_at_once_changes_once() {
     use event_manager::detect::{ChangeDetector, DetectOptions};
     use event_manager::model::{Attributes, Observation, ObservationKind, Scope, SourceRef};
-    use event_manager::store::{BatchChanges, NewEvent, OffsetFence};
+    use event_manager::store::{BatchChanges, NewEvent, OffsetFence, StoreError};
 
     let db = fresh_database().await;
     let obs = |status: &str, sec: i64| Observation {
@@ -706,47 +706,54 @@ async fn the_same_entity_through_several_consumers_at_once_changes_once() {
         let store = store.clone();
         async move {
             let detector = ChangeDetector::new(DetectOptions::default());
-            store
-                .apply_batch(
-                    "g",
-                    &[OffsetFence {
-                        topic: "t".into(),
-                        partition,
-                        expected: None,
-                        next: 1,
-                    }],
-                    &[("Declaration".into(), "shared".into())],
-                    |states| {
-                        let source = SourceRef {
+            // Stored again when another consumer moved the state first, as the consumer does.
+            loop {
+                let stored = store
+                    .apply_batch(
+                        "g",
+                        &[OffsetFence {
                             topic: "t".into(),
                             partition,
-                            offset: 0,
-                        };
-                        let d = detector.detect(&o, &source, states);
-                        BatchChanges {
-                            events: d
-                                .event
-                                .into_iter()
-                                .map(|event| NewEvent {
-                                    event,
-                                    source: source.clone(),
-                                    seq: 0,
-                                })
-                                .collect(),
-                            states: d
-                                .dirty
-                                .iter()
-                                .map(|k| (k.clone(), states[k].clone()))
-                                .collect(),
-                        }
-                    },
-                )
-                .await
-                .unwrap()
+                            expected: None,
+                            next: 1,
+                        }],
+                        &[("Declaration".into(), "shared".into())],
+                        |states| {
+                            let source = SourceRef {
+                                topic: "t".into(),
+                                partition,
+                                offset: 0,
+                            };
+                            let d = detector.detect(&o, &source, states);
+                            BatchChanges {
+                                events: d
+                                    .event
+                                    .into_iter()
+                                    .map(|event| NewEvent {
+                                        event,
+                                        source: source.clone(),
+                                        seq: 0,
+                                    })
+                                    .collect(),
+                                states: d
+                                    .dirty
+                                    .iter()
+                                    .map(|k| (k.clone(), states[k].clone()))
+                                    .collect(),
+                            }
+                        },
+                    )
+                    .await;
+                match stored {
+                    Err(StoreError::StateMoved) => continue,
+                    stored => break stored.unwrap(),
+                }
+            }
         }
     };
-    // A new entity seen by twelve consumers at once, each with another status: serialised, the
-    // first is the baseline and every other one a change from the state committed before it.
+    // A new entity seen by twelve consumers at once, each with another status: serialised (each
+    // state write a compare-and-set), the first is the baseline and every other one a change
+    // from the state committed before it.
     let reports =
         futures::future::join_all((0..12).map(|p| apply(200 + p, obs(&format!("s{p}"), 0)))).await;
     let inserted: u64 = reports.iter().map(|r| r.events_inserted).sum();
