@@ -32,7 +32,7 @@ pub struct PipelineMetrics {
     /// once: predecessor_failed, handover_stale, state_moved).
     pub batches: IntCounterVec,
     /// Entities of committed batches by where their state came from: `recalled` from the
-    /// state cache, `read` (locked and read) from the EventDB.
+    /// state cache, `read` from the EventDB.
     pub state_cache_entities: IntCounterVec,
     /// Consumer lag in messages, by topic and partition.
     pub consumer_lag: IntGaugeVec,

@@ -252,7 +252,7 @@ pub(crate) struct BatchCommitted {
     /// Events stored by entity type.
     pub(crate) events_by_type: HashMap<String, u64>,
     pub(crate) events_inserted: u64,
-    /// Entities whose state came from the state cache, and those locked and read.
+    /// Entities whose state came from the state cache, and those read in the EventDB.
     pub(crate) entities_recalled: u64,
     pub(crate) entities_read: u64,
     pub(crate) partitions: usize,
