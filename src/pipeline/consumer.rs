@@ -131,12 +131,11 @@ impl ConsumerLoop {
     /// Batches overlap: while one or two are stored (on threads of their own), the next is
     /// collected from Kafka. Once the older of two has ended, the collected one is selected
     /// against the positions the newer one moves to and stored behind it: it starts once the
-    /// newer one has run detection and checks its fences once the newer one has committed
-    /// (docs/architecture.md, "Exactly once"). Only a batch of one transaction is stored
-    /// behind one of one transaction (one busy partition), and only where
-    /// `pipeline.store_concurrency` allows two at once; otherwise it is selected against the
-    /// same positions while the newer one is stored, and stored once that one has ended,
-    /// without the partitions it rewound.
+    /// newer one has run detection and checks its fences once the newer one's transactions with
+    /// its partitions have committed (docs/architecture.md, "Exactly once"). That takes
+    /// `pipeline.store_concurrency` of at least 2; with 1 the collected batch is selected
+    /// against the same positions while the newer one is stored, and stored once that one has
+    /// ended, without the partitions it rewound.
     pub(super) fn run(self) {
         let mut last_check = Instant::now();
         let this = &self;
@@ -160,31 +159,21 @@ impl ConsumerLoop {
                     }
                     continue;
                 }
-                // A batch of one transaction is stored behind one of one transaction, at
-                // most store_concurrency at once; any other waits for the one still in flight
-                // to end. (A batch behind another takes the state of the entities that one
-                // writes from its handover; a part of a batch of several parts could write an
-                // entity another part of the one before writes, without its handover, and
-                // would roll back as moved, docs/architecture.md, "Exactly once".)
-                let parts = messages
-                    .iter()
-                    .map(|m| (m.topic.as_str(), m.partition))
-                    .collect::<std::collections::HashSet<_>>()
-                    .len()
-                    .min(self.store_concurrency);
+                // Stored behind the batch still in flight (each of its transactions behind
+                // that one's transactions with its partitions, docs/architecture.md, "Exactly
+                // once"), unless store_concurrency is 1: then it waits for that one to end.
                 let started = Instant::now();
-                let prepared = if let Some(in_flight) =
-                    newer.take_if(|b| b.handles.len() + parts > self.store_concurrency.min(2))
-                {
-                    // Selected while that one is stored, against the positions it moves to,
-                    // then stored once it has ended: without the partitions it rewound.
-                    let batch = self.prepare(messages, &in_flight.fences);
-                    let rewound = self.after_store(Some(in_flight), &mut Vec::new());
-                    batch.and_then(|b| b.without(&rewound))
-                } else {
-                    let ahead = newer.as_ref().map(|b| b.fences.as_slice());
-                    self.prepare(messages, ahead.unwrap_or_default())
-                };
+                let prepared =
+                    if let Some(in_flight) = newer.take_if(|_| self.store_concurrency < 2) {
+                        // Selected while that one is stored, against the positions it moves to,
+                        // then stored once it has ended: without the partitions it rewound.
+                        let batch = self.prepare(messages, &in_flight.fences);
+                        let rewound = self.after_store(Some(in_flight), &mut Vec::new());
+                        batch.and_then(|b| b.without(&rewound))
+                    } else {
+                        let ahead = newer.as_ref().map(|b| b.fences.as_slice());
+                        self.prepare(messages, ahead.unwrap_or_default())
+                    };
                 let before = newer.take();
                 if let Some(batch) = prepared {
                     let fences = batch.fences.clone();
@@ -321,7 +310,7 @@ impl ConsumerLoop {
             let mut tally = Tally::default();
             let (behind, handover) = match behind {
                 Some((flight, seen, handover)) => (Some((flight, seen)), handover),
-                None => (None, None),
+                None => (None, Vec::new()),
             };
             let turn = Turn {
                 detected: |handover| part.detected(handover),
@@ -459,7 +448,7 @@ fn detect(
 
 /// The batch in flight a batch is stored behind, the failures of its attempts seen so far and
 /// what it hands over.
-type Behind<'f> = (&'f Flight, u64, Option<Arc<Handover>>);
+type Behind<'f> = (&'f Flight, u64, Vec<Arc<Handover>>);
 
 /// The partitions of some fences.
 fn partitions(fences: &[OffsetFence]) -> Vec<Tp> {

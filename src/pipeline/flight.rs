@@ -103,23 +103,21 @@ impl Flight {
     }
 
     /// Waits until every part has run detection or has ended; returns the failures so far
-    /// of the parts with some of `partitions`, and the handover of the part with them when
-    /// exactly one has them and it is still in flight.
-    pub(super) async fn started(&self, partitions: &[Tp]) -> (u64, Option<Arc<Handover>>) {
+    /// of the parts with some of `partitions`, and the handovers of those still in flight.
+    pub(super) async fn started(&self, partitions: &[Tp]) -> (u64, Vec<Arc<Handover>>) {
         let mut rx = self.0.subscribe();
         let seen = rx
             .wait_for(|parts| parts.iter().all(|p| p.detected || p.end.is_some()))
             .await
             .map(|parts| {
-                let mut sharing = sharing(&parts, partitions);
-                let handover = match (sharing.next(), sharing.next()) {
-                    (Some(part), None) if part.end.is_none() => part.handover.clone(),
-                    _ => None,
-                };
-                (failures(&parts, partitions), handover)
+                let handovers = sharing(&parts, partitions)
+                    .filter(|part| part.end.is_none())
+                    .filter_map(|part| part.handover.clone())
+                    .collect();
+                (failures(&parts, partitions), handovers)
             });
         // The sender lives in `self`: the wait cannot see it dropped.
-        seen.unwrap_or((u64::MAX, None))
+        seen.unwrap_or((u64::MAX, Vec::new()))
     }
 
     /// What the parts with some of `partitions` did, once all of them ended.
@@ -225,6 +223,26 @@ mod tests {
         assert!(!started.is_finished());
         b.ended(PartEnd::Committed);
         assert_eq!(started.await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_successor_gets_the_handover_of_every_part_in_flight_with_its_partitions() {
+        let flight = Flight::new();
+        let mut a = flight.part(vec![tp(0)]);
+        let mut b = flight.part(vec![tp(1), tp(2)]);
+        let mut c = flight.part(vec![tp(3)]);
+        let (from_a, from_b) = (Arc::new(Handover::default()), Arc::new(Handover::default()));
+        a.detected(Arc::clone(&from_a));
+        b.detected(Arc::clone(&from_b));
+        c.detected(Arc::default());
+        let (_, handovers) = flight.started(&[tp(0), tp(2)]).await;
+        assert_eq!(handovers.len(), 2);
+        assert!(Arc::ptr_eq(&handovers[0], &from_a) && Arc::ptr_eq(&handovers[1], &from_b));
+        // A part that has committed hands nothing over: its state is in the table.
+        a.ended(PartEnd::Committed);
+        let (_, handovers) = flight.started(&[tp(0), tp(2)]).await;
+        assert_eq!(handovers.len(), 1);
+        assert!(Arc::ptr_eq(&handovers[0], &from_b));
     }
 
     #[tokio::test]

@@ -226,9 +226,11 @@ pub struct BatchReport {
 /// its entities' state over.
 ///
 /// The entities the predecessor has too are not read meanwhile (the predecessor writes them):
-/// their state is taken from its [`Handover`], and once the predecessor committed their state
-/// is read and compared with it. Where another writer changed it in between, the batch rolls
-/// back with [`StoreError::HandoverStale`].
+/// their state is taken from its [`Handover`]s (one per transaction of the predecessor with
+/// this batch's partitions), and once the predecessor committed their state is read and
+/// compared with it. Where another writer changed it in between (or two of the predecessor's
+/// transactions had the entity, and the one that committed last left another state than the
+/// one taken), the batch rolls back with [`StoreError::HandoverStale`].
 pub struct Turn<L, W> {
     /// Called once the batch has read its state and run detection, with what the batch leaves
     /// the one after it: that one may start.
@@ -236,8 +238,9 @@ pub struct Turn<L, W> {
     /// `None`: alone. `Some`: waits for the predecessor; `false` rolls this batch back with
     /// [`StoreError::PredecessorFailed`].
     pub after: Option<W>,
-    /// What the predecessor leaves (used only with `after`).
-    pub handover: Option<Arc<Handover>>,
+    /// What the predecessor's transactions with this batch's partitions leave (used only with
+    /// `after`).
+    pub handover: Vec<Arc<Handover>>,
 }
 
 /// An entity's type and id.
@@ -275,7 +278,7 @@ impl Alone {
         Turn {
             detected: |_| {},
             after: None,
-            handover: None,
+            handover: Vec::new(),
         }
     }
 }
@@ -456,14 +459,18 @@ impl EventStore {
         };
 
         // The entities the predecessor in flight writes are read only once it committed.
-        let handover = turn.handover.filter(|_| turn.after.is_some());
+        let handovers: &[Arc<Handover>] = match turn.after {
+            Some(_) => &turn.handover,
+            None => &[],
+        };
         let (shared, own): (Vec<EntityRef<'_>>, Vec<EntityRef<'_>>) = sorted
             .iter()
             .map(|(t, id, _)| (*t, *id))
             .partition(|(t, id)| {
-                handover
-                    .as_ref()
-                    .is_some_and(|h| h.entities.contains(&((*t).to_owned(), (*id).to_owned())))
+                !handovers.is_empty() && {
+                    let entity = ((*t).to_owned(), (*id).to_owned());
+                    handovers.iter().any(|h| h.entities.contains(&entity))
+                }
             });
         let shared_set: foldhash::HashSet<(&str, &str)> = shared.iter().copied().collect();
         let is_shared =
@@ -489,15 +496,19 @@ impl EventStore {
             }
         };
         read_states(&tx, &read, &mut states).await?;
-        let handed: StateMap = match &handover {
-            Some(h) if !shared.is_empty() => h
-                .states
-                .iter()
-                .filter(|(k, _)| is_shared(k))
-                .map(|(k, s)| (k.clone(), s.clone()))
-                .collect(),
-            _ => StateMap::default(),
-        };
+        // An entity two of the predecessor's transactions had is taken from the first: should
+        // the other have committed last, the comparison after the turn finds it stale.
+        let mut handed = StateMap::default();
+        if !shared.is_empty() {
+            for h in handovers.iter().rev() {
+                handed.extend(
+                    h.states
+                        .iter()
+                        .filter(|(k, _)| is_shared(k))
+                        .map(|(k, s)| (k.clone(), s.clone())),
+                );
+            }
+        }
         states.extend(handed.iter().map(|(k, s)| (k.clone(), s.clone())));
 
         // What every write compares with.

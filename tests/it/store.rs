@@ -50,7 +50,7 @@ async fn apply_behind(
     fence: OffsetFence,
     observations: &[Observation],
     committed: bool,
-    handover: Option<Arc<Handover>>,
+    handover: Vec<Arc<Handover>>,
 ) -> Result<BatchReport, StoreError> {
     let first = fence.expected.unwrap_or(0);
     db.store
@@ -631,6 +631,149 @@ async fn a_batch_behind_takes_the_state_the_one_before_hands_over() {
     two_batches_in_flight(true).await;
 }
 
+/// A batch of two partitions behind a batch stored in two transactions, one per partition
+/// (docs/architecture.md, "Two batches in flight"): it takes the state of each one's entities
+/// from that one's handover, writes its events and the state of its own entities while both
+/// are uncommitted, waits for its turns, and once both committed checks the handed-over state
+/// and writes it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_behind_two_transactions_takes_both_handovers() {
+    let db = fresh_database().await;
+    let on = |partition, expected, next| OffsetFence {
+        topic: "t".into(),
+        partition,
+        expected,
+        next,
+    };
+    for (p, id) in [(0, "a"), (1, "b")] {
+        let o = [obs(id, "active", 0)];
+        db.store
+            .apply_batch("g", &[on(p, None, 1)], &entities_of(&o), |states| {
+                detect_on(p, &o, 0, states)
+            })
+            .await
+            .unwrap();
+    }
+    let store = &db.store;
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    // The batch before: `a` terminated on partition 0, `b` on partition 1, one transaction each,
+    // uncommitted until released.
+    let before = |p: i32, id: &'static str| {
+        let mut go = go_rx.clone();
+        let (handover_tx, handover_rx) = tokio::sync::oneshot::channel();
+        let stored = async move {
+            let o = [obs(id, "terminated", 1)];
+            store
+                .apply_batch_in_turn(
+                    "g",
+                    &[on(p, Some(1), 2)],
+                    &entities_of(&o),
+                    |states| detect_on(p, &o, 1, states),
+                    Turn {
+                        detected: move |handover| {
+                            let _ = handover_tx.send(handover);
+                        },
+                        after: Some(move || async move { go.wait_for(|go| *go).await.is_ok() }),
+                        handover: Vec::new(),
+                    },
+                    None,
+                )
+                .await
+        };
+        (stored, handover_rx)
+    };
+    let (first_a, handover_a) = before(0, "a");
+    let (first_b, handover_b) = before(1, "b");
+    let (committed_tx, committed_rx) = tokio::sync::oneshot::channel::<bool>();
+    let earlier = async {
+        let (a, b) = tokio::join!(first_a, first_b);
+        let _ = committed_tx.send(a.is_ok() && b.is_ok());
+        (a, b)
+    };
+    let later = async {
+        let handovers = vec![handover_a.await.unwrap(), handover_b.await.unwrap()];
+        let (a, b) = ([obs("a", "closed", 2)], [obs("b", "closed", 2)]);
+        let entities = [entities_of(&a), entities_of(&b)].concat();
+        store
+            .apply_batch_in_turn(
+                "g",
+                &[on(0, Some(2), 3), on(1, Some(2), 3)],
+                &entities,
+                |states| {
+                    let mut changes = detect_on(0, &a, 2, states);
+                    let more = detect_on(1, &b, 2, states);
+                    changes.events.extend(more.events);
+                    changes.states.extend(more.states);
+                    changes
+                },
+                Turn {
+                    detected: |_| {},
+                    after: Some(move || async move { committed_rx.await.unwrap_or(false) }),
+                    handover: handovers,
+                },
+                None,
+            )
+            .await
+    };
+    let release = async {
+        // Both handed over: the later batch wrote its events and waits for its turn.
+        let client = db.client().await;
+        crate::support::wait_for(std::time::Duration::from_secs(30), || async {
+            client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                       AND wait_event = 'advisory'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        })
+        .await;
+        assert_eq!(
+            crate::pipeline::count(&db, "SELECT count(*) FROM events").await,
+            0,
+            "nothing committed yet"
+        );
+        go_tx.send(true).unwrap();
+    };
+    let ((a, b), later, ()) = tokio::join!(earlier, later, release);
+    assert_eq!(a.unwrap().events_inserted, 1);
+    assert_eq!(b.unwrap().events_inserted, 1);
+    assert_eq!(later.unwrap().events_inserted, 2);
+    let changes: Vec<(String, serde_json::Value)> = db
+        .client()
+        .await
+        .query(
+            "SELECT entity_id, properties -> 'status' FROM events ORDER BY entity_id, source_offset",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let change = |id: &str, old: &str, new: &str| {
+        (
+            id.to_owned(),
+            serde_json::json!({"new_value": new, "old_value": old}),
+        )
+    };
+    assert_eq!(
+        changes,
+        [
+            change("a", "active", "terminated"),
+            change("a", "terminated", "closed"),
+            change("b", "active", "terminated"),
+            change("b", "terminated", "closed"),
+        ]
+    );
+    let client = db.client().await;
+    assert_eq!(counts_unlike_a_recount(&client).await, Vec::<String>::new());
+}
+
 /// `a` active, then a batch changing it that is itself behind a batch that "commits" when
 /// released, and behind it a batch changing `a` again and making `b`: the second waits in
 /// PostgreSQL, for `a`'s row without the first's handover (then rolls back as moved and is
@@ -645,6 +788,7 @@ async fn two_batches_in_flight(with_handover: bool) {
     let second = [obs("a", "closed", 2), obs("b", "active", 2)];
     let (handover_tx, handover_rx) = tokio::sync::oneshot::channel();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (waiting_tx, waiting_rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
     let store = &db.store;
     let earlier = async {
@@ -658,8 +802,14 @@ async fn two_batches_in_flight(with_handover: bool) {
                     detected: move |handover| {
                         let _ = handover_tx.send(handover);
                     },
-                    after: Some(move || async move { go_rx.await.is_ok() }),
-                    handover: None,
+                    // Called once its events and state are written: the later one starts
+                    // only then, so that its write of `a` (without the handover) waits for
+                    // this one's instead of taking the row first.
+                    after: Some(move || async move {
+                        let _ = waiting_tx.send(());
+                        go_rx.await.is_ok()
+                    }),
+                    handover: Vec::new(),
                 },
                 None,
             )
@@ -669,6 +819,7 @@ async fn two_batches_in_flight(with_handover: bool) {
     };
     let later = async {
         let handover = handover_rx.await.unwrap();
+        waiting_rx.await.unwrap();
         store
             .apply_batch_in_turn(
                 "g",
@@ -678,7 +829,11 @@ async fn two_batches_in_flight(with_handover: bool) {
                 Turn {
                     detected: |_| {},
                     after: Some(move || async move { done_rx.await.unwrap_or(false) }),
-                    handover: with_handover.then_some(handover),
+                    handover: if with_handover {
+                        vec![handover]
+                    } else {
+                        Vec::new()
+                    },
                 },
                 None,
             )
@@ -765,7 +920,7 @@ async fn a_batch_behind_one_that_did_not_commit_stores_nothing() {
         .await
         .unwrap();
     let batch = [obs("a", "terminated", 1), obs("b", "active", 1)];
-    let err = apply_behind(&db, fence(Some(1), 3), &batch, false, None)
+    let err = apply_behind(&db, fence(Some(1), 3), &batch, false, Vec::new())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::PredecessorFailed), "{err}");
@@ -818,7 +973,7 @@ async fn a_stale_handover_rolls_the_batch_back() {
                     let _ = handover_tx.send(handover);
                 },
                 after: None::<fn() -> std::future::Ready<bool>>,
-                handover: None,
+                handover: Vec::new(),
             },
             None,
         )
@@ -829,7 +984,7 @@ async fn a_stale_handover_rolls_the_batch_back() {
     apply_elsewhere(&db, None, &[obs("a", "entered_in_error", 5)]).await;
 
     let second = [obs("a", "closed", 6), obs("b", "active", 6)];
-    let err = apply_behind(&db, fence(Some(2), 4), &second, true, Some(handover))
+    let err = apply_behind(&db, fence(Some(2), 4), &second, true, vec![handover])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::HandoverStale), "{err}");
