@@ -743,18 +743,11 @@ async fn a_batch_behind_two_transactions_takes_both_handovers() {
     assert_eq!(a.unwrap().events_inserted, 1);
     assert_eq!(b.unwrap().events_inserted, 1);
     assert_eq!(later.unwrap().events_inserted, 2);
-    let changes: Vec<(String, serde_json::Value)> = db
-        .client()
-        .await
-        .query(
-            "SELECT entity_id, properties -> 'status' FROM events ORDER BY entity_id, source_offset",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let changes: Vec<(String, serde_json::Value)> = pairs(
+        &db,
+        "SELECT entity_id, properties -> 'status' FROM events ORDER BY entity_id, source_offset",
+    )
+    .await;
     let change = |id: &str, old: &str, new: &str| {
         (
             id.to_owned(),
@@ -892,16 +885,11 @@ async fn two_batches_in_flight(with_handover: bool) {
     assert_eq!(stored_position(&db).await, 4);
     let client = db.client().await;
     assert_eq!(counts_unlike_a_recount(&client).await, Vec::<String>::new());
-    let states: Vec<(String, String)> = client
-        .query(
-            "SELECT entity_id, value FROM entity_state ORDER BY entity_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let states: Vec<(String, String)> = pairs(
+        &db,
+        "SELECT entity_id, value FROM entity_state ORDER BY entity_id",
+    )
+    .await;
     assert_eq!(
         states,
         [
@@ -939,12 +927,22 @@ async fn a_batch_behind_one_that_did_not_commit_stores_nothing() {
 
 /// The events of "t" in offset order, with their status change.
 async fn status_changes(db: &crate::support::TestDatabase) -> Vec<(i64, serde_json::Value)> {
+    pairs(
+        db,
+        "SELECT source_offset, properties -> 'status' FROM events ORDER BY source_offset",
+    )
+    .await
+}
+
+/// The rows of a query of two columns.
+async fn pairs<A, B>(db: &crate::support::TestDatabase, sql: &str) -> Vec<(A, B)>
+where
+    A: for<'r> tokio_postgres::types::FromSql<'r>,
+    B: for<'r> tokio_postgres::types::FromSql<'r>,
+{
     db.client()
         .await
-        .query(
-            "SELECT source_offset, properties -> 'status' FROM events ORDER BY source_offset",
-            &[],
-        )
+        .query(sql, &[])
         .await
         .unwrap()
         .iter()
