@@ -717,21 +717,7 @@ async fn a_batch_behind_two_transactions_takes_both_handovers() {
     };
     let release = async {
         // Both handed over: the later batch wrote its events and waits for its turn.
-        let client = db.client().await;
-        crate::support::wait_for(std::time::Duration::from_secs(30), || async {
-            client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock' \
-                       AND wait_event = 'advisory'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
-        })
-        .await;
+        one_waits_for(&db, "advisory").await;
         assert_eq!(
             crate::pipeline::count(&db, "SELECT count(*) FROM events").await,
             0,
@@ -839,21 +825,7 @@ async fn two_batches_in_flight(with_handover: bool) {
             true => "advisory",
             false => "transactionid",
         };
-        let client = db.client().await;
-        crate::support::wait_for(std::time::Duration::from_secs(30), || async {
-            client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock' \
-                       AND wait_event = $1",
-                    &[&waiting_for],
-                )
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
-        })
-        .await;
+        one_waits_for(&db, waiting_for).await;
         go_tx.send(()).unwrap();
     };
     let (earlier, later, ()) = tokio::join!(earlier, later, release);
@@ -932,6 +904,26 @@ async fn status_changes(db: &crate::support::TestDatabase) -> Vec<(i64, serde_js
         "SELECT source_offset, properties -> 'status' FROM events ORDER BY source_offset",
     )
     .await
+}
+
+/// Waits until one session of the test database waits for a lock of this kind
+/// (`pg_stat_activity.wait_event`: `advisory`, `transactionid`).
+async fn one_waits_for(db: &crate::support::TestDatabase, lock: &str) {
+    let client = db.client().await;
+    crate::support::wait_for(std::time::Duration::from_secs(30), || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                   AND wait_event = $1",
+                &[&lock],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
 }
 
 /// The rows of a query of two columns.
