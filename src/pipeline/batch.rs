@@ -117,7 +117,7 @@ pub(super) struct Batch {
     pub(super) pending: Vec<PendingLookup>,
     /// Each partition's expected and next stored offset.
     pub(super) fences: Vec<OffsetFence>,
-    /// Every entity the observations touch, to lock in the transaction.
+    /// Every entity the observations touch, whose state the transaction reads.
     pub(super) entities: foldhash::HashSet<(String, String)>,
 }
 
@@ -199,7 +199,8 @@ impl Batch {
     /// Splits the batch by partition into at most `parts` batches of about equal size (by
     /// selected messages), each with its partitions' fences, dead letters, messages and
     /// entities: each can be stored in a transaction of its own. An entity seen in several of
-    /// them is locked by each in turn, as when several consumers share it.
+    /// them is written by each in turn, as when several consumers share it (the later one's
+    /// compare-and-set finds it moved, and it is stored again).
     pub(super) fn split(self, parts: usize) -> Vec<Batch> {
         let parts = parts.min(self.fences.len()).max(1);
         if parts == 1 {

@@ -18,6 +18,7 @@ pub struct PipelineConfig {
     pub batch_linger: Duration,
     /// Most transactions one batch is stored in at once: a batch of several partitions is
     /// split by partition into up to this many, each with its own connection and offsets.
+    /// From 2, a batch is stored behind the one in flight, so up to twice this many run.
     pub store_concurrency: usize,
     /// Most entities whose state the consumer remembers between batches, over all its
     /// partitions; `0` reads every entity's state from the EventDB in every batch

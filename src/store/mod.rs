@@ -120,7 +120,8 @@ pub enum StoreError {
     HandoverStale,
     /// A state row the batch writes is no longer the one it detected against (another writer
     /// or the terminator changed it after the batch read it or the state cache remembered it):
-    /// the batch was rolled back and its entities forgotten, to be stored again against the state as it is.
+    /// the batch was rolled back and its entities forgotten, to be stored again against the
+    /// state as it is.
     #[error("the state of an entity of the batch was changed by another writer")]
     StateMoved,
     /// No connection could be had.
@@ -394,7 +395,8 @@ impl EventStore {
         Fut: std::future::Future<Output = bool>,
     {
         let cache = cache.filter(|c| c.cache.enabled());
-        // Sorted, so that concurrent batches take the state rows' locks in the same order.
+        // Sorted and without duplicates: the state is read once per entity, in key order (the
+        // state rows are written in key order by `write_states`).
         let mut sorted: Vec<(&str, &str, Option<&Partition>)> = entities
             .iter()
             .enumerate()

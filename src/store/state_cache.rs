@@ -1,7 +1,7 @@
 //! What a consumer remembers of its entities' state between batches (docs/architecture.md,
 //! "The state cache"): per partition, every `entity_state` row of each entity a committed batch
 //! of that partition read or wrote, as the batch left it. A batch detects against it instead of
-//! locking and reading those entities; every state it writes is a compare-and-set against what
+//! reading those entities; every state it writes is a compare-and-set against what
 //! it detected against ([`super::EventStore::apply_batch_in_turn`]), so a stale entry costs a
 //! retry, never a wrong state.
 //!
@@ -12,10 +12,10 @@
 //! cache is full the fullest partition's old generation is dropped and its young one becomes
 //! old.
 
-use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use chrono::SubsecRound;
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::detect::{AttributeState, StateKey, StateMap};
 
