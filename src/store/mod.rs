@@ -530,22 +530,29 @@ impl EventStore {
             .partition(|(k, _)| is_shared(k));
         changes.states = own_states;
         let mut after = turn.after;
-        // Events older than the count buckets' origin are counted by the insert trigger, which
-        // takes count rows: behind a predecessor (which takes count rows too) that waits first.
-        if !counts::countable(changes.events.iter().map(|e| &e.event)) {
+        // Every transaction locks its `entity_state` rows before its count rows (each in key
+        // order), so that two writers of one entity never wait for each other in a circle: the
+        // batch's counts are written last, and events older than the count buckets' origin,
+        // which the insert trigger counts, are inserted once the state is written. Such a batch
+        // also waits for its turn first (its predecessor takes count rows too).
+        let countable = counts::countable(changes.events.iter().map(|e| &e.event));
+        if !countable {
             take_turn(&tx, group_id, fences, after.take()).await?;
         }
-        // Sent together: the events and the new state are independent. Alone, the events'
-        // counts follow the insert at once; behind a predecessor, after the turn.
-        let ((events_inserted, counts), mut states_written) = futures::try_join!(
-            async {
-                match changes.events.is_empty() {
-                    true => Ok((0, None)),
-                    false => insert_events(&tx, &changes.events, after.is_some()).await,
-                }
-            },
-            write_states(&tx, &mut changes.states, &before),
-        )?;
+        let insert = || async {
+            match changes.events.is_empty() {
+                true => Ok((0, None)),
+                false => insert_events(&tx, &changes.events).await,
+            }
+        };
+        // Sent together where they take no common locks: the events and the new state.
+        let ((mut events_inserted, mut counts), mut states_written) = match countable {
+            true => futures::try_join!(insert(), write_states(&tx, &mut changes.states, &before))?,
+            false => (
+                (0, None),
+                write_states(&tx, &mut changes.states, &before).await?,
+            ),
+        };
         take_turn(&tx, group_id, fences, after).await?;
         let mut shared_states = shared_states;
         if !shared.is_empty() {
@@ -555,6 +562,9 @@ impl EventStore {
                 return Err(StoreError::HandoverStale);
             }
             states_written += write_states(&tx, &mut shared_states, &before).await?;
+        }
+        if !countable {
+            (events_inserted, counts) = insert().await?;
         }
         if let Some(counts) = counts {
             counts.write(&tx).await?;
@@ -752,12 +762,11 @@ async fn check_fences(
     Ok(())
 }
 
-/// Inserts the events; returns how many were new and, when `defer_counts`, their counts for
-/// the caller to write (else they are written here).
+/// Inserts the events; returns how many were new and, unless the insert trigger counted them
+/// (an event older than the count buckets' origin), their counts for the caller to write.
 async fn insert_events<'e>(
     tx: &deadpool_postgres::Transaction<'_>,
     events: &'e [NewEvent],
-    defer_counts: bool,
 ) -> Result<(u64, Option<counts::Counts<'e>>), StoreError> {
     let n = events.len();
     let mut ids = Vec::with_capacity(n);
@@ -833,10 +842,7 @@ async fn insert_events<'e>(
                 batch.add(&e.event);
             }
         }
-        if defer_counts {
-            return Ok((inserted.len() as u64, Some(batch)));
-        }
-        batch.write(tx).await?;
+        return Ok((inserted.len() as u64, Some(batch)));
     }
     Ok((inserted.len() as u64, None))
 }
