@@ -251,7 +251,8 @@ type EntityRef<'a> = (&'a str, &'a str);
 /// once it commits.
 #[derive(Debug, Default)]
 pub struct Handover {
-    entities: foldhash::HashSet<(String, String)>,
+    /// The entities of the transaction, as `type NUL id`.
+    entities: foldhash::HashSet<String>,
     states: StateMap,
 }
 
@@ -465,13 +466,14 @@ impl EventStore {
             Some(_) => &turn.handover,
             None => &[],
         };
+        let mut key = String::new();
         let (shared, own): (Vec<EntityRef<'_>>, Vec<EntityRef<'_>>) = sorted
             .iter()
             .map(|(t, id, _)| (*t, *id))
             .partition(|(t, id)| {
                 !handovers.is_empty() && {
-                    let entity = ((*t).to_owned(), (*id).to_owned());
-                    handovers.iter().any(|h| h.entities.contains(&entity))
+                    state_cache::fill_key(&mut key, t, id);
+                    handovers.iter().any(|h| h.entities.contains(key.as_str()))
                 }
             });
         let shared_set: foldhash::HashSet<(&str, &str)> = shared.iter().copied().collect();
@@ -490,12 +492,10 @@ impl EventStore {
         };
         let read: Vec<EntityRef<'_>> = match recalled.len() {
             0 => own,
-            _ => {
-                let mut key = String::new();
-                own.into_iter()
-                    .filter(|(t, id)| !recalled.contains(&mut key, t, id))
-                    .collect()
-            }
+            _ => own
+                .into_iter()
+                .filter(|(t, id)| !recalled.contains(t, id))
+                .collect(),
         };
         read_states(&tx, &read, &mut states).await?;
         // An entity two of the predecessor's transactions had is taken from the first: should
@@ -519,7 +519,7 @@ impl EventStore {
         let left = Arc::new(Handover {
             entities: sorted
                 .iter()
-                .map(|(t, id, _)| ((*t).to_owned(), (*id).to_owned()))
+                .map(|(t, id, _)| state_cache::entity_key(t, id))
                 .collect(),
             states,
         });
@@ -571,18 +571,14 @@ impl EventStore {
         }
         tx.commit().await?;
         if let (Some(c), Some(epoch)) = (cache, epoch) {
-            let written: foldhash::HashSet<(&str, &str)> = changes
-                .states
-                .iter()
-                .chain(&shared_states)
-                .map(|(k, _)| (k.entity_type.as_str(), k.entity_id.as_str()))
-                .collect();
+            let mut written = changes.states;
+            written.append(&mut shared_states);
             c.cache.remember(
                 epoch,
                 &recalled,
                 remembered_under(sorted),
                 &left.states,
-                |t, id| written.contains(&(t, id)),
+                written,
             );
         }
         Ok(BatchReport {

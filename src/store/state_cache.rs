@@ -8,9 +8,9 @@
 //! Entries are dropped when their partition is revoked, rewound or sought, when a batch's
 //! compare-and-set fails (its entities), and all at once when the terminator has pruned state
 //! since they were read (the `entity_state_prunes` sequence, sql/V17). The capacity is kept by
-//! two generations per partition: entries a batch used move to the young one, and when the
-//! cache is full the fullest partition's old generation is dropped and its young one becomes
-//! old.
+//! two generations: every entry is tagged young or old, entries a batch used become young, and
+//! once the young ones fill half the capacity the old ones are dropped and the young ones
+//! become old.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -26,37 +26,31 @@ pub type Partition = (String, i32);
 type Rows = Vec<(String, AttributeState)>;
 
 /// An entity's type and id as one key (`type NUL id`: the pipeline refuses NUL in both).
-fn entity_key(entity_type: &str, entity_id: &str) -> String {
+pub(crate) fn entity_key(entity_type: &str, entity_id: &str) -> String {
     let mut key = String::with_capacity(entity_type.len() + entity_id.len() + 1);
     fill_key(&mut key, entity_type, entity_id);
     key
 }
 
 /// [`entity_key`] into a buffer used again.
-fn fill_key(key: &mut String, entity_type: &str, entity_id: &str) {
+pub(crate) fn fill_key(key: &mut String, entity_type: &str, entity_id: &str) {
     key.clear();
     key.push_str(entity_type);
     key.push('\0');
     key.push_str(entity_id);
 }
 
-#[derive(Debug, Default)]
-struct Generations {
-    young: HashMap<String, Rows>,
-    old: HashMap<String, Rows>,
-}
-
-impl Generations {
-    fn get(&self, key: &str) -> Option<&Rows> {
-        self.young.get(key).or_else(|| self.old.get(key))
-    }
-}
+/// A partition's entries, each tagged with the generation it was last used in: the young
+/// one ([`Inner::generation`]) or the one before (old).
+type Generations = HashMap<String, (Rows, u64)>;
 
 #[derive(Debug, Default)]
 struct Inner {
     /// The value of `entity_state_prunes` every entry was read under.
     epoch: Option<i64>,
     partitions: HashMap<Partition, Generations>,
+    /// The young generation's number.
+    generation: u64,
     /// How many times partitions were forgotten: a batch that recalled before cannot
     /// remember after (its partition may have been revoked meanwhile).
     forgets: u64,
@@ -77,10 +71,12 @@ impl Inner {
         if self.young < capacity.div_ceil(2) {
             return;
         }
+        let young = self.generation;
         for generations in self.partitions.values_mut() {
-            generations.old = std::mem::take(&mut generations.young);
+            generations.retain(|_, (_, generation)| *generation == young);
         }
-        self.partitions.retain(|_, g| !g.old.is_empty());
+        self.partitions.retain(|_, g| !g.is_empty());
+        self.generation += 1;
         self.old = self.young;
         self.young = 0;
     }
@@ -95,23 +91,22 @@ pub struct StateCache {
 
 /// What one batch found in the cache.
 #[derive(Debug, Default)]
-pub(crate) struct Recalled {
-    /// The entities found (as `type NUL id`).
-    entities: HashSet<String>,
+pub(crate) struct Recalled<'e> {
+    /// The entities found.
+    entities: HashSet<(&'e str, &'e str)>,
     /// The forget count when they were.
     forgets: u64,
 }
 
-impl Recalled {
+impl Recalled<'_> {
     /// How many entities were found.
     pub(crate) fn len(&self) -> usize {
         self.entities.len()
     }
 
-    /// Whether an entity was found; `key` is a buffer the caller uses again.
-    pub(crate) fn contains(&self, key: &mut String, entity_type: &str, entity_id: &str) -> bool {
-        fill_key(key, entity_type, entity_id);
-        self.entities.contains(key.as_str())
+    /// Whether an entity was found.
+    pub(crate) fn contains(&self, entity_type: &str, entity_id: &str) -> bool {
+        self.entities.contains(&(entity_type, entity_id))
     }
 }
 
@@ -152,8 +147,15 @@ impl StateCache {
         let mut inner = self.lock();
         inner.forgets += 1;
         if let Some(gone) = inner.partitions.remove(&(topic.to_owned(), partition)) {
-            inner.young -= gone.young.len();
-            inner.old -= gone.old.len();
+            let young = inner.generation;
+            let (y, o) = gone.values().fold((0, 0), |(y, o), (_, generation)| {
+                match *generation == young {
+                    true => (y + 1, o),
+                    false => (y, o + 1),
+                }
+            });
+            inner.young -= y;
+            inner.old -= o;
         }
     }
 
@@ -172,7 +174,7 @@ impl StateCache {
         epoch: i64,
         entities: impl IntoIterator<Item = (&'e str, &'e str, &'e Partition)>,
         states: &mut StateMap,
-    ) -> Recalled {
+    ) -> Recalled<'e> {
         let mut recalled = Recalled::default();
         if !self.enabled() {
             return recalled;
@@ -184,9 +186,20 @@ impl StateCache {
         }
         recalled.forgets = inner.forgets;
         let mut key = String::new();
+        // The entities come in key order, not by partition: the last partition's entries are
+        // kept at hand.
+        let mut last: Option<(&Partition, Option<&Generations>)> = None;
         for (entity_type, entity_id, partition) in entities {
+            let generations = match last {
+                Some((p, generations)) if p == partition => generations,
+                _ => {
+                    let generations = inner.partitions.get(partition);
+                    last = Some((partition, generations));
+                    generations
+                }
+            };
             fill_key(&mut key, entity_type, entity_id);
-            let Some(rows) = inner.partitions.get(partition).and_then(|g| g.get(&key)) else {
+            let Some((rows, _)) = generations.and_then(|g| g.get(key.as_str())) else {
                 continue;
             };
             for (attribute, state) in rows {
@@ -199,46 +212,69 @@ impl StateCache {
                     state.clone(),
                 );
             }
-            recalled.entities.insert(key.clone());
+            recalled.entities.insert((entity_type, entity_id));
         }
         recalled
     }
 
     /// Remembers the state a committed batch left `entities` in (each with the one partition
     /// the batch read it from; every row of theirs is in `states`), read under `epoch` after
-    /// `recalled`. An entity recalled and not `written` is remembered as it was (it is only
-    /// kept young). Nothing is remembered when a later batch saw the terminator prune since,
-    /// or a partition was forgotten since.
+    /// `recalled`. `written`: the rows the batch wrote, moved in rather than copied; an entity
+    /// with none that was recalled is remembered as it was (it is only kept young). Nothing is
+    /// remembered when a later batch saw the terminator prune since, or a partition was
+    /// forgotten since.
     pub(crate) fn remember<'e>(
         &self,
         epoch: i64,
-        recalled: &Recalled,
+        recalled: &Recalled<'_>,
         entities: impl IntoIterator<Item = (&'e str, &'e str, &'e Partition)>,
         states: &StateMap,
-        written: impl Fn(&str, &str) -> bool,
+        written: Vec<(StateKey, AttributeState)>,
     ) {
         if !self.enabled() {
             return;
         }
         let mut key = String::new();
-        let mut kept = Vec::new();
-        let mut copied: HashMap<(&str, &str), (&Partition, Rows)> = HashMap::new();
-        for (entity_type, entity_id, partition) in entities {
-            if recalled.contains(&mut key, entity_type, entity_id)
-                && !written(entity_type, entity_id)
-            {
-                kept.push((key.clone(), partition));
-            } else {
-                copied.insert((entity_type, entity_id), (partition, Vec::new()));
+        // The written rows by entity.
+        let mut own: HashMap<String, Rows> = HashMap::with_capacity(written.len());
+        for (k, mut s) in written {
+            // As PostgreSQL stores it (microseconds), so that detection against the cache and
+            // against the table agree.
+            s.event_time = s.event_time.trunc_subsecs(6);
+            fill_key(&mut key, &k.entity_type, &k.entity_id);
+            match own.get_mut(key.as_str()) {
+                Some(rows) => rows.push((k.attribute, s)),
+                None => {
+                    own.insert(key.clone(), vec![(k.attribute, s)]);
+                }
             }
         }
-        if !copied.is_empty() {
+        let mut kept = Vec::new();
+        let mut copied: Vec<(String, &Partition, Rows)> = Vec::new();
+        // The entities whose rows the batch did not all write, by position in `copied`.
+        let mut unwritten: HashMap<(&str, &str), usize> = HashMap::new();
+        for (entity_type, entity_id, partition) in entities {
+            fill_key(&mut key, entity_type, entity_id);
+            let rows = match own.remove(key.as_str()) {
+                Some(rows) => rows,
+                None if recalled.contains(entity_type, entity_id) => {
+                    kept.push((entity_type, entity_id, partition));
+                    continue;
+                }
+                None => Vec::new(),
+            };
+            unwritten.insert((entity_type, entity_id), copied.len());
+            copied.push((key.clone(), partition, rows));
+        }
+        if !unwritten.is_empty() {
             for (k, s) in states {
                 let entity = (k.entity_type.as_str(), k.entity_id.as_str());
-                if let Some((_, rows)) = copied.get_mut(&entity) {
+                let Some(&i) = unwritten.get(&entity) else {
+                    continue;
+                };
+                let rows = &mut copied[i].2;
+                if rows.iter().all(|(attribute, _)| *attribute != k.attribute) {
                     let mut s = s.clone();
-                    // As PostgreSQL stores it (microseconds), so that detection against the
-                    // cache and against the table agree.
                     s.event_time = s.event_time.trunc_subsecs(6);
                     rows.push((k.attribute.clone(), s));
                 }
@@ -248,24 +284,37 @@ impl StateCache {
         if inner.epoch != Some(epoch) || inner.forgets != recalled.forgets {
             return;
         }
-        for (key, partition) in kept {
+        let young = inner.generation;
+        let (mut made_young, mut left_old) = (0, 0);
+        for (entity_type, entity_id, partition) in kept {
             let Some(generations) = inner.partitions.get_mut(partition) else {
                 continue;
             };
-            if let Some(rows) = generations.old.remove(&key) {
-                generations.young.insert(key, rows);
-                inner.old -= 1;
-                inner.young += 1;
+            fill_key(&mut key, entity_type, entity_id);
+            if let Some((_, generation)) = generations.get_mut(key.as_str()) {
+                if *generation != young {
+                    *generation = young;
+                    made_young += 1;
+                    left_old += 1;
+                }
             }
         }
-        for ((entity_type, entity_id), (partition, rows)) in copied {
-            let key = entity_key(entity_type, entity_id);
-            let generations = inner.partitions.entry(partition.clone()).or_default();
-            let was_old = generations.old.remove(&key).is_some();
-            let new = generations.young.insert(key, rows).is_none();
-            inner.old -= usize::from(was_old);
-            inner.young += usize::from(new);
+        for (key, partition, rows) in copied {
+            let generations = match inner.partitions.get_mut(partition) {
+                Some(generations) => generations,
+                None => inner.partitions.entry(partition.clone()).or_default(),
+            };
+            match generations.insert(key, (rows, young)) {
+                None => made_young += 1,
+                Some((_, generation)) if generation != young => {
+                    made_young += 1;
+                    left_old += 1;
+                }
+                Some(_) => {}
+            }
         }
+        inner.young += made_young;
+        inner.old -= left_old;
         inner.age(self.capacity);
     }
 
@@ -278,13 +327,15 @@ impl StateCache {
         let mut inner = self.lock();
         for (entity_type, entity_id, partition) in entities {
             let key = entity_key(entity_type, entity_id);
+            let young = inner.generation;
             let Some(generations) = inner.partitions.get_mut(partition) else {
                 continue;
             };
-            let young = usize::from(generations.young.remove(&key).is_some());
-            let old = usize::from(generations.old.remove(&key).is_some());
-            inner.young -= young;
-            inner.old -= old;
+            match generations.remove(&key) {
+                Some((_, generation)) if generation == young => inner.young -= 1,
+                Some(_) => inner.old -= 1,
+                None => {}
+            }
         }
     }
 }
@@ -324,11 +375,21 @@ mod tests {
             .collect()
     }
 
+    /// Every row of `states`, as a batch that wrote them all passes them.
+    fn rows(states: &StateMap) -> Vec<(StateKey, AttributeState)> {
+        states.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
+    }
+
     fn recall(cache: &StateCache, epoch: i64, ids: &[&str], partition: &Partition) -> usize {
         recalled(cache, epoch, ids, partition).entities.len()
     }
 
-    fn recalled(cache: &StateCache, epoch: i64, ids: &[&str], partition: &Partition) -> Recalled {
+    fn recalled<'e>(
+        cache: &StateCache,
+        epoch: i64,
+        ids: &[&'e str],
+        partition: &'e Partition,
+    ) -> Recalled<'e> {
         let mut found = HashMap::new();
         cache.recall(
             epoch,
@@ -345,7 +406,7 @@ mod tests {
             &before,
             ids.iter().map(|id| ("T", *id, partition)),
             &states(ids),
-            |_, _| true,
+            rows(&states(ids)),
         );
     }
 
@@ -361,7 +422,7 @@ mod tests {
             &before,
             [("T", "e", &p0), ("T", "none", &p0)],
             &states(&["e"]),
-            |_, _| true,
+            rows(&states(&["e"])),
         );
         let mut found = HashMap::new();
         let recalled = cache.recall(1, [("T", "e", &p0), ("T", "none", &p0)], &mut found);
@@ -386,7 +447,13 @@ mod tests {
         // ... and one that saw it.
         assert_eq!(recall(&cache, 2, &["e"], &p0), 0);
         assert!(cache.is_empty());
-        cache.remember(1, &early, [("T", "e", &p0)], &states(&["e"]), |_, _| true);
+        cache.remember(
+            1,
+            &early,
+            [("T", "e", &p0)],
+            &states(&["e"]),
+            rows(&states(&["e"])),
+        );
         assert!(cache.is_empty());
     }
 
@@ -403,9 +470,13 @@ mod tests {
         let in_flight = recalled(&cache, 1, &[], &p1);
         cache.forget("t", 0);
         assert_eq!(cache.len(), 1);
-        cache.remember(1, &in_flight, [("T", "d", &p1)], &states(&["d"]), |_, _| {
-            true
-        });
+        cache.remember(
+            1,
+            &in_flight,
+            [("T", "d", &p1)],
+            &states(&["d"]),
+            rows(&states(&["d"])),
+        );
         assert_eq!(cache.len(), 1);
         assert_eq!(recall(&cache, 1, &["c"], &p1), 1);
         cache.forget_all();
@@ -442,10 +513,10 @@ mod tests {
         let mut changed = states(&["e"]);
         changed.get_mut(&key("e", "a")).unwrap().value = Some("z".into());
         let batch = recalled(&cache, 1, &["e"], &p0);
-        cache.remember(1, &batch, [("T", "e", &p0)], &changed, |_, _| false);
+        cache.remember(1, &batch, [("T", "e", &p0)], &changed, Vec::new());
         assert_eq!(value(&cache).as_deref(), Some("x"));
         let batch = recalled(&cache, 1, &["e"], &p0);
-        cache.remember(1, &batch, [("T", "e", &p0)], &changed, |_, _| true);
+        cache.remember(1, &batch, [("T", "e", &p0)], &changed, rows(&changed));
         assert_eq!(value(&cache).as_deref(), Some("z"));
     }
 
