@@ -12,8 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::dead_letter::DeadLetter;
 use super::group::{GroupMember, Tp};
 use super::internal_events::{
-    Instruments, MessageConsumed, MessageNotSelected, MessageRedelivered, MessageSelected,
-    MessageUndecodable,
+    DecodeNotes, Instruments, MessageUndecodable, MessagesConsumed, MessagesRedelivered,
 };
 use super::process::{process, Message, Processed};
 use super::rules::RuleSet;
@@ -255,9 +254,60 @@ impl Batch {
     }
 }
 
+/// What [`select`] keeps of one partition of the batch, found by a scan (a batch has a few
+/// partitions, and their messages come in runs).
+struct PartitionRun {
+    topic: String,
+    partition: i32,
+    /// The stored position; `None` when the partition is not this member's.
+    owned: Option<Option<i64>>,
+    /// The offset the partition should deliver next: a message beyond it follows a gap.
+    following: Option<i64>,
+    /// The position the batch moves it to.
+    next: Option<i64>,
+    consumed: u64,
+    selected: u64,
+    not_selected: u64,
+}
+
+/// The partitions of a batch, with the one of the last message at hand.
+#[derive(Default)]
+struct PartitionRuns {
+    runs: Vec<PartitionRun>,
+    last: usize,
+}
+
+impl PartitionRuns {
+    fn of(&mut self, msg: &Message, positions: &HashMap<Tp, Option<i64>>) -> &mut PartitionRun {
+        let same = |r: &PartitionRun| r.partition == msg.partition && r.topic == msg.topic;
+        if !self.runs.get(self.last).is_some_and(same) {
+            self.last = match self.runs.iter().position(same) {
+                Some(i) => i,
+                None => {
+                    let tp = (msg.topic.clone(), msg.partition);
+                    let owned = positions.get(&tp).copied();
+                    self.runs.push(PartitionRun {
+                        topic: tp.0,
+                        partition: tp.1,
+                        owned,
+                        following: owned.flatten(),
+                        next: None,
+                        consumed: 0,
+                        selected: 0,
+                        not_selected: 0,
+                    });
+                    self.runs.len() - 1
+                }
+            };
+        }
+        &mut self.runs[self.last]
+    }
+}
+
 /// Keeps the messages of partitions this member owns that are not stored yet, and decodes and
 /// selects each by its topic's rule. `gap` hears of offsets a partition skipped:
-/// `(partition, first missing, next read)`.
+/// `(partition, first missing, next read)`. The per-topic counts go to the metrics once per
+/// batch.
 pub(super) fn select(
     messages: Vec<Message>,
     positions: &HashMap<Tp, Option<i64>>,
@@ -266,36 +316,31 @@ pub(super) fn select(
     mut gap: impl FnMut(&Tp, i64, i64),
 ) -> Batch {
     let mut batch = Batch::default();
-    let mut next: HashMap<Tp, i64> = HashMap::new();
-    // The next offset each partition should deliver: a message beyond it may follow a gap.
-    let mut following: HashMap<Tp, i64> = positions
-        .iter()
-        .filter_map(|(tp, next)| next.map(|n| (tp.clone(), n)))
-        .collect();
+    let mut runs = PartitionRuns::default();
+    let mut redelivered = 0;
     for msg in messages {
-        let tp = (msg.topic.clone(), msg.partition);
-        match positions.get(&tp) {
+        let run = runs.of(&msg, positions);
+        match run.owned {
             None => continue, // not (or no longer) ours; its owner reads it
-            Some(Some(expected)) if msg.offset < *expected => {
-                instruments.emit(MessageRedelivered);
+            Some(Some(expected)) if msg.offset < expected => {
+                redelivered += 1;
                 continue; // already stored
             }
             Some(_) => {}
         }
-        if let Some(want) = following.insert(tp.clone(), msg.offset + 1) {
+        if let Some(want) = run.following.replace(msg.offset + 1) {
             if msg.offset > want {
-                gap(&tp, want, msg.offset);
+                gap(&(msg.topic.clone(), msg.partition), want, msg.offset);
             }
         }
+        run.consumed += 1;
+        run.next = Some(run.next.map_or(msg.offset + 1, |n| n.max(msg.offset + 1)));
         let topic = msg.topic.as_str();
-        instruments.emit(MessageConsumed { topic });
-        let entry = next.entry(tp).or_insert(msg.offset + 1);
-        *entry = (*entry).max(msg.offset + 1);
         let Some((index, rule)) = rules
             .index_for(topic)
             .and_then(|i| rules.get(i).map(|r| (i, r)))
         else {
-            instruments.emit(MessageNotSelected { topic });
+            run.not_selected += 1;
             continue;
         };
         match process(rule, &msg) {
@@ -304,10 +349,13 @@ pub(super) fn select(
                 notes,
                 lookup,
             } => {
-                instruments.emit(MessageSelected {
-                    topic,
-                    notes: &notes,
-                });
+                run.selected += 1;
+                if !notes.is_empty() {
+                    instruments.emit(DecodeNotes {
+                        topic,
+                        notes: &notes,
+                    });
+                }
                 for o in &observations {
                     batch
                         .entities
@@ -330,7 +378,7 @@ pub(super) fn select(
                     observations,
                 });
             }
-            Processed::NotSelected => instruments.emit(MessageNotSelected { topic }),
+            Processed::NotSelected => run.not_selected += 1,
             Processed::Invalid(error) => {
                 instruments.emit(MessageUndecodable {
                     topic,
@@ -347,18 +395,26 @@ pub(super) fn select(
             }
         }
     }
-    batch.fences = next
-        .into_iter()
-        .map(|((topic, partition), next)| OffsetFence {
-            expected: positions
-                .get(&(topic.clone(), partition))
-                .copied()
-                .flatten(),
-            topic,
-            partition,
+    if redelivered > 0 {
+        instruments.emit(MessagesRedelivered { count: redelivered });
+    }
+    for run in runs.runs {
+        let Some(next) = run.next else {
+            continue;
+        };
+        instruments.emit(MessagesConsumed {
+            topic: &run.topic,
+            consumed: run.consumed,
+            selected: run.selected,
+            not_selected: run.not_selected,
+        });
+        batch.fences.push(OffsetFence {
+            expected: run.owned.flatten(),
+            topic: run.topic,
+            partition: run.partition,
             next,
-        })
-        .collect();
+        });
+    }
     batch
 }
 

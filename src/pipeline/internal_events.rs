@@ -57,49 +57,56 @@ impl InternalEvent for DatabaseReachable {
     }
 }
 
-/// A message was read that this member had stored already.
-pub(crate) struct MessageRedelivered;
+/// Messages were read that this member had stored already.
+pub(crate) struct MessagesRedelivered {
+    pub(crate) count: u64,
+}
 
-impl InternalEvent for MessageRedelivered {
+impl InternalEvent for MessagesRedelivered {
     fn emit(self, to: &Instruments) {
-        to.metrics.redelivered.inc();
+        to.metrics.redelivered.inc_by(self.count);
     }
 }
 
-/// A message of an owned partition was read.
-pub(crate) struct MessageConsumed<'a> {
+/// A batch's messages of an owned partition of `topic` were read: how many, and how many of
+/// them its rule (or the lack of one) selected and did not select.
+pub(crate) struct MessagesConsumed<'a> {
     pub(crate) topic: &'a str,
+    pub(crate) consumed: u64,
+    pub(crate) selected: u64,
+    pub(crate) not_selected: u64,
 }
 
-impl InternalEvent for MessageConsumed<'_> {
+impl InternalEvent for MessagesConsumed<'_> {
     fn emit(self, to: &Instruments) {
-        to.metrics.consumed.with_label_values(&[self.topic]).inc();
-    }
-}
-
-/// A message its topic's rule (or the lack of one) did not select.
-pub(crate) struct MessageNotSelected<'a> {
-    pub(crate) topic: &'a str,
-}
-
-impl InternalEvent for MessageNotSelected<'_> {
-    fn emit(self, to: &Instruments) {
+        let labels = [self.topic];
         to.metrics
-            .not_selected
-            .with_label_values(&[self.topic])
-            .inc();
+            .consumed
+            .with_label_values(&labels)
+            .inc_by(self.consumed);
+        if self.selected > 0 {
+            to.metrics
+                .selected
+                .with_label_values(&labels)
+                .inc_by(self.selected);
+        }
+        if self.not_selected > 0 {
+            to.metrics
+                .not_selected
+                .with_label_values(&labels)
+                .inc_by(self.not_selected);
+        }
     }
 }
 
-/// A message its topic's rule selected, with the decoder's notes.
-pub(crate) struct MessageSelected<'a> {
+/// The decoder's notes on a selected message.
+pub(crate) struct DecodeNotes<'a> {
     pub(crate) topic: &'a str,
     pub(crate) notes: &'a [crate::formats::DecodeNote],
 }
 
-impl InternalEvent for MessageSelected<'_> {
+impl InternalEvent for DecodeNotes<'_> {
     fn emit(self, to: &Instruments) {
-        to.metrics.selected.with_label_values(&[self.topic]).inc();
         for note in self.notes {
             to.metrics
                 .decode_notes
