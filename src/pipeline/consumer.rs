@@ -3,7 +3,8 @@
 //! (docs/architecture.md, "Data flow" and "Exactly once").
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -58,12 +59,15 @@ enum Stored {
     Rewound(Vec<OffsetFence>),
 }
 
-/// A batch being stored: its parts' threads, their progress, and the positions it moves to.
-struct InFlight<'scope> {
-    handles: Vec<std::thread::ScopedJoinHandle<'scope, Stored>>,
+/// A batch being stored: how its parts end, their progress, and the positions it moves to.
+struct InFlight {
+    handles: Vec<mpsc::Receiver<std::thread::Result<Stored>>>,
     flight: Flight,
     fences: Vec<OffsetFence>,
 }
+
+/// A part of a batch to store, for one of the consumer's store threads.
+type StoreJob<'scope> = Box<dyn FnOnce() + Send + 'scope>;
 
 /// Per-outcome counts of one batch, applied to metrics after the commit.
 #[derive(Default)]
@@ -139,9 +143,29 @@ impl ConsumerLoop {
     pub(super) fn run(self) {
         let mut last_check = Instant::now();
         let this = &self;
+        // The store threads, started once: a part of each of the (at most two) batches in
+        // flight at a time.
+        let (jobs, queue) = mpsc::channel::<StoreJob<'_>>();
+        let queue = Mutex::new(queue);
         std::thread::scope(|scope| {
-            let mut older: Option<InFlight<'_>> = None;
-            let mut newer: Option<InFlight<'_>> = None;
+            for _ in 0..2 * self.store_concurrency {
+                let queue = &queue;
+                std::thread::Builder::new()
+                    .name("store".into())
+                    .spawn_scoped(scope, move || loop {
+                        let job = queue
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => break,
+                        }
+                    })
+                    .expect("spawning a store thread");
+            }
+            let mut older: Option<InFlight> = None;
+            let mut newer: Option<InFlight> = None;
             while !self.shutdown.is_cancelled() {
                 let mut messages = batch::collect(
                     &self.member,
@@ -184,7 +208,15 @@ impl ConsumerLoop {
                         .map(|part| {
                             let reporter = flight.part(partitions(&part.fences));
                             let before = before.as_ref().map(|b| b.flight.clone());
-                            scope.spawn(move || this.store(part, started, reporter, before))
+                            let (done, handle) = mpsc::sync_channel(1);
+                            let job: StoreJob<'_> = Box::new(move || {
+                                let stored = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                    this.store(part, started, reporter, before)
+                                }));
+                                let _ = done.send(stored);
+                            });
+                            jobs.send(job).expect("the store threads outlive the loop");
+                            handle
                         })
                         .collect();
                     newer = Some(InFlight {
@@ -197,6 +229,7 @@ impl ConsumerLoop {
             }
             self.after_store(older, &mut Vec::new());
             self.after_store(newer, &mut Vec::new());
+            drop(jobs);
         });
         tracing::info!("consumer stopping: leaving the group");
         self.member.leave();
@@ -208,7 +241,7 @@ impl ConsumerLoop {
     /// had left off. Returns the fences of the partitions rewound.
     fn after_store(
         &self,
-        in_flight: Option<InFlight<'_>>,
+        in_flight: Option<InFlight>,
         messages: &mut Vec<Message>,
     ) -> Vec<OffsetFence> {
         let Some(in_flight) = in_flight else {
@@ -216,12 +249,12 @@ impl ConsumerLoop {
         };
         let mut rewound = Vec::new();
         for handle in in_flight.handles {
-            match handle.join() {
-                Ok(Stored::Done) => {}
-                Ok(Stored::Rewound(fences)) => rewound.extend(fences),
+            match handle.recv() {
+                Ok(Ok(Stored::Done)) => {}
+                Ok(Ok(Stored::Rewound(fences))) => rewound.extend(fences),
                 // Nothing in a store thread panics by design; should one, its transaction was
                 // not committed and every partition is read again from its stored position.
-                Err(_) => {
+                Ok(Err(_)) | Err(_) => {
                     tracing::error!("a batch's store thread panicked; rewinding all partitions");
                     rewound.extend(self.member.positions().snapshot().into_iter().map(
                         |((topic, partition), expected)| OffsetFence {
