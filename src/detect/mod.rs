@@ -43,8 +43,36 @@ pub struct AttributeState {
 }
 
 /// Known state by attribute. Detection, the store and the state cache look keys up for every
-/// observation: the hasher is foldhash's, randomly seeded per map, not the standard SipHash.
-pub type StateMap = foldhash::HashMap<StateKey, AttributeState>;
+/// observation: the hasher is foldhash's, randomly seeded per map, not the standard SipHash, and
+/// detection looks up with a borrowed key ([`StateKeyRef`]).
+pub type StateMap = hashbrown::HashMap<StateKey, AttributeState>;
+
+/// A [`StateKey`] of borrowed strings: it hashes as the key does and finds its entry in a
+/// [`StateMap`] without building one.
+#[derive(Debug, Clone, Copy, Hash)]
+struct StateKeyRef<'a> {
+    entity_type: &'a str,
+    entity_id: &'a str,
+    attribute: &'a str,
+}
+
+impl StateKeyRef<'_> {
+    fn to_owned(self) -> StateKey {
+        StateKey {
+            entity_type: self.entity_type.to_owned(),
+            entity_id: self.entity_id.to_owned(),
+            attribute: self.attribute.to_owned(),
+        }
+    }
+}
+
+impl hashbrown::Equivalent<StateKey> for StateKeyRef<'_> {
+    fn equivalent(&self, key: &StateKey) -> bool {
+        self.attribute == key.attribute
+            && self.entity_id == key.entity_id
+            && self.entity_type == key.entity_type
+    }
+}
 
 /// What happened to one attribute of an observation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -158,10 +186,10 @@ impl ChangeDetector {
         let mut detection = Detection::default();
         let mut changed = Map::new();
         for (attribute, new_value) in &obs.attributes {
-            let key = StateKey {
-                entity_type: obs.entity_type.to_string(),
-                entity_id: obs.entity_id.clone(),
-                attribute: attribute.clone(),
+            let key = StateKeyRef {
+                entity_type: &obs.entity_type,
+                entity_id: &obs.entity_id,
+                attribute,
             };
             let prior = states.get(&key);
             let (outcome, next) = self.judge(obs, at, prior, new_value);
@@ -180,8 +208,13 @@ impl ChangeDetector {
             }
             detection.outcomes.push(outcome);
             if let Some(next) = next {
-                states.insert(key.clone(), next);
-                detection.dirty.push(key);
+                match states.get_mut(&key) {
+                    Some(state) => *state = next,
+                    None => {
+                        states.insert(key.to_owned(), next);
+                    }
+                }
+                detection.dirty.push(key.to_owned());
             }
         }
         if !changed.is_empty() {
