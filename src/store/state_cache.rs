@@ -217,9 +217,9 @@ impl StateCache {
         recalled
     }
 
-    /// Remembers the state a committed batch left `entities` in (each with the one partition
-    /// the batch read it from; every row of theirs is in `states`), read under `epoch` after
-    /// `recalled`. `written`: the rows the batch wrote, moved in rather than copied; an entity
+    /// Remembers the state a committed batch left `entities` in (in key order, each with the one
+    /// partition the batch read it from; every row of theirs is in `states`), read under `epoch`
+    /// after `recalled`. `written`: the rows the batch wrote, moved in rather than copied; an entity
     /// with none that was recalled is remembered as it was (it is only kept young). Nothing is
     /// remembered when a later batch saw the terminator prune since, or a partition was
     /// forgotten since.
@@ -234,37 +234,35 @@ impl StateCache {
         if !self.enabled() {
             return;
         }
-        let mut key = String::new();
-        // The written rows by entity.
-        let mut own: HashMap<String, Rows> = HashMap::with_capacity(written.len());
-        for (k, mut s) in written {
-            // As PostgreSQL stores it (microseconds), so that detection against the cache and
-            // against the table agree.
-            s.event_time = s.event_time.trunc_subsecs(6);
-            fill_key(&mut key, &k.entity_type, &k.entity_id);
-            match own.get_mut(key.as_str()) {
-                Some(rows) => rows.push((k.attribute, s)),
-                None => {
-                    own.insert(key.clone(), vec![(k.attribute, s)]);
-                }
-            }
-        }
+        // The written rows in key order, like the entities: each entity's are the next ones.
+        let mut written = written;
+        written.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut written = written.into_iter().peekable();
         let mut kept = Vec::new();
         let mut copied: Vec<(String, &Partition, Rows)> = Vec::new();
-        // The entities whose rows the batch did not all write, by position in `copied`.
+        // The entities copied, by position in `copied`: the rows they did not write are added.
         let mut unwritten: HashMap<(&str, &str), usize> = HashMap::new();
         for (entity_type, entity_id, partition) in entities {
-            fill_key(&mut key, entity_type, entity_id);
-            let rows = match own.remove(key.as_str()) {
-                Some(rows) => rows,
-                None if recalled.contains(entity_type, entity_id) => {
-                    kept.push((entity_type, entity_id, partition));
-                    continue;
-                }
-                None => Vec::new(),
-            };
-            unwritten.insert((entity_type, entity_id), copied.len());
-            copied.push((key.clone(), partition, rows));
+            let entity = (entity_type, entity_id);
+            while written
+                .next_if(|(k, _)| (k.entity_type.as_str(), k.entity_id.as_str()) < entity)
+                .is_some()
+            {}
+            let mut rows = Vec::new();
+            while let Some((k, mut s)) =
+                written.next_if(|(k, _)| (k.entity_type.as_str(), k.entity_id.as_str()) == entity)
+            {
+                // As PostgreSQL stores it (microseconds), so that detection against the cache
+                // and against the table agree.
+                s.event_time = s.event_time.trunc_subsecs(6);
+                rows.push((k.attribute, s));
+            }
+            if rows.is_empty() && recalled.contains(entity_type, entity_id) {
+                kept.push((entity_type, entity_id, partition));
+                continue;
+            }
+            unwritten.insert(entity, copied.len());
+            copied.push((entity_key(entity_type, entity_id), partition, rows));
         }
         if !unwritten.is_empty() {
             for (k, s) in states {
@@ -286,6 +284,7 @@ impl StateCache {
         }
         let young = inner.generation;
         let (mut made_young, mut left_old) = (0, 0);
+        let mut key = String::new();
         for (entity_type, entity_id, partition) in kept {
             let Some(generations) = inner.partitions.get_mut(partition) else {
                 continue;
@@ -390,7 +389,7 @@ mod tests {
         ids: &[&'e str],
         partition: &'e Partition,
     ) -> Recalled<'e> {
-        let mut found = HashMap::new();
+        let mut found = StateMap::default();
         cache.recall(
             epoch,
             ids.iter().map(|id| ("T", *id, partition)),
@@ -424,7 +423,7 @@ mod tests {
             &states(&["e"]),
             rows(&states(&["e"])),
         );
-        let mut found = HashMap::new();
+        let mut found = StateMap::default();
         let recalled = cache.recall(1, [("T", "e", &p0), ("T", "none", &p0)], &mut found);
         assert_eq!(recalled.entities.len(), 2);
         assert_eq!(found.len(), 2);
@@ -506,7 +505,7 @@ mod tests {
         let p0 = p(0);
         remember(&cache, 1, &["e"], &p0);
         let value = |cache: &StateCache| {
-            let mut found = HashMap::new();
+            let mut found = StateMap::default();
             cache.recall(1, [("T", "e", &p0)], &mut found);
             found[&key("e", "a")].value.clone()
         };
