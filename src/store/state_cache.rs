@@ -255,6 +255,9 @@ impl StateCache {
                 // As PostgreSQL stores it (microseconds), so that detection against the cache
                 // and against the table agree.
                 s.event_time = s.event_time.trunc_subsecs(6);
+                // Exactly as many as it has: most entities have one row, and the cache holds
+                // tens of thousands (a first push would make room for four).
+                rows.reserve_exact(1);
                 rows.push((k.attribute, s));
             }
             if rows.is_empty() && recalled.contains(entity_type, entity_id) {
@@ -274,6 +277,7 @@ impl StateCache {
                 if rows.iter().all(|(attribute, _)| *attribute != k.attribute) {
                     let mut s = s.clone();
                     s.event_time = s.event_time.trunc_subsecs(6);
+                    rows.reserve_exact(1);
                     rows.push((k.attribute.clone(), s));
                 }
             }
