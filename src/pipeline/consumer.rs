@@ -132,7 +132,7 @@ impl ConsumerLoop {
     /// Runs until shutdown: poll, batch, process, commit. The batches in flight are finished
     /// first.
     ///
-    /// Batches overlap: while one or two are stored (on threads of their own), the next is
+    /// Batches overlap: while one or two are stored (on the store threads), the next is
     /// collected from Kafka. Once the older of two has ended, the collected one is selected
     /// against the positions the newer one moves to and stored behind it: it starts once the
     /// newer one has run detection and checks its fences once the newer one's transactions with

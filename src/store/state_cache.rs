@@ -44,6 +44,16 @@ pub(crate) fn fill_key(key: &mut String, entity_type: &str, entity_id: &str) {
 /// one ([`Inner::generation`]) or the one before (old).
 type Generations = HashMap<String, (Rows, u64)>;
 
+/// Adds a row to an entity's rows as the cache keeps them: its time as PostgreSQL stores it
+/// (microseconds), so that detection against the cache and against the table agree, and the
+/// rows at their exact size (most entities have one, the cache holds tens of thousands, and a
+/// first push would make room for four).
+fn push_row(rows: &mut Rows, attribute: String, mut state: AttributeState) {
+    state.event_time = state.event_time.trunc_subsecs(6);
+    rows.reserve_exact(1);
+    rows.push((attribute, state));
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     /// The value of `entity_state_prunes` every entry was read under.
@@ -240,8 +250,8 @@ impl StateCache {
         let mut written = written.into_iter().peekable();
         let mut kept = Vec::new();
         let mut copied: Vec<(String, &Partition, Rows)> = Vec::new();
-        // The entities copied, by position in `copied`: the rows they did not write are added.
-        let mut unwritten: HashMap<(&str, &str), usize> = HashMap::new();
+        // Where each entity is in `copied`: the rows it did not write are added from `states`.
+        let mut copied_at: HashMap<(&str, &str), usize> = HashMap::new();
         for (entity_type, entity_id, partition) in entities {
             let entity = (entity_type, entity_id);
             while written
@@ -249,36 +259,27 @@ impl StateCache {
                 .is_some()
             {}
             let mut rows = Vec::new();
-            while let Some((k, mut s)) =
+            while let Some((k, s)) =
                 written.next_if(|(k, _)| (k.entity_type.as_str(), k.entity_id.as_str()) == entity)
             {
-                // As PostgreSQL stores it (microseconds), so that detection against the cache
-                // and against the table agree.
-                s.event_time = s.event_time.trunc_subsecs(6);
-                // Exactly as many as it has: most entities have one row, and the cache holds
-                // tens of thousands (a first push would make room for four).
-                rows.reserve_exact(1);
-                rows.push((k.attribute, s));
+                push_row(&mut rows, k.attribute, s);
             }
             if rows.is_empty() && recalled.contains(entity_type, entity_id) {
                 kept.push((entity_type, entity_id, partition));
                 continue;
             }
-            unwritten.insert(entity, copied.len());
+            copied_at.insert(entity, copied.len());
             copied.push((entity_key(entity_type, entity_id), partition, rows));
         }
-        if !unwritten.is_empty() {
+        if !copied_at.is_empty() {
             for (k, s) in states {
                 let entity = (k.entity_type.as_str(), k.entity_id.as_str());
-                let Some(&i) = unwritten.get(&entity) else {
+                let Some(&i) = copied_at.get(&entity) else {
                     continue;
                 };
                 let rows = &mut copied[i].2;
                 if rows.iter().all(|(attribute, _)| *attribute != k.attribute) {
-                    let mut s = s.clone();
-                    s.event_time = s.event_time.trunc_subsecs(6);
-                    rows.reserve_exact(1);
-                    rows.push((k.attribute.clone(), s));
+                    push_row(rows, k.attribute.clone(), s.clone());
                 }
             }
         }
