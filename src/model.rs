@@ -9,10 +9,11 @@ use message_selector::{OwnedValue, PropertySource, Value};
 use serde::{Deserialize, Serialize};
 
 /// Where a message came from: its Kafka coordinates.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceRef {
-    /// Kafka topic.
-    pub topic: String,
+    /// Kafka topic, shared by the sources of a partition's messages rather than copied into
+    /// each (every event and every state a message writes carries one).
+    pub topic: std::sync::Arc<str>,
     /// Partition within the topic.
     pub partition: i32,
     /// Offset of the message within the partition.

@@ -3,6 +3,7 @@
 //! and selected by its topic's rule (docs/architecture.md, "Data flow").
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::RDKafkaErrorCode;
@@ -139,7 +140,7 @@ impl Batch {
         let mut seen: foldhash::HashMap<(&str, &str), Option<(&str, i32)>> =
             foldhash::HashMap::with_capacity_and_hasher(entities.len(), Default::default());
         for item in &self.selected {
-            let here = (item.source.topic.as_str(), item.source.partition);
+            let here = (&*item.source.topic, item.source.partition);
             for o in &item.observations {
                 let slot = seen
                     .entry((&*o.entity_type, o.entity_id.as_str()))
@@ -205,32 +206,32 @@ impl Batch {
         if parts == 1 {
             return vec![self];
         }
-        let mut weight: HashMap<Tp, usize> = self
+        // A batch has a few partitions, one fence each: they are found by a scan.
+        let mut order: Vec<(Tp, usize)> = self
             .fences
             .iter()
             .map(|f| ((f.topic.clone(), f.partition), 1))
             .collect();
+        let find = |tps: &[(Tp, usize)], topic: &str, partition: i32| {
+            tps.iter()
+                .position(|((t, p), _)| *p == partition && t == topic)
+        };
         for s in &self.selected {
-            if let Some(w) = weight.get_mut(&(s.source.topic.clone(), s.source.partition)) {
-                *w += 1;
+            if let Some(i) = find(&order, &s.source.topic, s.source.partition) {
+                order[i].1 += 1;
             }
         }
         // Heaviest partition first into the lightest part.
-        let mut order: Vec<(Tp, usize)> = weight.into_iter().collect();
         order.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let mut load = vec![0usize; parts];
-        let mut part_of: HashMap<Tp, usize> = HashMap::new();
-        for (tp, w) in order {
+        // Each partition's weight is replaced by the part it goes to.
+        for (_, w) in order.iter_mut() {
             let lightest = (0..parts).min_by_key(|&i| load[i]).unwrap_or(0);
-            load[lightest] += w;
-            part_of.insert(tp, lightest);
+            load[lightest] += *w;
+            *w = lightest;
         }
-        let index = |topic: &str, partition: i32| {
-            part_of
-                .get(&(topic.to_owned(), partition))
-                .copied()
-                .unwrap_or(0)
-        };
+        let index =
+            |topic: &str, partition: i32| find(&order, topic, partition).map_or(0, |i| order[i].1);
         let mut out: Vec<Batch> = (0..parts).map(|_| Batch::default()).collect();
         for fence in self.fences {
             out[index(&fence.topic, fence.partition)].fences.push(fence);
@@ -258,6 +259,8 @@ impl Batch {
 /// partitions, and their messages come in runs).
 struct PartitionRun {
     topic: String,
+    /// The topic as the sources of the partition's selected messages share it.
+    source_topic: Arc<str>,
     partition: i32,
     /// The stored position; `None` when the partition is not this member's.
     owned: Option<Option<i64>>,
@@ -287,6 +290,7 @@ impl PartitionRuns {
                     let tp = (msg.topic.clone(), msg.partition);
                     let owned = positions.get(&tp).copied();
                     self.runs.push(PartitionRun {
+                        source_topic: Arc::from(tp.0.as_str()),
                         topic: tp.0,
                         partition: tp.1,
                         owned,
@@ -370,7 +374,7 @@ pub(super) fn select(
                 }
                 batch.selected.push(Selected {
                     source: SourceRef {
-                        topic: msg.topic.clone(),
+                        topic: Arc::clone(&run.source_topic),
                         partition: msg.partition,
                         offset: msg.offset,
                     },

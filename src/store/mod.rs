@@ -613,10 +613,16 @@ async fn read_states(
     let ids: Vec<&str> = entities.iter().map(|(_, id)| *id).collect();
     let select = tx.prepare_cached(STATE_READ).await?;
     let rows = tx.query(&select, &[&types, &ids]).await?;
+    // The rows of a partition's entities name one topic: it is shared, as the batch's own
+    // sources share it.
+    let mut topic: Option<std::sync::Arc<str>> = None;
     for row in rows {
-        let source = match (row.get(7), row.get(8), row.get(9)) {
-            (Some(topic), Some(partition), Some(offset)) => Some(SourceRef {
-                topic,
+        let source = match (row.get::<_, Option<&str>>(7), row.get(8), row.get(9)) {
+            (Some(name), Some(partition), Some(offset)) => Some(SourceRef {
+                topic: match &topic {
+                    Some(t) if **t == *name => std::sync::Arc::clone(t),
+                    _ => topic.insert(std::sync::Arc::from(name)).clone(),
+                },
                 partition,
                 offset,
             }),
@@ -784,7 +790,7 @@ async fn insert_events<'e>(
         properties.push(&e.event.properties);
         event_times.push(e.event.event_time);
         changed_by.push(e.event.changed_by.as_deref());
-        topics.push(e.source.topic.as_str());
+        topics.push(&*e.source.topic);
         partitions.push(e.source.partition);
         offsets.push(e.source.offset);
         seqs.push(e.seq);
@@ -928,8 +934,7 @@ impl<'s> StateColumns<'s> {
         self.versions.push(s.version);
         self.times.push(s.event_time);
         self.deleted.push(s.deleted);
-        self.topics
-            .push(s.source.as_ref().map(|at| at.topic.as_str()));
+        self.topics.push(s.source.as_ref().map(|at| &*at.topic));
         self.partitions
             .push(s.source.as_ref().map(|at| at.partition));
         self.offsets.push(s.source.as_ref().map(|at| at.offset));

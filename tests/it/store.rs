@@ -380,7 +380,7 @@ async fn apply_esoz(
                 for (offset, obs) in &observations {
                     for o in obs {
                         let source = SourceRef {
-                            topic: topic.to_owned(),
+                            topic: topic.into(),
                             partition: 0,
                             offset: *offset,
                         };
