@@ -4,9 +4,11 @@
 
 use std::collections::HashMap;
 
-use foldhash::{HashSet, HashSetExt};
+use foldhash::{HashMap as FastMap, HashMapExt};
 
-use super::{AttributeState, ChangeDetector, DetectedEvent, Outcome, StateKey, StateMap};
+use super::{
+    AttributeState, ChangeDetector, DetectedEvent, Outcome, StateKey, StateMap, StateWrite,
+};
 use crate::model::{Observation, SourceRef};
 
 /// One message's observations, with where it was read and its rule's detector.
@@ -36,8 +38,9 @@ pub struct SourcedEvent {
 pub struct BatchDetection {
     /// Events to store, in message order.
     pub events: Vec<SourcedEvent>,
-    /// The final state of every attribute the batch changed, once each.
-    pub states: Vec<(StateKey, AttributeState)>,
+    /// The final state of every attribute the batch changed, once each, with its state before
+    /// the batch.
+    pub states: Vec<StateWrite>,
     /// Attribute observations by outcome.
     pub outcomes: HashMap<Outcome, u64>,
     /// Events by entity type.
@@ -50,7 +53,8 @@ pub(crate) fn detect_batch<'a>(
     states: &mut StateMap,
 ) -> BatchDetection {
     let mut found = BatchDetection::default();
-    let mut dirty = HashSet::new();
+    // Each changed attribute with the state it had before its first change in the batch.
+    let mut dirty: FastMap<StateKey, Option<AttributeState>> = FastMap::new();
     for item in items {
         let mut seq = 0;
         for obs in item.observations {
@@ -70,12 +74,17 @@ pub(crate) fn detect_batch<'a>(
                 });
                 seq += 1;
             }
-            dirty.extend(detection.dirty);
+            for (key, replaced) in detection.dirty {
+                dirty.entry(key).or_insert(replaced);
+            }
         }
     }
     found.states = dirty
         .into_iter()
-        .filter_map(|k| states.get(&k).cloned().map(|s| (k, s)))
+        .filter_map(|(key, before)| {
+            let state = states.get(&key)?.clone();
+            Some(StateWrite { key, state, before })
+        })
         .collect();
     found
 }
@@ -144,8 +153,8 @@ mod tests {
         found
             .states
             .iter()
-            .find(|(k, _)| k.entity_id == entity)
-            .and_then(|(_, s)| s.value.clone())
+            .find(|w| w.key.entity_id == entity)
+            .and_then(|w| w.state.value.clone())
     }
 
     #[test]
@@ -181,7 +190,8 @@ mod tests {
         let found = detect(&first_event(), &messages, &mut StateMap::default());
         assert_eq!(found.states.len(), 1);
         assert_eq!(status_of(&found, "a").as_deref(), Some("closed"));
-        assert_eq!(found.states[0].1.source, Some(at(2)));
+        assert_eq!(found.states[0].state.source, Some(at(2)));
+        assert_eq!(found.states[0].before, None, "first seen in this batch");
     }
 
     #[test]
@@ -248,8 +258,8 @@ mod tests {
             let events: Vec<SourcedEvent> = head.events.into_iter().chain(tail.events).collect();
             assert_eq!(events, whole.events, "cut at {cut}");
             assert_eq!(
-                states.get(&whole.states[0].0),
-                Some(&whole.states[0].1),
+                states.get(&whole.states[0].key),
+                Some(&whole.states[0].state),
                 "cut at {cut}"
             );
         }

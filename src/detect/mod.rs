@@ -126,8 +126,21 @@ pub struct Detection {
     pub event: Option<DetectedEvent>,
     /// Per-attribute outcomes, for metrics.
     pub outcomes: Vec<Outcome>,
-    /// State rows that changed and must be written back.
-    pub dirty: Vec<StateKey>,
+    /// State rows that changed and must be written back, each with the state it replaced
+    /// (`None`: the attribute had none).
+    pub dirty: Vec<(StateKey, Option<AttributeState>)>,
+}
+
+/// A state row to write: the new state and the state detection started from, which the write
+/// compares with (docs/architecture.md, "Exactly once").
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateWrite {
+    /// The attribute.
+    pub key: StateKey,
+    /// Its new state.
+    pub state: AttributeState,
+    /// Its state before the batch: the row the write replaces, `None` where there was none.
+    pub before: Option<AttributeState>,
 }
 
 /// What a created or snapshot observation of an attribute without known state records (topic
@@ -208,13 +221,14 @@ impl ChangeDetector {
             }
             detection.outcomes.push(outcome);
             if let Some(next) = next {
-                match states.get_mut(&key) {
-                    Some(state) => *state = next,
+                let replaced = match states.get_mut(&key) {
+                    Some(state) => Some(std::mem::replace(state, next)),
                     None => {
                         states.insert(key.to_owned(), next);
+                        None
                     }
-                }
-                detection.dirty.push(key.to_owned());
+                };
+                detection.dirty.push((key.to_owned(), replaced));
             }
         }
         if !changed.is_empty() {
@@ -428,7 +442,13 @@ mod tests {
             ],
         );
         assert_eq!(d[1].outcomes, vec![Outcome::Unchanged]);
-        assert_eq!(d[1].dirty, vec![key()], "the new anchor is remembered");
+        let keys: Vec<&StateKey> = d[1].dirty.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [&key()], "the new anchor is remembered");
+        assert_eq!(
+            d[1].dirty[0].1.as_ref().map(|s| s.set_by.clone()),
+            Some(Some(study())),
+            "with the state it replaces"
+        );
         assert_eq!(
             d[2].event.as_ref().expect("closed").properties["status"],
             serde_json::json!({"new_value": null, "old_value": "s1"})

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 
-use crate::detect::{AttributeState, DetectedEvent, StateKey, StateMap};
+use crate::detect::{AttributeState, DetectedEvent, StateKey, StateMap, StateWrite};
 use crate::model::SourceRef;
 
 pub use config::{DatabaseConfig, DatabaseUrl};
@@ -197,8 +197,8 @@ pub struct NewEvent {
 pub struct BatchChanges {
     /// Events to insert.
     pub events: Vec<NewEvent>,
-    /// State rows to upsert.
-    pub states: Vec<(StateKey, AttributeState)>,
+    /// State rows to write, each a compare-and-set against the state detection started from.
+    pub states: Vec<StateWrite>,
 }
 
 /// What a committed batch wrote.
@@ -513,8 +513,6 @@ impl EventStore {
         }
         states.extend(handed.iter().map(|(k, s)| (k.clone(), s.clone())));
 
-        // What every write compares with.
-        let before = states.clone();
         let mut changes = detect(&mut states);
         let left = Arc::new(Handover {
             entities: sorted
@@ -527,7 +525,7 @@ impl EventStore {
         // The new state of shared entities is written once their state is checked.
         let (shared_states, own_states): (Vec<_>, Vec<_>) = std::mem::take(&mut changes.states)
             .into_iter()
-            .partition(|(k, _)| is_shared(k));
+            .partition(|w| is_shared(&w.key));
         changes.states = own_states;
         let mut after = turn.after;
         // Every transaction locks its `entity_state` rows before its count rows (each in key
@@ -547,11 +545,8 @@ impl EventStore {
         };
         // Sent together where they take no common locks: the events and the new state.
         let ((mut events_inserted, mut counts), mut states_written) = match countable {
-            true => futures::try_join!(insert(), write_states(&tx, &mut changes.states, &before))?,
-            false => (
-                (0, None),
-                write_states(&tx, &mut changes.states, &before).await?,
-            ),
+            true => futures::try_join!(insert(), write_states(&tx, &mut changes.states))?,
+            false => ((0, None), write_states(&tx, &mut changes.states).await?),
         };
         take_turn(&tx, group_id, fences, after).await?;
         let mut shared_states = shared_states;
@@ -561,7 +556,7 @@ impl EventStore {
             if found != handed {
                 return Err(StoreError::HandoverStale);
             }
-            states_written += write_states(&tx, &mut shared_states, &before).await?;
+            states_written += write_states(&tx, &mut shared_states).await?;
         }
         if !countable {
             (events_inserted, counts) = insert().await?;
@@ -571,8 +566,10 @@ impl EventStore {
         }
         tx.commit().await?;
         if let (Some(c), Some(epoch)) = (cache, epoch) {
-            let mut written = changes.states;
-            written.append(&mut shared_states);
+            let written = (changes.states.into_iter())
+                .chain(shared_states)
+                .map(|w| (w.key, w.state))
+                .collect();
             c.cache.remember(
                 epoch,
                 &recalled,
@@ -849,24 +846,21 @@ async fn insert_events<'e>(
     Ok((inserted.len() as u64, None))
 }
 
-/// Writes the new state of attributes, each a compare-and-set against `before`, the state
+/// Writes the new state of attributes, each a compare-and-set against its `before`, the state
 /// detection started from: an attribute that had a row is updated only where the row is still
 /// exactly that one, and one that had none is inserted only where there is still none. Should
 /// any row not be written, the batch fails with [`StoreError::StateMoved`]. Sorted by key, so
 /// that concurrent writers take the rows' locks in the same order.
 async fn write_states(
     tx: &deadpool_postgres::Transaction<'_>,
-    states: &mut [(StateKey, AttributeState)],
-    before: &StateMap,
+    states: &mut [StateWrite],
 ) -> Result<u64, StoreError> {
     if states.is_empty() {
         return Ok(0);
     }
-    states.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let (updates, inserts): (Vec<_>, Vec<_>) = states
-        .iter()
-        .map(|(k, s)| (k, s, before.get(k)))
-        .partition(|(_, _, was)| was.is_some());
+    states.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    let (updates, inserts): (Vec<&StateWrite>, Vec<&StateWrite>) =
+        states.iter().partition(|w| w.before.is_some());
     let (updated, inserted) = futures::try_join!(
         async {
             match updates.is_empty() {
@@ -886,9 +880,6 @@ async fn write_states(
     }
     Ok(updated + inserted)
 }
-
-/// A state write: the key, the new state and the state detection started from.
-type StateWrite<'s> = (&'s StateKey, &'s AttributeState, Option<&'s AttributeState>);
 
 /// The columns of `entity_state` as arrays, in the order of the statements below.
 struct StateColumns<'s> {
@@ -959,13 +950,13 @@ impl<'s> StateColumns<'s> {
 /// Updates rows that are still exactly the state detection started from; returns how many.
 async fn update_states(
     tx: &deadpool_postgres::Transaction<'_>,
-    writes: &[StateWrite<'_>],
+    writes: &[&StateWrite],
 ) -> Result<u64, StoreError> {
     let mut new = StateColumns::with_capacity(writes.len());
     let mut old = StateColumns::with_capacity(writes.len());
-    for (k, s, was) in writes {
-        new.push(k, s);
-        if let Some(was) = was {
+    for w in writes {
+        new.push(&w.key, &w.state);
+        if let Some(was) = &w.before {
             old.push_state(was);
         }
     }
@@ -990,11 +981,11 @@ async fn update_states(
 /// Inserts rows where there still is none; returns how many.
 async fn insert_states(
     tx: &deadpool_postgres::Transaction<'_>,
-    writes: &[StateWrite<'_>],
+    writes: &[&StateWrite],
 ) -> Result<u64, StoreError> {
     let mut new = StateColumns::with_capacity(writes.len());
-    for (k, s, _) in writes {
-        new.push(k, s);
+    for w in writes {
+        new.push(&w.key, &w.state);
     }
     let stmt = tx
         .prepare_cached(

@@ -684,7 +684,7 @@ async fn a_database_outage_pauses_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_entity_through_several_consumers_at_once_changes_once() {
-    use event_manager::detect::{ChangeDetector, DetectOptions};
+    use event_manager::detect::{ChangeDetector, DetectOptions, StateWrite};
     use event_manager::model::{Attributes, Observation, ObservationKind, Scope, SourceRef};
     use event_manager::store::{BatchChanges, NewEvent, OffsetFence, StoreError};
 
@@ -737,8 +737,12 @@ async fn the_same_entity_through_several_consumers_at_once_changes_once() {
                                     .collect(),
                                 states: d
                                     .dirty
-                                    .iter()
-                                    .map(|k| (k.clone(), states[k].clone()))
+                                    .into_iter()
+                                    .map(|(key, before)| StateWrite {
+                                        state: states[&key].clone(),
+                                        key,
+                                        before,
+                                    })
                                     .collect(),
                             }
                         },

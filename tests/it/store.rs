@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
-use event_manager::detect::{ChangeDetector, DetectOptions};
+use event_manager::detect::{ChangeDetector, DetectOptions, StateWrite};
 use event_manager::model::{Attributes, Observation, ObservationKind, Scope, SourceRef};
 use event_manager::store::{
     Alone, BatchChanges, BatchReport, CacheUse, Handover, NewEvent, OffsetFence, StateCache,
@@ -109,10 +109,17 @@ fn detect_on(
                 seq: 0,
             });
         }
-        for k in d.dirty {
-            let s = states[&k].clone();
-            changes.states.retain(|(x, _)| x != &k);
-            changes.states.push((k, s));
+        // Each attribute once, with its state before the batch and its final state.
+        for (key, replaced) in d.dirty {
+            let state = states[&key].clone();
+            match changes.states.iter_mut().find(|w| w.key == key) {
+                Some(w) => w.state = state,
+                None => changes.states.push(StateWrite {
+                    key,
+                    state,
+                    before: replaced,
+                }),
+            }
         }
     }
     changes
@@ -395,13 +402,14 @@ async fn apply_esoz(
                         dirty.extend(d.dirty);
                     }
                 }
-                dirty.sort();
-                dirty.dedup();
+                // Each attribute once: its state before its first change, its final state.
+                dirty.sort_by(|a, b| a.0.cmp(&b.0));
+                dirty.dedup_by(|later, first| later.0 == first.0);
                 changes.states = dirty
                     .into_iter()
-                    .map(|k| {
-                        let state = states[&k].clone();
-                        (k, state)
+                    .map(|(key, before)| {
+                        let state = states[&key].clone();
+                        StateWrite { key, state, before }
                     })
                     .collect();
                 changes
