@@ -42,12 +42,12 @@ pub(crate) const STATE_TOUCH_INTERVAL: std::time::Duration = std::time::Duration
 /// prepared once per connection, and a join planned while `entity_state` was small (a new
 /// deployment, a test) became a hash join over a sequential scan of the whole table, kept for
 /// every batch after. The lateral subquery with `OFFSET 0` is never flattened into a join, so
-/// it can only run as a lookup per entity.
+/// it can only run as a lookup per entity. The arrays are unnested as [`STATE_UPDATE`]'s are.
 #[doc(hidden)]
 pub const STATE_READ: &str = "\
     SELECT s.entity_type, s.entity_id, s.attribute, s.value, s.version, s.event_time, s.deleted, \
            s.source_topic, s.source_partition, s.source_offset, s.set_by \
-    FROM UNNEST($1::text[], $2::text[]) AS q(entity_type, entity_id) \
+    FROM (SELECT unnest($1::text[]) AS entity_type, unnest($2::text[]) AS entity_id) AS q \
     CROSS JOIN LATERAL ( \
         SELECT * FROM entity_state e \
         WHERE e.entity_type = q.entity_type AND e.entity_id = q.entity_id \
@@ -66,6 +66,11 @@ pub const STATE_UPDATE_PLAN: &str = "SET LOCAL enable_seqscan = off";
 
 /// The compare-and-set update of state rows: `$1`–`$3` the keys, `$4`–`$11` the new state,
 /// `$12`–`$19` the state detection started from, `$20` [`STATE_TOUCH_INTERVAL`] in seconds.
+///
+/// The batch's statements unnest their arrays in a select list, where PostgreSQL streams the rows
+/// (`ProjectSet`), rather than in `FROM UNNEST(…)`, a function scan that first copies every row
+/// into a tuplestore: the same rows (the arrays have one length), about a tenth less PostgreSQL
+/// time per updated row and a twentieth per inserted one (README, "Where the time goes").
 #[doc(hidden)]
 pub const STATE_UPDATE: &str = "\
     UPDATE entity_state AS e SET \
@@ -75,16 +80,16 @@ pub const STATE_UPDATE: &str = "\
       set_by = u.set_by, \
       updated_at = CASE WHEN e.updated_at > now() - make_interval(secs => $20) \
                         THEN e.updated_at ELSE now() END \
-    FROM UNNEST($1::text[], $2::text[], $3::text[], \
-                $4::text[], $5::bigint[], $6::timestamptz[], $7::bool[], \
-                $8::text[], $9::int[], $10::bigint[], $11::text[], \
-                $12::text[], $13::bigint[], $14::timestamptz[], $15::bool[], \
-                $16::text[], $17::int[], $18::bigint[], $19::text[]) \
-      AS u(entity_type, entity_id, attribute, \
-           value, version, event_time, deleted, \
-           source_topic, source_partition, source_offset, set_by, \
-           was_value, was_version, was_event_time, was_deleted, \
-           was_source_topic, was_source_partition, was_source_offset, was_set_by) \
+    FROM (SELECT unnest($1::text[]) AS entity_type, unnest($2::text[]) AS entity_id, \
+                 unnest($3::text[]) AS attribute, \
+                 unnest($4::text[]) AS value, unnest($5::bigint[]) AS version, \
+                 unnest($6::timestamptz[]) AS event_time, unnest($7::bool[]) AS deleted, \
+                 unnest($8::text[]) AS source_topic, unnest($9::int[]) AS source_partition, \
+                 unnest($10::bigint[]) AS source_offset, unnest($11::text[]) AS set_by, \
+                 unnest($12::text[]) AS was_value, unnest($13::bigint[]) AS was_version, \
+                 unnest($14::timestamptz[]) AS was_event_time, unnest($15::bool[]) AS was_deleted, \
+                 unnest($16::text[]) AS was_source_topic, unnest($17::int[]) AS was_source_partition, \
+                 unnest($18::bigint[]) AS was_source_offset, unnest($19::text[]) AS was_set_by) AS u \
     WHERE e.entity_type = u.entity_type AND e.entity_id = u.entity_id \
       AND e.attribute = u.attribute \
       AND e.value IS NOT DISTINCT FROM u.was_value \
@@ -796,8 +801,9 @@ async fn insert_events<'e>(
         .prepare_cached(
             "INSERT INTO events (id, event_type, entity_type, entity_id, properties, event_time, \
                                  changed_by, source_topic, source_partition, source_offset, source_seq) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], \
-                                  $6::timestamptz[], $7::text[], $8::text[], $9::int[], $10::bigint[], $11::int[]) \
+             SELECT unnest($1::uuid[]), unnest($2::text[]), unnest($3::text[]), unnest($4::text[]), \
+                    unnest($5::jsonb[]), unnest($6::timestamptz[]), unnest($7::text[]), \
+                    unnest($8::text[]), unnest($9::int[]), unnest($10::bigint[]), unnest($11::int[]) \
              ON CONFLICT ON CONSTRAINT events_source_unique DO NOTHING \
              RETURNING id",
         )
@@ -991,9 +997,9 @@ async fn insert_states(
         .prepare_cached(
             "INSERT INTO entity_state (entity_type, entity_id, attribute, value, version, event_time, deleted, \
                                        source_topic, source_partition, source_offset, set_by) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-                                  $6::timestamptz[], $7::bool[], $8::text[], $9::int[], $10::bigint[], \
-                                  $11::text[]) \
+             SELECT unnest($1::text[]), unnest($2::text[]), unnest($3::text[]), unnest($4::text[]), \
+                    unnest($5::bigint[]), unnest($6::timestamptz[]), unnest($7::bool[]), \
+                    unnest($8::text[]), unnest($9::int[]), unnest($10::bigint[]), unnest($11::text[]) \
              ON CONFLICT (entity_type, entity_id, attribute) DO NOTHING",
         )
         .await?;
