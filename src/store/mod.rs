@@ -67,7 +67,8 @@ pub const STATE_UPDATE_PLAN: &str = "SET LOCAL enable_seqscan = off";
 /// The compare-and-set update of state rows: `$1`–`$3` the keys, `$4`–`$11` the new state,
 /// `$12`–`$19` the state detection started from, `$20` [`STATE_TOUCH_INTERVAL`] in seconds.
 ///
-/// The batch's statements unnest their arrays in a select list, where PostgreSQL streams the rows
+/// The statements that carry a batch's rows (this one, [`STATE_READ`], the inserts of new state
+/// rows and of events) unnest their arrays in a select list, where PostgreSQL streams the rows
 /// (`ProjectSet`), rather than in `FROM UNNEST(…)`, a function scan that first copies every row
 /// into a tuplestore: the same rows (the arrays have one length), about a tenth less PostgreSQL
 /// time per updated row and a twentieth per inserted one (README, "Where the time goes").
