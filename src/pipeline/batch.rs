@@ -117,11 +117,26 @@ pub(super) struct Batch {
     pub(super) pending: Vec<PendingLookup>,
     /// Each partition's expected and next stored offset.
     pub(super) fences: Vec<OffsetFence>,
-    /// Every entity the observations touch, whose state the transaction reads.
-    pub(super) entities: foldhash::HashSet<(String, String)>,
 }
 
 impl Batch {
+    /// Every entity the observations touch, whose state the transaction reads: in key order,
+    /// each once. Found when the batch is stored, after its look-ups and any split, rather than
+    /// kept in a set as messages are selected.
+    pub(super) fn entities(&self) -> Vec<(String, String)> {
+        let mut all: Vec<(&str, &str)> = self
+            .selected
+            .iter()
+            .flat_map(|s| &s.observations)
+            .map(|o| (&*o.entity_type, o.entity_id.as_str()))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all.into_iter()
+            .map(|(t, id)| (t.to_owned(), id.to_owned()))
+            .collect()
+    }
+
     /// The selected messages as detection reads them.
     pub(super) fn items<'a>(&'a self, rules: &'a RuleSet) -> impl Iterator<Item = BatchItem<'a>> {
         self.selected.iter().filter_map(|item| {
@@ -187,12 +202,6 @@ impl Batch {
         debug_assert!(self.pending.is_empty());
         self.selected
             .retain(|s| kept(&s.source.topic, s.source.partition));
-        self.entities = self
-            .selected
-            .iter()
-            .flat_map(|s| &s.observations)
-            .map(|o| (o.entity_type.to_string(), o.entity_id.clone()))
-            .collect();
         Some(self)
     }
 
@@ -243,12 +252,9 @@ impl Batch {
         // `pending` indexes `selected`; look-ups are resolved before a batch is split.
         debug_assert!(self.pending.is_empty());
         for selected in self.selected {
-            let part = &mut out[index(&selected.source.topic, selected.source.partition)];
-            for o in &selected.observations {
-                part.entities
-                    .insert((o.entity_type.to_string(), o.entity_id.clone()));
-            }
-            part.selected.push(selected);
+            out[index(&selected.source.topic, selected.source.partition)]
+                .selected
+                .push(selected);
         }
         out.retain(|b| !b.fences.is_empty());
         out
@@ -359,11 +365,6 @@ pub(super) fn select(
                         topic,
                         notes: &notes,
                     });
-                }
-                for o in &observations {
-                    batch
-                        .entities
-                        .insert((o.entity_type.to_string(), o.entity_id.clone()));
                 }
                 if let Some(lookup) = lookup {
                     batch.pending.push(PendingLookup {
@@ -496,10 +497,8 @@ mod tests {
         );
         assert_eq!(metrics.redelivered.get(), 1);
         assert_eq!(metrics.consumed.with_label_values(&["t"]).get(), 2);
-        let mut entities: Vec<_> = batch.entities.into_iter().collect();
-        entities.sort();
         assert_eq!(
-            entities,
+            batch.entities(),
             [
                 ("Declaration".to_owned(), "a".to_owned()),
                 ("Declaration".to_owned(), "b".to_owned())
@@ -622,7 +621,7 @@ mod tests {
         assert!(parts[0].letters.is_empty());
         assert_eq!(parts[1].letters[0].message.offset, 1);
         let entities = |b: &Batch| -> Vec<String> {
-            let mut e: Vec<String> = b.entities.iter().map(|(_, id)| id.clone()).collect();
+            let mut e: Vec<String> = b.entities().into_iter().map(|(_, id)| id).collect();
             e.sort();
             e
         };

@@ -309,8 +309,7 @@ impl ConsumerLoop {
         mut part: Part,
         before: Option<Flight>,
     ) -> Stored {
-        let entities: Vec<(String, String)> =
-            std::mem::take(&mut batch.entities).into_iter().collect();
+        let entities = batch.entities();
         let entity_partitions = batch.partitions_of(&entities);
         let partitions = partitions(&batch.fences);
         let mut attempt = 0u32;

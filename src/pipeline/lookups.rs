@@ -68,9 +68,6 @@ impl Lookups {
             match outcome {
                 Ok(observation) => {
                     if let Some(o) = observation {
-                        batch
-                            .entities
-                            .insert((o.entity_type.to_string(), o.entity_id.clone()));
                         item.observations.push(o);
                     }
                 }
