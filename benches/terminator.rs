@@ -146,7 +146,7 @@ async fn ingest(
     inserted: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let topic: std::sync::Arc<str> = format!("ingest-{writer}").into();
+    let topic: Arc<str> = format!("ingest-{writer}").into();
     let mut offset: i64 = 0;
     while !stop.load(Ordering::Relaxed) {
         let now = Utc::now();

@@ -572,7 +572,9 @@ impl EventStore {
         }
         tx.commit().await?;
         if let (Some(c), Some(epoch)) = (cache, epoch) {
-            let written = (changes.states.into_iter())
+            let written = changes
+                .states
+                .into_iter()
                 .chain(shared_states)
                 .map(|w| (w.key, w.state))
                 .collect();
@@ -618,13 +620,13 @@ async fn read_states(
     let rows = tx.query(&select, &[&types, &ids]).await?;
     // The rows of a partition's entities name one topic: it is shared, as the batch's own
     // sources share it.
-    let mut topic: Option<std::sync::Arc<str>> = None;
+    let mut topic: Option<Arc<str>> = None;
     for row in rows {
         let source = match (row.get::<_, Option<&str>>(7), row.get(8), row.get(9)) {
             (Some(name), Some(partition), Some(offset)) => Some(SourceRef {
                 topic: match &topic {
-                    Some(t) if **t == *name => std::sync::Arc::clone(t),
-                    _ => topic.insert(std::sync::Arc::from(name)).clone(),
+                    Some(t) if **t == *name => Arc::clone(t),
+                    _ => Arc::clone(topic.insert(Arc::from(name))),
                 },
                 partition,
                 offset,
