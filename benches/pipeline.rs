@@ -37,6 +37,10 @@
 //! - `EM_BENCH_MIXED_MESSAGES` (default 200 000), `EM_BENCH_ESOZ_MESSAGES` (default 100 000),
 //!   `EM_BENCH_LATENCY_SECS` (default 20), `EM_BENCH_WORKLOADS` (default `mixed,esoz`);
 //! - `EM_BENCH_API_CLIENTS` (default 50): the API run's clients; `0` leaves the run out;
+//! - `EM_BENCH_API_WINDOWS` (default `second`): the end of a request's window, to the `second` as
+//!   a client asking for the last hour sends it, or to the `microsecond`, so that no two
+//!   requests are the same query and none is answered by another's (the server runs identical
+//!   list queries that wait at once only once: README "Performance");
 //! - `EM_BENCH_API_SECS` (default 60): the API run's length; a whole minute, since what a
 //!   window's total costs depends on where in its last minute the window ends;
 //! - `EM_BENCH_BIN`: the `event-manager` binary to run as the pipeline (default: this build's),
@@ -1306,6 +1310,7 @@ async fn pipeline_run(
     latency_secs: u64,
     api_clients: usize,
     api_secs: u64,
+    api_distinct: bool,
     rng: &mut Rng,
     clock: &mut DateTime<Utc>,
 ) -> PipelineFigures {
@@ -1372,6 +1377,7 @@ async fn pipeline_run(
             clients: api_clients,
             rate: latency_rate,
             duration: secs,
+            distinct: api_distinct,
         };
         Some(api_under_ingest(&pipeline, ingest, run, workload, rng, clock).await)
     } else {
@@ -1409,6 +1415,8 @@ struct ApiRun {
     clients: usize,
     rate: f64,
     duration: Duration,
+    /// Windows end at the request's microsecond rather than its second (`EM_BENCH_API_WINDOWS`).
+    distinct: bool,
 }
 
 /// The events API of the running pipeline under `run.clients` keep-alive clients listing
@@ -1442,7 +1450,11 @@ async fn api_under_ingest(
         let kind = i % API_LISTS.len();
         let end = Utc::now() + lead;
         let from = end - chrono::Duration::hours(1);
-        let format = "%Y-%m-%dT%H:%M:%SZ";
+        let format = if run.distinct {
+            "%Y-%m-%dT%H:%M:%S%.6fZ"
+        } else {
+            "%Y-%m-%dT%H:%M:%SZ"
+        };
         let path = format!(
             "/api/events?date={}&date_to={}{}",
             from.format(format),
@@ -1680,6 +1692,12 @@ fn main() {
     let latency_secs: u64 = env_or("EM_BENCH_LATENCY_SECS", if smoke { 2 } else { 20 });
     let api_clients: usize = env_or("EM_BENCH_API_CLIENTS", if smoke { 4 } else { 50 });
     let api_secs: u64 = env_or("EM_BENCH_API_SECS", if smoke { 2 } else { 60 });
+    let api_windows: String = env_or("EM_BENCH_API_WINDOWS", "second".to_owned());
+    let api_distinct = match api_windows.as_str() {
+        "second" => false,
+        "microsecond" => true,
+        other => panic!("EM_BENCH_API_WINDOWS: `second` or `microsecond`, not `{other}`"),
+    };
     let selected: String = env_or("EM_BENCH_WORKLOADS", "mixed,esoz".to_owned());
     let variants = std::env::var("EM_BENCH_WRITE_VARIANTS").is_ok_and(|v| v == "1");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1730,6 +1748,7 @@ fn main() {
                 latency_secs,
                 api_clients,
                 api_secs,
+                api_distinct,
                 &mut rng,
                 &mut clock,
             )
@@ -1853,6 +1872,7 @@ fn main() {
         "broker": broker_name,
         "latency_secs": latency_secs,
         "api_secs": api_secs,
+        "api_windows": api_windows,
         "workloads": results,
     });
     std::fs::write(&out, serde_json::to_string_pretty(&document).unwrap()).unwrap();

@@ -360,6 +360,8 @@ pub struct ApiQueryMetrics {
     pub queue_wait: Histogram,
     /// Requests answered 503 because no slot was free within `api.query_queue_timeout`.
     pub rejected: IntCounter,
+    /// Requests answered by a query another request started (identical queries waiting at once).
+    pub shared: IntCounter,
 }
 
 impl ApiQueryMetrics {
@@ -379,9 +381,15 @@ impl ApiQueryMetrics {
             "event_manager_api_queries_rejected_total",
             "Events API requests answered 503 because no query slot was free in time.",
         );
+        let shared = IntCounter::new(
+            "event_manager_api_queries_shared_total",
+            "Events API list requests answered by an identical query that was waiting for its \
+             slot when they arrived, instead of a query of their own.",
+        );
         Ok(Self {
             queue_wait: registered(registry, queue_wait)?,
             rejected: registered(registry, rejected)?,
+            shared: registered(registry, shared)?,
         })
     }
 }

@@ -31,8 +31,9 @@ impl InvalidParameter {
     }
 }
 
-/// Why a request failed.
-#[derive(Debug, thiserror::Error)]
+/// Why a request failed. Cloned for every request a shared query answers
+/// (`QuerySlots::shared`).
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
     /// Query parameters are invalid (422).

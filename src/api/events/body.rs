@@ -188,13 +188,13 @@ fn write_timestamp(out: &mut Vec<u8>, t: DateTime<Utc>) {
 }
 
 /// A JSON response body.
-pub(super) fn json_response(body: Vec<u8>) -> Response {
+pub(super) fn json_response(body: impl Into<axum::body::Body>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json"),
         )],
-        body,
+        body.into(),
     )
         .into_response()
 }

@@ -27,6 +27,7 @@ use self::body::{json_response, unreadable, BodyWriter};
 use super::auth::Principal;
 use super::error::ApiError;
 use super::ApiState;
+use crate::store::event_queries::EventsQuery;
 
 mod body;
 mod openapi;
@@ -71,22 +72,47 @@ pub(crate) async fn list_events(
             });
         }
     }
-    let slot = state.query_slots.acquire().await?;
-    let page = state
-        .store
-        .list_events(&q, state.auth.hidden_event_types(&principal))
+    let hidden = state.auth.hidden_event_types(&principal);
+    let key = list_key(&q, &hidden);
+    let store = state.store.clone();
+    let body = state
+        .query_slots
+        .shared(key, move |slot| async move {
+            let page = store.list_events(&q, hidden).await?;
+            drop(slot);
+            let page_size = i64::from(q.page_size);
+            let paging = Paging {
+                page_number: q.page,
+                page_size: q.page_size,
+                total_entries: page.total_entries,
+                total_pages: (page.total_entries + page_size - 1) / page_size,
+            };
+            let body = BodyWriter::list(&page.rows, &paging).map_err(unreadable)?;
+            Ok(bytes::Bytes::from(body))
+        })
         .await?;
-    drop(slot);
-    let page_size = i64::from(q.page_size);
-    let paging = Paging {
-        page_number: q.page,
-        page_size: q.page_size,
-        total_entries: page.total_entries,
-        total_pages: (page.total_entries + page_size - 1) / page_size,
-    };
-    Ok(json_response(
-        BodyWriter::list(&page.rows, &paging).map_err(unreadable)?,
-    ))
+    Ok(json_response(body))
+}
+
+/// What makes two list requests the same query, whose answer they may share
+/// (`QuerySlots::shared`): every part of it but the time it was read, which only picks how
+/// the total is counted, not the total; and the event types the token may not see.
+fn list_key(q: &EventsQuery, hidden: &[String]) -> String {
+    let EventsQuery {
+        from,
+        to,
+        event_type,
+        entity_type,
+        attribute,
+        attribute_indexed,
+        page,
+        page_size,
+        now: _,
+    } = q;
+    format!(
+        "{from:?} {to:?} {event_type:?} {entity_type:?} {attribute:?} {attribute_indexed} \
+         {page} {page_size} {hidden:?}"
+    )
 }
 
 /// Gets one event. Unknown and malformed ids, and events of a type the token may not see, are 404.
