@@ -14,7 +14,8 @@
 //! `EM_BENCH_INDEXED_ATTRIBUTES=rare_attr,employee_id` gives those attributes their own indexes
 //! (`api.indexed_attributes`), built before the run; `EM_BENCH_INDEXED_VALUES` (default `status`,
 //! as `api.indexed_values`; empty for none) the index of their values only. The server has a
-//! query slot per core (`api.max_concurrent_queries`): nothing else runs beside it.
+//! query slot per core (`api.max_concurrent_queries`): nothing else runs beside it. Each
+//! request runs its own query (`api.share_queries` off) unless `EM_BENCH_SHARE_QUERIES=1`.
 //!
 //! `EM_BENCH_EVENTS=1000000 cargo bench --bench api`
 
@@ -310,6 +311,9 @@ async fn run() -> Result<(), BoxError> {
         indexed_attributes: indexed.clone(),
         indexed_values: indexed_values.clone(),
         max_concurrent_queries: Some(cores as u32),
+        // Every request's own query: the figures are a query's cost, as before queries were
+        // shared (the scenarios repeat their paths, so requests would share many).
+        share_queries: std::env::var("EM_BENCH_SHARE_QUERIES").is_ok_and(|v| v == "1"),
         ..ApiConfig::default()
     };
     let query_slots = QuerySlots::new(&api_config, ApiQueryMetrics::register(&registry)?);

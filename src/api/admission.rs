@@ -28,7 +28,8 @@ pub struct QuerySlots {
     slots: Arc<Semaphore>,
     timeout: Duration,
     metrics: ApiQueryMetrics,
-    waiting: Waiting,
+    /// `None` when `api.share_queries` is off.
+    waiting: Option<Waiting>,
 }
 
 /// What a shared query answers: the response body, or why not.
@@ -86,7 +87,7 @@ impl QuerySlots {
             slots: Arc::new(Semaphore::new(config.query_slots())),
             timeout: config.query_queue_timeout,
             metrics,
-            waiting: Waiting::default(),
+            waiting: config.share_queries.then(Waiting::default),
         }
     }
 
@@ -94,15 +95,19 @@ impl QuerySlots {
     /// every request for the same key that arrives while it waits for the slot. `query` gets
     /// the slot and returns it (drops it) when its statements are done. A request that
     /// arrives once the query has its slot starts a run of its own, so no request is answered
-    /// from a statement that started before it arrived.
+    /// from a statement that started before it arrived. With `api.share_queries` off every
+    /// request runs its own.
     pub(crate) async fn shared<F, Q>(&self, key: String, query: F) -> RunResult
     where
         F: FnOnce(QuerySlot) -> Q + Send + 'static,
         Q: Future<Output = RunResult> + Send + 'static,
     {
+        let Some(waiting) = &self.waiting else {
+            return query(self.acquire().await?).await;
+        };
         let run: Run = {
-            let mut waiting = self.waiting.0.lock().unwrap_or_else(|e| e.into_inner());
-            match waiting.get(&key).and_then(|(_, run)| run.upgrade()) {
+            let mut runs = waiting.0.lock().unwrap_or_else(|e| e.into_inner());
+            match runs.get(&key).and_then(|(_, run)| run.upgrade()) {
                 Some(run) => {
                     self.metrics.shared.inc();
                     run
@@ -110,7 +115,7 @@ impl QuerySlots {
                 None => {
                     let id = RUN_IDS.fetch_add(1, Ordering::Relaxed);
                     let unlist = Unlist {
-                        waiting: self.waiting.clone(),
+                        waiting: waiting.clone(),
                         key: key.clone(),
                         id,
                     };
@@ -124,7 +129,7 @@ impl QuerySlots {
                     .boxed()
                     .shared();
                     let weak = run.downgrade().expect("a run not yet polled");
-                    waiting.insert(key, (id, weak));
+                    runs.insert(key, (id, weak));
                     run
                 }
             }
@@ -255,7 +260,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(a_runs.load(Ordering::SeqCst), 2);
-        assert!(slots.waiting.0.lock().unwrap().is_empty());
+        assert!(slots.waiting.as_ref().unwrap().0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_sharing_every_request_runs_its_own_query() {
+        let config = ApiConfig {
+            max_concurrent_queries: Some(1),
+            share_queries: false,
+            ..ApiConfig::default()
+        };
+        let slots = QuerySlots::new(
+            &config,
+            ApiQueryMetrics::register(&Registry::new()).unwrap(),
+        );
+        let held = slots.acquire().await.unwrap();
+        let runs = Arc::new(AtomicU64::new(0));
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let (slots, query) = (slots.clone(), counted(&runs, "A"));
+                tokio::spawn(async move { slots.shared("a".to_owned(), query).await })
+            })
+            .collect();
+        settle().await;
+        drop(held);
+        for answer in futures::future::join_all(waiting).await {
+            assert_eq!(answer.unwrap().unwrap(), "A");
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert_eq!(slots.metrics.shared.get(), 0);
     }
 
     #[tokio::test]
@@ -307,7 +340,7 @@ mod tests {
         settle().await;
         gone.abort();
         assert!(gone.await.unwrap_err().is_cancelled());
-        assert!(slots.waiting.0.lock().unwrap().is_empty());
+        assert!(slots.waiting.as_ref().unwrap().0.lock().unwrap().is_empty());
         // Two requests for a query that fails both get its error.
         let failing = |slots: QuerySlots| async move {
             slots

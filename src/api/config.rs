@@ -62,6 +62,9 @@ pub struct ApiConfig {
     /// `Retry-After`.
     #[serde(with = "humantime_serde")]
     pub query_queue_timeout: Duration,
+    /// Identical list queries that wait for a slot at once run once and share their answer
+    /// (`QuerySlots::shared`); `false` runs every request's own query.
+    pub share_queries: bool,
 }
 
 /// Most queries `api.max_concurrent_queries` may allow at once.
@@ -106,6 +109,7 @@ impl Default for ApiConfig {
             indexed_values: vec!["status".to_owned()],
             max_concurrent_queries: None,
             query_queue_timeout: Duration::from_secs(5),
+            share_queries: true,
         }
     }
 }
