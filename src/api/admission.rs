@@ -47,9 +47,19 @@ type WaitingRun = (u64, WeakShared<BoxFuture<'static, RunResult>>);
 #[derive(Clone, Default)]
 struct Waiting(Arc<Mutex<HashMap<String, WaitingRun>>>);
 
+impl Waiting {
+    /// The map, whether or not a holder panicked: every change to it is one insert or remove,
+    /// so it is never left half-changed.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, WaitingRun>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 impl std::fmt::Debug for Waiting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let runs = self.0.lock().map_or(0, |w| w.len());
+        let runs = self.lock().len();
         f.debug_struct("Waiting").field("runs", &runs).finish()
     }
 }
@@ -64,7 +74,7 @@ struct Unlist {
 
 impl Drop for Unlist {
     fn drop(&mut self) {
-        let mut waiting = self.waiting.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.waiting.lock();
         if waiting.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
             waiting.remove(&self.key);
         }
@@ -106,7 +116,7 @@ impl QuerySlots {
             return query(self.acquire().await?).await;
         };
         let run: Run = {
-            let mut runs = waiting.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut runs = waiting.lock();
             match runs.get(&key).and_then(|(_, run)| run.upgrade()) {
                 Some(run) => {
                     self.metrics.shared.inc();
@@ -260,7 +270,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(a_runs.load(Ordering::SeqCst), 2);
-        assert!(slots.waiting.as_ref().unwrap().0.lock().unwrap().is_empty());
+        assert!(slots.waiting.as_ref().unwrap().lock().is_empty());
     }
 
     #[tokio::test]
@@ -340,7 +350,7 @@ mod tests {
         settle().await;
         gone.abort();
         assert!(gone.await.unwrap_err().is_cancelled());
-        assert!(slots.waiting.as_ref().unwrap().0.lock().unwrap().is_empty());
+        assert!(slots.waiting.as_ref().unwrap().lock().is_empty());
         // Two requests for a query that fails both get its error.
         let failing = |slots: QuerySlots| async move {
             slots
