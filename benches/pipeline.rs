@@ -67,12 +67,13 @@ use event_manager::demo::feed::Rng;
 use event_manager::store::{DatabaseConfig, EventStore, LocalPostgres};
 use futures::pin_mut;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::json;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -877,29 +878,80 @@ impl Topics {
     }
 }
 
+/// Where the bench's producer's messages landed, written down by its delivery callback: a
+/// message's index in its `produce` call, its partition and offset. A `FutureProducer` would
+/// complete a future per message and wake the task awaiting it, about a sixth of the bench
+/// process's CPU, which the pipeline and PostgreSQL share the two cores with.
+#[derive(Default)]
+struct Landed {
+    at: std::sync::Mutex<Vec<(usize, i32, i64)>>,
+    /// The first delivery that failed (no panic across librdkafka's callback).
+    failed: std::sync::Mutex<Option<String>>,
+    count: AtomicU64,
+}
+
+impl ClientContext for Landed {}
+
+impl ProducerContext for Landed {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+        match result {
+            Ok(m) => self
+                .at
+                .lock()
+                .unwrap()
+                .push((index, m.partition(), m.offset())),
+            Err((e, _)) => {
+                self.failed.lock().unwrap().get_or_insert(e.to_string());
+            }
+        }
+        self.count.fetch_add(1, Ordering::Release);
+    }
+}
+
+type BenchProducer = ThreadedProducer<Landed>;
+
 /// The bench's producer, connected: it has delivered one message (on a topic of its own) before
 /// it is returned, so that no phase's clock counts its start-up. An idempotent producer's first
 /// delivery waits for its producer id and the broker's metadata: about half a second on the
 /// MockCluster, a sixth of a default mixed run.
-async fn producer(broker: &Broker) -> FutureProducer {
-    let producer: FutureProducer = ClientConfig::new()
+async fn producer(broker: &Broker) -> BenchProducer {
+    let producer: BenchProducer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
         .set("enable.idempotence", "true")
-        .create()
+        .create_with_context(Landed::default())
         .unwrap();
     let topic = format!("bench-warm-up-{}", uuid::Uuid::now_v7().simple());
     broker.create_topic(&topic, 1).await;
     producer
-        .send(
-            FutureRecord::<str, str>::to(&topic).payload("warm-up"),
-            Duration::from_secs(30),
-        )
-        .await
+        .send(BaseRecord::<(), str, usize>::with_opaque_to(&topic, 0).payload("warm-up"))
         .map_err(|(e, _)| e)
-        .expect("the bench's producer delivers a first message");
+        .unwrap();
+    landed(&producer, 1).await;
     producer
+}
+
+/// Waits until `n` messages sent since the last call have landed; returns where, by index.
+async fn landed(producer: &BenchProducer, n: usize) -> Vec<(usize, i32, i64)> {
+    let context = producer.context();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while context.count.load(Ordering::Acquire) < n as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the bench's producer delivers within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if let Some(e) = context.failed.lock().unwrap().take() {
+        panic!("produce: {e}");
+    }
+    context.count.store(0, Ordering::Release);
+    let mut at = std::mem::take(&mut *context.at.lock().unwrap());
+    at.sort_unstable_by_key(|(i, _, _)| *i);
+    at
 }
 
 fn now_ms() -> i64 {
@@ -919,17 +971,17 @@ struct Sent {
 
 /// Sends `messages` in order, keeping at most `window` unconsumed (as `consumed` counts them);
 /// `rate` limits messages per second. Returns where each landed.
-async fn produce(
-    producer: &FutureProducer,
+async fn produce<'m>(
+    producer: &BenchProducer,
     topics: &Topics,
-    messages: impl Iterator<Item = Msg>,
+    messages: impl Iterator<Item = &'m Msg>,
     window: u64,
     consumed: &AtomicU64,
     rate: Option<f64>,
 ) -> Vec<Sent> {
     let started = Instant::now();
-    let mut sent = Vec::new();
-    let mut pending = Vec::new();
+    // Each message's topic and timestamp, by its index.
+    let mut sending: Vec<(usize, i64)> = Vec::new();
     let mut produced = 0u64;
     let mut messages = messages.peekable();
     while messages.peek().is_some() {
@@ -949,52 +1001,45 @@ async fn produce(
         };
         for m in messages.by_ref().take(chunk as usize) {
             let timestamp_ms = now_ms();
-            let mut headers = OwnedHeaders::new();
+            let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
             for (k, v) in &m.headers {
                 headers = headers.insert(Header {
                     key: k,
                     value: Some(v.as_bytes()),
                 });
             }
-            let mut record = FutureRecord::to(&topics.names[m.topic])
+            let mut record = BaseRecord::with_opaque_to(&topics.names[m.topic], sending.len())
                 .partition(m.partition)
                 .key(&m.key)
                 .payload(&m.payload)
                 .headers(headers)
                 .timestamp(timestamp_ms);
             // Enqueued now (librdkafka batches and sends in the background).
-            let delivery = loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => break delivery,
-                    Err((e, back)) => {
-                        assert!(
-                            matches!(
-                                e,
-                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                            ),
-                            "produce: {e}"
-                        );
-                        record = back;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }
-            };
-            pending.push((m.topic, timestamp_ms, delivery));
+            while let Err((e, back)) = producer.send(record) {
+                assert!(
+                    matches!(
+                        e,
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                    ),
+                    "produce: {e}"
+                );
+                record = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            sending.push((m.topic, timestamp_ms));
             produced += 1;
         }
-        if pending.len() >= 20_000 || messages.peek().is_none() {
-            for (topic, timestamp_ms, delivery) in pending.drain(..) {
-                let d = delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
-                sent.push(Sent {
-                    topic,
-                    partition: d.partition,
-                    offset: d.offset,
-                    timestamp_ms,
-                });
-            }
-        }
     }
-    sent
+    landed(producer, sending.len())
+        .await
+        .into_iter()
+        .map(|(i, partition, offset)| Sent {
+            topic: sending[i].0,
+            partition,
+            offset,
+            timestamp_ms: sending[i].1,
+        })
+        .collect()
 }
 
 /// `n` messages of the workload, their event times `step` apart after `clock`. A message sent
@@ -1058,7 +1103,7 @@ async fn consume_ceiling(broker: &Broker, workload: &Workload, messages: &[Msg])
     produce(
         &producer,
         &topics,
-        messages.iter().cloned(),
+        messages.iter(),
         broker.window(topics.total_partitions()),
         &consumed,
         None,
@@ -1326,7 +1371,7 @@ async fn pipeline_run(
     produce(
         &producer,
         &topics,
-        messages.iter().cloned(),
+        messages.iter(),
         broker.window(topics.total_partitions()),
         &watch.stored,
         None,
@@ -1354,7 +1399,7 @@ async fn pipeline_run(
     let sent = produce(
         &producer,
         &topics,
-        more.into_iter(),
+        more.iter(),
         broker.window(topics.total_partitions()),
         &watch.stored,
         Some(latency_rate),
@@ -1405,7 +1450,7 @@ async fn pipeline_run(
 struct Ingest<'a> {
     topics: &'a Topics,
     broker: &'a Broker,
-    producer: &'a FutureProducer,
+    producer: &'a BenchProducer,
     watch: &'a OffsetWatch,
 }
 
@@ -1470,7 +1515,7 @@ async fn api_under_ingest(
         produce(
             ingest.producer,
             ingest.topics,
-            messages.into_iter(),
+            messages.iter(),
             ingest.broker.window(ingest.topics.total_partitions()),
             &ingest.watch.stored,
             Some(run.rate),
