@@ -197,6 +197,33 @@ mod tests {
     }
 
     #[test]
+    fn kafka_properties_take_numbers_and_booleans_as_text() {
+        let c = load(
+            "[kafka.properties]\n\"fetch.wait.max.ms\" = 100\n\"check.crcs\" = true\n\"ssl.key.password\" = \"12\"",
+            &[
+                ("EM_KAFKA__PROPERTIES__queued.max.messages.kbytes", "4096"),
+                ("EM_KAFKA__PROPERTIES__enable.ssl.certificate.verification", "false"),
+                ("EM_KAFKA__PROPERTIES__client.rack", "eu-1a"),
+            ],
+        )
+        .unwrap();
+        let p = &c.kafka.properties;
+        assert_eq!(p["fetch.wait.max.ms"], "100");
+        assert_eq!(p["check.crcs"], "true");
+        assert_eq!(p["ssl.key.password"], "12");
+        assert_eq!(p["queued.max.messages.kbytes"], "4096");
+        assert_eq!(p["enable.ssl.certificate.verification"], "false");
+        assert_eq!(p["client.rack"], "eu-1a");
+        let e = load("[kafka.properties]\n\"linger.ms\" = [5]", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("kafka.properties") && e.contains("a string, a number or a boolean"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn defaults_are_valid() {
         let c = load("", &[]).unwrap();
         assert_eq!(c.pipeline.batch_size, 2000);

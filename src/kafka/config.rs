@@ -29,7 +29,10 @@ pub struct KafkaConfig {
     pub sasl: super::SaslConfig,
     /// CA and client certificate files.
     pub tls: super::TlsConfig,
-    /// Extra librdkafka properties passed through unchanged (e.g. `ssl.key.password`).
+    /// Extra librdkafka properties passed through unchanged (e.g. `ssl.key.password`). librdkafka
+    /// takes every value as text: a number or a boolean, as TOML writes them and as an
+    /// `EM_KAFKA__PROPERTIES__<name>` variable gives them, is taken as written.
+    #[serde(deserialize_with = "property_values")]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -47,6 +50,53 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
         }
     }
+}
+
+/// `kafka.properties`, each value a string, a number or a boolean, kept as text.
+fn property_values<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    /// One property's value as librdkafka takes it.
+    struct Text(String);
+
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(TextVisitor)
+        }
+    }
+
+    struct TextVisitor;
+
+    impl serde::de::Visitor<'_> for TextVisitor {
+        type Value = Text;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string, a number or a boolean")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+            Ok(Text(v.to_owned()))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Text, E> {
+            Ok(Text(v.to_string()))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Text, E> {
+            Ok(Text(v.to_string()))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Text, E> {
+            Ok(Text(v.to_string()))
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Text, E> {
+            Ok(Text(v.to_string()))
+        }
+    }
+
+    let values = BTreeMap::<String, Text>::deserialize(deserializer)?;
+    Ok(values.into_iter().map(|(k, Text(v))| (k, v)).collect())
 }
 
 /// `auto.offset.reset`: where a partition without a stored offset starts.
