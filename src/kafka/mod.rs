@@ -102,6 +102,18 @@ impl Role<'_> {
 /// consumed within this time without a restart (librdkafka's own default is 5 minutes).
 pub(crate) const CONSUMER_METADATA_REFRESH_MS: &str = "30000";
 
+/// How far the consumer reads ahead unless `kafka.properties` says otherwise: at most this many
+/// KiB of fetched messages wait in its queue (`queued.max.messages.kbytes`), several batches of
+/// the default size. With librdkafka's own default, 64 MiB (or 100 000 messages), the pipeline's
+/// peak RSS was 225–244 MiB while it caught up with a backlog on Apache Kafka, 182–190 with this
+/// (docs/performance-log.md, 2026-12-04, night).
+pub(crate) const CONSUMER_QUEUE_KBYTES: &str = "8192";
+
+/// How soon the consumer fetches again after its queue was full (`fetch.queue.backoff.ms`):
+/// librdkafka waits a second by default, longer than the pipeline takes to empty a queue of
+/// [`CONSUMER_QUEUE_KBYTES`], so it would stall on every refill.
+pub(crate) const CONSUMER_QUEUE_BACKOFF_MS: &str = "10";
+
 /// A producer for `role`, whose connection errors `reporter` logs.
 pub fn producer(
     kafka: &KafkaConfig,
@@ -130,7 +142,9 @@ pub fn client_config(kafka: &KafkaConfig, role: Role<'_>) -> Result<ClientConfig
         cc.set(
             "topic.metadata.refresh.interval.ms",
             CONSUMER_METADATA_REFRESH_MS,
-        );
+        )
+        .set("queued.max.messages.kbytes", CONSUMER_QUEUE_KBYTES)
+        .set("fetch.queue.backoff.ms", CONSUMER_QUEUE_BACKOFF_MS);
     }
     for (key, value) in &kafka.properties {
         if !is_protected(key) {
@@ -298,6 +312,36 @@ mod tests {
             err.contains("kafka.tls.ca_file") && err.contains("absent.pem"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_consumers_defaults_give_way_to_kafka_properties() {
+        let mut kafka = KafkaConfig::default();
+        let consumer = client_config(&kafka, Role::Consumer).unwrap();
+        assert_eq!(consumer.get("queued.max.messages.kbytes"), Some("8192"));
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(
+            consumer.get("topic.metadata.refresh.interval.ms"),
+            Some("30000")
+        );
+        kafka
+            .properties
+            .insert("queued.max.messages.kbytes".into(), "65536".into());
+        kafka
+            .properties
+            .insert("topic.metadata.refresh.interval.ms".into(), "300000".into());
+        let consumer = client_config(&kafka, Role::Consumer).unwrap();
+        assert_eq!(consumer.get("queued.max.messages.kbytes"), Some("65536"));
+        assert_eq!(
+            consumer.get("topic.metadata.refresh.interval.ms"),
+            Some("300000")
+        );
+        // Only the pipeline's consumer reads ahead that much.
+        let probe = client_config(&kafka, Role::ReplayProbe { group_id: "g" }).unwrap();
+        assert_eq!(probe.get("queued.max.messages.kbytes"), Some("65536"));
+        let probe =
+            client_config(&KafkaConfig::default(), Role::ReplayProbe { group_id: "g" }).unwrap();
+        assert_eq!(probe.get("queued.max.messages.kbytes"), None);
     }
 
     #[test]
