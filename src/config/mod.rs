@@ -4,8 +4,8 @@
 //! `EM_KAFKA__BOOTSTRAP_SERVERS=broker:9092` or `EM_PIPELINE__BATCH_SIZE=500`. `DATABASE_URL`
 //! is accepted for `database.url` and `EVENTS_LIST_MAX_PERIOD_HOURS` (the name ESOZ uses) for
 //! `api.events_list_max_period_hours`; the `EM_…` form wins when both are set. Values are read
-//! as TOML scalars when they parse as one
-//! (numbers, booleans), else as strings.
+//! as TOML scalars when they parse as one (numbers, booleans), else as strings, except those of
+//! `kafka.properties`, which are librdkafka's text, secrets among them, and stay exactly as given.
 
 use std::path::Path;
 
@@ -145,7 +145,14 @@ fn apply_env(
                 "environment overrides are named EM_<SECTION>__<KEY>, e.g. EM_KAFKA__GROUP_ID",
             ));
         }
-        let value = parse_env_value(&raw);
+        // librdkafka's properties are text, secrets among them: taken exactly as given (a
+        // password `1e3` is not the number 1000).
+        let value = match path.as_slice() {
+            [section, properties, _] if section == "kafka" && properties == "properties" => {
+                toml::Value::String(raw)
+            }
+            _ => parse_env_value(&raw),
+        };
         let mut node = &mut *table;
         for segment in &path[..path.len() - 1] {
             let entry = node
@@ -204,13 +211,17 @@ mod tests {
                 ("EM_KAFKA__PROPERTIES__queued.max.messages.kbytes", "4096"),
                 ("EM_KAFKA__PROPERTIES__enable.ssl.certificate.verification", "false"),
                 ("EM_KAFKA__PROPERTIES__client.rack", "eu-1a"),
+                ("EM_KAFKA__PROPERTIES__sasl.password", "1e3"),
+                ("EM_KAFKA__PROPERTIES__ssl.key.password", "0x10"),
             ],
         )
         .unwrap();
         let p = &c.kafka.properties;
         assert_eq!(p["fetch.wait.max.ms"], "100");
         assert_eq!(p["check.crcs"], "true");
-        assert_eq!(p["ssl.key.password"], "12");
+        // The environment's values are the text given, never a number's spelling of it.
+        assert_eq!(p["sasl.password"], "1e3");
+        assert_eq!(p["ssl.key.password"], "0x10");
         assert_eq!(p["queued.max.messages.kbytes"], "4096");
         assert_eq!(p["enable.ssl.certificate.verification"], "false");
         assert_eq!(p["client.rack"], "eu-1a");

@@ -30,8 +30,8 @@ pub struct KafkaConfig {
     /// CA and client certificate files.
     pub tls: super::TlsConfig,
     /// Extra librdkafka properties passed through unchanged (e.g. `ssl.key.password`). librdkafka
-    /// takes every value as text: a number or a boolean, as TOML writes them and as an
-    /// `EM_KAFKA__PROPERTIES__<name>` variable gives them, is taken as written.
+    /// takes every value as text: a number or a boolean the file gives is taken as written (an
+    /// `EM_KAFKA__PROPERTIES__<name>` variable's value is text already, see `crate::config`).
     #[serde(deserialize_with = "property_values")]
     pub properties: BTreeMap<String, String>,
 }
