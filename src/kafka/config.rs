@@ -30,7 +30,7 @@ pub struct KafkaConfig {
     /// CA and client certificate files.
     pub tls: super::TlsConfig,
     /// Extra librdkafka properties passed through unchanged (e.g. `ssl.key.password`). librdkafka
-    /// takes every value as text: a number or a boolean the file gives is taken as written (an
+    /// takes every value as text: a number or a boolean the file gives is taken as its text (an
     /// `EM_KAFKA__PROPERTIES__<name>` variable's value is text already, see `crate::config`).
     #[serde(deserialize_with = "property_values")]
     pub properties: BTreeMap<String, String>,

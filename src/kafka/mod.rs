@@ -336,7 +336,7 @@ mod tests {
             consumer.get("topic.metadata.refresh.interval.ms"),
             Some("300000")
         );
-        // Only the pipeline's consumer reads ahead that much.
+        // kafka.properties reach every client; the default read-ahead is the consumer's alone.
         let probe = client_config(&kafka, Role::ReplayProbe { group_id: "g" }).unwrap();
         assert_eq!(probe.get("queued.max.messages.kbytes"), Some("65536"));
         let probe =
